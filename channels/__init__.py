@@ -1,0 +1,76 @@
+"""Clarion's pub/sub engine: channel rules, the hub, outboxes and brokers.
+
+It knows nothing of ASGI, HTTP or WebSockets; ``service`` builds on it.
+"""
+
+from __future__ import annotations
+
+from channels.brokers import Broker as Broker, open_broker as open_broker
+from channels.config import (
+    BrokerConfig as BrokerConfig,
+    ChannelRule as ChannelRule,
+    Config as Config,
+    History as History,
+    ServerConfig as ServerConfig,
+    dump_config as dump_config,
+    load_config as load_config,
+    parse_config as parse_config,
+)
+from channels.errors import (
+    AlreadySubscribed as AlreadySubscribed,
+    ChannelNotFound as ChannelNotFound,
+    ChannelsError as ChannelsError,
+    ConfigError as ConfigError,
+    InvalidChannelName as InvalidChannelName,
+    MessageTooLarge as MessageTooLarge,
+    NotSubscribed as NotSubscribed,
+    PermissionDenied as PermissionDenied,
+    ServerClosing as ServerClosing,
+    SlowConsumer as SlowConsumer,
+)
+from channels.hub import (
+    Hub as Hub,
+    HubStatistics as HubStatistics,
+    Subscribed as Subscribed,
+    open_hub as open_hub,
+)
+from channels.outbox import Delivery as Delivery, Outbox as Outbox
+from channels.publication import (
+    HistoryPage as HistoryPage,
+    Position as Position,
+    Publication as Publication,
+)
+from channels.rules import RuleBook as RuleBook
+
+__all__ = (
+    "AlreadySubscribed",
+    "Broker",
+    "BrokerConfig",
+    "ChannelNotFound",
+    "ChannelRule",
+    "ChannelsError",
+    "Config",
+    "ConfigError",
+    "Delivery",
+    "History",
+    "HistoryPage",
+    "Hub",
+    "HubStatistics",
+    "InvalidChannelName",
+    "MessageTooLarge",
+    "NotSubscribed",
+    "Outbox",
+    "PermissionDenied",
+    "Position",
+    "Publication",
+    "RuleBook",
+    "ServerClosing",
+    "ServerConfig",
+    "SlowConsumer",
+    "Subscribed",
+    "dump_config",
+    "load_config",
+    "open_broker",
+    "open_hub",
+    "parse_config",
+)

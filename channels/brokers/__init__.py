@@ -1,0 +1,72 @@
+"""Brokers carry publications between nodes and keep each channel's stream.
+
+A broker is chosen by ``broker.kind`` in the configuration and imported lazily, so a
+node only loads the client library of the broker it uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Protocol, TypeAlias
+
+from channels.publication import Publication
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    import msgspec
+
+    from channels.config import BrokerConfig, History
+    from channels.publication import HistoryPage, Position
+
+__all__ = ("Broker", "Deliver", "open_broker")
+
+Deliver: TypeAlias = Callable[[Publication], None]
+"""The callback a broker hands each received publication to."""
+
+
+class Broker(Protocol):
+    """What the hub needs from a broker.
+
+    Every publication accepted by `publish` is handed to the *deliver* callback given to
+    `open_broker`, on every node subscribed to its channel, in offset order.
+    """
+
+    async def publish(self, channel: str, data: msgspec.Raw, history: History) -> Position:
+        """Append *data* to *channel*'s stream and return its position.
+
+        Returns once the broker accepted the message; keeps it in history per *history*.
+        """
+        ...
+
+    async def read(
+        self, channel: str, *, after: int | None, epoch: str | None, limit: int | None
+    ) -> HistoryPage:
+        """Read kept publications of *channel*.
+
+        With *after*, the first *limit* publications whose offset is greater; without it,
+        the newest *limit*. ``limit=None`` reads everything kept. The page is incomplete
+        when *epoch* is given and is not the stream's, or when a message after *after*
+        is no longer kept.
+        """
+        ...
+
+    async def subscribe(self, channel: str) -> None:
+        """Make sure this node receives *channel*'s publications. Idempotent."""
+        ...
+
+    def unsubscribe(self, channel: str) -> None:
+        """Tell the broker no local subscriber is left on *channel*. Never blocks."""
+        ...
+
+
+@asynccontextmanager
+async def open_broker(config: BrokerConfig, deliver: Deliver) -> AsyncIterator[Broker]:
+    """Open the broker *config* names; it calls *deliver* for each publication received."""
+    if config.kind == "memory":
+        from channels.brokers.memory import MemoryBroker
+
+        yield MemoryBroker(deliver)
+        return
+    raise ValueError(f"unknown broker kind {config.kind!r}")  # pragma: no cover - Literal

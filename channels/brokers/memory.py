@@ -1,0 +1,114 @@
+"""The in-process broker: one node, streams and history kept in memory."""
+
+from __future__ import annotations
+
+import secrets
+from collections import deque
+from typing import TYPE_CHECKING
+
+import anyio
+import anyio.lowlevel
+
+from channels.publication import HistoryPage, Position, Publication
+
+if TYPE_CHECKING:
+    import msgspec
+
+    from channels.brokers import Deliver
+    from channels.config import History
+
+__all__ = ("MemoryBroker",)
+
+
+class _Stream:
+    """One channel's offsets and kept messages."""
+
+    __slots__ = ("epoch", "kept", "size", "subscribed", "top", "ttl")
+
+    def __init__(self) -> None:
+        self.epoch = secrets.token_hex(6)
+        self.top = 0
+        self.kept: deque[tuple[float, Publication]] = deque()
+        self.size = 0
+        self.ttl = 0.0
+        self.subscribed = False
+
+    def expire(self, now: float) -> None:
+        kept = self.kept
+        while len(kept) > self.size:
+            kept.popleft()
+        if self.ttl:
+            oldest_allowed = now - self.ttl
+            while kept and kept[0][0] <= oldest_allowed:
+                kept.popleft()
+
+
+class MemoryBroker:
+    """A broker for a single process: `publish` delivers at once, in offset order.
+
+    A channel's stream (its epoch, offset counter and kept messages) lives while the
+    channel has a local subscriber or keeps messages; after that it is forgotten, and the
+    next publication starts a new epoch at offset 1.
+
+    Every method is a checkpoint, as an async method of a networked broker would be.
+    """
+
+    def __init__(self, deliver: Deliver) -> None:
+        self._deliver = deliver
+        self._streams: dict[str, _Stream] = {}
+
+    @property
+    def stream_count(self) -> int:
+        """How many channel streams are held in memory."""
+        return len(self._streams)
+
+    async def publish(self, channel: str, data: msgspec.Raw, history: History) -> Position:
+        await anyio.lowlevel.checkpoint()
+        stream = self._streams.get(channel) or self._streams.setdefault(channel, _Stream())
+        stream.top += 1
+        if history.size:
+            publication = Publication(channel, stream.top, data.copy())
+            stream.size, stream.ttl = history.size, history.ttl_seconds
+            now = anyio.current_time()
+            stream.kept.append((now, publication))
+            stream.expire(now)
+        else:
+            publication = Publication(channel, stream.top, data)
+        position = Position(stream.top, stream.epoch)
+        self._deliver(publication)
+        self._forget_if_idle(channel, stream)
+        return position
+
+    async def read(
+        self, channel: str, *, after: int | None, epoch: str | None, limit: int | None
+    ) -> HistoryPage:
+        await anyio.lowlevel.checkpoint()
+        stream = self._streams.get(channel)
+        if stream is None:
+            return HistoryPage(Position(0, ""), [], complete=after is None)
+        stream.expire(anyio.current_time())
+        position = Position(stream.top, stream.epoch)
+        kept = [publication for _, publication in stream.kept]
+        if after is None:
+            found = kept if limit is None else kept[-limit:] if limit else []
+            return HistoryPage(position, found, complete=True)
+        oldest = kept[0].offset if kept else stream.top + 1
+        if (epoch is not None and epoch != stream.epoch) or after > stream.top:
+            return HistoryPage(position, [], complete=False)
+        found = [publication for publication in kept if publication.offset > after]
+        return HistoryPage(position, found[:limit], complete=oldest <= after + 1)
+
+    async def subscribe(self, channel: str) -> None:
+        await anyio.lowlevel.checkpoint()
+        stream = self._streams.get(channel) or self._streams.setdefault(channel, _Stream())
+        stream.subscribed = True
+
+    def unsubscribe(self, channel: str) -> None:
+        stream = self._streams.get(channel)
+        if stream is not None:
+            stream.subscribed = False
+            self._forget_if_idle(channel, stream)
+
+    def _forget_if_idle(self, channel: str, stream: _Stream) -> None:
+        if not stream.subscribed and not stream.kept:
+            del self._streams[channel]

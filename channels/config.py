@@ -1,0 +1,253 @@
+"""The YAML configuration: msgspec Structs, ``${VAR}`` substitution, loading and validation.
+
+Everything is checked before the event loop starts; a mistake is reported as a
+``ConfigError`` that names its path, for example
+``channels[1].history.size: Expected `int` >= 0``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+import msgspec
+
+from channels.errors import ConfigError
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from pathlib import Path
+
+__all__ = (
+    "BrokerConfig",
+    "ChannelRule",
+    "Config",
+    "History",
+    "ServerConfig",
+    "SlowConsumerPolicy",
+    "dump_config",
+    "load_config",
+    "parse_bind",
+    "parse_config",
+)
+
+KIB = 1024
+MIB = 1024 * KIB
+SECONDS = 1.0
+
+SlowConsumerPolicy = Literal["disconnect", "drop_oldest", "latest"]
+"""What happens when a subscriber's outbox is full (see the README)."""
+
+#: Characters allowed in a channel name; a rule's ``match`` may add ``*``.
+CHANNEL_NAME_CHARS = r"A-Za-z0-9_\-:.@/=+"
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_PATTERN_CHARS = re.compile(rf"[{CHANNEL_NAME_CHARS}*]+")
+_BIND = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[^:\[\]]+):(?P<port>[0-9]{1,5})")
+
+Count = Annotated[int, msgspec.Meta(ge=0)]
+PositiveCount = Annotated[int, msgspec.Meta(ge=1)]
+Seconds = Annotated[float, msgspec.Meta(ge=0)]
+
+
+class _Base(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    pass
+
+
+class History(_Base, frozen=True):
+    """How many published messages a channel keeps for ``history`` and recovery."""
+
+    size: Count = 0
+    """Messages kept per channel; 0 keeps none (offsets still count up)."""
+    ttl_seconds: Seconds = 0 * SECONDS
+    """Drop kept messages older than this; 0 keeps them until ``size`` pushes them out."""
+
+
+class ChannelRule(_Base, frozen=True):
+    """What applies to the channels whose name matches ``match``."""
+
+    match: Annotated[str, msgspec.Meta(min_length=1)]
+    """An exact channel name, or a pattern where ``*`` matches any run of characters."""
+    publish: bool = True
+    """Whether WebSocket clients may publish (the HTTP API with a key always may)."""
+    history: History = msgspec.field(default_factory=History)
+    max_message_bytes: PositiveCount = 64 * KIB
+    """Largest ``data`` (encoded JSON) a message on these channels may carry."""
+    slow_consumer: SlowConsumerPolicy | None = None
+    """Overrides ``server.slow_consumer`` for these channels."""
+
+    def __post_init__(self) -> None:
+        if not _PATTERN_CHARS.fullmatch(self.match):
+            raise ValueError(
+                f"match {self.match!r} may hold only letters, digits, '_-:.@/=+' and '*'"
+            )
+
+
+class ServerConfig(_Base, frozen=True):
+    """Options of the node: where it listens and the per-connection limits."""
+
+    bind: str = "127.0.0.1:8000"
+    """HOST:PORT to listen on (``[::1]:8000`` for IPv6)."""
+    websocket_path: str = "/ws"
+    outbox_messages: PositiveCount = 1024
+    """Messages (and replies) queued per connection before the slow-consumer policy applies."""
+    frame_max_bytes: PositiveCount = 64 * KIB
+    """Messages waiting together are coalesced into one frame of at most this size."""
+    max_request_bytes: PositiveCount = 1 * MIB
+    """Largest WebSocket frame a client may send (close 1009) or HTTP body (413)."""
+    slow_consumer: SlowConsumerPolicy = "disconnect"
+    recovery_max_messages: Count | None = None
+    """A subscribe with ``since`` that missed more messages than this is not recovered.
+
+    The default is 512, or ``outbox_messages`` when that is smaller; a value above
+    ``outbox_messages`` is an error, since the replay must fit the outbox."""
+    channel_name_max_length: PositiveCount = 255
+    shutdown_grace_seconds: Seconds = 5 * SECONDS
+    """How long shutdown waits for clients to receive their queued messages and close 1001."""
+    api_keys: list[str] = msgspec.field(default_factory=list)
+    """Keys for the HTTP API, each written as a ``${VAR}`` reference."""
+
+    def __post_init__(self) -> None:
+        parse_bind(self.bind)
+        if not self.websocket_path.startswith("/"):
+            raise ValueError(f"websocket_path {self.websocket_path!r} must start with '/'")
+        if self.websocket_path in {"/health", "/api/publish"}:
+            raise ValueError(f"websocket_path {self.websocket_path!r} is taken by the HTTP API")
+        if self.recovery_max_messages is not None and (
+            self.recovery_max_messages > self.outbox_messages
+        ):
+            raise ValueError("recovery_max_messages must not exceed outbox_messages")
+        if any(not key for key in self.api_keys):
+            raise ValueError("an API key is empty")
+
+    @property
+    def recovery_limit(self) -> int:
+        """The effective ``recovery_max_messages``."""
+        if self.recovery_max_messages is None:
+            return min(512, self.outbox_messages)
+        return self.recovery_max_messages
+
+
+class BrokerConfig(_Base, frozen=True):
+    """Which broker carries messages between nodes (only ``memory`` exists so far)."""
+
+    kind: Literal["memory"] = "memory"
+
+
+def _open_rules() -> list[ChannelRule]:
+    return [ChannelRule(match="*")]
+
+
+class Config(_Base, frozen=True):
+    """The whole configuration file. ``Config()`` is the built-in default."""
+
+    server: ServerConfig = msgspec.field(default_factory=ServerConfig)
+    broker: BrokerConfig = msgspec.field(default_factory=BrokerConfig)
+    channels: list[ChannelRule] = msgspec.field(default_factory=_open_rules)
+    """Channel rules; an exact ``match`` wins over patterns, patterns go in file order."""
+
+    def __post_init__(self) -> None:
+        seen: set[str] = set()
+        for rule in self.channels:
+            if rule.match in seen:
+                raise ValueError(f"two channel rules match {rule.match!r}")
+            seen.add(rule.match)
+
+
+def parse_bind(bind: str) -> tuple[str, int]:
+    """Split ``HOST:PORT`` (or ``[V6]:PORT``) into host and port.
+
+    Raises:
+        ValueError: if *bind* has another form or the port is out of range.
+    """
+    found = _BIND.fullmatch(bind)
+    if found is None or int(found["port"]) > 65535:
+        raise ValueError(f"bind {bind!r} must look like HOST:PORT, e.g. 127.0.0.1:8000")
+    return found["host"].strip("[]"), int(found["port"])
+
+
+def _substitute(value: Any, path: str, env: Mapping[str, str]) -> Any:
+    """Replace every ``${VAR}`` in the strings of *value*, naming *path* on a miss."""
+    if isinstance(value, str):
+
+        def lookup(found: re.Match[str]) -> str:
+            name = found[1]
+            if name not in env:
+                raise ConfigError(f"{path}: environment variable {name} is not set")
+            return env[name]
+
+        return _ENV_REF.sub(lookup, value)
+    if isinstance(value, dict):
+        return {
+            key: _substitute(item, f"{path}.{key}".lstrip("."), env) for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [_substitute(item, f"{path}[{index}]", env) for index, item in enumerate(value)]
+    return value
+
+
+def _check_secrets(raw: Any) -> None:
+    """Refuse API keys written in the file itself: they must come from the environment."""
+    server = raw.get("server") if isinstance(raw, dict) else None
+    keys = server.get("api_keys") if isinstance(server, dict) else None
+    for index, key in enumerate(keys if isinstance(keys, list) else []):
+        if isinstance(key, str) and not _ENV_REF.fullmatch(key):
+            raise ConfigError(
+                f"server.api_keys[{index}]: write the key as a ${{VAR}} reference; "
+                "secrets come from the environment, not from the file"
+            )
+
+
+def parse_config(data: bytes | str, *, env: Mapping[str, str], source: str = "<config>") -> Config:
+    """Decode and validate a YAML document into a `Config`.
+
+    Args:
+        data: the YAML text. An empty document gives the built-in default.
+        env: where ``${VAR}`` references are looked up.
+        source: a name for the document in error messages.
+
+    Raises:
+        ConfigError: on YAML syntax, a missing variable, a literal API key, an unknown key,
+            a wrong type or a bad value; the message names the path.
+    """
+    try:
+        raw = msgspec.yaml.decode(data)
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+    if raw is None:
+        raw = {}
+    try:
+        _check_secrets(raw)
+        return msgspec.convert(_substitute(raw, "", env), Config)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    except msgspec.ValidationError as exc:
+        message, _, where = str(exc).rpartition(" - at `$")
+        if not message:
+            raise ConfigError(f"{source}: {exc}") from None
+        raise ConfigError(f"{source}: {where.strip('`.') or '(top level)'}: {message}") from None
+
+
+def load_config(path: Path | str | None, *, env: Mapping[str, str] | None = None) -> Config:
+    """Read the configuration file at *path*, or return the default when *path* is None.
+
+    This does blocking file I/O: call it before the event loop starts.
+
+    Raises:
+        ConfigError: if the file cannot be read or is invalid.
+    """
+    if path is None:
+        return Config()
+    try:
+        with open(path, "rb") as file:
+            data = file.read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    return parse_config(data, env=os.environ if env is None else env, source=str(path))
+
+
+def dump_config(config: Config) -> str:
+    """Render *config* as YAML, with every API key redacted."""
+    builtins = msgspec.to_builtins(config)
+    builtins["server"]["api_keys"] = ["<redacted>"] * len(config.server.api_keys)
+    return msgspec.yaml.encode(builtins).decode()

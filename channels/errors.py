@@ -1,0 +1,139 @@
+"""The engine's exceptions, each with a stable numeric code.
+
+Exception hierarchy::
+
+    ChannelsError
+    ├── ConfigError             10   the YAML configuration is invalid
+    ├── InvalidChannelName     200   a channel name breaks the naming rules
+    ├── ChannelNotFound        201   no channel rule matches the name
+    ├── PermissionDenied       202   the rule forbids this action to clients
+    ├── AlreadySubscribed      203   subscribe twice to one channel
+    ├── NotSubscribed          204   unsubscribe from a channel never subscribed
+    ├── MessageTooLarge        205   a message exceeds its rule's max_message_bytes
+    ├── ServerClosing          300   the node is shutting down
+    └── SlowConsumer          4000   a subscriber's outbox overflowed (a close code)
+
+Codes below 4000 are sent to clients in ``error`` replies and never reused; codes from
+4000 are WebSocket close codes. ``service.protocol`` owns the wire-format errors (1xx).
+The README lists every code.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+__all__ = (
+    "AlreadySubscribed",
+    "ChannelNotFound",
+    "ChannelsError",
+    "ConfigError",
+    "InvalidChannelName",
+    "MessageTooLarge",
+    "NotSubscribed",
+    "PermissionDenied",
+    "ServerClosing",
+    "SlowConsumer",
+)
+
+
+class ChannelsError(Exception):
+    """Base class of every error the engine raises on purpose."""
+
+    code: ClassVar[int] = 0
+
+
+class ConfigError(ChannelsError):
+    """Raised when a configuration file cannot be read, parsed or validated."""
+
+    code = 10
+
+
+class InvalidChannelName(ChannelsError):
+    """Raised when a channel name is empty, too long or has a character outside the set."""
+
+    code = 200
+
+    def __init__(self, channel: str, reason: str) -> None:
+        super().__init__(f"invalid channel name {channel[:300]!r}: {reason}")
+        self.channel = channel
+        self.reason = reason
+
+
+class ChannelNotFound(ChannelsError):
+    """Raised when no declared channel rule (exact name or pattern) matches a name."""
+
+    code = 201
+
+    def __init__(self, channel: str) -> None:
+        super().__init__(f"no channel rule matches {channel!r}")
+        self.channel = channel
+
+
+class PermissionDenied(ChannelsError):
+    """Raised when a channel's rule does not let clients perform *action* on it."""
+
+    code = 202
+
+    def __init__(self, channel: str, action: str) -> None:
+        super().__init__(f"clients may not {action} on channel {channel!r}")
+        self.channel = channel
+        self.action = action
+
+
+class AlreadySubscribed(ChannelsError):
+    """Raised when a subscriber subscribes to a channel it is already subscribed to."""
+
+    code = 203
+
+    def __init__(self, channel: str) -> None:
+        super().__init__(f"already subscribed to {channel!r}")
+        self.channel = channel
+
+
+class NotSubscribed(ChannelsError):
+    """Raised when a subscriber leaves a channel it is not subscribed to."""
+
+    code = 204
+
+    def __init__(self, channel: str) -> None:
+        super().__init__(f"not subscribed to {channel!r}")
+        self.channel = channel
+
+
+class MessageTooLarge(ChannelsError):
+    """Raised when a message's data is larger than its channel rule allows."""
+
+    code = 205
+
+    def __init__(self, channel: str, size: int, limit: int) -> None:
+        super().__init__(
+            f"message of {size} bytes exceeds the {limit}-byte limit of channel {channel!r}"
+        )
+        self.channel = channel
+        self.size = size
+        self.limit = limit
+
+
+class ServerClosing(ChannelsError):
+    """Raised when an operation arrives while the node is shutting down."""
+
+    code = 300
+
+    def __init__(self) -> None:
+        super().__init__("the server is shutting down; reconnect to another node")
+
+
+class SlowConsumer(ChannelsError):
+    """Raised by ``Outbox.get_batch`` once the outbox overflowed under ``disconnect``.
+
+    Its code is the WebSocket close code the connection is closed with.
+    """
+
+    code = 4000
+
+    def __init__(self, channel: str, capacity: int) -> None:
+        super().__init__(
+            f"outbox full ({capacity} messages) while delivering on {channel!r}: slow consumer"
+        )
+        self.channel = channel
+        self.capacity = capacity

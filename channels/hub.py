@@ -1,0 +1,291 @@
+"""The local fan-out: which outbox listens to which channel, publish, history, recovery."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
+
+import anyio
+import msgspec
+
+from channels.brokers import open_broker
+from channels.errors import (
+    AlreadySubscribed,
+    MessageTooLarge,
+    NotSubscribed,
+    PermissionDenied,
+    ServerClosing,
+)
+from channels.outbox import Delivery
+from channels.rules import RuleBook
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable
+
+    from channels.brokers import Broker
+    from channels.config import ChannelRule, Config, SlowConsumerPolicy
+    from channels.outbox import Outbox
+    from channels.publication import HistoryPage, Position, Publication
+
+__all__ = ("Hub", "HubStatistics", "Subscribed", "open_hub")
+
+
+class Subscribed(msgspec.Struct, frozen=True):
+    """The outcome of a subscribe: where the client joined the stream.
+
+    ``recovered`` is None for a subscribe without ``since``; otherwise it tells whether
+    every missed message was replayed.
+    """
+
+    channel: str
+    position: Position
+    recovered: bool | None
+
+
+class HubStatistics(msgspec.Struct, frozen=True):
+    """Counters of one hub, as returned by `Hub.statistics`."""
+
+    connections: int
+    channels: int
+    subscriptions: int
+    published: int
+    dropped: int
+
+
+class _Channel:
+    """The local state of one channel that has subscribers, or is about to."""
+
+    __slots__ = ("pending", "policy", "subscribers")
+
+    def __init__(self, policy: SlowConsumerPolicy) -> None:
+        self.policy: SlowConsumerPolicy = policy
+        self.subscribers: dict[Outbox, None] = {}
+        # Subscribers still reading their starting position or missed messages: live
+        # publications wait here so that none is lost or sent twice. A subscriber whose
+        # wait outgrows its outbox's capacity is failed as a slow consumer.
+        self.pending: dict[Outbox, list[Publication]] = {}
+
+
+class Hub:
+    """Fan publications out to local subscribers' outboxes.
+
+    A publication is encoded once by *encode* and the same text is offered to every
+    outbox; offering never waits, so a slow subscriber never delays the others.
+    Open one with `open_hub`.
+    """
+
+    def __init__(
+        self, config: Config, broker: Broker, encode: Callable[[Publication], bytes]
+    ) -> None:
+        self._rules = RuleBook(config)
+        self._recovery_max = config.server.recovery_limit
+        self._broker = broker
+        self._encode = encode
+        self._channels: dict[str, _Channel] = {}
+        self._subscriptions: dict[Outbox, set[str]] = {}
+        self._published = 0
+        self._dropped_by_gone = 0
+        self.closing = False
+        self._no_connections: anyio.Event | None = None
+
+    def attach(self, outbox: Outbox) -> None:
+        """Register a new connection's outbox.
+
+        Raises:
+            ServerClosing: if the hub is closing.
+        """
+        if self.closing:
+            raise ServerClosing
+        self._subscriptions[outbox] = set()
+
+    def detach(self, outbox: Outbox) -> None:
+        """Forget *outbox* and all its subscriptions. Never blocks; idempotent."""
+        channels = self._subscriptions.pop(outbox, set())
+        for channel in channels:
+            self._leave(outbox, channel)
+        self._dropped_by_gone += outbox.dropped
+        if not self._subscriptions and self._no_connections is not None:
+            self._no_connections.set()
+
+    async def wait_no_connections(self) -> None:
+        """Wait until every attached outbox has been detached."""
+        while self._subscriptions:
+            self._no_connections = anyio.Event()
+            await self._no_connections.wait()
+        self._no_connections = None
+
+    def close(self) -> None:
+        """Refuse new connections and operations, and close every outbox.
+
+        Each writer then sends what its outbox holds and ends its connection.
+        """
+        self.closing = True
+        for outbox in self._subscriptions:
+            outbox.close()
+
+    async def subscribe(
+        self,
+        outbox: Outbox,
+        channel: str,
+        *,
+        since: Position | None,
+        on_subscribed: Callable[[Subscribed], None],
+    ) -> None:
+        """Subscribe *outbox* to *channel*, replaying what it missed after *since*.
+
+        *on_subscribed* is called once the starting position is known and before any
+        message of the channel is offered, so that the reply precedes them. Then the
+        missed messages (when they can all be recovered) and the live ones follow, each
+        exactly once and in offset order.
+
+        Raises:
+            InvalidChannelName, ChannelNotFound: for a bad channel.
+            AlreadySubscribed: if *outbox* is subscribed to *channel*.
+            ServerClosing: if the hub is closing.
+        """
+        if self.closing:
+            raise ServerClosing
+        rule = self._rules.resolve(channel)
+        channels = self._subscriptions[outbox]
+        if channel in channels:
+            raise AlreadySubscribed(channel)
+        state = self._channels.get(channel)
+        if state is None:
+            state = self._channels[channel] = _Channel(self._rules.policy(rule))
+        channels.add(channel)
+        waiting: list[Publication] = []
+        state.pending[outbox] = waiting
+        try:
+            await self._broker.subscribe(channel)
+            if since is None:
+                page = await self._broker.read(channel, after=None, epoch=None, limit=0)
+            else:
+                page = await self._broker.read(
+                    channel, after=since.offset, epoch=since.epoch, limit=self._recovery_max
+                )
+        except BaseException:
+            channels.discard(channel)
+            self._leave(outbox, channel)
+            raise
+        del state.pending[outbox]
+        state.subscribers[outbox] = None
+        recovered = None
+        if since is not None:
+            missed = page.position.offset - since.offset
+            recovered = page.complete and missed <= self._recovery_max
+        on_subscribed(Subscribed(channel, page.position, recovered))
+        for publication in page.publications if recovered else ():
+            outbox.offer(self._delivery(publication, state.policy))
+        for publication in waiting:
+            if publication.offset > page.position.offset:
+                outbox.offer(self._delivery(publication, state.policy))
+
+    def unsubscribe(self, outbox: Outbox, channel: str) -> None:
+        """End *outbox*'s subscription to *channel*. Never blocks.
+
+        Raises:
+            NotSubscribed: if *outbox* is not subscribed to *channel*.
+        """
+        channels = self._subscriptions[outbox]
+        if channel not in channels:
+            raise NotSubscribed(channel)
+        channels.discard(channel)
+        self._leave(outbox, channel)
+
+    async def publish(self, channel: str, data: msgspec.Raw, *, trusted: bool) -> Position:
+        """Publish *data* (encoded JSON) on *channel* and return its position.
+
+        Args:
+            channel: where to publish.
+            data: the message's data, already-encoded JSON.
+            trusted: True for the authenticated HTTP API, which may publish where
+                clients may not.
+
+        Returns once the broker accepted the message.
+
+        Raises:
+            InvalidChannelName, ChannelNotFound: for a bad channel.
+            PermissionDenied: if clients may not publish there and *trusted* is False.
+            MessageTooLarge: if *data* exceeds the rule's ``max_message_bytes``.
+            ServerClosing: if the hub is closing.
+        """
+        if self.closing:
+            raise ServerClosing
+        rule = self._rules.resolve(channel)
+        if not trusted and not rule.publish:
+            raise PermissionDenied(channel, "publish")
+        if len(data) > rule.max_message_bytes:
+            raise MessageTooLarge(channel, len(data), rule.max_message_bytes)
+        return await self._broker.publish(channel, data, rule.history)
+
+    async def history(self, channel: str, *, after: int | None, limit: int | None) -> HistoryPage:
+        """Read *channel*'s kept messages: after offset *after*, or the newest *limit*.
+
+        Raises:
+            InvalidChannelName, ChannelNotFound: for a bad channel.
+        """
+        self._rules.resolve(channel)
+        return await self._broker.read(channel, after=after, epoch=None, limit=limit)
+
+    def deliver(self, publication: Publication) -> None:
+        """Offer *publication* to every local subscriber of its channel (broker callback)."""
+        self._published += 1
+        state = self._channels.get(publication.channel)
+        if state is None:
+            return
+        for outbox, waiting in state.pending.items():
+            if len(waiting) >= outbox.capacity:
+                outbox.fail(publication.channel)
+            waiting.append(publication)
+        if state.subscribers:
+            delivery = self._delivery(publication, state.policy)
+            for outbox in state.subscribers:
+                outbox.offer(delivery)
+
+    def rule(self, channel: str) -> ChannelRule:
+        """Return the rule that applies to *channel* (see `RuleBook.resolve`)."""
+        return self._rules.resolve(channel)
+
+    def statistics(self) -> HubStatistics:
+        """Return the hub's current counters."""
+        return HubStatistics(
+            connections=len(self._subscriptions),
+            channels=len(self._channels),
+            subscriptions=sum(len(channels) for channels in self._subscriptions.values()),
+            published=self._published,
+            dropped=self._dropped_by_gone + sum(outbox.dropped for outbox in self._subscriptions),
+        )
+
+    def _delivery(self, publication: Publication, policy: SlowConsumerPolicy) -> Delivery:
+        data = self._encode(publication)
+        return Delivery(publication.channel, publication.offset, data.decode(), len(data), policy)
+
+    def _leave(self, outbox: Outbox, channel: str) -> None:
+        state = self._channels.get(channel)
+        if state is None:
+            return
+        state.subscribers.pop(outbox, None)
+        state.pending.pop(outbox, None)
+        if not state.subscribers and not state.pending:
+            del self._channels[channel]
+            self._broker.unsubscribe(channel)
+
+
+@asynccontextmanager
+async def open_hub(config: Config, encode: Callable[[Publication], bytes]) -> AsyncIterator[Hub]:
+    """Open the broker *config* names and a hub on top of it.
+
+    Args:
+        config: the node's configuration.
+        encode: turns a publication into the bytes sent to subscribers; called once per
+            publication, whatever the number of subscribers.
+    """
+    hub: Hub | None = None
+
+    def deliver(publication: Publication) -> None:
+        if hub is not None:
+            hub.deliver(publication)
+
+    async with open_broker(config.broker, deliver) as broker:
+        hub = Hub(config, broker, encode)
+        yield hub

@@ -1,0 +1,42 @@
+"""What a broker stores and returns for a channel: publications and stream positions."""
+
+from __future__ import annotations
+
+import msgspec
+
+__all__ = ("HistoryPage", "Position", "Publication")
+
+
+class Position(msgspec.Struct, frozen=True, gc=False):
+    """A place in a channel's stream: the offset of its last message, in one epoch.
+
+    Offsets count up by one per message from 1. The epoch names one life of the stream:
+    when a stream is lost (broker restart, channel forgotten) it starts again at offset 1
+    with a new epoch, so an offset is only meaningful with its epoch.
+    """
+
+    offset: int
+    epoch: str
+
+
+class Publication(msgspec.Struct, frozen=True, gc=False):
+    """One message published on a channel. ``data`` is already-encoded JSON."""
+
+    channel: str
+    offset: int
+    data: msgspec.Raw
+
+
+class HistoryPage(msgspec.Struct, frozen=True):
+    """Publications read from a channel's history.
+
+    Attributes:
+        position: the stream's position when it was read.
+        publications: the messages found, oldest first.
+        complete: False when the range asked for could not be read in full: its epoch is
+            not the stream's, or messages in it were trimmed or expired.
+    """
+
+    position: Position
+    publications: list[Publication]
+    complete: bool

@@ -1,0 +1,248 @@
+"""The ASGI application: lifespan, the WebSocket endpoint and the HTTP API."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import msgspec
+
+from channels.config import load_config
+from channels.errors import (
+    ChannelNotFound,
+    ChannelsError,
+    InvalidChannelName,
+    MessageTooLarge,
+    PermissionDenied,
+    ServerClosing,
+)
+from channels.hub import open_hub
+from service.datastructures import Headers, URLPath
+from service.protocol import (
+    MethodNotAllowed,
+    ProtocolError,
+    PublishReply,
+    RequestTooLarge,
+    RouteNotFound,
+    Unauthorized,
+    UpgradeRequired,
+    decode_publish_request,
+    encode,
+    encode_error,
+    encode_message,
+)
+from service.session import run_session
+from service.websocket import WebSocket
+from service.workers import claim_only_worker
+
+if TYPE_CHECKING:
+    from channels.config import Config
+    from channels.hub import Hub
+    from service.types import Receive, Scope, Send
+
+__all__ = ("Clarion", "NoMatchFound", "create_app")
+
+logger = logging.getLogger("clarion")
+
+#: The HTTP status of each error an HTTP API call can end with.
+HTTP_STATUS: dict[type[Exception], int] = {
+    InvalidChannelName: 400,
+    ChannelNotFound: 404,
+    PermissionDenied: 403,
+    MessageTooLarge: 413,
+    ServerClosing: 503,
+    RequestTooLarge: 413,
+    RouteNotFound: 404,
+    MethodNotAllowed: 405,
+    Unauthorized: 401,
+    UpgradeRequired: 426,
+}
+_HEALTH_BODY = msgspec.json.encode({"status": "ok"})
+
+
+class NoMatchFound(Exception):
+    """Raised by `Clarion.url_path_for` for a route name that does not exist."""
+
+    def __init__(self, name: str, path_params: dict[str, Any]) -> None:
+        params = ", ".join(path_params)
+        super().__init__(f'No route exists for name "{name}" and params "{params}".')
+
+
+class Clarion:
+    """The Clarion ASGI application for one node.
+
+    Routes: the WebSocket endpoint at ``server.websocket_path``, ``POST /api/publish``
+    and ``GET /health``; everything else is a JSON 404. The hub lives in the lifespan.
+    """
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.hub: Hub | None = None
+        self._routes = {
+            "websocket": URLPath(config.server.websocket_path, "websocket"),
+            "publish": URLPath("/api/publish", "http"),
+            "health": URLPath("/health", "http"),
+        }
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope["app"] = self
+        if scope["type"] == "websocket":
+            await self._websocket(WebSocket(scope, receive, send))
+        elif scope["type"] == "http":
+            await self._http(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+
+    def url_path_for(self, name: str, /, **path_params: Any) -> URLPath:
+        """Return the path of the route called ``websocket``, ``publish`` or ``health``.
+
+        Raises:
+            NoMatchFound: for any other name, or with path parameters (no route has any).
+        """
+        if name not in self._routes or path_params:
+            raise NoMatchFound(name, path_params)
+        return self._routes[name]
+
+    async def drain(self) -> None:
+        """Close every connection with 1001 once its queued messages are sent.
+
+        New connections are refused with HTTP 503. Waits at most
+        ``server.shutdown_grace_seconds`` for the connections to end.
+        """
+        if self.hub is None:
+            return
+        self.hub.close()
+        with anyio.move_on_after(self.config.server.shutdown_grace_seconds):
+            await self.hub.wait_no_connections()
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        await receive()  # lifespan.startup
+        started = False
+        claim = None
+        try:
+            if self.config.broker.kind == "memory":
+                claim = claim_only_worker()
+            async with open_hub(self.config, encode_message) as hub:
+                self.hub = hub
+                await send({"type": "lifespan.startup.complete"})
+                started = True
+                await receive()  # lifespan.shutdown
+                await self.drain()
+        except Exception as exc:
+            logger.error("lifespan failed: %s", exc)
+            failed = "lifespan.shutdown.failed" if started else "lifespan.startup.failed"
+            await send({"type": failed, "message": str(exc)})
+            return
+        finally:
+            self.hub = None
+            if claim is not None:
+                claim.close()
+        await send({"type": "lifespan.shutdown.complete"})
+
+    async def _websocket(self, ws: WebSocket) -> None:
+        hub = self.hub
+        if ws.scope["path"] != self.config.server.websocket_path:
+            error: Exception = RouteNotFound(f"no WebSocket endpoint at {ws.scope['path']!r}")
+        elif hub is None or hub.closing:
+            error = ServerClosing()
+        else:
+            try:
+                await run_session(ws, hub, self.config.server)
+            except ServerClosing as exc:
+                error = exc
+            else:
+                return
+        body = _error_body(error)
+        await ws.send_denial_response(HTTP_STATUS[type(error)], body, _JSON_HEADERS)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            status, body = await self._route(scope, receive)
+        except (ProtocolError, ChannelsError) as exc:
+            status, body = HTTP_STATUS.get(type(exc), 400), _error_body(exc)
+        headers = [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]
+        if status == 401:
+            headers.append((b"www-authenticate", b"Bearer"))
+        elif status == 426:
+            headers.append((b"upgrade", b"websocket"))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _route(self, scope: Scope, receive: Receive) -> tuple[int, bytes]:
+        path, method = scope["path"], scope["method"]
+        if path == "/health":
+            if method not in {"GET", "HEAD"}:
+                raise MethodNotAllowed(f"{method} is not allowed on /health; use GET")
+            return 200, _HEALTH_BODY
+        if path == "/api/publish":
+            if method != "POST":
+                raise MethodNotAllowed(f"{method} is not allowed on /api/publish; use POST")
+            return 200, await self._publish(scope, receive)
+        if path == self.config.server.websocket_path:
+            raise UpgradeRequired(f"{path} is the WebSocket endpoint: connect with a WebSocket")
+        raise RouteNotFound(f"no route at {path!r}")
+
+    async def _publish(self, scope: Scope, receive: Receive) -> bytes:
+        trusted = self._authenticate(Headers(scope["headers"]))
+        request = decode_publish_request(await self._read_body(receive))
+        if self.hub is None:
+            raise ServerClosing
+        position = await self.hub.publish(request.channel, request.data, trusted=trusted)
+        reply = PublishReply(channel=request.channel, offset=position.offset, epoch=position.epoch)
+        return encode(reply).encode()
+
+    def _authenticate(self, headers: Headers) -> bool:
+        """Check the API key when keys are configured; return whether the caller is trusted."""
+        keys = self.config.server.api_keys
+        if not keys:
+            return False
+        scheme, _, given = headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not given:
+            raise Unauthorized("this API needs 'Authorization: Bearer <key>'")
+        # Compare with every key, in constant time, so timing tells nothing about them.
+        matches = [hmac.compare_digest(given.encode(), key.encode()) for key in keys]
+        if not any(matches):
+            raise Unauthorized("the API key is not valid")
+        return True
+
+    async def _read_body(self, receive: Receive) -> bytes:
+        limit = self.config.server.max_request_bytes
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise RequestTooLarge(f"the request body exceeds {limit} bytes")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return b"".join(chunks)
+
+
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+def _error_body(exc: Exception) -> bytes:
+    code = exc.code if isinstance(exc, ProtocolError | ChannelsError) else 500
+    return encode_error(code, str(exc)).encode()
+
+
+def create_app(config: Config | None = None) -> Clarion:
+    """Build the app; without *config*, read the file named by ``CLARION_CONFIG``, if any.
+
+    This is the entry point for running under the hypercorn command:
+    ``CLARION_CONFIG=channels.yaml hypercorn 'service.app:create_app()'``.
+
+    Raises:
+        ConfigError: if the configuration file is invalid.
+    """
+    if config is None:
+        config = load_config(os.environ.get("CLARION_CONFIG") or None)
+    return Clarion(config)

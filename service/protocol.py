@@ -1,0 +1,335 @@
+"""The wire protocol: client requests and server frames as msgspec Structs.
+
+Client to server, one JSON object per WebSocket frame (text or binary)::
+
+    {"type": "subscribe", "id": 1, "channel": "chat:1", "since": {"offset": 4, "epoch": "…"}}
+    {"type": "unsubscribe", "id": 2, "channel": "chat:1"}
+    {"type": "publish", "id": 3, "channel": "chat:1", "data": {"text": "hi"}}
+    {"type": "history", "id": 4, "channel": "chat:1", "limit": 10, "since": 4}
+    {"type": "ping", "id": 5}
+
+Server to client: ``reply``, ``error``, ``message`` and ``gap`` objects. A frame holds one
+object, or a JSON array of several when the writer coalesced them. The README documents
+every field and code.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
+
+import msgspec
+
+if TYPE_CHECKING:
+    from channels.publication import Publication
+
+__all__ = (
+    "BadJSON",
+    "BadMessage",
+    "ClientMessage",
+    "Error",
+    "Gap",
+    "History",
+    "HistoryEntry",
+    "HistoryReply",
+    "Message",
+    "MethodNotAllowed",
+    "Ping",
+    "ProtocolError",
+    "Publish",
+    "PublishReply",
+    "PublishRequest",
+    "Reply",
+    "RequestTooLarge",
+    "RouteNotFound",
+    "Since",
+    "Subscribe",
+    "SubscribeReply",
+    "Unauthorized",
+    "UnknownOp",
+    "Unsubscribe",
+    "UpgradeRequired",
+    "decode_publish_request",
+    "decode_request",
+    "encode",
+    "encode_error",
+    "encode_gap",
+    "encode_message",
+)
+
+RequestId = int | str | None
+Offset = Annotated[int, msgspec.Meta(ge=0)]
+
+
+# Errors ---------------------------------------------------------------------------------
+
+
+class ProtocolError(Exception):
+    """Base class of the wire-format errors; the request that caused it keeps its ``id``.
+
+    Exception hierarchy (codes are stable and listed in the README)::
+
+        ProtocolError
+        ├── BadJSON           100  the frame or body is not JSON
+        ├── BadMessage        101  JSON, but not a valid request (field missing, wrong type)
+        ├── UnknownOp         102  the "type" names no operation
+        ├── RequestTooLarge   103  an HTTP body over server.max_request_bytes
+        ├── RouteNotFound     104  no HTTP route at this path
+        ├── MethodNotAllowed  105  the route exists, the HTTP method does not
+        ├── Unauthorized      106  the HTTP API key is missing or wrong
+        └── UpgradeRequired   107  a plain HTTP request to the WebSocket endpoint
+    """
+
+    code: ClassVar[int] = 0
+
+    def __init__(self, message: str, request_id: RequestId = None) -> None:
+        super().__init__(message)
+        self.request_id = request_id
+
+
+class BadJSON(ProtocolError):
+    """Raised when a frame or request body is not valid JSON (or not UTF-8)."""
+
+    code = 100
+
+
+class BadMessage(ProtocolError):
+    """Raised when valid JSON is not a valid request: a field is missing, unknown or mistyped."""
+
+    code = 101
+
+
+class UnknownOp(ProtocolError):
+    """Raised when a request's ``type`` is not one of the operations."""
+
+    code = 102
+
+
+class RequestTooLarge(ProtocolError):
+    """Raised when an HTTP request body exceeds ``server.max_request_bytes``."""
+
+    code = 103
+
+
+class RouteNotFound(ProtocolError):
+    """Raised when no HTTP route or WebSocket endpoint exists at a path."""
+
+    code = 104
+
+
+class MethodNotAllowed(ProtocolError):
+    """Raised when an HTTP route is asked with a method it does not serve."""
+
+    code = 105
+
+
+class Unauthorized(ProtocolError):
+    """Raised when the HTTP API needs a key and the request has none or a wrong one."""
+
+    code = 106
+
+
+class UpgradeRequired(ProtocolError):
+    """Raised when the WebSocket endpoint is asked with plain HTTP."""
+
+    code = 107
+
+
+# Client -> server -----------------------------------------------------------------------
+
+
+class _Request(
+    msgspec.Struct, tag_field="type", forbid_unknown_fields=True, frozen=True, kw_only=True
+):
+    id: RequestId = None
+
+
+class Since(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """The last position a client saw: the ``offset`` and ``epoch`` of a channel's stream."""
+
+    offset: Offset
+    epoch: str
+
+
+class Subscribe(_Request, tag="subscribe", frozen=True, kw_only=True):
+    channel: str
+    since: Since | None = None
+
+
+class Unsubscribe(_Request, tag="unsubscribe", frozen=True, kw_only=True):
+    channel: str
+
+
+class Publish(_Request, tag="publish", frozen=True, kw_only=True):
+    channel: str
+    data: msgspec.Raw
+
+
+class History(_Request, tag="history", frozen=True, kw_only=True):
+    channel: str
+    limit: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    since: Offset | None = None
+
+
+class Ping(_Request, tag="ping", frozen=True, kw_only=True):
+    pass
+
+
+ClientMessage = Subscribe | Unsubscribe | Publish | History | Ping
+OPS = frozenset(("subscribe", "unsubscribe", "publish", "history", "ping"))
+
+
+class PublishRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """The body of ``POST /api/publish``."""
+
+    channel: str
+    data: msgspec.Raw
+
+
+class _Probe(msgspec.Struct):
+    type: Any = None
+    id: Any = None
+
+
+_request_decoder: msgspec.json.Decoder[ClientMessage] = msgspec.json.Decoder(ClientMessage)
+_publish_request_decoder = msgspec.json.Decoder(PublishRequest)
+_probe_decoder = msgspec.json.Decoder(_Probe)
+
+
+def decode_request(frame: str | bytes) -> ClientMessage:
+    """Decode one client frame.
+
+    Raises:
+        BadJSON, BadMessage, UnknownOp: with the request's ``id`` when it could be read.
+    """
+    try:
+        return _request_decoder.decode(frame)
+    except msgspec.ValidationError as exc:
+        try:
+            probe = _probe_decoder.decode(frame)
+        except msgspec.ValidationError:
+            probe = _Probe()
+        request_id = probe.id if isinstance(probe.id, int | str) else None
+        if isinstance(probe.type, str) and probe.type not in OPS:
+            raise UnknownOp(
+                f"unknown operation {probe.type[:100]!r}; use one of {', '.join(sorted(OPS))}",
+                request_id,
+            ) from None
+        raise BadMessage(_describe(exc), request_id) from None
+    except msgspec.DecodeError as exc:
+        raise BadJSON(f"not valid JSON: {exc}") from None
+
+
+def decode_publish_request(body: bytes) -> PublishRequest:
+    """Decode the body of ``POST /api/publish``.
+
+    Raises:
+        BadJSON, BadMessage: for a body that is not a valid publish request.
+    """
+    try:
+        return _publish_request_decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise BadMessage(_describe(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise BadJSON(f"not valid JSON: {exc}") from None
+
+
+def _describe(exc: msgspec.ValidationError) -> str:
+    """Turn msgspec's "Expected `int` - at `$.since`" into "since: Expected `int`"."""
+    message, _, where = str(exc).rpartition(" - at `$")
+    return f"{where.strip('`.')}: {message}" if message else str(exc)
+
+
+# Server -> client -----------------------------------------------------------------------
+
+
+class _Frame(msgspec.Struct, tag_field="type", omit_defaults=True, frozen=True, kw_only=True):
+    pass
+
+
+class Reply(_Frame, tag="reply", frozen=True, kw_only=True):
+    """The answer to a request that carries nothing more (unsubscribe, ping)."""
+
+    id: RequestId = None
+
+
+class SubscribeReply(_Frame, tag="reply", frozen=True, kw_only=True):
+    """The answer to ``subscribe``: the stream position the subscription starts after."""
+
+    id: RequestId = None
+    channel: str
+    offset: int
+    epoch: str
+    recovered: bool | None = None
+
+
+class PublishReply(_Frame, tag="reply", frozen=True, kw_only=True):
+    """The answer to ``publish`` (and the body of ``POST /api/publish``)."""
+
+    id: RequestId = None
+    channel: str
+    offset: int
+    epoch: str
+
+
+class HistoryEntry(msgspec.Struct, frozen=True):
+    offset: int
+    data: msgspec.Raw
+
+
+class HistoryReply(_Frame, tag="reply", frozen=True, kw_only=True):
+    """The answer to ``history``: kept messages, oldest first."""
+
+    id: RequestId = None
+    channel: str
+    offset: int
+    epoch: str
+    messages: list[HistoryEntry]
+
+
+class Error(_Frame, tag="error", frozen=True, kw_only=True):
+    """A request failed; ``code`` is stable, ``message`` is for people."""
+
+    id: RequestId = None
+    code: int
+    message: str
+
+
+class Message(_Frame, tag="message", frozen=True, kw_only=True):
+    """A message published on a channel the client subscribed to."""
+
+    channel: str
+    offset: int
+    data: msgspec.Raw
+
+
+class Gap(_Frame, tag="gap", frozen=True, kw_only=True):
+    """Messages ``first`` to ``last`` of ``channel`` were dropped by its slow-consumer policy."""
+
+    channel: str
+    first: int
+    last: int
+
+
+_encoder = msgspec.json.Encoder()
+
+
+def encode(frame: _Frame) -> str:
+    """Encode a server frame as JSON text."""
+    return _encoder.encode(frame).decode()
+
+
+def encode_message(publication: Publication) -> bytes:
+    """Encode a publication as a ``message`` frame (once, for all its subscribers)."""
+    return _encoder.encode(
+        Message(channel=publication.channel, offset=publication.offset, data=publication.data)
+    )
+
+
+def encode_gap(channel: str, first: int, last: int) -> str:
+    """Encode a ``gap`` notice."""
+    return encode(Gap(channel=channel, first=first, last=last))
+
+
+def encode_error(code: int, message: str, request_id: RequestId = None) -> str:
+    """Encode an ``error`` frame."""
+    return encode(Error(id=request_id, code=code, message=message))

@@ -1,0 +1,74 @@
+"""Run the app under hypercorn: the only module that picks the trio or asyncio worker."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from functools import partial
+from typing import TYPE_CHECKING, Literal
+
+import anyio
+import hypercorn.asyncio
+import hypercorn.config
+import hypercorn.trio
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from channels.config import Config
+    from service.app import Clarion
+
+__all__ = ("Backend", "hypercorn_config", "run", "serve")
+
+Backend = Literal["asyncio", "trio"]
+logger = logging.getLogger("clarion")
+
+
+def hypercorn_config(config: Config) -> hypercorn.config.Config:
+    """Translate Clarion's server options into a hypercorn configuration."""
+    result = hypercorn.config.Config()
+    result.bind = [config.server.bind]
+    result.websocket_max_message_size = config.server.max_request_bytes
+    # Our own drain closes clients within shutdown_grace_seconds; give hypercorn a
+    # moment more so that it never cuts a close frame short.
+    result.graceful_timeout = config.server.shutdown_grace_seconds + 1.0
+    # Hand hypercorn our logger so that it adds no second handler of its own.
+    result.errorlog = logging.getLogger("hypercorn.error")
+    return result
+
+
+async def serve(
+    app: Clarion,
+    config: hypercorn.config.Config,
+    backend: Backend,
+    *,
+    shutdown_trigger: Callable[[], Awaitable[None]],
+) -> None:
+    """Serve *app* with hypercorn's worker for *backend*, in the running event loop.
+
+    When *shutdown_trigger* returns, the app drains first (every client gets its queued
+    messages, then close 1001), and only then does hypercorn stop. Returns once
+    hypercorn has shut down.
+    """
+
+    async def drain_then_stop() -> None:
+        await shutdown_trigger()
+        await app.drain()
+
+    if backend == "trio":
+        await hypercorn.trio.serve(app, config, shutdown_trigger=drain_then_stop)  # type: ignore[arg-type]  # hypercorn's Framework type is narrower than ASGI
+    else:
+        await hypercorn.asyncio.serve(app, config, shutdown_trigger=drain_then_stop)  # type: ignore[arg-type]  # same
+
+
+def run(app: Clarion, backend: Backend) -> None:
+    """Serve *app* until SIGINT or SIGTERM, then drain its clients (close 1001) and exit."""
+
+    async def wait_for_signal() -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                logger.info("%s received: closing connections", signal.Signals(signum).name)
+                return
+
+    run_serve = partial(serve, shutdown_trigger=wait_for_signal)
+    anyio.run(run_serve, app, hypercorn_config(app.config), backend, backend=backend)

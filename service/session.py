@@ -1,0 +1,168 @@
+"""One client connection: its task group, its reader and its writer.
+
+The reader (the ASGI task itself) decodes each frame and runs the request; the writer
+drains the connection's `Outbox`, coalescing whatever is waiting into one frame. When
+either ends, the other is cancelled, and the connection leaves the hub in ``finally``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import anyio
+
+from channels.errors import ChannelsError, SlowConsumer
+from channels.outbox import Outbox
+from channels.publication import Position
+from service.protocol import (
+    History,
+    HistoryEntry,
+    HistoryReply,
+    Ping,
+    ProtocolError,
+    Publish,
+    PublishReply,
+    Reply,
+    Subscribe,
+    SubscribeReply,
+    Unsubscribe,
+    decode_request,
+    encode,
+    encode_error,
+    encode_gap,
+)
+from service.websocket import WebSocketDisconnect, WebSocketState
+
+if TYPE_CHECKING:
+    from channels.config import ServerConfig
+    from channels.hub import Hub, Subscribed
+    from service.protocol import ClientMessage
+    from service.websocket import WebSocket
+
+__all__ = ("CLOSE_FRAME_TOO_LARGE", "CLOSE_GOING_AWAY", "Session", "run_session")
+
+CLOSE_GOING_AWAY = 1001
+CLOSE_FRAME_TOO_LARGE = 1009
+
+
+class Session:
+    """The protocol state of one connection: runs each request against the hub.
+
+    Replies and errors go into the same outbox as the channel messages, so a client sees
+    them in the order they happened.
+    """
+
+    def __init__(self, hub: Hub, outbox: Outbox) -> None:
+        self.hub = hub
+        self.outbox = outbox
+
+    async def handle(self, frame: str | bytes) -> None:
+        """Run the request in *frame*; reply with its result or a coded error."""
+        try:
+            request = decode_request(frame)
+        except ProtocolError as exc:
+            await self.outbox.put(encode_error(exc.code, str(exc), exc.request_id))
+            return
+        try:
+            await self._run(request)
+        except ChannelsError as exc:
+            await self.outbox.put(encode_error(exc.code, str(exc), request.id))
+
+    async def _run(self, request: ClientMessage) -> None:
+        hub, outbox = self.hub, self.outbox
+        match request:
+            case Publish(id=request_id, channel=channel, data=data):
+                position = await hub.publish(channel, data, trusted=False)
+                await outbox.put(
+                    encode(
+                        PublishReply(
+                            id=request_id,
+                            channel=channel,
+                            offset=position.offset,
+                            epoch=position.epoch,
+                        )
+                    )
+                )
+            case Subscribe(id=request_id, channel=channel, since=since):
+
+                def reply(subscribed: Subscribed) -> None:
+                    # The reply must precede the channel's messages, which the hub offers
+                    # right after this returns: queue it now, even on a full outbox.
+                    outbox.put_nowait(
+                        encode(
+                            SubscribeReply(
+                                id=request_id,
+                                channel=channel,
+                                offset=subscribed.position.offset,
+                                epoch=subscribed.position.epoch,
+                                recovered=subscribed.recovered,
+                            )
+                        )
+                    )
+
+                start = None if since is None else Position(since.offset, since.epoch)
+                await hub.subscribe(outbox, channel, since=start, on_subscribed=reply)
+            case Unsubscribe(id=request_id, channel=channel):
+                hub.unsubscribe(outbox, channel)
+                await outbox.put(encode(Reply(id=request_id)))
+            case History(id=request_id, channel=channel, limit=limit, since=after):
+                page = await hub.history(channel, after=after, limit=limit)
+                messages = [HistoryEntry(item.offset, item.data) for item in page.publications]
+                await outbox.put(
+                    encode(
+                        HistoryReply(
+                            id=request_id,
+                            channel=channel,
+                            offset=page.position.offset,
+                            epoch=page.position.epoch,
+                            messages=messages,
+                        )
+                    )
+                )
+            case Ping(id=request_id):
+                await outbox.put(encode(Reply(id=request_id)))
+
+
+async def run_session(ws: WebSocket, hub: Hub, server: ServerConfig) -> None:
+    """Serve one accepted-to-be WebSocket until the client leaves or the node closes it.
+
+    Close codes: 1001 when the hub closes (after the queued messages were sent),
+    1009 for a frame over ``server.max_request_bytes``, 4000 for a slow consumer.
+
+    Raises:
+        ServerClosing: if the hub is closing; the handshake was not accepted.
+    """
+    outbox = Outbox(server.outbox_messages, server.frame_max_bytes, encode_gap)
+    hub.attach(outbox)
+    try:
+        await ws.accept()
+        session = Session(hub, outbox)
+        too_large = False
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_write, ws, outbox, tg.cancel_scope)
+            async for frame in ws.iter_frames():
+                # hypercorn enforces its own limit; this one holds under any server.
+                if len(frame) > server.max_request_bytes:
+                    too_large = True
+                    break
+                await session.handle(frame)
+            tg.cancel_scope.cancel()
+        if too_large and ws.application_state is WebSocketState.CONNECTED:
+            await ws.close(CLOSE_FRAME_TOO_LARGE, "frame too large")
+    finally:
+        hub.detach(outbox)
+
+
+async def _write(ws: WebSocket, outbox: Outbox, scope: anyio.CancelScope) -> None:
+    """Send the outbox's batches: one object alone, several as one JSON array."""
+    try:
+        while True:
+            texts = await outbox.get_batch()
+            await ws.send_text(texts[0] if len(texts) == 1 else "[" + ",".join(texts) + "]")
+    except SlowConsumer as exc:
+        await ws.close(exc.code, "slow consumer")
+    except anyio.EndOfStream:
+        await ws.close(CLOSE_GOING_AWAY, "server shutting down")
+    except WebSocketDisconnect:
+        pass
+    scope.cancel()

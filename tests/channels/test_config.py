@@ -1,0 +1,144 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from channels.config import (
+    ChannelRule,
+    Config,
+    History,
+    ServerConfig,
+    dump_config,
+    load_config,
+    parse_bind,
+    parse_config,
+)
+from channels.errors import ConfigError
+
+DEPLOY_EXAMPLE = Path(__file__).parents[2] / "deploy" / "channels.yaml"
+
+
+def test_default_config_serves_every_channel_on_loopback() -> None:
+    config = Config()
+    assert config.server.bind == "127.0.0.1:8000"
+    assert config.broker.kind == "memory"
+    assert config.channels == [ChannelRule(match="*")]
+    assert config.channels[0].publish is True
+    assert config.server.api_keys == []
+
+
+def test_empty_document_is_the_default() -> None:
+    assert parse_config("", env={}) == Config()
+    assert load_config(None) == Config()
+
+
+def test_full_document_is_decoded() -> None:
+    config = parse_config(
+        """
+server:
+  bind: "[::1]:9000"
+  websocket_path: /live
+  outbox_messages: 64
+  slow_consumer: drop_oldest
+  api_keys: ["${KEY_A}", "${KEY_B}"]
+channels:
+  - match: "prices:*"
+    publish: false
+    history: {size: 100, ttl_seconds: 30}
+    max_message_bytes: 512
+    slow_consumer: latest
+  - match: lobby
+""",
+        env={"KEY_A": "alpha", "KEY_B": "beta"},
+    )
+    assert config.server.bind == "[::1]:9000"
+    assert config.server.websocket_path == "/live"
+    assert config.server.api_keys == ["alpha", "beta"]
+    assert config.channels[0] == ChannelRule(
+        match="prices:*",
+        publish=False,
+        history=History(size=100, ttl_seconds=30),
+        max_message_bytes=512,
+        slow_consumer="latest",
+    )
+    assert config.channels[1].slow_consumer is None
+
+
+BAD_DOCUMENTS = [
+    ("channels: [{match: a}, {match: b, history: {size: -1}}]", "channels[1].history.size: Expected `int` >= 0"),
+    ("channels: [{match: a, histroy: {}}]", "channels[0]: Object contains unknown field `histroy`"),
+    ("channels: [{match: 3}]", "channels[0].match: Expected `str`, got `int`"),
+    ("channels: [{publish: true}]", "channels[0]: Object missing required field `match`"),
+    ("channels: [{match: 'a b'}]", "channels[0]: match 'a b' may hold only"),
+    ("channels: [{match: a}, {match: a}]", "two channel rules match 'a'"),
+    ("channels: [{match: a, slow_consumer: never}]", "channels[0].slow_consumer: Invalid enum value 'never'"),
+    ("server: {outbox_messages: 0}", "server.outbox_messages: Expected `int` >= 1"),
+    ("server: {bind: localhost}", "server: bind 'localhost' must look like HOST:PORT"),
+    ("server: {bind: '127.0.0.1:70000'}", "must look like HOST:PORT"),
+    ("server: {websocket_path: ws}", "server: websocket_path 'ws' must start with '/'"),
+    ("server: {websocket_path: /health}", "is taken by the HTTP API"),
+    ("server: {outbox_messages: 10, recovery_max_messages: 11}", "must not exceed outbox_messages"),
+    ("server: {api_keys: [hunter2]}", "server.api_keys[0]: write the key as a ${VAR} reference"),
+    ("server: {api_keys: ['${MISSING}']}", "server.api_keys[0]: environment variable MISSING is not set"),
+    ("server: {api_keys: ['${EMPTY}']}", "server: an API key is empty"),
+    ("broker: {kind: redis}", "broker.kind: Invalid enum value 'redis'"),
+    ("nonsense: 1", "Object contains unknown field `nonsense`"),
+    ("[1, 2]", "Expected `object`, got `array`"),
+    ("server: {bind: [", "not valid YAML"),
+]
+
+
+@pytest.mark.parametrize(
+    ("document", "message"), BAD_DOCUMENTS, ids=[message[:40] for _, message in BAD_DOCUMENTS]
+)
+def test_bad_document_names_the_path(document: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(document, env={"EMPTY": ""}, source="test.yaml")
+    assert str(caught.value).startswith("test.yaml: ")
+    assert message in str(caught.value)
+    assert caught.value.code == 10
+
+
+def test_env_references_work_in_any_string() -> None:
+    config = parse_config(
+        "server: {bind: '${HOST}:8123', websocket_path: '/${PATH_NAME}'}",
+        env={"HOST": "127.0.0.1", "PATH_NAME": "live"},
+    )
+    assert config.server.bind == "127.0.0.1:8123"
+    assert config.server.websocket_path == "/live"
+
+
+def test_load_config_reports_a_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read .*nope.yaml"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_load_config_reads_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("server: {api_keys: ['${CLARION_TEST_KEY}']}")
+    monkeypatch.setenv("CLARION_TEST_KEY", "s3cret")
+    assert load_config(path).server.api_keys == ["s3cret"]
+
+
+def test_dump_config_redacts_api_keys() -> None:
+    config = Config(server=ServerConfig(api_keys=["s3cret"]))
+    dumped = dump_config(config)
+    assert "s3cret" not in dumped
+    assert "<redacted>" in dumped
+    assert parse_config(dump_config(Config()), env={}) == Config()
+
+
+def test_deploy_example_is_valid_and_uses_every_policy() -> None:
+    config = load_config(DEPLOY_EXAMPLE, env={"CLARION_API_KEY": "example"})
+    assert {rule.slow_consumer for rule in config.channels} >= {"drop_oldest", "latest"}
+    assert any(rule.history.size for rule in config.channels)
+    assert any(not rule.publish for rule in config.channels)
+
+
+@pytest.mark.parametrize(
+    ("bind", "expected"),
+    [("127.0.0.1:8000", ("127.0.0.1", 8000)), ("[::1]:80", ("::1", 80)), ("h:0", ("h", 0))],
+)
+def test_parse_bind(bind: str, expected: tuple[str, int]) -> None:
+    assert parse_bind(bind) == expected

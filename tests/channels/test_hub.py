@@ -1,0 +1,384 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+import msgspec
+import pytest
+
+from channels.brokers.memory import MemoryBroker
+from channels.config import ChannelRule, Config, History, ServerConfig
+from channels.errors import (
+    AlreadySubscribed,
+    ChannelNotFound,
+    InvalidChannelName,
+    MessageTooLarge,
+    NotSubscribed,
+    PermissionDenied,
+    ServerClosing,
+)
+from channels.hub import Hub, Subscribed, open_hub
+from channels.outbox import Outbox
+from channels.publication import HistoryPage, Position, Publication
+
+CONFIG = Config(
+    channels=[
+        ChannelRule(match="chat:*", history=History(size=5)),
+        ChannelRule(match="news", publish=False, max_message_bytes=10),
+        ChannelRule(match="open"),
+    ]
+)
+
+
+class Encoder:
+    """Encodes a publication as "channel:offset:data" and counts the calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, publication: Publication) -> bytes:
+        self.calls += 1
+        return f"{publication.channel}:{publication.offset}:{bytes(publication.data).decode()}".encode()
+
+
+def raw(value: object) -> msgspec.Raw:
+    return msgspec.Raw(msgspec.json.encode(value))
+
+
+def outbox(capacity: int = 100) -> Outbox:
+    return Outbox(capacity, 1 << 20, lambda channel, first, last: f"gap:{channel}:{first}-{last}")
+
+
+async def drain(box: Outbox) -> list[str]:
+    return await box.get_batch() if len(box) else []
+
+
+async def subscribe(
+    hub: Hub, box: Outbox, channel: str, since: Position | None = None
+) -> Subscribed:
+    replies: list[Subscribed] = []
+    await hub.subscribe(box, channel, since=since, on_subscribed=replies.append)
+    (reply,) = replies
+    return reply
+
+
+async def test_publish_reaches_every_subscriber_encoded_once() -> None:
+    encoder = Encoder()
+    async with open_hub(CONFIG, encoder) as hub:
+        boxes = [outbox() for _ in range(50)]
+        for box in boxes:
+            hub.attach(box)
+            await subscribe(hub, box, "chat:1")
+        position = await hub.publish("chat:1", raw("hi"), trusted=False)
+        assert position.offset == 1
+        assert encoder.calls == 1
+        for box in boxes:
+            assert await drain(box) == ['chat:1:1:"hi"']
+
+
+async def test_channels_are_isolated_and_order_is_kept() -> None:
+    async with open_hub(CONFIG, Encoder()) as hub:
+        one, two = outbox(), outbox()
+        hub.attach(one)
+        hub.attach(two)
+        await subscribe(hub, one, "chat:1")
+        await subscribe(hub, two, "chat:2")
+        for index in range(3):
+            await hub.publish("chat:1", raw(index), trusted=False)
+        await hub.publish("chat:2", raw("x"), trusted=False)
+        assert await drain(one) == ["chat:1:1:0", "chat:1:2:1", "chat:1:3:2"]
+        assert await drain(two) == ['chat:2:1:"x"']
+
+
+async def test_subscribe_reports_the_current_position() -> None:
+    async with open_hub(CONFIG, Encoder()) as hub:
+        await hub.publish("chat:1", raw(1), trusted=False)
+        box = outbox()
+        hub.attach(box)
+        reply = await subscribe(hub, box, "chat:1")
+        assert reply.position.offset == 1
+        assert reply.recovered is None
+        assert await drain(box) == []
+
+
+async def test_rules_apply_to_publish() -> None:
+    async with open_hub(CONFIG, Encoder()) as hub:
+        with pytest.raises(PermissionDenied, match="clients may not publish on channel 'news'"):
+            await hub.publish("news", raw(1), trusted=False)
+        assert (await hub.publish("news", raw(1), trusted=True)).offset == 1
+        with pytest.raises(MessageTooLarge, match="12 bytes exceeds the 10-byte limit"):
+            await hub.publish("news", raw("x" * 10), trusted=True)
+        with pytest.raises(ChannelNotFound):
+            await hub.publish("elsewhere", raw(1), trusted=True)
+        with pytest.raises(InvalidChannelName):
+            await hub.publish("bad name", raw(1), trusted=True)
+
+
+async def test_subscription_errors() -> None:
+    async with open_hub(CONFIG, Encoder()) as hub:
+        box = outbox()
+        hub.attach(box)
+        await subscribe(hub, box, "chat:1")
+        with pytest.raises(AlreadySubscribed):
+            await subscribe(hub, box, "chat:1")
+        with pytest.raises(ChannelNotFound):
+            await subscribe(hub, box, "elsewhere")
+        with pytest.raises(NotSubscribed):
+            hub.unsubscribe(box, "chat:2")
+        hub.unsubscribe(box, "chat:1")
+        await hub.publish("chat:1", raw(1), trusted=False)
+        assert await drain(box) == []
+
+
+async def test_recovery_replays_exactly_what_was_missed() -> None:
+    async with open_hub(CONFIG, Encoder()) as hub:
+        box = outbox()
+        hub.attach(box)
+        first = await subscribe(hub, box, "chat:1")
+        await hub.publish("chat:1", raw("seen"), trusted=False)
+        seen = Position(1, first.position.epoch)
+        hub.detach(box)
+        for index in range(3):
+            await hub.publish("chat:1", raw(index), trusted=False)
+        again = outbox()
+        hub.attach(again)
+        reply = await subscribe(hub, again, "chat:1", since=seen)
+        assert reply.recovered is True
+        assert reply.position == Position(4, first.position.epoch)
+        await hub.publish("chat:1", raw("live"), trusted=False)
+        assert await drain(again) == ["chat:1:2:0", "chat:1:3:1", "chat:1:4:2", 'chat:1:5:"live"']
+
+
+@pytest.mark.parametrize(
+    ("since", "published"),
+    [
+        (lambda epoch: Position(1, "other-epoch"), 2),
+        (lambda epoch: Position(1, epoch), 10),  # history keeps 5: offsets 2..5 are gone
+        (lambda epoch: Position(99, epoch), 2),  # from the future
+    ],
+    ids=["epoch-changed", "trimmed", "ahead-of-stream"],
+)
+async def test_recovery_impossible_is_reported_and_replays_nothing(
+    since: object, published: int
+) -> None:
+    async with open_hub(CONFIG, Encoder()) as hub:
+        box = outbox()
+        hub.attach(box)
+        epoch = (await subscribe(hub, box, "chat:1")).position.epoch
+        hub.detach(box)
+        for index in range(published):
+            await hub.publish("chat:1", raw(index), trusted=False)
+        again = outbox()
+        hub.attach(again)
+        reply = await subscribe(hub, again, "chat:1", since=since(epoch))  # type: ignore[operator]
+        assert reply.recovered is False
+        assert reply.position.offset == published
+        assert await drain(again) == []
+
+
+async def test_recovery_of_more_than_the_limit_is_refused() -> None:
+    config = Config(
+        server=ServerConfig(recovery_max_messages=2),
+        channels=[ChannelRule(match="*", history=History(size=10))],
+    )
+    async with open_hub(config, Encoder()) as hub:
+        await hub.publish("c", raw(0), trusted=False)
+        box = outbox()
+        hub.attach(box)
+        epoch = (await subscribe(hub, box, "c")).position.epoch
+        hub.unsubscribe(box, "c")
+        for index in range(3):
+            await hub.publish("c", raw(index), trusted=False)
+        reply = await subscribe(hub, box, "c", since=Position(1, epoch))
+        assert reply.recovered is False
+        hub.unsubscribe(box, "c")
+        reply = await subscribe(hub, box, "c", since=Position(2, epoch))
+        assert reply.recovered is True
+        assert await drain(box) == ["c:3:1", "c:4:2"]
+
+
+class SlowReads:
+    """A memory broker whose reads wait until released, to race publishes against them."""
+
+    def __init__(self, broker: MemoryBroker) -> None:
+        self.broker = broker
+        self.reading = anyio.Event()
+        self.release = anyio.Event()
+
+    async def publish(self, channel: str, data: msgspec.Raw, history: History) -> Position:
+        return await self.broker.publish(channel, data, history)
+
+    async def read(
+        self, channel: str, *, after: int | None, epoch: str | None, limit: int | None
+    ) -> HistoryPage:
+        page = await self.broker.read(channel, after=after, epoch=epoch, limit=limit)
+        self.reading.set()
+        await self.release.wait()
+        return page
+
+    async def subscribe(self, channel: str) -> None:
+        await self.broker.subscribe(channel)
+
+    def unsubscribe(self, channel: str) -> None:
+        self.broker.unsubscribe(channel)
+
+
+@asynccontextmanager
+async def slow_hub(config: Config) -> AsyncIterator[tuple[Hub, SlowReads]]:
+    hub: Hub | None = None
+
+    def deliver(publication: Publication) -> None:
+        if hub is not None:
+            hub.deliver(publication)
+
+    broker = SlowReads(MemoryBroker(deliver))
+    hub = Hub(config, broker, Encoder())
+    yield hub, broker
+
+
+async def test_messages_published_during_recovery_are_neither_lost_nor_doubled() -> None:
+    async with slow_hub(CONFIG) as (hub, broker):
+        broker.release.set()
+        watcher = outbox()
+        hub.attach(watcher)
+        epoch = (await subscribe(hub, watcher, "chat:1")).position.epoch
+        await hub.publish("chat:1", raw("a"), trusted=False)
+        await hub.publish("chat:1", raw("b"), trusted=False)
+        broker.release = anyio.Event()
+        broker.reading = anyio.Event()
+        box = outbox()
+        hub.attach(box)
+        replies: list[Subscribed] = []
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(
+                    lambda: hub.subscribe(
+                        box, "chat:1", since=Position(1, epoch), on_subscribed=replies.append
+                    )
+                )
+                await broker.reading.wait()  # history read (offsets 2): now publish 3 and 4
+                await hub.publish("chat:1", raw("c"), trusted=False)
+                await hub.publish("chat:1", raw("d"), trusted=False)
+                assert len(box) == 0
+                broker.release.set()
+        assert replies[0].recovered is True
+        assert await drain(box) == ['chat:1:2:"b"', 'chat:1:3:"c"', 'chat:1:4:"d"']
+
+
+async def test_plain_subscribe_during_publishes_starts_after_its_reply_position() -> None:
+    async with slow_hub(CONFIG) as (hub, broker):
+        box = outbox()
+        hub.attach(box)
+        replies: list[Subscribed] = []
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(
+                    lambda: hub.subscribe(box, "chat:1", since=None, on_subscribed=replies.append)
+                )
+                await broker.reading.wait()
+                await hub.publish("chat:1", raw("after"), trusted=False)
+                broker.release.set()
+        assert replies[0].position.offset == 0
+        assert await drain(box) == ['chat:1:1:"after"']
+
+
+async def test_cancelled_subscribe_leaves_nothing_behind() -> None:
+    async with slow_hub(CONFIG) as (hub, broker):
+        box = outbox()
+        hub.attach(box)
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(
+                    lambda: hub.subscribe(box, "chat:1", since=None, on_subscribed=lambda _: None)
+                )
+                await broker.reading.wait()
+                tg.cancel_scope.cancel()
+        stats = hub.statistics()
+        assert (stats.channels, stats.subscriptions) == (0, 0)
+        assert broker.broker.stream_count == 0
+
+
+async def test_detach_cleans_up_and_statistics_count() -> None:
+    async with open_hub(CONFIG, Encoder()) as hub:
+        boxes = [outbox() for _ in range(3)]
+        for box in boxes:
+            hub.attach(box)
+            await subscribe(hub, box, "chat:1")
+            await subscribe(hub, box, "open")
+        stats = hub.statistics()
+        assert (stats.connections, stats.channels, stats.subscriptions) == (3, 2, 6)
+        await hub.publish("open", raw(1), trusted=False)
+        for box in boxes:
+            hub.detach(box)
+            hub.detach(box)  # idempotent
+        stats = hub.statistics()
+        assert (stats.connections, stats.channels, stats.subscriptions) == (0, 0, 0)
+        assert stats.published == 1
+
+
+async def test_policy_drops_are_counted_in_statistics() -> None:
+    config = Config(channels=[ChannelRule(match="*", slow_consumer="latest")])
+    async with open_hub(config, Encoder()) as hub:
+        box = outbox(capacity=1)
+        hub.attach(box)
+        await subscribe(hub, box, "p")
+        for index in range(4):
+            await hub.publish("p", raw(index), trusted=False)
+        assert hub.statistics().dropped == 3
+        hub.detach(box)
+        assert hub.statistics().dropped == 3
+
+
+async def test_close_refuses_new_work_and_closes_outboxes() -> None:
+    async with open_hub(CONFIG, Encoder()) as hub:
+        box = outbox()
+        hub.attach(box)
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(hub.wait_no_connections)
+                hub.close()
+                with pytest.raises(anyio.EndOfStream):
+                    await box.get_batch()
+                with pytest.raises(ServerClosing):
+                    hub.attach(outbox())
+                with pytest.raises(ServerClosing):
+                    await hub.publish("open", raw(1), trusted=True)
+                with pytest.raises(ServerClosing):
+                    await subscribe(hub, box, "open")
+                hub.detach(box)
+
+
+async def test_history_reads_newest_or_after_an_offset() -> None:
+    async with open_hub(CONFIG, Encoder()) as hub:
+        for index in range(8):
+            await hub.publish("chat:1", raw(index), trusted=False)
+        page = await hub.history("chat:1", after=None, limit=None)
+        assert [item.offset for item in page.publications] == [4, 5, 6, 7, 8]
+        page = await hub.history("chat:1", after=None, limit=2)
+        assert [item.offset for item in page.publications] == [7, 8]
+        page = await hub.history("chat:1", after=5, limit=2)
+        assert [item.offset for item in page.publications] == [6, 7]
+        assert page.complete
+        page = await hub.history("chat:1", after=1, limit=None)
+        assert not page.complete
+        page = await hub.history("open", after=None, limit=None)
+        assert page.publications == []
+        with pytest.raises(ChannelNotFound):
+            await hub.history("elsewhere", after=None, limit=None)
+
+
+async def test_pending_subscriber_that_outgrows_its_outbox_is_failed() -> None:
+    async with slow_hub(CONFIG) as (hub, broker):
+        box = outbox(capacity=2)
+        hub.attach(box)
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(
+                    lambda: hub.subscribe(box, "chat:1", since=None, on_subscribed=lambda _: None)
+                )
+                await broker.reading.wait()
+                for index in range(3):
+                    await hub.publish("chat:1", raw(index), trusted=False)
+                assert box.failed
+                broker.release.set()

@@ -1,0 +1,167 @@
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from channels.config import SlowConsumerPolicy
+from channels.errors import SlowConsumer
+from channels.outbox import Delivery, Outbox
+
+
+def gap(channel: str, first: int, last: int) -> str:
+    return f"gap {channel} {first}-{last}"
+
+
+def message(channel: str, offset: int, policy: SlowConsumerPolicy = "disconnect") -> Delivery:
+    text = f"{channel}#{offset}"
+    return Delivery(channel, offset, text, len(text), policy)
+
+
+def make(capacity: int = 3, frame_max_bytes: int = 1000) -> Outbox:
+    return Outbox(capacity, frame_max_bytes, gap)
+
+
+async def test_batch_returns_everything_waiting_in_order() -> None:
+    outbox = make()
+    assert outbox.offer(message("a", 1))
+    assert outbox.offer(message("b", 1))
+    assert await outbox.get_batch() == ["a#1", "b#1"]
+    assert len(outbox) == 0
+
+
+async def test_batch_stops_at_frame_max_bytes_but_takes_at_least_one() -> None:
+    outbox = make(capacity=10, frame_max_bytes=7)
+    for offset in range(1, 4):
+        outbox.offer(message("a", offset))  # 3 bytes each
+    assert await outbox.get_batch() == ["a#1", "a#2"]
+    assert await outbox.get_batch() == ["a#3"]
+    big = Delivery("a", 4, "x" * 50, 50)
+    outbox.offer(big)
+    assert await outbox.get_batch() == ["x" * 50]
+
+
+async def test_get_batch_waits_for_an_offer() -> None:
+    outbox = make()
+    batches: list[list[str]] = []
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+
+            async def writer() -> None:
+                batches.append(await outbox.get_batch())
+
+            tg.start_soon(writer)
+            await anyio.wait_all_tasks_blocked()
+            assert batches == []
+            outbox.offer(message("a", 1))
+    assert batches == [["a#1"]]
+
+
+async def test_disconnect_policy_fails_the_outbox() -> None:
+    outbox = make(capacity=2)
+    assert outbox.offer(message("a", 1))
+    assert outbox.offer(message("a", 2))
+    assert not outbox.offer(message("a", 3))
+    assert outbox.failed
+    assert not outbox.offer(message("b", 1))
+    with pytest.raises(SlowConsumer) as caught:
+        await outbox.get_batch()
+    assert caught.value.code == 4000
+    assert caught.value.channel == "a"
+
+
+async def test_drop_oldest_discards_the_oldest_of_the_same_channel() -> None:
+    outbox = make(capacity=3)
+    outbox.offer(message("a", 1, "drop_oldest"))
+    outbox.offer(message("b", 1))
+    outbox.offer(message("a", 2, "drop_oldest"))
+    assert outbox.offer(message("a", 3, "drop_oldest"))
+    assert outbox.offer(message("a", 4, "drop_oldest"))
+    assert not outbox.failed
+    assert outbox.dropped == 2
+    assert await outbox.get_batch() == ["gap a 1-2", "b#1", "a#3", "a#4"]
+
+
+async def test_latest_keeps_only_the_newest_of_the_same_channel() -> None:
+    outbox = make(capacity=3)
+    outbox.offer(message("p", 1, "latest"))
+    outbox.offer(message("q", 1, "latest"))
+    outbox.offer(message("p", 2, "latest"))
+    assert outbox.offer(message("p", 3, "latest"))
+    assert await outbox.get_batch() == ["gap p 1-2", "q#1", "p#3"]
+
+
+@pytest.mark.parametrize("policy", ["drop_oldest", "latest"])
+async def test_lossy_policy_drops_the_new_message_when_its_channel_has_none_queued(
+    policy: SlowConsumerPolicy,
+) -> None:
+    outbox = make(capacity=2)
+    outbox.offer(message("b", 1))
+    outbox.offer(message("b", 2))
+    assert not outbox.offer(message("a", 7, policy))
+    assert not outbox.offer(message("a", 8, policy))
+    assert not outbox.failed
+    # The gap is reported at once, ahead of the messages still queued.
+    assert await outbox.get_batch() == ["gap a 7-8", "b#1", "b#2"]
+    assert outbox.offer(message("a", 9, policy))
+    assert await outbox.get_batch() == ["a#9"]
+
+
+async def test_replies_wait_for_room_and_are_never_dropped() -> None:
+    outbox = make(capacity=2)
+    outbox.offer(message("a", 1, "drop_oldest"))
+    outbox.offer(message("a", 2, "drop_oldest"))
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(outbox.put, "reply")
+            await anyio.wait_all_tasks_blocked()
+            assert len(outbox) == 2
+            assert await outbox.get_batch() == ["a#1", "a#2"]
+    # With the queue full of replies, a lossy message is the one dropped, not a reply.
+    outbox.put_nowait("reply 2")
+    assert not outbox.offer(message("a", 3, "drop_oldest"))
+    assert await outbox.get_batch() == ["gap a 3-3", "reply", "reply 2"]
+
+
+async def test_close_drains_then_ends() -> None:
+    outbox = make()
+    outbox.offer(message("a", 1))
+    outbox.close()
+    assert not outbox.offer(message("a", 2))
+    await outbox.put("ignored after close")
+    assert await outbox.get_batch() == ["a#1"]
+    with pytest.raises(anyio.EndOfStream):
+        await outbox.get_batch()
+
+
+async def test_close_wakes_a_waiting_writer() -> None:
+    outbox = make()
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            ended = anyio.Event()
+
+            async def writer() -> None:
+                with pytest.raises(anyio.EndOfStream):
+                    await outbox.get_batch()
+                ended.set()
+
+            tg.start_soon(writer)
+            await anyio.wait_all_tasks_blocked()
+            outbox.close()
+            await ended.wait()
+
+
+async def test_failure_wakes_a_waiting_reply() -> None:
+    outbox = make(capacity=1)
+    outbox.offer(message("a", 1))
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(outbox.put, "reply")
+            await anyio.wait_all_tasks_blocked()
+            outbox.fail("a")
+    with pytest.raises(SlowConsumer):
+        await outbox.get_batch()
+
+
+def test_capacity_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="capacity must be at least 1"):
+        make(capacity=0)

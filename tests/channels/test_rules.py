@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import pytest
+
+from channels.config import ChannelRule, Config, ServerConfig
+from channels.errors import ChannelNotFound, InvalidChannelName
+from channels.rules import RuleBook
+
+RULES = Config(
+    server=ServerConfig(channel_name_max_length=20, slow_consumer="drop_oldest"),
+    channels=[
+        ChannelRule(match="chat:*", publish=True),
+        ChannelRule(match="chat:announcements", publish=False),
+        ChannelRule(match="*:admin", slow_consumer="latest"),
+        ChannelRule(match="*"),
+    ],
+)
+
+
+@pytest.mark.parametrize(
+    ("channel", "match"),
+    [
+        ("chat:1", "chat:*"),
+        ("chat:", "chat:*"),
+        ("chat:announcements", "chat:announcements"),  # exact beats the earlier pattern
+        ("chat:admin", "chat:*"),  # the first pattern in file order wins
+        ("ops:admin", "*:admin"),
+        ("anything", "*"),
+    ],
+)
+def test_resolve_picks_exact_then_first_pattern(channel: str, match: str) -> None:
+    assert RuleBook(RULES).resolve(channel).match == match
+
+
+def test_unmatched_channel_is_not_found() -> None:
+    book = RuleBook(Config(channels=[ChannelRule(match="chat:*")]))
+    with pytest.raises(ChannelNotFound, match="no channel rule matches 'news'") as caught:
+        book.resolve("news")
+    assert caught.value.code == 201
+
+
+@pytest.mark.parametrize("channel", ["", "a b", "tab\t", "é", "star*", "x" * 21])
+def test_invalid_names_are_refused(channel: str) -> None:
+    with pytest.raises(InvalidChannelName) as caught:
+        RuleBook(RULES).resolve(channel)
+    assert caught.value.code == 200
+
+
+def test_policy_falls_back_to_the_server_default() -> None:
+    book = RuleBook(RULES)
+    assert book.policy(book.resolve("ops:admin")) == "latest"
+    assert book.policy(book.resolve("chat:1")) == "drop_oldest"

@@ -1,0 +1,156 @@
+"""A real WebSocket client for the tests: the ``websockets`` package's protocol
+implementation (handshake, framing, close) driven over an anyio TCP stream, so that one
+client runs on asyncio and on trio alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import msgspec
+from anyio.abc import SocketStream
+from websockets.client import ClientProtocol
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Response
+from websockets.protocol import State
+from websockets.uri import parse_uri
+
+
+class HandshakeRefused(Exception):
+    """The server answered the upgrade with an HTTP status instead of a WebSocket."""
+
+    def __init__(self, status: int, body: bytes) -> None:
+        super().__init__(f"HTTP {status}: {body!r}")
+        self.status = status
+        self.body = body
+
+
+class Closed(Exception):
+    """The server closed the WebSocket (``code`` is its close code)."""
+
+    def __init__(self, code: int | None, reason: str) -> None:
+        super().__init__(f"closed with {code} {reason!r}")
+        self.code = code
+        self.reason = reason
+
+
+class Client:
+    """One WebSocket connection; `receive_object` flattens coalesced frames."""
+
+    def __init__(self, stream: SocketStream, protocol: ClientProtocol) -> None:
+        self._stream = stream
+        self._protocol = protocol
+        self._frames: list[Frame] = []
+        self._pending: list[Any] = []
+        self.frames_received = 0
+
+    async def _flush(self) -> None:
+        for data in self._protocol.data_to_send():
+            if data:
+                await self._stream.send(data)
+
+    async def send_text(self, text: str) -> None:
+        self._protocol.send_text(text.encode())
+        await self._flush()
+
+    async def send_bytes(self, data: bytes) -> None:
+        self._protocol.send_binary(data)
+        await self._flush()
+
+    async def send_json(self, obj: Any) -> None:
+        await self.send_text(msgspec.json.encode(obj).decode())
+
+    async def receive_frame(self) -> Frame:
+        """Return the next data frame.
+
+        Raises:
+            Closed: when the server closed the connection instead.
+        """
+        while not self._frames:
+            received = self._protocol.close_rcvd
+            if received is not None:
+                raise Closed(received.code, received.reason)
+            if self._protocol.state is State.CLOSED:
+                raise Closed(1006, "")  # the connection dropped without a close frame
+            try:
+                data = await self._stream.receive()
+            except (anyio.EndOfStream, anyio.BrokenResourceError):
+                self._protocol.receive_eof()
+            else:
+                self._protocol.receive_data(data)
+            for event in self._protocol.events_received():
+                if isinstance(event, Frame) and event.opcode in {Opcode.TEXT, Opcode.BINARY}:
+                    self._frames.append(event)
+            await self._flush()
+        return self._frames.pop(0)
+
+    async def receive_objects(self) -> list[Any]:
+        """Return the objects of the next frame (several when the server coalesced)."""
+        frame = await self.receive_frame()
+        self.frames_received += 1
+        decoded = msgspec.json.decode(frame.data)
+        return decoded if isinstance(decoded, list) else [decoded]
+
+    async def receive_object(self) -> Any:
+        """Return the next object the server sent, whatever frame carried it."""
+        if not self._pending:
+            self._pending = await self.receive_objects()
+        return self._pending.pop(0)
+
+    async def request(self, obj: Any) -> Any:
+        """Send *obj* and return the next object received (its reply, if nothing else is due)."""
+        await self.send_json(obj)
+        return await self.receive_object()
+
+    async def wait_closed(self) -> Closed:
+        """Read (and discard) until the server closes; return how it closed."""
+        try:
+            while True:
+                await self.receive_frame()
+        except Closed as closed:
+            return closed
+
+    async def close(self, code: int = 1000) -> None:
+        if self._protocol.state is State.OPEN:
+            self._protocol.send_close(code)
+            await self._flush()
+            with anyio.move_on_after(5):
+                await self.wait_closed()
+
+
+@asynccontextmanager
+async def connect(url: str, *, max_size: int | None = 2**24) -> AsyncIterator[Client]:
+    """Open a WebSocket to *url* (``ws://127.0.0.1:PORT/path``).
+
+    Raises:
+        HandshakeRefused: if the server answers with an HTTP status.
+    """
+    uri = parse_uri(url)
+    protocol = ClientProtocol(uri, max_size=max_size)
+    async with await anyio.connect_tcp(uri.host, uri.port) as stream:
+        protocol.send_request(protocol.connect())
+        for data in protocol.data_to_send():
+            await stream.send(data)
+        response: Response | None = None
+        while response is None:
+            try:
+                protocol.receive_data(await stream.receive())
+            except anyio.EndOfStream:
+                protocol.receive_eof()
+            for event in protocol.events_received():
+                if isinstance(event, Response):
+                    response = event
+        if protocol.state is not State.OPEN:
+            body = response.body or b""
+            raise HandshakeRefused(response.status_code, bytes(body))
+        client = Client(stream, protocol)
+        try:
+            yield client
+        finally:
+            with anyio.CancelScope(shield=True):
+                await client.close()
+
+
