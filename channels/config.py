@@ -102,6 +102,8 @@ class ServerConfig(_Base, frozen=True):
     The default is 512, or ``outbox_messages`` when that is smaller; a value above
     ``outbox_messages`` is an error, since the replay must fit the outbox."""
     channel_name_max_length: PositiveCount = 255
+    write_timeout_seconds: Annotated[float, msgspec.Meta(gt=0)] = 30 * SECONDS
+    """A client that accepts no data for this long is disconnected (TCP_USER_TIMEOUT)."""
     shutdown_grace_seconds: Seconds = 5 * SECONDS
     """How long shutdown waits for clients to receive their queued messages and close 1001."""
     api_keys: list[str] = msgspec.field(default_factory=list)

@@ -50,6 +50,9 @@ class HubStatistics(msgspec.Struct, frozen=True):
     subscriptions: int
     published: int
     dropped: int
+    """Messages the ``drop_oldest`` and ``latest`` policies discarded."""
+    slow_consumers: int
+    """Connections given up on under the ``disconnect`` policy."""
 
 
 class _Channel:
@@ -85,6 +88,7 @@ class Hub:
         self._subscriptions: dict[Outbox, set[str]] = {}
         self._published = 0
         self._dropped_by_gone = 0
+        self._slow_consumers_gone = 0
         self.closing = False
         self._no_connections: anyio.Event | None = None
 
@@ -100,10 +104,13 @@ class Hub:
 
     def detach(self, outbox: Outbox) -> None:
         """Forget *outbox* and all its subscriptions. Never blocks; idempotent."""
-        channels = self._subscriptions.pop(outbox, set())
+        channels = self._subscriptions.pop(outbox, None)
+        if channels is None:
+            return
         for channel in channels:
             self._leave(outbox, channel)
         self._dropped_by_gone += outbox.dropped
+        self._slow_consumers_gone += outbox.failed
         if not self._subscriptions and self._no_connections is not None:
             self._no_connections.set()
 
@@ -254,6 +261,8 @@ class Hub:
             subscriptions=sum(len(channels) for channels in self._subscriptions.values()),
             published=self._published,
             dropped=self._dropped_by_gone + sum(outbox.dropped for outbox in self._subscriptions),
+            slow_consumers=self._slow_consumers_gone
+            + sum(outbox.failed for outbox in self._subscriptions),
         )
 
     def _delivery(self, publication: Publication, policy: SlowConsumerPolicy) -> Delivery:

@@ -49,6 +49,8 @@ class Outbox:
 
     Messages a policy discarded are reported to the client by a gap notice, built by
     *encode_gap(channel, first_offset, last_offset)*, at the head of the next batch.
+    *on_fail* is called once when the outbox fails, so that the connection can stop even
+    while its writer is blocked in a send.
     """
 
     def __init__(
@@ -56,10 +58,12 @@ class Outbox:
         capacity: int,
         frame_max_bytes: int,
         encode_gap: Callable[[str, int, int], str],
+        on_fail: Callable[[], None] | None = None,
     ) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
         self.capacity = capacity
+        self._on_fail = on_fail
         self.dropped = 0
         self._frame_max_bytes = frame_max_bytes
         self._encode_gap = encode_gap
@@ -72,6 +76,11 @@ class Outbox:
 
     def __len__(self) -> int:
         return len(self._queue)
+
+    @property
+    def closed(self) -> bool:
+        """Whether `close` was called."""
+        return self._closed
 
     @property
     def failed(self) -> bool:
@@ -97,10 +106,17 @@ class Outbox:
         return True
 
     def fail(self, channel: str) -> None:
-        """Give up on this connection as a slow consumer of *channel*."""
+        """Give up on this connection as a slow consumer of *channel*.
+
+        What is queued is discarded; `offer` and `put` accept nothing more.
+        """
         if self._failure is None:
             self._failure = SlowConsumer(channel, self.capacity)
+            self._queue.clear()
+            self._gaps.clear()
             self._wake_all()
+            if self._on_fail is not None:
+                self._on_fail()
 
     def close(self) -> None:
         """Accept nothing more; `get_batch` returns what is queued, then ends."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 from functools import partial
 from typing import TYPE_CHECKING, Literal
 
@@ -15,18 +16,42 @@ import hypercorn.trio
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
+    from hypercorn.config import Sockets
+
     from channels.config import Config
     from service.app import Clarion
 
-__all__ = ("Backend", "hypercorn_config", "run", "serve")
+__all__ = ("Backend", "HypercornConfig", "hypercorn_config", "run", "serve")
 
 Backend = Literal["asyncio", "trio"]
 logger = logging.getLogger("clarion")
 
 
-def hypercorn_config(config: Config) -> hypercorn.config.Config:
+class HypercornConfig(hypercorn.config.Config):
+    """hypercorn's configuration, plus a send timeout on every accepted TCP connection.
+
+    A WebSocket whose client stops reading would otherwise block its sender for good:
+    hypercorn shields its socket writes from cancellation. TCP_USER_TIMEOUT, set on the
+    listening sockets and inherited by accepted ones, makes the kernel drop such a
+    connection once sent data goes unacknowledged for ``write_timeout_seconds``.
+    """
+
+    write_timeout_seconds: float | None = None
+
+    def create_sockets(self) -> Sockets:
+        sockets = super().create_sockets()
+        if self.write_timeout_seconds is not None and hasattr(socket, "TCP_USER_TIMEOUT"):
+            milliseconds = max(1, round(self.write_timeout_seconds * 1000))
+            for sock in (*sockets.secure_sockets, *sockets.insecure_sockets):
+                if sock.family in {socket.AF_INET, socket.AF_INET6}:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, milliseconds)
+        return sockets
+
+
+def hypercorn_config(config: Config) -> HypercornConfig:
     """Translate Clarion's server options into a hypercorn configuration."""
-    result = hypercorn.config.Config()
+    result = HypercornConfig()
+    result.write_timeout_seconds = config.server.write_timeout_seconds
     result.bind = [config.server.bind]
     result.websocket_max_message_size = config.server.max_request_bytes
     # Our own drain closes clients within shutdown_grace_seconds; give hypercorn a

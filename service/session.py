@@ -7,6 +7,7 @@ either ends, the other is cancelled, and the connection leaves the hub in ``fina
 
 from __future__ import annotations
 
+from contextlib import aclosing, suppress
 from typing import TYPE_CHECKING
 
 import anyio
@@ -124,31 +125,55 @@ class Session:
 
 
 async def run_session(ws: WebSocket, hub: Hub, server: ServerConfig) -> None:
-    """Serve one accepted-to-be WebSocket until the client leaves or the node closes it.
+    """Serve one WebSocket until the client leaves or the node ends the connection.
 
-    Close codes: 1001 when the hub closes (after the queued messages were sent),
-    1009 for a frame over ``server.max_request_bytes``, 4000 for a slow consumer.
+    Close codes: 1001 when the hub closes (after the queued messages were sent), 1009
+    for a frame over ``server.max_request_bytes``, 4000 for a slow consumer. A close
+    is given ``server.write_timeout_seconds`` to be sent.
 
     Raises:
         ServerClosing: if the hub is closing; the handshake was not accepted.
     """
-    outbox = Outbox(server.outbox_messages, server.frame_max_bytes, encode_gap)
+    # Failing the outbox (slow consumer) stops everything at once, even a writer that
+    # is blocked sending to a client that no longer reads.
+    stop = anyio.CancelScope()
+    outbox = Outbox(server.outbox_messages, server.frame_max_bytes, encode_gap, stop.cancel)
     hub.attach(outbox)
     try:
         await ws.accept()
         session = Session(hub, outbox)
         too_large = False
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(_write, ws, outbox, tg.cancel_scope)
-            async for frame in ws.iter_frames():
-                # hypercorn enforces its own limit; this one holds under any server.
-                if len(frame) > server.max_request_bytes:
-                    too_large = True
-                    break
-                await session.handle(frame)
-            tg.cancel_scope.cancel()
-        if too_large and ws.application_state is WebSocketState.CONNECTED:
-            await ws.close(CLOSE_FRAME_TOO_LARGE, "frame too large")
+        with stop:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_write, ws, outbox, tg.cancel_scope)
+                async with aclosing(ws.iter_frames()) as frames:
+                    async for frame in frames:
+                        # hypercorn enforces its own limit; this one holds under any server.
+                        if len(frame) > server.max_request_bytes:
+                            too_large = True
+                            break
+                        await session.handle(frame)
+                tg.cancel_scope.cancel()
+    except anyio.get_cancelled_exc_class():
+        # The server is cancelling the connection: under the plain hypercorn command it
+        # does so on SIGTERM once its graceful_timeout is over. Say goodbye properly.
+        if ws.application_state is WebSocketState.CONNECTED:
+            with anyio.move_on_after(server.write_timeout_seconds, shield=True):
+                with suppress(WebSocketDisconnect):  # the client is already gone
+                    await ws.close(CLOSE_GOING_AWAY, "server shutting down")
+        raise
+    else:
+        if outbox.failed:
+            code, reason = SlowConsumer.code, "slow consumer"
+        elif outbox.closed:
+            code, reason = CLOSE_GOING_AWAY, "server shutting down"
+        elif too_large:
+            code, reason = CLOSE_FRAME_TOO_LARGE, "frame too large"
+        else:
+            return  # the client left
+        if ws.application_state is WebSocketState.CONNECTED:
+            with anyio.move_on_after(server.write_timeout_seconds):
+                await ws.close(code, reason)
     finally:
         hub.detach(outbox)
 
@@ -159,10 +184,5 @@ async def _write(ws: WebSocket, outbox: Outbox, scope: anyio.CancelScope) -> Non
         while True:
             texts = await outbox.get_batch()
             await ws.send_text(texts[0] if len(texts) == 1 else "[" + ",".join(texts) + "]")
-    except SlowConsumer as exc:
-        await ws.close(exc.code, "slow consumer")
-    except anyio.EndOfStream:
-        await ws.close(CLOSE_GOING_AWAY, "server shutting down")
-    except WebSocketDisconnect:
-        pass
-    scope.cancel()
+    except (SlowConsumer, anyio.EndOfStream, WebSocketDisconnect):
+        scope.cancel()

@@ -17,7 +17,7 @@ Differences, each deliberate:
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -314,7 +314,7 @@ class WebSocket(HTTPConnection):
         except WebSocketDisconnect:
             pass
 
-    async def iter_frames(self) -> AsyncIterator[str | bytes]:
+    async def iter_frames(self) -> AsyncGenerator[str | bytes, None]:
         """Yield every data frame, text or binary, until the client disconnects."""
         try:
             while True:

@@ -66,13 +66,19 @@ channels:
 
 
 BAD_DOCUMENTS = [
-    ("channels: [{match: a}, {match: b, history: {size: -1}}]", "channels[1].history.size: Expected `int` >= 0"),
+    (
+        "channels: [{match: a}, {match: b, history: {size: -1}}]",
+        "channels[1].history.size: Expected `int` >= 0",
+    ),
     ("channels: [{match: a, histroy: {}}]", "channels[0]: Object contains unknown field `histroy`"),
     ("channels: [{match: 3}]", "channels[0].match: Expected `str`, got `int`"),
     ("channels: [{publish: true}]", "channels[0]: Object missing required field `match`"),
     ("channels: [{match: 'a b'}]", "channels[0]: match 'a b' may hold only"),
     ("channels: [{match: a}, {match: a}]", "two channel rules match 'a'"),
-    ("channels: [{match: a, slow_consumer: never}]", "channels[0].slow_consumer: Invalid enum value 'never'"),
+    (
+        "channels: [{match: a, slow_consumer: never}]",
+        "channels[0].slow_consumer: Invalid enum value 'never'",
+    ),
     ("server: {outbox_messages: 0}", "server.outbox_messages: Expected `int` >= 1"),
     ("server: {bind: localhost}", "server: bind 'localhost' must look like HOST:PORT"),
     ("server: {bind: '127.0.0.1:70000'}", "must look like HOST:PORT"),
@@ -80,7 +86,10 @@ BAD_DOCUMENTS = [
     ("server: {websocket_path: /health}", "is taken by the HTTP API"),
     ("server: {outbox_messages: 10, recovery_max_messages: 11}", "must not exceed outbox_messages"),
     ("server: {api_keys: [hunter2]}", "server.api_keys[0]: write the key as a ${VAR} reference"),
-    ("server: {api_keys: ['${MISSING}']}", "server.api_keys[0]: environment variable MISSING is not set"),
+    (
+        "server: {api_keys: ['${MISSING}']}",
+        "server.api_keys[0]: environment variable MISSING is not set",
+    ),
     ("server: {api_keys: ['${EMPTY}']}", "server: an API key is empty"),
     ("broker: {kind: redis}", "broker.kind: Invalid enum value 'redis'"),
     ("nonsense: 1", "Object contains unknown field `nonsense`"),
@@ -110,7 +119,7 @@ def test_env_references_work_in_any_string() -> None:
 
 
 def test_load_config_reports_a_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="cannot read .*nope.yaml"):
+    with pytest.raises(ConfigError, match=r"cannot read .*nope\.yaml"):
         load_config(tmp_path / "nope.yaml")
 
 

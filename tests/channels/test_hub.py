@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 import anyio
 import msgspec
@@ -22,6 +22,9 @@ from channels.hub import Hub, Subscribed, open_hub
 from channels.outbox import Outbox
 from channels.publication import HistoryPage, Position, Publication
 
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
 CONFIG = Config(
     channels=[
         ChannelRule(match="chat:*", history=History(size=5)),
@@ -39,7 +42,8 @@ class Encoder:
 
     def __call__(self, publication: Publication) -> bytes:
         self.calls += 1
-        return f"{publication.channel}:{publication.offset}:{bytes(publication.data).decode()}".encode()
+        data = bytes(publication.data).decode()
+        return f"{publication.channel}:{publication.offset}:{data}".encode()
 
 
 def raw(value: object) -> msgspec.Raw:

@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import anyio
 import msgspec
 
 from channels.brokers.memory import MemoryBroker
 from channels.config import History
-from channels.publication import Publication
+
+if TYPE_CHECKING:
+    from channels.publication import Publication
 
 NO_HISTORY = History()
 

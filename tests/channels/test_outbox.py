@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import anyio
 import pytest
 
-from channels.config import SlowConsumerPolicy
 from channels.errors import SlowConsumer
 from channels.outbox import Delivery, Outbox
+
+if TYPE_CHECKING:
+    from channels.config import SlowConsumerPolicy
 
 
 def gap(channel: str, first: int, last: int) -> str:

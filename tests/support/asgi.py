@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import msgspec
@@ -12,6 +11,11 @@ import msgspec
 from channels.config import Config
 from service.app import Clarion
 from service.types import Message, Scope
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 
 @asynccontextmanager
@@ -41,7 +45,9 @@ async def running_app(config: Config | None = None) -> AsyncIterator[Clarion]:
                 raise RuntimeError(f"shutdown failed: {stopped}")
 
 
-def http_scope(method: str, path: str, headers: list[tuple[bytes, bytes]] | None = None) -> Scope:
+def http_scope(
+    method: str, path: str, headers: list[tuple[bytes, bytes]] | None = None
+) -> dict[str, Any]:
     return {
         "type": "http",
         "asgi": {"version": "3.0"},
@@ -169,8 +175,15 @@ async def websocket(
 async def _run_app(
     app: Clarion,
     scope: Scope,
-    inbox: anyio.abc.ObjectReceiveStream[Message],
-    outbox: anyio.abc.ObjectSendStream[Message],
+    inbox: MemoryObjectReceiveStream[Message],
+    outbox: MemoryObjectSendStream[Message],
 ) -> None:
+    async def send(message: Message) -> None:
+        # As the ASGI spec asks of servers: sending on a closed connection is an OSError.
+        try:
+            await outbox.send(message)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            raise OSError("the client has gone") from None
+
     with inbox, outbox:
-        await app(scope, inbox.receive, outbox.send)
+        await app(scope, inbox.receive, send)

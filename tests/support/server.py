@@ -3,31 +3,43 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import msgspec
 
-from channels.config import Config, ServerConfig
 from service.app import Clarion
 from service.runner import Backend, hypercorn_config, serve
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from channels.config import Config
+    from channels.hub import Hub
 
 
 @dataclass
 class Server:
-    app: Clarion
+    """Where a Clarion server listens; *app* is set when it runs in this process."""
+
     host: str
     port: int
+    websocket_path: str = "/ws"
+    app: Clarion | None = None
 
     @property
     def ws_url(self) -> str:
-        return f"ws://{self.host}:{self.port}{self.app.config.server.websocket_path}"
+        return f"ws://{self.host}:{self.port}{self.websocket_path}"
 
-    def url(self, path: str) -> str:
-        return f"http://{self.host}:{self.port}{path}"
+    @property
+    def hub(self) -> Hub:
+        """The in-process server's hub."""
+        if self.app is None or self.app.hub is None:
+            raise RuntimeError("the server does not run in this process, or is not started")
+        return self.app.hub
 
 
 @asynccontextmanager
@@ -53,11 +65,27 @@ async def running_server(config: Config, backend: Backend, port: int) -> AsyncIt
                     await probe.aclose()
                     break
         try:
-            yield Server(app, "127.0.0.1", port)
+            yield Server("127.0.0.1", port, config.server.websocket_path, app)
         finally:
             stop.set()
 
 
-def config_with(**server: object) -> Config:
-    """The default configuration with some server options changed."""
-    return Config(server=ServerConfig(**server))  # type: ignore[arg-type]
+async def http_publish(server: Server, channel: str, data: Any) -> dict[str, Any]:
+    """POST /api/publish with a raw HTTP/1.1 request; return the decoded reply."""
+    body = msgspec.json.encode({"channel": channel, "data": data})
+    request = (
+        b"POST /api/publish HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+        b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
+    )
+    async with await anyio.connect_tcp(server.host, server.port) as stream:
+        await stream.send(request)
+        response = b""
+        try:
+            while True:
+                response += await stream.receive()
+        except anyio.EndOfStream:
+            pass
+    head, _, payload = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), response
+    decoded: dict[str, Any] = msgspec.json.decode(payload)
+    return decoded

@@ -5,18 +5,21 @@ client runs on asyncio and on trio alike.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import msgspec
-from anyio.abc import SocketStream
 from websockets.client import ClientProtocol
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
 from websockets.protocol import State
 from websockets.uri import parse_uri
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from anyio.abc import SocketStream
 
 
 class HandshakeRefused(Exception):
@@ -107,11 +110,16 @@ class Client:
 
     async def wait_closed(self) -> Closed:
         """Read (and discard) until the server closes; return how it closed."""
+        return (await self.receive_until_closed())[1]
+
+    async def receive_until_closed(self) -> tuple[list[Any], Closed]:
+        """Read every object until the server closes; return them and how it closed."""
+        received: list[Any] = []
         try:
             while True:
-                await self.receive_frame()
+                received.append(await self.receive_object())
         except Closed as closed:
-            return closed
+            return received, closed
 
     async def close(self, code: int = 1000) -> None:
         if self._protocol.state is State.OPEN:
@@ -154,3 +162,9 @@ async def connect(url: str, *, max_size: int | None = 2**24) -> AsyncIterator[Cl
                 await client.close()
 
 
+async def subscribe(client: Client, channel: str, **extra: Any) -> dict[str, Any]:
+    reply: dict[str, Any] = await client.request(
+        {"type": "subscribe", "id": channel, "channel": channel, **extra}
+    )
+    assert reply["type"] == "reply", reply
+    return reply

@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from service.cli import main
+
+DEPLOY_EXAMPLE = str(Path(__file__).parents[2] / "deploy" / "channels.yaml")
+
+
+def test_check_prints_the_resolved_config_without_secrets(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CLARION_API_KEY", "top-secret")
+    assert main(["check", DEPLOY_EXAMPLE]) == 0
+    out, err = capsys.readouterr()
+    assert "match: prices:*" in out
+    assert "slow_consumer: latest" in out
+    assert "top-secret" not in out
+    assert err == f"{DEPLOY_EXAMPLE}: OK\n"
+
+
+def test_check_reports_the_path_of_a_mistake(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("channels:\n  - match: a\n  - match: b\n    history: {size: many}\n")
+    assert main(["check", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"clarion: error: {path}: channels[1].history.size: Expected `int`, got `str`\n"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["serve", "--workers", "2"],
+            "--workers 2: the memory broker keeps channels inside one process",
+        ),
+        (["serve", "--workers", "0"], "--workers must be at least 1"),
+        (["serve", "--bind", "nowhere"], "--bind: bind 'nowhere' must look like HOST:PORT"),
+        (["serve", "--config", "/nonexistent.yaml"], "cannot read /nonexistent.yaml"),
+    ],
+    ids=["workers", "zero-workers", "bind", "missing-config"],
+)
+def test_serve_refuses_bad_options_before_starting(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_command_is_required(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main([])
+    assert exited.value.code == 2
+    assert "COMMAND" in capsys.readouterr().err

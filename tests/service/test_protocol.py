@@ -1,0 +1,148 @@
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import pytest
+
+from channels.publication import Publication
+from service.protocol import (
+    BadJSON,
+    BadMessage,
+    ClientMessage,
+    History as HistoryRequest,
+    HistoryEntry,
+    HistoryReply,
+    Ping,
+    ProtocolError,
+    Publish,
+    PublishReply,
+    Since,
+    Subscribe,
+    SubscribeReply,
+    UnknownOp,
+    Unsubscribe,
+    decode_publish_request,
+    decode_request,
+    encode,
+    encode_error,
+    encode_gap,
+    encode_message,
+)
+
+VALID = [
+    ('{"type":"ping"}', Ping()),
+    ('{"type":"ping","id":"abc"}', Ping(id="abc")),
+    ('{"type":"subscribe","id":1,"channel":"c"}', Subscribe(id=1, channel="c")),
+    (
+        '{"type":"subscribe","id":1,"channel":"c","since":{"offset":4,"epoch":"e"}}',
+        Subscribe(id=1, channel="c", since=Since(4, "e")),
+    ),
+    ('{"type":"unsubscribe","channel":"c"}', Unsubscribe(channel="c")),
+    (
+        '{"type":"history","channel":"c","limit":5,"since":2}',
+        HistoryRequest(channel="c", limit=5, since=2),
+    ),
+]
+
+
+@pytest.mark.parametrize(("frame", "expected"), VALID, ids=[frame for frame, _ in VALID])
+def test_valid_requests_decode(frame: str, expected: ClientMessage) -> None:
+    assert decode_request(frame) == expected
+    assert decode_request(frame.encode()) == expected
+
+
+def test_publish_keeps_data_as_raw_json() -> None:
+    request = decode_request('{"type":"publish","id":2,"channel":"c","data":{"a": [1, "é"]}}')
+    assert isinstance(request, Publish)
+    assert bytes(request.data) == '{"a": [1, "é"]}'.encode()
+
+
+INVALID: list[tuple[str | bytes, type[ProtocolError], Any, str]] = [
+    ("nope", BadJSON, None, "not valid JSON"),
+    (b"\xff\xfe", BadJSON, None, "not valid JSON"),
+    ('{"type":"ping"', BadJSON, None, "truncated"),
+    ("[1,2]", BadMessage, None, "Expected `object`, got `array`"),
+    ('{"id":1}', BadMessage, 1, "missing required field `type`"),
+    ('{"type":"jump","id":2}', UnknownOp, 2, "unknown operation 'jump'"),
+    ('{"type":7,"id":3}', BadMessage, 3, "type: Expected `str`"),
+    ('{"type":"subscribe","id":4}', BadMessage, 4, "missing required field `channel`"),
+    (
+        '{"type":"subscribe","id":5,"channel":1}',
+        BadMessage,
+        5,
+        "channel: Expected `str`, got `int`",
+    ),
+    (
+        '{"type":"subscribe","id":6,"channel":"c","since":3}',
+        BadMessage,
+        6,
+        "since: Expected `object | null`, got `int`",
+    ),
+    (
+        '{"type":"subscribe","id":7,"channel":"c","since":{"offset":-1,"epoch":"e"}}',
+        BadMessage,
+        7,
+        "since.offset: Expected `int` >= 0",
+    ),
+    ('{"type":"publish","id":8,"channel":"c"}', BadMessage, 8, "missing required field `data`"),
+    (
+        '{"type":"history","id":9,"channel":"c","limit":0}',
+        BadMessage,
+        9,
+        "limit: Expected `int` >= 1",
+    ),
+    ('{"type":"ping","id":10,"extra":1}', BadMessage, 10, "unknown field `extra`"),
+    ('{"type":"ping","id":[1]}', BadMessage, None, "id: Expected `int | str | null`"),
+]
+
+
+@pytest.mark.parametrize(
+    ("frame", "error", "request_id", "message"), INVALID, ids=[message for *_, message in INVALID]
+)
+def test_invalid_requests_get_a_coded_error_with_their_id(
+    frame: str | bytes, error: type[ProtocolError], request_id: Any, message: str
+) -> None:
+    with pytest.raises(error) as caught:
+        decode_request(frame)
+    assert caught.value.request_id == request_id
+    assert message in str(caught.value)
+
+
+def test_error_codes_are_stable() -> None:
+    assert (BadJSON.code, BadMessage.code, UnknownOp.code) == (100, 101, 102)
+
+
+def test_publish_request_body() -> None:
+    request = decode_publish_request(b'{"channel":"c","data":[1]}')
+    assert (request.channel, bytes(request.data)) == ("c", b"[1]")
+    with pytest.raises(BadMessage, match="missing required field `data`"):
+        decode_publish_request(b'{"channel":"c"}')
+    with pytest.raises(BadJSON):
+        decode_publish_request(b"{")
+
+
+def test_server_frames_encode_compactly_with_type_first() -> None:
+    publication = Publication("c", 3, msgspec.Raw(b'{"x":1}'))
+    assert (
+        encode_message(publication) == b'{"type":"message","channel":"c","offset":3,"data":{"x":1}}'
+    )
+    assert encode_gap("c", 4, 9) == '{"type":"gap","channel":"c","first":4,"last":9}'
+    assert encode_error(201, "no", 5) == '{"type":"error","id":5,"code":201,"message":"no"}'
+    assert encode_error(100, "bad") == '{"type":"error","code":100,"message":"bad"}'
+    assert encode(SubscribeReply(id=1, channel="c", offset=0, epoch="e")) == (
+        '{"type":"reply","id":1,"channel":"c","offset":0,"epoch":"e"}'
+    )
+    assert encode(SubscribeReply(id=1, channel="c", offset=2, epoch="e", recovered=False)) == (
+        '{"type":"reply","id":1,"channel":"c","offset":2,"epoch":"e","recovered":false}'
+    )
+    assert encode(PublishReply(channel="c", offset=1, epoch="e")) == (
+        '{"type":"reply","channel":"c","offset":1,"epoch":"e"}'
+    )
+    history = HistoryReply(
+        id="h", channel="c", offset=2, epoch="e", messages=[HistoryEntry(2, msgspec.Raw(b"null"))]
+    )
+    assert encode(history) == (
+        '{"type":"reply","id":"h","channel":"c","offset":2,"epoch":"e",'
+        '"messages":[{"offset":2,"data":null}]}'
+    )
