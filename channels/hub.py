@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
 
     from channels.brokers import Broker
-    from channels.config import ChannelRule, Config, SlowConsumerPolicy
+    from channels.config import Config, SlowConsumerPolicy
     from channels.outbox import Outbox
     from channels.publication import HistoryPage, Position, Publication
 
@@ -249,10 +249,6 @@ class Hub:
             for outbox in state.subscribers:
                 outbox.offer(delivery)
 
-    def rule(self, channel: str) -> ChannelRule:
-        """Return the rule that applies to *channel* (see `RuleBook.resolve`)."""
-        return self._rules.resolve(channel)
-
     def statistics(self) -> HubStatistics:
         """Return the hub's current counters."""
         return HubStatistics(
@@ -270,9 +266,8 @@ class Hub:
         return Delivery(publication.channel, publication.offset, data.decode(), len(data), policy)
 
     def _leave(self, outbox: Outbox, channel: str) -> None:
-        state = self._channels.get(channel)
-        if state is None:
-            return
+        # An outbox lists a channel exactly while it is a subscriber or pending there.
+        state = self._channels[channel]
         state.subscribers.pop(outbox, None)
         state.pending.pop(outbox, None)
         if not state.subscribers and not state.pending:

@@ -163,8 +163,6 @@ class Outbox:
             self._readable = anyio.Event()
             await self._readable.wait()
             self._readable = None
-        if self._failure is not None:
-            raise self._failure
         texts = [self._encode_gap(channel, *gap) for channel, gap in self._gaps.items()]
         self._gaps.clear()
         budget = self._frame_max_bytes

@@ -10,7 +10,7 @@ from urllib.parse import SplitResult, parse_qsl, urlsplit
 if TYPE_CHECKING:
     from service.types import Scope
 
-__all__ = ("URL", "Address", "Headers", "QueryParams", "State", "URLPath", "parse_cookies")
+__all__ = ("Address", "Headers", "QueryParams", "State", "URL", "URLPath", "parse_cookies")
 
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 

@@ -10,10 +10,14 @@ import pytest
 
 from channels.config import ChannelRule, Config, History, ServerConfig
 from service.app import Clarion, create_app
+from service.workers import claim_only_worker
 from tests.support.asgi import http_request, running_app, websocket
 
 if TYPE_CHECKING:
     from pathlib import Path
+import multiprocessing
+import os
+from types import SimpleNamespace
 
 KEYED = Config(server=ServerConfig(api_keys=["k1", "k2"]))
 
@@ -306,6 +310,23 @@ async def test_websocket_before_lifespan_is_refused() -> None:
     async with websocket(app, accept=False) as client:
         start = await client.handshake()
     assert start["status"] == 503
+
+
+async def test_a_second_worker_fails_its_lifespan_startup(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Pose as a worker of a server (the master's PID is ours, so unique) whose other
+    # worker already runs the memory broker.
+    monkeypatch.setattr(multiprocessing, "parent_process", lambda: SimpleNamespace(pid=os.getpid()))
+    first = claim_only_worker()
+    assert first is not None
+    try:
+        with pytest.raises(ExceptionGroup) as caught:
+            async with running_app():
+                pass
+        assert caught.group_contains(
+            RuntimeError, match=r"startup failed: .*another worker of this server"
+        )
+    finally:
+        first.close()
 
 
 def test_create_app_reads_clarion_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
