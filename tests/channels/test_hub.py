@@ -61,6 +61,7 @@ async def drain(box: Outbox) -> list[str]:
 async def subscribe(
     hub: Hub, box: Outbox, channel: str, since: Position | None = None
 ) -> Subscribed:
+    """Subscribe and return the one `Subscribed` the hub announced."""
     replies: list[Subscribed] = []
     await hub.subscribe(box, channel, since=since, on_subscribed=replies.append)
     (reply,) = replies
@@ -293,9 +294,7 @@ async def test_cancelled_subscribe_leaves_nothing_behind() -> None:
         hub.attach(box)
         with anyio.fail_after(5):
             async with anyio.create_task_group() as tg:
-                tg.start_soon(
-                    lambda: hub.subscribe(box, "chat:1", since=None, on_subscribed=lambda _: None)
-                )
+                tg.start_soon(subscribe, hub, box, "chat:1")
                 await broker.reading.wait()
                 tg.cancel_scope.cancel()
         stats = hub.statistics()
@@ -378,9 +377,7 @@ async def test_pending_subscriber_that_outgrows_its_outbox_is_failed() -> None:
         hub.attach(box)
         with anyio.fail_after(5):
             async with anyio.create_task_group() as tg:
-                tg.start_soon(
-                    lambda: hub.subscribe(box, "chat:1", since=None, on_subscribed=lambda _: None)
-                )
+                tg.start_soon(subscribe, hub, box, "chat:1")
                 await broker.reading.wait()
                 for index in range(3):
                     await hub.publish("chat:1", raw(index), trusted=False)

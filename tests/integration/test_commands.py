@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anyio
+import pytest
 
-from tests.support.server import Server, http_publish
+from tests.support.server import Server, http_publish, wait_listening
 from tests.support.wsclient import connect, subscribe
 
 if TYPE_CHECKING:
@@ -35,16 +36,7 @@ async def process(
         )
     try:
         with anyio.fail_after(20):
-            while True:
-                if proc.returncode is not None:
-                    raise AssertionError(f"exited early ({proc.returncode}); see {log}")
-                try:
-                    probe = await anyio.connect_tcp("127.0.0.1", port)
-                except OSError:
-                    await anyio.sleep(0.05)  # not listening yet: poll the port
-                else:
-                    await probe.aclose()
-                    break
+            await wait_listening(port, alive=lambda: proc.returncode is None)
         yield proc
     finally:
         if proc.returncode is None:
@@ -52,13 +44,15 @@ async def process(
         await proc.aclose()
 
 
-async def _serve_publish_and_stop(server: Server, proc: Process) -> None:
-    """Subscribe, publish, send SIGTERM; the client gets its messages then close 1001."""
+async def _serve_publish_and_stop(
+    server: Server, proc: Process, signum: signal.Signals = signal.SIGTERM
+) -> None:
+    """Subscribe, publish, send *signum*; the client gets its messages then close 1001."""
     async with connect(server.ws_url) as client:
         await subscribe(client, "news")
         for index in range(3):
             await http_publish(server, "news", index)
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signum)
         got = [await client.receive_object() for _ in range(3)]
         assert [message["data"] for message in got] == [0, 1, 2]
         closed = await client.wait_closed()
@@ -66,8 +60,9 @@ async def _serve_publish_and_stop(server: Server, proc: Process) -> None:
     assert await proc.wait() == 0
 
 
-async def test_clarion_serve_drains_clients_on_sigterm(
-    anyio_backend: Backend, free_tcp_port: int, tmp_path: Path
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+async def test_clarion_serve_drains_clients_on_a_signal(
+    anyio_backend: Backend, free_tcp_port: int, tmp_path: Path, signum: signal.Signals
 ) -> None:
     argv = [str(BIN / "clarion"), "serve", "--bind", f"127.0.0.1:{free_tcp_port}"]
     with anyio.fail_after(30):
@@ -75,10 +70,10 @@ async def test_clarion_serve_drains_clients_on_sigterm(
             [*argv, "--backend", anyio_backend], free_tcp_port, tmp_path / "log"
         ) as proc:
             server = Server("127.0.0.1", free_tcp_port)
-            await _serve_publish_and_stop(server, proc)
+            await _serve_publish_and_stop(server, proc, signum)
     log = (tmp_path / "log").read_text()
     assert f"serving ws://127.0.0.1:{free_tcp_port}/ws on {anyio_backend}" in log
-    assert "SIGTERM received" in log
+    assert f"{signum.name} received" in log
 
 
 async def test_hypercorn_command_serves_create_app(

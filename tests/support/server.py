@@ -15,7 +15,7 @@ from service.app import Clarion
 from service.runner import Backend, hypercorn_config, serve
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Callable
 
     from channels.config import Config
     from channels.hub import Hub
@@ -42,6 +42,20 @@ class Server:
         return self.app.hub
 
 
+async def wait_listening(port: int, alive: Callable[[], bool] = lambda: True) -> None:
+    """Return once 127.0.0.1:*port* accepts connections (while *alive* holds)."""
+    while True:
+        if not alive():
+            raise AssertionError(f"the server for port {port} stopped before listening")
+        try:
+            probe = await anyio.connect_tcp("127.0.0.1", port)
+        except OSError:
+            await anyio.sleep(0.02)  # not listening yet: poll the port
+        else:
+            await probe.aclose()
+            return
+
+
 @asynccontextmanager
 async def running_server(config: Config, backend: Backend, port: int) -> AsyncIterator[Server]:
     """Serve *config* with hypercorn's *backend* worker on 127.0.0.1:*port*.
@@ -56,14 +70,7 @@ async def running_server(config: Config, backend: Backend, port: int) -> AsyncIt
     async with anyio.create_task_group() as tg:
         tg.start_soon(partial(serve, app, settings, backend, shutdown_trigger=stop.wait))
         with anyio.fail_after(10):
-            while True:
-                try:
-                    probe = await anyio.connect_tcp("127.0.0.1", port)
-                except OSError:
-                    await anyio.sleep(0.01)  # not listening yet: poll the port
-                else:
-                    await probe.aclose()
-                    break
+            await wait_listening(port)
         try:
             yield Server("127.0.0.1", port, config.server.websocket_path, app)
         finally:
