@@ -159,15 +159,18 @@ class Clarion:
         await ws.send_denial_response(HTTP_STATUS[type(error)], body, _JSON_HEADERS)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = [*_JSON_HEADERS]
         try:
             status, body = await self._route(scope, receive)
         except (ProtocolError, ChannelsError) as exc:
             status, body = HTTP_STATUS.get(type(exc), 400), _error_body(exc)
-        headers = [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]
-        if status == 401:
-            headers.append((b"www-authenticate", b"Bearer"))
-        elif status == 426:
-            headers.append((b"upgrade", b"websocket"))
+            if isinstance(exc, MethodNotAllowed):
+                headers.append((b"allow", ", ".join(exc.allowed).encode()))
+            elif isinstance(exc, Unauthorized):
+                headers.append((b"www-authenticate", b"Bearer"))
+            elif isinstance(exc, UpgradeRequired):
+                headers.append((b"upgrade", b"websocket"))
+        headers.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
@@ -175,11 +178,11 @@ class Clarion:
         path, method = scope["path"], scope["method"]
         if path == "/health":
             if method not in {"GET", "HEAD"}:
-                raise MethodNotAllowed(f"{method} is not allowed on /health; use GET")
+                raise MethodNotAllowed(method, path, ("GET", "HEAD"))
             return 200, _HEALTH_BODY
         if path == "/api/publish":
             if method != "POST":
-                raise MethodNotAllowed(f"{method} is not allowed on /api/publish; use POST")
+                raise MethodNotAllowed(method, path, ("POST",))
             return 200, await self._publish(scope, receive)
         if path == self.config.server.websocket_path:
             raise UpgradeRequired(f"{path} is the WebSocket endpoint: connect with a WebSocket")

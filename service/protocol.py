@@ -27,6 +27,7 @@ __all__ = (
     "BadMessage",
     "ClientMessage",
     "Error",
+    "Frame",
     "Gap",
     "History",
     "HistoryEntry",
@@ -120,6 +121,10 @@ class MethodNotAllowed(ProtocolError):
     """Raised when an HTTP route is asked with a method it does not serve."""
 
     code = 105
+
+    def __init__(self, method: str, path: str, allowed: tuple[str, ...]) -> None:
+        super().__init__(f"{method} is not allowed on {path}; use {' or '.join(allowed)}")
+        self.allowed = allowed
 
 
 class Unauthorized(ProtocolError):
@@ -242,17 +247,17 @@ def _describe(exc: msgspec.ValidationError) -> str:
 # Server -> client -----------------------------------------------------------------------
 
 
-class _Frame(msgspec.Struct, tag_field="type", omit_defaults=True, frozen=True, kw_only=True):
-    pass
+class Frame(msgspec.Struct, tag_field="type", omit_defaults=True, frozen=True, kw_only=True):
+    """Base of every object the server sends; ``type`` comes first, unset fields are left out."""
 
 
-class Reply(_Frame, tag="reply", frozen=True, kw_only=True):
+class Reply(Frame, tag="reply", frozen=True, kw_only=True):
     """The answer to a request that carries nothing more (unsubscribe, ping)."""
 
     id: RequestId = None
 
 
-class SubscribeReply(_Frame, tag="reply", frozen=True, kw_only=True):
+class SubscribeReply(Frame, tag="reply", frozen=True, kw_only=True):
     """The answer to ``subscribe``: the stream position the subscription starts after."""
 
     id: RequestId = None
@@ -262,7 +267,7 @@ class SubscribeReply(_Frame, tag="reply", frozen=True, kw_only=True):
     recovered: bool | None = None
 
 
-class PublishReply(_Frame, tag="reply", frozen=True, kw_only=True):
+class PublishReply(Frame, tag="reply", frozen=True, kw_only=True):
     """The answer to ``publish`` (and the body of ``POST /api/publish``)."""
 
     id: RequestId = None
@@ -276,7 +281,7 @@ class HistoryEntry(msgspec.Struct, frozen=True):
     data: msgspec.Raw
 
 
-class HistoryReply(_Frame, tag="reply", frozen=True, kw_only=True):
+class HistoryReply(Frame, tag="reply", frozen=True, kw_only=True):
     """The answer to ``history``: kept messages, oldest first."""
 
     id: RequestId = None
@@ -286,7 +291,7 @@ class HistoryReply(_Frame, tag="reply", frozen=True, kw_only=True):
     messages: list[HistoryEntry]
 
 
-class Error(_Frame, tag="error", frozen=True, kw_only=True):
+class Error(Frame, tag="error", frozen=True, kw_only=True):
     """A request failed; ``code`` is stable, ``message`` is for people."""
 
     id: RequestId = None
@@ -294,7 +299,7 @@ class Error(_Frame, tag="error", frozen=True, kw_only=True):
     message: str
 
 
-class Message(_Frame, tag="message", frozen=True, kw_only=True):
+class Message(Frame, tag="message", frozen=True, kw_only=True):
     """A message published on a channel the client subscribed to."""
 
     channel: str
@@ -302,7 +307,7 @@ class Message(_Frame, tag="message", frozen=True, kw_only=True):
     data: msgspec.Raw
 
 
-class Gap(_Frame, tag="gap", frozen=True, kw_only=True):
+class Gap(Frame, tag="gap", frozen=True, kw_only=True):
     """Messages ``first`` to ``last`` of ``channel`` were dropped by its slow-consumer policy."""
 
     channel: str
@@ -313,7 +318,7 @@ class Gap(_Frame, tag="gap", frozen=True, kw_only=True):
 _encoder = msgspec.json.Encoder()
 
 
-def encode(frame: _Frame) -> str:
+def encode(frame: Frame) -> str:
     """Encode a server frame as JSON text."""
     return _encoder.encode(frame).decode()
 

@@ -16,6 +16,7 @@ from channels.errors import ChannelsError, SlowConsumer
 from channels.outbox import Outbox
 from channels.publication import Position
 from service.protocol import (
+    Frame,
     History,
     HistoryEntry,
     HistoryReply,
@@ -65,37 +66,35 @@ class Session:
             await self.outbox.put(encode_error(exc.code, str(exc), exc.request_id))
             return
         try:
-            await self._run(request)
+            reply = await self._run(request)
         except ChannelsError as exc:
             await self.outbox.put(encode_error(exc.code, str(exc), request.id))
+        else:
+            if reply is not None:
+                await self.outbox.put(encode(reply))
 
-    async def _run(self, request: ClientMessage) -> None:
+    async def _run(self, request: ClientMessage) -> Frame | None:
+        """Run *request*; return its reply, or None when it was already queued."""
         hub, outbox = self.hub, self.outbox
         match request:
             case Publish(id=request_id, channel=channel, data=data):
                 position = await hub.publish(channel, data, trusted=False)
-                await outbox.put(
-                    encode(
-                        PublishReply(
-                            id=request_id,
-                            channel=channel,
-                            offset=position.offset,
-                            epoch=position.epoch,
-                        )
-                    )
+                return PublishReply(
+                    id=request_id, channel=channel, offset=position.offset, epoch=position.epoch
                 )
             case Subscribe(id=request_id, channel=channel, since=since):
 
                 def reply(subscribed: Subscribed) -> None:
                     # The reply must precede the channel's messages, which the hub offers
                     # right after this returns: queue it now, even on a full outbox.
+                    position = subscribed.position
                     outbox.put_nowait(
                         encode(
                             SubscribeReply(
                                 id=request_id,
                                 channel=channel,
-                                offset=subscribed.position.offset,
-                                epoch=subscribed.position.epoch,
+                                offset=position.offset,
+                                epoch=position.epoch,
                                 recovered=subscribed.recovered,
                             )
                         )
@@ -103,25 +102,21 @@ class Session:
 
                 start = None if since is None else Position(since.offset, since.epoch)
                 await hub.subscribe(outbox, channel, since=start, on_subscribed=reply)
+                return None
             case Unsubscribe(id=request_id, channel=channel):
                 hub.unsubscribe(outbox, channel)
-                await outbox.put(encode(Reply(id=request_id)))
+                return Reply(id=request_id)
             case History(id=request_id, channel=channel, limit=limit, since=after):
                 page = await hub.history(channel, after=after, limit=limit)
-                messages = [HistoryEntry(item.offset, item.data) for item in page.publications]
-                await outbox.put(
-                    encode(
-                        HistoryReply(
-                            id=request_id,
-                            channel=channel,
-                            offset=page.position.offset,
-                            epoch=page.position.epoch,
-                            messages=messages,
-                        )
-                    )
+                return HistoryReply(
+                    id=request_id,
+                    channel=channel,
+                    offset=page.position.offset,
+                    epoch=page.position.epoch,
+                    messages=[HistoryEntry(item.offset, item.data) for item in page.publications],
                 )
             case Ping(id=request_id):
-                await outbox.put(encode(Reply(id=request_id)))
+                return Reply(id=request_id)
 
 
 async def run_session(ws: WebSocket, hub: Hub, server: ServerConfig) -> None:

@@ -48,6 +48,9 @@ async def test_http_errors_are_json(method: str, path: str, status: int, code: i
     assert headers["content-type"] == "application/json"
     if status == 426:
         assert headers["upgrade"] == "websocket"
+    if status == 405:
+        assert headers["allow"] in {"GET, HEAD", "POST"}
+        assert f"use {headers['allow'].replace(', ', ' or ')}" in body["message"]
 
 
 async def test_http_publish_reaches_websocket_subscribers() -> None:
