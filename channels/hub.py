@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
@@ -55,18 +56,47 @@ class HubStatistics(msgspec.Struct, frozen=True):
     """Connections given up on under the ``disconnect`` policy."""
 
 
+class _Joining:
+    """Live deliveries held for a subscriber that is still reading where it starts.
+
+    Bounded by the outbox's capacity, with the channel's policy applied on overflow;
+    the offsets it had to drop are reported once the subscriber is live.
+    """
+
+    __slots__ = ("deliveries", "dropped")
+
+    def __init__(self) -> None:
+        self.deliveries: deque[Delivery] = deque()
+        self.dropped: tuple[int, int] | None = None
+
+    def hold(self, delivery: Delivery, outbox: Outbox) -> None:
+        held = self.deliveries
+        if len(held) >= outbox.capacity:
+            if delivery.policy == "disconnect":
+                outbox.fail(delivery.channel or "")
+                return
+            # Everything held is of this one channel: drop its oldest, or all for latest.
+            first = held[0].offset
+            last = held.popleft().offset if delivery.policy == "drop_oldest" else held[-1].offset
+            if delivery.policy == "latest":
+                held.clear()
+            if self.dropped is not None:
+                first = self.dropped[0]
+            self.dropped = (first, last)
+        held.append(delivery)
+
+
 class _Channel:
     """The local state of one channel that has subscribers, or is about to."""
 
-    __slots__ = ("pending", "policy", "subscribers")
+    __slots__ = ("joining", "policy", "subscribers")
 
     def __init__(self, policy: SlowConsumerPolicy) -> None:
         self.policy: SlowConsumerPolicy = policy
         self.subscribers: dict[Outbox, None] = {}
         # Subscribers still reading their starting position or missed messages: live
-        # publications wait here so that none is lost or sent twice. A subscriber whose
-        # wait outgrows its outbox's capacity is failed as a slow consumer.
-        self.pending: dict[Outbox, list[Publication]] = {}
+        # publications wait here so that none is lost or sent twice.
+        self.joining: dict[Outbox, _Joining] = {}
 
 
 class Hub:
@@ -113,13 +143,14 @@ class Hub:
         self._slow_consumers_gone += outbox.failed
         if not self._subscriptions and self._no_connections is not None:
             self._no_connections.set()
+            self._no_connections = None
 
     async def wait_no_connections(self) -> None:
-        """Wait until every attached outbox has been detached."""
+        """Wait until every attached outbox has been detached. Any number may wait."""
         while self._subscriptions:
-            self._no_connections = anyio.Event()
+            if self._no_connections is None:
+                self._no_connections = anyio.Event()
             await self._no_connections.wait()
-        self._no_connections = None
 
     def close(self) -> None:
         """Refuse new connections and operations, and close every outbox.
@@ -160,8 +191,7 @@ class Hub:
         if state is None:
             state = self._channels[channel] = _Channel(self._rules.policy(rule))
         channels.add(channel)
-        waiting: list[Publication] = []
-        state.pending[outbox] = waiting
+        joining = state.joining[outbox] = _Joining()
         try:
             await self._broker.subscribe(channel)
             if since is None:
@@ -174,18 +204,22 @@ class Hub:
             channels.discard(channel)
             self._leave(outbox, channel)
             raise
-        del state.pending[outbox]
+        del state.joining[outbox]
         state.subscribers[outbox] = None
+        start = page.position.offset
         recovered = None
         if since is not None:
-            missed = page.position.offset - since.offset
+            missed = start - since.offset
             recovered = page.complete and missed <= self._recovery_max
         on_subscribed(Subscribed(channel, page.position, recovered))
         for publication in page.publications if recovered else ():
             outbox.offer(self._delivery(publication, state.policy))
-        for publication in waiting:
-            if publication.offset > page.position.offset:
-                outbox.offer(self._delivery(publication, state.policy))
+        # Held deliveries up to the start position were in the page, or came before it.
+        if joining.dropped is not None and joining.dropped[1] > start:
+            outbox.record_gap(channel, max(joining.dropped[0], start + 1), joining.dropped[1])
+        for delivery in joining.deliveries:
+            if delivery.offset > start:
+                outbox.offer(delivery)
 
     def unsubscribe(self, outbox: Outbox, channel: str) -> None:
         """End *outbox*'s subscription to *channel*. Never blocks.
@@ -240,14 +274,13 @@ class Hub:
         state = self._channels.get(publication.channel)
         if state is None:
             return
-        for outbox, waiting in state.pending.items():
-            if len(waiting) >= outbox.capacity:
-                outbox.fail(publication.channel)
-            waiting.append(publication)
-        if state.subscribers:
-            delivery = self._delivery(publication, state.policy)
-            for outbox in state.subscribers:
-                outbox.offer(delivery)
+        if not state.subscribers and not state.joining:
+            return
+        delivery = self._delivery(publication, state.policy)
+        for outbox, joining in state.joining.items():
+            joining.hold(delivery, outbox)
+        for outbox in state.subscribers:
+            outbox.offer(delivery)
 
     def statistics(self) -> HubStatistics:
         """Return the hub's current counters."""
@@ -266,11 +299,11 @@ class Hub:
         return Delivery(publication.channel, publication.offset, data.decode(), len(data), policy)
 
     def _leave(self, outbox: Outbox, channel: str) -> None:
-        # An outbox lists a channel exactly while it is a subscriber or pending there.
+        # An outbox lists a channel exactly while it is a subscriber or joining there.
         state = self._channels[channel]
         state.subscribers.pop(outbox, None)
-        state.pending.pop(outbox, None)
-        if not state.subscribers and not state.pending:
+        state.joining.pop(outbox, None)
+        if not state.subscribers and not state.joining:
             del self._channels[channel]
             self._broker.unsubscribe(channel)
 

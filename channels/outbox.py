@@ -48,7 +48,7 @@ class Outbox:
     waits for room instead. One writer task calls `get_batch`.
 
     Messages a policy discarded are reported to the client by a gap notice, built by
-    *encode_gap(channel, first_offset, last_offset)*, at the head of the next batch.
+    *encode_gap(channel, first_offset, last_offset)*, ahead of the channel's next message.
     *on_fail* is called once when the outbox fails, so that the connection can stop even
     while its writer is blocked in a send.
     """
@@ -108,9 +108,10 @@ class Outbox:
     def fail(self, channel: str) -> None:
         """Give up on this connection as a slow consumer of *channel*.
 
-        What is queued is discarded; `offer` and `put` accept nothing more.
+        What is queued is discarded; `offer` and `put` accept nothing more. A closed
+        outbox is not failed: it is already sending what it holds before ending.
         """
-        if self._failure is None:
+        if self._failure is None and not self._closed:
             self._failure = SlowConsumer(channel, self.capacity)
             self._queue.clear()
             self._gaps.clear()
@@ -124,12 +125,14 @@ class Outbox:
         self._wake_all()
 
     async def put(self, text: str) -> None:
-        """Queue a reply, waiting while the queue is full.
+        """Queue a reply, waiting while the queue is full. One task at a time may wait.
 
         A reply to a connection that is failing or closing is discarded: the connection
         is about to be closed.
         """
         while len(self._queue) >= self.capacity and self._failure is None and not self._closed:
+            if self._writable is not None:
+                raise RuntimeError("another task is already waiting to put a reply")
             self._writable = anyio.Event()
             await self._writable.wait()
         self.put_nowait(text)
@@ -140,15 +143,29 @@ class Outbox:
         Used where a reply must precede messages that are offered right after it.
         """
         if self._failure is None and not self._closed:
-            self._queue.append(Delivery(None, 0, text, len(text)))
+            size = len(text) if text.isascii() else len(text.encode())
+            self._queue.append(Delivery(None, 0, text, size))
             if self._readable is not None:
                 self._readable.set()
+
+    def record_gap(self, channel: str, first: int, last: int) -> None:
+        """Report that offsets *first* to *last* of *channel* will not be delivered."""
+        self.dropped += last - first + 1
+        known = self._gaps.get(channel)
+        if known is not None:
+            first, last = min(first, known[0]), max(last, known[1])
+        self._gaps[channel] = (first, last)
+        if self._readable is not None:
+            self._readable.set()
 
     async def get_batch(self) -> list[str]:
         """Wait for queued messages and return the texts of a batch of them, oldest first.
 
-        A batch holds every queued message up to ``frame_max_bytes`` in all (at least
-        one), preceded by any gap notices.
+        A batch takes queued messages while the frame that joins them (``[a,b,…]``)
+        stays within ``frame_max_bytes``; a single larger message goes alone. A gap
+        notice goes just before its channel's first message after the gap, or at the
+        end of the batch that empties the queue, so it never precedes an earlier reply.
+        Only one task may wait here.
 
         Raises:
             SlowConsumer: once the outbox overflowed under the ``disconnect`` policy.
@@ -160,18 +177,39 @@ class Outbox:
                 raise self._failure
             if self._closed:
                 raise anyio.EndOfStream
+            if self._readable is not None:
+                raise RuntimeError("another task is already waiting for a batch")
             self._readable = anyio.Event()
             await self._readable.wait()
             self._readable = None
-        texts = [self._encode_gap(channel, *gap) for channel, gap in self._gaps.items()]
-        self._gaps.clear()
-        budget = self._frame_max_bytes
+        texts: list[str] = []
+        used = 1  # the opening "[" of a coalesced frame; each item adds "," or "]"
+        limit = self._frame_max_bytes
+        gaps = self._gaps
         while queue:
-            size = queue[0].size
-            if texts and size > budget:
+            item = queue[0]
+            channel = item.channel
+            # A notice goes just before the first message after its gap (a replay of
+            # older messages may come first).
+            if gaps and channel is not None and channel in gaps and item.offset > gaps[channel][1]:
+                gap = self._encode_gap(channel, *gaps[channel])
+                if texts and used + len(gap) + 1 > limit:
+                    break
+                del gaps[channel]
+                used += len(gap) + 1
+                texts.append(gap)
+            if texts and used + item.size + 1 > limit:
                 break
-            budget -= size
+            used += item.size + 1
             texts.append(queue.popleft().text)
+        while gaps and not queue:
+            channel = next(iter(gaps))
+            gap = self._encode_gap(channel, *gaps[channel])
+            if texts and used + len(gap) + 1 > limit:
+                break
+            del gaps[channel]
+            used += len(gap) + 1
+            texts.append(gap)
         if self._writable is not None:
             self._writable.set()
             self._writable = None
@@ -187,7 +225,7 @@ class Outbox:
             for index, queued in enumerate(queue):
                 if queued.channel == channel:
                     del queue[index]
-                    self._record_gap(channel, queued.offset, queued.offset, 1)
+                    self.record_gap(channel, queued.offset, queued.offset)
                     return True
         else:  # latest
             dropped = [queued for queued in queue if queued.channel == channel]
@@ -195,19 +233,10 @@ class Outbox:
                 kept = [queued for queued in queue if queued.channel != channel]
                 queue.clear()
                 queue.extend(kept)
-                self._record_gap(channel, dropped[0].offset, dropped[-1].offset, len(dropped))
+                self.record_gap(channel, dropped[0].offset, dropped[-1].offset)
                 return True
-        self._record_gap(channel, delivery.offset, delivery.offset, 1)
+        self.record_gap(channel, delivery.offset, delivery.offset)
         return False
-
-    def _record_gap(self, channel: str, first: int, last: int, count: int) -> None:
-        self.dropped += count
-        known = self._gaps.get(channel)
-        if known is not None:
-            first, last = min(first, known[0]), max(last, known[1])
-        self._gaps[channel] = (first, last)
-        if self._readable is not None:
-            self._readable.set()
 
     def _wake_all(self) -> None:
         for event in (self._readable, self._writable):

@@ -214,10 +214,10 @@ def decode_request(frame: str | bytes) -> ClientMessage:
         except msgspec.ValidationError:
             probe = _Probe()
         request_id = probe.id if isinstance(probe.id, int | str) else None
-        if isinstance(probe.type, str) and probe.type not in OPS:
+        if probe.type is not None and not (isinstance(probe.type, str) and probe.type in OPS):
+            name = repr(probe.type)[:100]
             raise UnknownOp(
-                f"unknown operation {probe.type[:100]!r}; use one of {', '.join(sorted(OPS))}",
-                request_id,
+                f"unknown operation {name}; use one of {', '.join(sorted(OPS))}", request_id
             ) from None
         raise BadMessage(_describe(exc), request_id) from None
     except msgspec.DecodeError as exc:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import logging
 import signal
 import socket
 from functools import partial
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 import hypercorn.asyncio
@@ -82,8 +84,33 @@ async def serve(
 
     if backend == "trio":
         await hypercorn.trio.serve(app, config, shutdown_trigger=drain_then_stop)  # type: ignore[arg-type]  # hypercorn's Framework type is narrower than ASGI
-    else:
+        return
+    loop = asyncio.get_running_loop()
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(partial(_quiet_dropped_clients, previous))
+    try:
         await hypercorn.asyncio.serve(app, config, shutdown_trigger=drain_then_stop)  # type: ignore[arg-type]  # same
+    finally:
+        loop.set_exception_handler(previous)
+
+
+def _quiet_dropped_clients(
+    previous: Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object] | None,
+    loop: asyncio.AbstractEventLoop,
+    context: dict[str, Any],
+) -> None:
+    """Log a client dropped by the write timeout instead of an "unhandled" traceback.
+
+    hypercorn's asyncio worker does not expect ETIMEDOUT when it closes a connection
+    (hypercorn 0.18, ``TCPServer._close``), which is what TCP_USER_TIMEOUT produces.
+    """
+    exception = context.get("exception")
+    if isinstance(exception, OSError) and exception.errno == errno.ETIMEDOUT:
+        logger.info("dropped a client that stopped reading: %s", exception)
+    elif previous is not None:
+        previous(loop, context)
+    else:
+        loop.default_exception_handler(context)
 
 
 def run(app: Clarion, backend: Backend) -> None:

@@ -134,43 +134,44 @@ async def run_session(ws: WebSocket, hub: Hub, server: ServerConfig) -> None:
     stop = anyio.CancelScope()
     outbox = Outbox(server.outbox_messages, server.frame_max_bytes, encode_gap, stop.cancel)
     hub.attach(outbox)
+    close: tuple[int, str] | None = None
     try:
         await ws.accept()
         session = Session(hub, outbox)
-        too_large = False
         with stop:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_write, ws, outbox, tg.cancel_scope)
                 async with aclosing(ws.iter_frames()) as frames:
                     async for frame in frames:
                         # hypercorn enforces its own limit; this one holds under any server.
-                        if len(frame) > server.max_request_bytes:
-                            too_large = True
+                        if _size(frame) > server.max_request_bytes:
+                            close = (CLOSE_FRAME_TOO_LARGE, "frame too large")
                             break
                         await session.handle(frame)
                 tg.cancel_scope.cancel()
+        if close is None and outbox.failed:
+            close = (SlowConsumer.code, "slow consumer")
+        elif close is None and outbox.closed:
+            close = (CLOSE_GOING_AWAY, "server shutting down")
     except anyio.get_cancelled_exc_class():
         # The server is cancelling the connection: under the plain hypercorn command it
         # does so on SIGTERM once its graceful_timeout is over. Say goodbye properly.
-        if ws.application_state is WebSocketState.CONNECTED:
+        close = (CLOSE_GOING_AWAY, "server shutting down")
+        raise
+    finally:
+        # Leave the hub first: nothing more is queued while the close frame is sent.
+        hub.detach(outbox)
+        if close is not None and ws.application_state is WebSocketState.CONNECTED:
             with anyio.move_on_after(server.write_timeout_seconds, shield=True):
                 with suppress(WebSocketDisconnect):  # the client is already gone
-                    await ws.close(CLOSE_GOING_AWAY, "server shutting down")
-        raise
-    else:
-        if outbox.failed:
-            code, reason = SlowConsumer.code, "slow consumer"
-        elif outbox.closed:
-            code, reason = CLOSE_GOING_AWAY, "server shutting down"
-        elif too_large:
-            code, reason = CLOSE_FRAME_TOO_LARGE, "frame too large"
-        else:
-            return  # the client left
-        if ws.application_state is WebSocketState.CONNECTED:
-            with anyio.move_on_after(server.write_timeout_seconds):
-                await ws.close(code, reason)
-    finally:
-        hub.detach(outbox)
+                    await ws.close(*close)
+
+
+def _size(frame: str | bytes) -> int:
+    """The size of *frame* in bytes (text frames count their UTF-8 encoding)."""
+    if isinstance(frame, bytes) or frame.isascii():
+        return len(frame)
+    return len(frame.encode())
 
 
 async def _write(ws: WebSocket, outbox: Outbox, scope: anyio.CancelScope) -> None:

@@ -53,7 +53,11 @@ class Broker(Protocol):
         ...
 
     async def subscribe(self, channel: str) -> None:
-        """Make sure this node receives *channel*'s publications. Idempotent."""
+        """Make sure this node receives *channel*'s publications. Idempotent.
+
+        Once it returns, every later publication of the channel's current epoch reaches
+        *deliver*, and a `read` returns a position in that same epoch.
+        """
         ...
 
     def unsubscribe(self, channel: str) -> None:

@@ -99,9 +99,12 @@ class MemoryBroker:
         return HistoryPage(position, found[:limit], complete=oldest <= after + 1)
 
     async def subscribe(self, channel: str) -> None:
-        await anyio.lowlevel.checkpoint()
+        # Mark the stream before yielding: a publish in between must not find it idle,
+        # forget it, and so start a new epoch under the new subscriber.
+        await anyio.lowlevel.checkpoint_if_cancelled()
         stream = self._streams.get(channel) or self._streams.setdefault(channel, _Stream())
         stream.subscribed = True
+        await anyio.lowlevel.cancel_shielded_checkpoint()
 
     def unsubscribe(self, channel: str) -> None:
         stream = self._streams.get(channel)

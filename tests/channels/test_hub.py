@@ -8,7 +8,7 @@ import msgspec
 import pytest
 
 from channels.brokers.memory import MemoryBroker
-from channels.config import ChannelRule, Config, History, ServerConfig
+from channels.config import ChannelRule, Config, History, ServerConfig, SlowConsumerPolicy
 from channels.errors import (
     AlreadySubscribed,
     ChannelNotFound,
@@ -203,13 +203,26 @@ async def test_recovery_of_more_than_the_limit_is_refused() -> None:
         assert await drain(box) == ["c:3:1", "c:4:2"]
 
 
-class SlowReads:
-    """A memory broker whose reads wait until released, to race publishes against them."""
+class Gate:
+    """A point where a broker call stops until the test opens it."""
+
+    def __init__(self) -> None:
+        self.reached = anyio.Event()
+        self.opened = anyio.Event()
+
+    async def pass_through(self) -> None:
+        self.reached.set()
+        await self.opened.wait()
+
+
+class GatedBroker:
+    """A memory broker that can stop after `subscribe` and after `read`, so that tests
+    publish at exactly those points of a subscribe."""
 
     def __init__(self, broker: MemoryBroker) -> None:
         self.broker = broker
-        self.reading = anyio.Event()
-        self.release = anyio.Event()
+        self.after_subscribe: Gate | None = None
+        self.after_read: Gate | None = None
 
     async def publish(self, channel: str, data: msgspec.Raw, history: History) -> Position:
         return await self.broker.publish(channel, data, history)
@@ -218,40 +231,44 @@ class SlowReads:
         self, channel: str, *, after: int | None, epoch: str | None, limit: int | None
     ) -> HistoryPage:
         page = await self.broker.read(channel, after=after, epoch=epoch, limit=limit)
-        self.reading.set()
-        await self.release.wait()
+        if self.after_read is not None:
+            await self.after_read.pass_through()
         return page
 
     async def subscribe(self, channel: str) -> None:
         await self.broker.subscribe(channel)
+        if self.after_subscribe is not None:
+            await self.after_subscribe.pass_through()
 
     def unsubscribe(self, channel: str) -> None:
         self.broker.unsubscribe(channel)
 
 
 @asynccontextmanager
-async def slow_hub(config: Config) -> AsyncIterator[tuple[Hub, SlowReads]]:
+async def gated_hub(config: Config) -> AsyncIterator[tuple[Hub, GatedBroker]]:
     hub: Hub | None = None
 
     def deliver(publication: Publication) -> None:
         if hub is not None:
             hub.deliver(publication)
 
-    broker = SlowReads(MemoryBroker(deliver))
+    broker = GatedBroker(MemoryBroker(deliver))
     hub = Hub(config, broker, Encoder())
     yield hub, broker
 
 
-async def test_messages_published_during_recovery_are_neither_lost_nor_doubled() -> None:
-    async with slow_hub(CONFIG) as (hub, broker):
-        broker.release.set()
+async def publish_all(hub: Hub, channel: str, *values: object) -> None:
+    for value in values:
+        await hub.publish(channel, raw(value), trusted=False)
+
+
+async def test_recovery_racing_publishes_loses_nothing_and_doubles_nothing() -> None:
+    async with gated_hub(CONFIG) as (hub, broker):
         watcher = outbox()
         hub.attach(watcher)
         epoch = (await subscribe(hub, watcher, "chat:1")).position.epoch
-        await hub.publish("chat:1", raw("a"), trusted=False)
-        await hub.publish("chat:1", raw("b"), trusted=False)
-        broker.release = anyio.Event()
-        broker.reading = anyio.Event()
+        await publish_all(hub, "chat:1", "a", "b")
+        broker.after_subscribe, broker.after_read = Gate(), Gate()
         box = outbox()
         hub.attach(box)
         replies: list[Subscribed] = []
@@ -262,17 +279,23 @@ async def test_messages_published_during_recovery_are_neither_lost_nor_doubled()
                         box, "chat:1", since=Position(1, epoch), on_subscribed=replies.append
                     )
                 )
-                await broker.reading.wait()  # history read (offsets 2): now publish 3 and 4
-                await hub.publish("chat:1", raw("c"), trusted=False)
-                await hub.publish("chat:1", raw("d"), trusted=False)
+                # Offset 3 is published before the history is read: it is both held
+                # live and in the page. Offset 4 comes after the read: held only.
+                await broker.after_subscribe.reached.wait()
+                await publish_all(hub, "chat:1", "c")
+                broker.after_subscribe.opened.set()
+                await broker.after_read.reached.wait()
+                await publish_all(hub, "chat:1", "d")
                 assert len(box) == 0
-                broker.release.set()
+                broker.after_read.opened.set()
         assert replies[0].recovered is True
+        assert replies[0].position.offset == 3
         assert await drain(box) == ['chat:1:2:"b"', 'chat:1:3:"c"', 'chat:1:4:"d"']
 
 
-async def test_plain_subscribe_during_publishes_starts_after_its_reply_position() -> None:
-    async with slow_hub(CONFIG) as (hub, broker):
+async def test_plain_subscribe_racing_publishes_starts_after_its_reply_position() -> None:
+    async with gated_hub(CONFIG) as (hub, broker):
+        broker.after_subscribe, broker.after_read = Gate(), Gate()
         box = outbox()
         hub.attach(box)
         replies: list[Subscribed] = []
@@ -281,25 +304,92 @@ async def test_plain_subscribe_during_publishes_starts_after_its_reply_position(
                 tg.start_soon(
                     lambda: hub.subscribe(box, "chat:1", since=None, on_subscribed=replies.append)
                 )
-                await broker.reading.wait()
-                await hub.publish("chat:1", raw("after"), trusted=False)
-                broker.release.set()
-        assert replies[0].position.offset == 0
-        assert await drain(box) == ['chat:1:1:"after"']
+                await broker.after_subscribe.reached.wait()
+                await publish_all(hub, "chat:1", "before")  # included in the position
+                broker.after_subscribe.opened.set()
+                await broker.after_read.reached.wait()
+                await publish_all(hub, "chat:1", "after")
+                broker.after_read.opened.set()
+        assert replies[0].position.offset == 1
+        assert await drain(box) == ['chat:1:2:"after"']
+
+
+async def test_a_stream_never_restarts_under_a_joining_subscriber() -> None:
+    # No history and no other subscriber: a publish while the subscriber joins must
+    # not find the stream idle and start a new epoch.
+    async with gated_hub(CONFIG) as (hub, broker):
+        broker.after_subscribe = Gate()
+        box = outbox()
+        hub.attach(box)
+        replies: list[Subscribed] = []
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(
+                    lambda: hub.subscribe(box, "open", since=None, on_subscribed=replies.append)
+                )
+                await broker.after_subscribe.reached.wait()
+                first = await hub.publish("open", raw(1), trusted=False)
+                broker.after_subscribe.opened.set()
+        assert replies[0].position == first
+        second = await hub.publish("open", raw(2), trusted=False)
+        assert (second.offset, second.epoch) == (2, first.epoch)
+        assert await drain(box) == ["open:2:2"]
 
 
 async def test_cancelled_subscribe_leaves_nothing_behind() -> None:
-    async with slow_hub(CONFIG) as (hub, broker):
+    async with gated_hub(CONFIG) as (hub, broker):
+        broker.after_read = Gate()
         box = outbox()
         hub.attach(box)
         with anyio.fail_after(5):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(subscribe, hub, box, "chat:1")
-                await broker.reading.wait()
+                await broker.after_read.reached.wait()
                 tg.cancel_scope.cancel()
         stats = hub.statistics()
         assert (stats.channels, stats.subscriptions) == (0, 0)
         assert broker.broker.stream_count == 0
+
+
+async def test_a_joining_subscriber_that_outgrows_its_outbox_is_failed_under_disconnect() -> None:
+    async with gated_hub(CONFIG) as (hub, broker):
+        broker.after_read = Gate()
+        box = outbox(capacity=2)
+        hub.attach(box)
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(subscribe, hub, box, "chat:1")
+                await broker.after_read.reached.wait()
+                await publish_all(hub, "chat:1", 0, 1)
+                failed_before = box.failed
+                await publish_all(hub, "chat:1", 2)
+                broker.after_read.opened.set()
+        assert (failed_before, box.failed) == (False, True)
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [
+        ("latest", ["gap:p:1-4", "p:5:5"]),
+        ("drop_oldest", ["gap:p:1-3", "p:4:4", "p:5:5"]),
+    ],
+)
+async def test_a_joining_subscriber_overflowing_under_a_lossy_policy_gets_a_gap(
+    policy: SlowConsumerPolicy, expected: list[str]
+) -> None:
+    config = Config(channels=[ChannelRule(match="p", slow_consumer=policy)])
+    async with gated_hub(config) as (hub, broker):
+        broker.after_read = Gate()
+        box = outbox(capacity=2)
+        hub.attach(box)
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(subscribe, hub, box, "p")
+                await broker.after_read.reached.wait()
+                await publish_all(hub, "p", 1, 2, 3, 4, 5)
+                broker.after_read.opened.set()
+        assert not box.failed
+        assert await drain(box) == expected
 
 
 async def test_detach_cleans_up_and_statistics_count() -> None:
@@ -369,17 +459,3 @@ async def test_history_reads_newest_or_after_an_offset() -> None:
         assert page.publications == []
         with pytest.raises(ChannelNotFound):
             await hub.history("elsewhere", after=None, limit=None)
-
-
-async def test_pending_subscriber_that_outgrows_its_outbox_is_failed() -> None:
-    async with slow_hub(CONFIG) as (hub, broker):
-        box = outbox(capacity=2)
-        hub.attach(box)
-        with anyio.fail_after(5):
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(subscribe, hub, box, "chat:1")
-                await broker.reading.wait()
-                for index in range(3):
-                    await hub.publish("chat:1", raw(index), trusted=False)
-                assert box.failed
-                broker.release.set()

@@ -65,7 +65,8 @@ INVALID: list[tuple[str | bytes, type[ProtocolError], Any, str]] = [
     ("[1,2]", BadMessage, None, "Expected `object`, got `array`"),
     ('{"id":1}', BadMessage, 1, "missing required field `type`"),
     ('{"type":"jump","id":2}', UnknownOp, 2, "unknown operation 'jump'"),
-    ('{"type":7,"id":3}', BadMessage, 3, "type: Expected `str`"),
+    ('{"type":7,"id":3}', UnknownOp, 3, "unknown operation 7"),
+    ('{"type":["ping"],"id":3}', UnknownOp, 3, "unknown operation ['ping']"),
     ('{"type":"subscribe","id":4}', BadMessage, 4, "missing required field `channel`"),
     (
         '{"type":"subscribe","id":5,"channel":1}',
