@@ -93,6 +93,12 @@ class ServerConfig(_Base, frozen=True):
     """Messages (and replies) queued per connection before the slow-consumer policy applies."""
     frame_max_bytes: PositiveCount = 64 * KIB
     """Messages waiting together are coalesced into one frame of at most this size."""
+    flush_delay_seconds: Seconds = 0.005 * SECONDS
+    """How long a new message waits for others to share its frame; 0 sends at once."""
+    flush_batch_connections: PositiveCount = 32
+    """Connections flushed between two turns of the tasks that read and publish."""
+    writer_linger_seconds: Seconds = 1 * SECONDS
+    """How long a connection's idle writer task waits for more before it ends."""
     max_request_bytes: PositiveCount = 1 * MIB
     """Largest WebSocket frame a client may send (close 1009) or HTTP body (413)."""
     slow_consumer: SlowConsumerPolicy = "disconnect"

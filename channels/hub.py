@@ -19,6 +19,7 @@ from channels.errors import (
 )
 from channels.outbox import Delivery
 from channels.rules import RuleBook
+from channels.sender import Flusher
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -108,9 +109,22 @@ class Hub:
     """
 
     def __init__(
-        self, config: Config, broker: Broker, encode: Callable[[Publication], bytes]
+        self,
+        config: Config,
+        broker: Broker,
+        encode: Callable[[Publication], bytes],
+        *,
+        direct_sends: bool = False,
     ) -> None:
         self._rules = RuleBook(config)
+        server = config.server
+        self.flusher = Flusher(
+            server.flush_delay_seconds,
+            server.flush_batch_connections,
+            server.writer_linger_seconds,
+            direct=direct_sends,
+        )
+        """Sends the outboxes (see `channels.sender`); run by `open_hub`."""
         self._recovery_max = config.server.recovery_limit
         self._broker = broker
         self._encode = encode
@@ -309,13 +323,17 @@ class Hub:
 
 
 @asynccontextmanager
-async def open_hub(config: Config, encode: Callable[[Publication], bytes]) -> AsyncIterator[Hub]:
-    """Open the broker *config* names and a hub on top of it.
+async def open_hub(
+    config: Config, encode: Callable[[Publication], bytes], *, direct_sends: bool = False
+) -> AsyncIterator[Hub]:
+    """Open the broker *config* names and a hub on top of it, with its flusher running.
 
     Args:
         config: the node's configuration.
         encode: turns a publication into the bytes sent to subscribers; called once per
             publication, whatever the number of subscribers.
+        direct_sends: whether a send that has to wait can be abandoned without losing
+            its frame, so that the flusher may send itself (see `channels.sender`).
     """
     hub: Hub | None = None
 
@@ -323,6 +341,10 @@ async def open_hub(config: Config, encode: Callable[[Publication], bytes]) -> As
         if hub is not None:
             hub.deliver(publication)
 
-    async with open_broker(config.broker, deliver) as broker:
-        hub = Hub(config, broker, encode)
-        yield hub
+    async with open_broker(config.broker, deliver) as broker, anyio.create_task_group() as tg:
+        hub = Hub(config, broker, encode, direct_sends=direct_sends)
+        await tg.start(hub.flusher.run)
+        try:
+            yield hub
+        finally:
+            tg.cancel_scope.cancel()

@@ -41,17 +41,32 @@ class Delivery:
 
 
 class Outbox:
-    """The queue between the hub (and the connection's reader) and the connection's writer.
+    """The queue between the hub (and the connection's reader) and whoever sends it.
 
     The hub calls `offer`, which never waits: when the queue is full the channel's
     slow-consumer policy decides what is lost. The reader calls `put` for replies, which
-    waits for room instead. One writer task calls `get_batch`.
+    waits for room instead. The connection's `Sender` takes batches with `take_batch`;
+    *notify* (set by the sender) is called whenever there is something new to send.
 
     Messages a policy discarded are reported to the client by a gap notice, built by
     *encode_gap(channel, first_offset, last_offset)*, ahead of the channel's next message.
     *on_fail* is called once when the outbox fails, so that the connection can stop even
-    while its writer is blocked in a send.
+    while a send to it is blocked; it may be set later.
     """
+
+    __slots__ = (
+        "_closed",
+        "_encode_gap",
+        "_failure",
+        "_frame_max_bytes",
+        "_gaps",
+        "_queue",
+        "_writable",
+        "capacity",
+        "dropped",
+        "notify",
+        "on_fail",
+    )
 
     def __init__(
         self,
@@ -63,13 +78,13 @@ class Outbox:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
         self.capacity = capacity
-        self._on_fail = on_fail
         self.dropped = 0
+        self.notify: Callable[[], None] = _nothing
+        self.on_fail = on_fail
         self._frame_max_bytes = frame_max_bytes
         self._encode_gap = encode_gap
         self._queue: deque[Delivery] = deque()
         self._gaps: dict[str, tuple[int, int]] = {}
-        self._readable: anyio.Event | None = None
         self._writable: anyio.Event | None = None
         self._failure: SlowConsumer | None = None
         self._closed = False
@@ -87,13 +102,18 @@ class Outbox:
         """Whether the outbox overflowed under ``disconnect`` and accepts nothing more."""
         return self._failure is not None
 
+    @property
+    def pending(self) -> bool:
+        """Whether there is something to send: messages, replies or gap notices."""
+        return bool(self._queue or self._gaps)
+
     def offer(self, delivery: Delivery) -> bool:
         """Queue *delivery* without waiting. Return False if it was not queued.
 
-        On a full queue the delivery's policy applies: ``disconnect`` fails the outbox
-        (`get_batch` raises `SlowConsumer`); ``drop_oldest`` discards the oldest queued
-        message of the same channel; ``latest`` discards every queued message of the same
-        channel. When there is none to discard, the new message is the one dropped.
+        On a full queue the delivery's policy applies: ``disconnect`` fails the outbox;
+        ``drop_oldest`` discards the oldest queued message of the same channel;
+        ``latest`` discards every queued message of the same channel. When there is
+        none to discard, the new message is the one dropped.
         """
         if self._failure is not None or self._closed:
             return False
@@ -101,8 +121,7 @@ class Outbox:
         if len(queue) >= self.capacity and not self._make_room(delivery):
             return False
         queue.append(delivery)
-        if self._readable is not None:
-            self._readable.set()
+        self.notify()
         return True
 
     def fail(self, channel: str) -> None:
@@ -115,14 +134,16 @@ class Outbox:
             self._failure = SlowConsumer(channel, self.capacity)
             self._queue.clear()
             self._gaps.clear()
-            self._wake_all()
-            if self._on_fail is not None:
-                self._on_fail()
+            self._wake_writable()
+            if self.on_fail is not None:
+                self.on_fail()
 
     def close(self) -> None:
-        """Accept nothing more; `get_batch` returns what is queued, then ends."""
-        self._closed = True
-        self._wake_all()
+        """Accept nothing more; what is queued is still sent."""
+        if not self._closed:
+            self._closed = True
+            self._wake_writable()
+            self.notify()
 
     async def put(self, text: str) -> None:
         """Queue a reply, waiting while the queue is full. One task at a time may wait.
@@ -145,8 +166,7 @@ class Outbox:
         if self._failure is None and not self._closed:
             size = len(text) if text.isascii() else len(text.encode())
             self._queue.append(Delivery(None, 0, text, size))
-            if self._readable is not None:
-                self._readable.set()
+            self.notify()
 
     def record_gap(self, channel: str, first: int, last: int) -> None:
         """Report that offsets *first* to *last* of *channel* will not be delivered."""
@@ -155,36 +175,36 @@ class Outbox:
         if known is not None:
             first, last = min(first, known[0]), max(last, known[1])
         self._gaps[channel] = (first, last)
-        if self._readable is not None:
-            self._readable.set()
+        self.notify()
 
-    async def get_batch(self) -> list[str]:
-        """Wait for queued messages and return the texts of a batch of them, oldest first.
+    def take_frame(self) -> str | None:
+        """Take the next batch joined into one frame's text (None when nothing is pending).
+
+        One object goes alone, several as one JSON array (see `take_batch`).
+        """
+        queue = self._queue
+        if len(queue) == 1 and not self._gaps:  # the usual case under light load
+            text = queue.popleft().text
+            if self._writable is not None:
+                self._wake_writable()
+            return text
+        texts = self.take_batch()
+        if not texts:
+            return None
+        return texts[0] if len(texts) == 1 else "[" + ",".join(texts) + "]"
+
+    def take_batch(self) -> list[str]:
+        """Take the texts of the next batch, oldest first (none when nothing is pending).
 
         A batch takes queued messages while the frame that joins them (``[a,b,…]``)
         stays within ``frame_max_bytes``; a single larger message goes alone. A gap
         notice goes just before its channel's first message after the gap, or at the
         end of the batch that empties the queue, so it never precedes an earlier reply.
-        Only one task may wait here.
-
-        Raises:
-            SlowConsumer: once the outbox overflowed under the ``disconnect`` policy.
-            anyio.EndOfStream: when the outbox is closed and everything was taken.
         """
-        queue = self._queue
-        while not queue and not self._gaps:
-            if self._failure is not None:
-                raise self._failure
-            if self._closed:
-                raise anyio.EndOfStream
-            if self._readable is not None:
-                raise RuntimeError("another task is already waiting for a batch")
-            self._readable = anyio.Event()
-            await self._readable.wait()
-            self._readable = None
         texts: list[str] = []
         used = 1  # the opening "[" of a coalesced frame; each item adds "," or "]"
         limit = self._frame_max_bytes
+        queue = self._queue
         gaps = self._gaps
         while queue:
             item = queue[0]
@@ -210,9 +230,8 @@ class Outbox:
             del gaps[channel]
             used += len(gap) + 1
             texts.append(gap)
-        if self._writable is not None:
-            self._writable.set()
-            self._writable = None
+        if texts:
+            self._wake_writable()
         return texts
 
     def _make_room(self, delivery: Delivery) -> bool:
@@ -238,7 +257,11 @@ class Outbox:
         self.record_gap(channel, delivery.offset, delivery.offset)
         return False
 
-    def _wake_all(self) -> None:
-        for event in (self._readable, self._writable):
-            if event is not None:
-                event.set()
+    def _wake_writable(self) -> None:
+        if self._writable is not None:
+            self._writable.set()
+            self._writable = None
+
+
+def _nothing() -> None:
+    pass

@@ -34,6 +34,7 @@ from service.protocol import (
     encode_error,
     encode_message,
 )
+from service.runner import sends_can_be_abandoned
 from service.session import run_session
 from service.websocket import WebSocket
 from service.workers import claim_only_worker
@@ -78,8 +79,19 @@ class Clarion:
     and ``GET /health``; everything else is a JSON 404. The hub lives in the lifespan.
     """
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, direct_sends: bool | None = False) -> None:
+        """Build the app.
+
+        Args:
+            config: the node's configuration.
+            direct_sends: whether the server hands a whole frame to the transport before
+                it waits for a slow client, so that such a wait can be abandoned (see
+                `channels.sender`): True for hypercorn's asyncio worker, False for its
+                trio worker or an unknown server, None to tell hypercorn's two apart
+                at startup.
+        """
         self.config = config
+        self.direct_sends = direct_sends
         self.hub: Hub | None = None
         self._routes = {
             "websocket": URLPath(config.server.websocket_path, "websocket"),
@@ -125,7 +137,10 @@ class Clarion:
         try:
             if self.config.broker.kind == "memory":
                 claim = claim_only_worker()
-            async with open_hub(self.config, encode_message) as hub:
+            direct = self.direct_sends
+            if direct is None:
+                direct = sends_can_be_abandoned()
+            async with open_hub(self.config, encode_message, direct_sends=direct) as hub:
                 self.hub = hub
                 await send({"type": "lifespan.startup.complete"})
                 started = True
@@ -240,7 +255,8 @@ def _error_body(exc: Exception) -> bytes:
 def create_app(config: Config | None = None) -> Clarion:
     """Build the app; without *config*, read the file named by ``CLARION_CONFIG``, if any.
 
-    This is the entry point for running under the hypercorn command:
+    This is the entry point for running under the hypercorn command (the app tells
+    hypercorn's asyncio and trio workers apart at startup):
     ``CLARION_CONFIG=channels.yaml hypercorn 'service.app:create_app()'``.
 
     Raises:
@@ -248,4 +264,4 @@ def create_app(config: Config | None = None) -> Clarion:
     """
     if config is None:
         config = load_config(os.environ.get("CLARION_CONFIG") or None)
-    return Clarion(config)
+    return Clarion(config, direct_sends=None)

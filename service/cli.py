@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 
 import msgspec
 
@@ -31,9 +32,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--bind", metavar="HOST:PORT", help="overrides server.bind")
     serve.add_argument(
         "--backend",
-        choices=("asyncio", "trio"),
+        choices=("asyncio", "trio", "uvloop"),
         default="asyncio",
-        help="the event loop hypercorn runs on (default: asyncio)",
+        help="the event loop hypercorn runs on (default: asyncio; uvloop needs the uvloop package)",
     )
     serve.add_argument(
         "--workers",
@@ -45,7 +46,42 @@ def _parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check", help="validate a configuration file and print it")
     check.add_argument("file", metavar="FILE")
+    _add_bench(commands)
     return parser
+
+
+def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    bench = commands.add_parser(
+        "bench",
+        help="measure throughput, latency and memory under load",
+        description="rate: a fixed publish rate; max: the highest rate kept up with p99 "
+        "under a bound; idle: memory per idle subscribed connection. Starts a pinned "
+        "clarion serve unless --target names a running server.",
+    )
+    bench.add_argument("scenario", choices=("rate", "max", "idle"))
+    add = bench.add_argument
+    add(
+        "--backend", choices=("asyncio", "trio", "uvloop"), default="asyncio", help="server backend"
+    )
+    add("--config", type=Path, help="configuration for the server the bench starts")
+    add("--target", metavar="URL", help="ws://HOST:PORT/PATH of a running server instead")
+    add("--server-pid", type=int, metavar="PID", help="with --target: measure this process")
+    add("--server-name", default="clarion", help="label for the server in the report")
+    add("--subscribers", type=int, default=1000, metavar="N")
+    add("--rate", type=float, default=200.0, help="messages per second (rate)")
+    add("--seconds", type=float, default=10.0, help="measured seconds per run or step")
+    add("--warmup", type=float, default=2.0, help="unmeasured seconds before each")
+    add("--drain", type=float, default=10.0, help="seconds to wait for late messages")
+    add("--payload", type=int, default=100, help="bytes of data per message")
+    add("--p99-ms", type=float, default=100.0, help="latency bound (max)")
+    add("--start-rate", type=float, default=20.0, help="first rate (max)")
+    add("--factor", type=float, default=1.25, help="rate multiplier per step (max)")
+    add("--connections", type=int, default=1000, metavar="K", help="idle connections")
+    add("--runs", type=int, default=1, help="repeat and report the median")
+    add("--server-core", type=int, default=0, help="CPU core for the server it starts")
+    add("--generator-core", type=int, default=1, help="CPU core for the generator")
+    add("--json", action="store_true", help="JSON lines instead of a table")
+    add("--histogram", type=Path, metavar="FILE.svg", help="write a latency histogram")
 
 
 def _serve_config(args: argparse.Namespace) -> Config:
@@ -68,9 +104,49 @@ def _serve_config(args: argparse.Namespace) -> Config:
     return config
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from array import array
+
+    from service.bench.report import histogram_svg, median_summary, table
+    from service.bench.scenarios import Options, open_target, run_idle, run_max, run_rate
+
+    options = Options(
+        **{name: getattr(args, name) for name in Options.__dataclass_fields__ if name in args}
+    )
+    summaries = []
+    latencies: array[int] = array("q")
+    for _ in range(options.runs):
+        with open_target(options) as target:
+            if options.scenario == "rate":
+                summary, result = run_rate(target, options)
+                latencies.extend(result.latencies_ns)
+                steps = [summary]
+            elif options.scenario == "max":
+                best, steps = run_max(target, options)
+                summary = best or steps[0]
+            else:
+                summary = run_idle(target, options)
+                steps = [summary]
+        summaries.append(summary)
+        if args.json:
+            for step in steps:
+                print(msgspec.json.encode(step).decode())
+        else:
+            print(table(steps), end="\n\n")
+    if options.runs > 1:
+        median = median_summary(summaries)
+        print(msgspec.json.encode(median).decode() if args.json else table([median]))
+    if args.histogram is not None:
+        title = f"{options.server_name} on {options.backend}: {options.scenario}"
+        args.histogram.write_text(histogram_svg(latencies, title))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the ``clarion`` command line; return the exit status."""
     args = _parser().parse_args(argv)
+    if args.command == "bench":
+        return _bench(args)
     try:
         if args.command == "check":
             print(dump_config(load_config(args.file)), end="")
@@ -92,5 +168,5 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("clarion").info(
         "serving ws://%s%s on %s", netloc, config.server.websocket_path, args.backend
     )
-    run(Clarion(config), args.backend)
+    run(Clarion(config, direct_sends=args.backend != "trio"), args.backend)
     return 0

@@ -14,6 +14,7 @@ import anyio
 import hypercorn.asyncio
 import hypercorn.config
 import hypercorn.trio
+import trio
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -23,9 +24,16 @@ if TYPE_CHECKING:
     from channels.config import Config
     from service.app import Clarion
 
-__all__ = ("Backend", "HypercornConfig", "hypercorn_config", "run", "serve")
+__all__ = (
+    "Backend",
+    "HypercornConfig",
+    "hypercorn_config",
+    "run",
+    "sends_can_be_abandoned",
+    "serve",
+)
 
-Backend = Literal["asyncio", "trio"]
+Backend = Literal["asyncio", "trio", "uvloop"]
 logger = logging.getLogger("clarion")
 
 
@@ -48,6 +56,23 @@ class HypercornConfig(hypercorn.config.Config):
                 if sock.family in {socket.AF_INET, socket.AF_INET6}:
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, milliseconds)
         return sockets
+
+
+def sends_can_be_abandoned() -> bool:
+    """Whether the running hypercorn worker lets a waiting send be abandoned safely.
+
+    Call it from inside hypercorn's event loop.
+
+    hypercorn's asyncio worker writes a whole frame to the transport before it waits
+    for the client (``StreamWriter.drain``), so cancelling that wait loses nothing. Its
+    trio worker yields before it writes (and shields the write), so a cancelled send
+    could lose a frame that the WebSocket state machine already counted as sent.
+    """
+    try:
+        trio.lowlevel.current_task()
+    except RuntimeError:
+        return True  # not trio: asyncio (or uvloop)
+    return False
 
 
 def hypercorn_config(config: Config) -> HypercornConfig:
@@ -123,4 +148,9 @@ def run(app: Clarion, backend: Backend) -> None:
                 return
 
     run_serve = partial(serve, shutdown_trigger=wait_for_signal)
-    anyio.run(run_serve, app, hypercorn_config(app.config), backend, backend=backend)
+    config = hypercorn_config(app.config)
+    if backend == "uvloop":
+        options = {"use_uvloop": True}
+        anyio.run(run_serve, app, config, backend, backend="asyncio", backend_options=options)
+    else:
+        anyio.run(run_serve, app, config, backend, backend=backend)

@@ -1,8 +1,9 @@
-"""One client connection: its task group, its reader and its writer.
+"""One client connection: its task group, its reader, and its `Sender`.
 
-The reader (the ASGI task itself) decodes each frame and runs the request; the writer
-drains the connection's `Outbox`, coalescing whatever is waiting into one frame. When
-either ends, the other is cancelled, and the connection leaves the hub in ``finally``.
+The reader (the ASGI task itself) decodes each frame and runs the request; the
+connection's `Outbox` is sent by the hub's flusher or, when needed, by a writer task in
+the connection's task group (see `channels.sender`). When the connection ends, for any
+reason, everything in its task group is cancelled and it leaves the hub in ``finally``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import anyio
 from channels.errors import ChannelsError, SlowConsumer
 from channels.outbox import Outbox
 from channels.publication import Position
+from channels.sender import Sender
 from service.protocol import (
     Frame,
     History,
@@ -54,24 +56,29 @@ class Session:
     them in the order they happened.
     """
 
-    def __init__(self, hub: Hub, outbox: Outbox) -> None:
+    def __init__(self, hub: Hub, outbox: Outbox, sender: Sender) -> None:
         self.hub = hub
         self.outbox = outbox
+        self.sender = sender
 
     async def handle(self, frame: str | bytes) -> None:
-        """Run the request in *frame*; reply with its result or a coded error."""
+        """Run the request in *frame*; reply with its result or a coded error.
+
+        The reply is sent at once, with whatever else is waiting, not at the next tick.
+        """
         try:
             request = decode_request(frame)
         except ProtocolError as exc:
             await self.outbox.put(encode_error(exc.code, str(exc), exc.request_id))
-            return
-        try:
-            reply = await self._run(request)
-        except ChannelsError as exc:
-            await self.outbox.put(encode_error(exc.code, str(exc), request.id))
         else:
-            if reply is not None:
-                await self.outbox.put(encode(reply))
+            try:
+                reply = await self._run(request)
+            except ChannelsError as exc:
+                await self.outbox.put(encode_error(exc.code, str(exc), request.id))
+            else:
+                if reply is not None:
+                    await self.outbox.put(encode(reply))
+        await self.sender.flush()
 
     async def _run(self, request: ClientMessage) -> Frame | None:
         """Run *request*; return its reply, or None when it was already queued."""
@@ -129,18 +136,18 @@ async def run_session(ws: WebSocket, hub: Hub, server: ServerConfig) -> None:
     Raises:
         ServerClosing: if the hub is closing; the handshake was not accepted.
     """
-    # Failing the outbox (slow consumer) stops everything at once, even a writer that
-    # is blocked sending to a client that no longer reads.
-    stop = anyio.CancelScope()
-    outbox = Outbox(server.outbox_messages, server.frame_max_bytes, encode_gap, stop.cancel)
+    outbox = Outbox(server.outbox_messages, server.frame_max_bytes, encode_gap)
     hub.attach(outbox)
     close: tuple[int, str] | None = None
     try:
         await ws.accept()
-        session = Session(hub, outbox)
-        with stop:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(_write, ws, outbox, tg.cancel_scope)
+        async with anyio.create_task_group() as tg:
+            # A slow consumer, a broken transport, or a closing outbox that has sent
+            # everything ends the connection at once, even while a send is blocked.
+            outbox.on_fail = tg.cancel_scope.cancel
+            sender = Sender(outbox, ws, hub.flusher, tg.start_soon, tg.cancel_scope.cancel)
+            session = Session(hub, outbox, sender)
+            try:
                 async with aclosing(ws.iter_frames()) as frames:
                     async for frame in frames:
                         # hypercorn enforces its own limit; this one holds under any server.
@@ -148,6 +155,9 @@ async def run_session(ws: WebSocket, hub: Hub, server: ServerConfig) -> None:
                             close = (CLOSE_FRAME_TOO_LARGE, "frame too large")
                             break
                         await session.handle(frame)
+            finally:
+                # Before the task group closes: the flusher must not start a writer in it.
+                sender.stop()
                 tg.cancel_scope.cancel()
         if close is None and outbox.failed:
             close = (SlowConsumer.code, "slow consumer")
@@ -172,13 +182,3 @@ def _size(frame: str | bytes) -> int:
     if isinstance(frame, bytes) or frame.isascii():
         return len(frame)
     return len(frame.encode())
-
-
-async def _write(ws: WebSocket, outbox: Outbox, scope: anyio.CancelScope) -> None:
-    """Send the outbox's batches: one object alone, several as one JSON array."""
-    try:
-        while True:
-            texts = await outbox.get_batch()
-            await ws.send_text(texts[0] if len(texts) == 1 else "[" + ",".join(texts) + "]")
-    except (SlowConsumer, anyio.EndOfStream, WebSocketDisconnect):
-        scope.cancel()

@@ -5,7 +5,6 @@ from typing import TYPE_CHECKING
 import anyio
 import pytest
 
-from channels.errors import SlowConsumer
 from channels.outbox import Delivery, Outbox
 
 if TYPE_CHECKING:
@@ -25,55 +24,63 @@ def make(capacity: int = 3, frame_max_bytes: int = 1000) -> Outbox:
     return Outbox(capacity, frame_max_bytes, gap)
 
 
-async def test_batch_returns_everything_waiting_in_order() -> None:
+def test_batch_returns_everything_waiting_in_order() -> None:
     outbox = make()
     assert outbox.offer(message("a", 1))
     assert outbox.offer(message("b", 1))
-    assert await outbox.get_batch() == ["a#1", "b#1"]
+    assert outbox.take_batch() == ["a#1", "b#1"]
     assert len(outbox) == 0
 
 
-async def test_batch_stops_at_frame_max_bytes_but_takes_at_least_one() -> None:
+def test_batch_stops_at_frame_max_bytes_but_takes_at_least_one() -> None:
     outbox = make(capacity=10, frame_max_bytes=9)
     for offset in range(1, 4):
         outbox.offer(message("a", offset))  # 3 bytes each: "[a#1,a#2]" is 9 bytes
-    assert await outbox.get_batch() == ["a#1", "a#2"]
-    assert await outbox.get_batch() == ["a#3"]
+    assert outbox.take_batch() == ["a#1", "a#2"]
+    assert outbox.take_batch() == ["a#3"]
     big = Delivery("a", 4, "x" * 50, 50)
     outbox.offer(big)
-    assert await outbox.get_batch() == ["x" * 50]
+    assert outbox.take_batch() == ["x" * 50]
 
 
-async def test_get_batch_waits_for_an_offer() -> None:
+def test_notify_is_called_for_whatever_there_is_to_send() -> None:
+    outbox = make(capacity=1)
+    calls: list[str] = []
+    outbox.notify = lambda: calls.append("notify")
+    outbox.offer(message("a", 1))
+    outbox.put_nowait("reply")
+    outbox.record_gap("a", 2, 2)
+    assert calls == ["notify"] * 3
+    pending_before = outbox.pending
+    outbox.take_batch()
+    assert (pending_before, outbox.pending) == (True, False)
+    outbox.close()
+    assert calls == ["notify"] * 4  # a closing outbox wants its sender to finish
+
+
+def test_take_frame_joins_a_batch() -> None:
     outbox = make()
-    batches: list[list[str]] = []
-    with anyio.fail_after(5):
-        async with anyio.create_task_group() as tg:
-
-            async def writer() -> None:
-                batches.append(await outbox.get_batch())
-
-            tg.start_soon(writer)
-            await anyio.wait_all_tasks_blocked()
-            assert batches == []
-            outbox.offer(message("a", 1))
-    assert batches == [["a#1"]]
+    assert outbox.take_frame() is None
+    outbox.offer(message("a", 1))
+    assert outbox.take_frame() == "a#1"
+    outbox.offer(message("a", 2))
+    outbox.offer(message("a", 3))
+    assert outbox.take_frame() == "[a#2,a#3]"
 
 
-async def test_disconnect_policy_fails_the_outbox() -> None:
-    outbox = make(capacity=2)
+def test_disconnect_policy_fails_the_outbox() -> None:
+    failures: list[bool] = []
+    outbox = Outbox(2, 1000, gap, on_fail=lambda: failures.append(True))
     assert outbox.offer(message("a", 1))
     assert outbox.offer(message("a", 2))
     assert not outbox.offer(message("a", 3))
     assert outbox.failed
     assert not outbox.offer(message("b", 1))
-    with pytest.raises(SlowConsumer) as caught:
-        await outbox.get_batch()
-    assert caught.value.code == 4000
-    assert caught.value.channel == "a"
+    assert outbox.take_batch() == []  # what was queued is discarded
+    assert failures == [True]
 
 
-async def test_drop_oldest_discards_the_oldest_of_the_same_channel() -> None:
+def test_drop_oldest_discards_the_oldest_of_the_same_channel() -> None:
     outbox = make(capacity=3)
     outbox.offer(message("a", 1, "drop_oldest"))
     outbox.offer(message("b", 1))
@@ -82,20 +89,20 @@ async def test_drop_oldest_discards_the_oldest_of_the_same_channel() -> None:
     assert outbox.offer(message("a", 4, "drop_oldest"))
     assert not outbox.failed
     assert outbox.dropped == 2
-    assert await outbox.get_batch() == ["b#1", "gap a 1-2", "a#3", "a#4"]
+    assert outbox.take_batch() == ["b#1", "gap a 1-2", "a#3", "a#4"]
 
 
-async def test_latest_keeps_only_the_newest_of_the_same_channel() -> None:
+def test_latest_keeps_only_the_newest_of_the_same_channel() -> None:
     outbox = make(capacity=3)
     outbox.offer(message("p", 1, "latest"))
     outbox.offer(message("q", 1, "latest"))
     outbox.offer(message("p", 2, "latest"))
     assert outbox.offer(message("p", 3, "latest"))
-    assert await outbox.get_batch() == ["q#1", "gap p 1-2", "p#3"]
+    assert outbox.take_batch() == ["q#1", "gap p 1-2", "p#3"]
 
 
 @pytest.mark.parametrize("policy", ["drop_oldest", "latest"])
-async def test_lossy_policy_drops_the_new_message_when_its_channel_has_none_queued(
+def test_lossy_policy_drops_the_new_message_when_its_channel_has_none_queued(
     policy: SlowConsumerPolicy,
 ) -> None:
     outbox = make(capacity=2)
@@ -105,9 +112,9 @@ async def test_lossy_policy_drops_the_new_message_when_its_channel_has_none_queu
     assert not outbox.offer(message("a", 8, policy))
     assert not outbox.failed
     # The gap is reported once the messages queued before it are sent.
-    assert await outbox.get_batch() == ["b#1", "b#2", "gap a 7-8"]
+    assert outbox.take_batch() == ["b#1", "b#2", "gap a 7-8"]
     assert outbox.offer(message("a", 9, policy))
-    assert await outbox.get_batch() == ["a#9"]
+    assert outbox.take_batch() == ["a#9"]
 
 
 async def test_replies_wait_for_room_and_are_never_dropped() -> None:
@@ -119,42 +126,42 @@ async def test_replies_wait_for_room_and_are_never_dropped() -> None:
             tg.start_soon(outbox.put, "reply")
             await anyio.wait_all_tasks_blocked()
             assert len(outbox) == 2
-            assert await outbox.get_batch() == ["a#1", "a#2"]
+            assert outbox.take_batch() == ["a#1", "a#2"]
     # With the queue full of replies, a lossy message is the one dropped, not a reply.
     outbox.put_nowait("reply 2")
     assert not outbox.offer(message("a", 3, "drop_oldest"))
-    assert await outbox.get_batch() == ["reply", "reply 2", "gap a 3-3"]
+    assert outbox.take_batch() == ["reply", "reply 2", "gap a 3-3"]
 
 
-async def test_a_gap_never_precedes_an_earlier_reply() -> None:
+def test_a_gap_never_precedes_an_earlier_reply() -> None:
     outbox = make(capacity=3)
     outbox.put_nowait("reply q")
     outbox.offer(message("q", 1))
     outbox.put_nowait("reply p")  # a subscribe reply, then its channel's messages
     assert not outbox.offer(message("p", 1, "latest"))  # full: nothing of p to drop
     assert not outbox.offer(message("p", 2, "latest"))
-    assert await outbox.get_batch() == ["reply q", "q#1", "reply p", "gap p 1-2"]
+    assert outbox.take_batch() == ["reply q", "q#1", "reply p", "gap p 1-2"]
 
 
-async def test_a_gap_after_a_replay_goes_after_the_replayed_messages() -> None:
+def test_a_gap_after_a_replay_goes_after_the_replayed_messages() -> None:
     outbox = make(capacity=10)
     outbox.offer(message("c", 3))
     outbox.offer(message("c", 4))
     outbox.record_gap("c", 5, 6)  # held live messages dropped while the replay was read
     outbox.offer(message("c", 7))
-    assert await outbox.get_batch() == ["c#3", "c#4", "gap c 5-6", "c#7"]
+    assert outbox.take_batch() == ["c#3", "c#4", "gap c 5-6", "c#7"]
     assert outbox.dropped == 2
 
 
 @pytest.mark.parametrize("frame_max_bytes", [1, 9, 10, 17, 40])
-async def test_a_coalesced_frame_never_exceeds_frame_max_bytes(frame_max_bytes: int) -> None:
+def test_a_coalesced_frame_never_exceeds_frame_max_bytes(frame_max_bytes: int) -> None:
     outbox = make(capacity=4, frame_max_bytes=frame_max_bytes)
     for offset in range(1, 30):
         outbox.offer(message("a", offset, "drop_oldest"))
         outbox.offer(message("b", offset, "latest"))
     outbox.put_nowait("réponse")  # a reply counts in UTF-8 bytes
     while len(outbox):
-        texts = await outbox.get_batch()
+        texts = outbox.take_batch()
         frame = texts[0] if len(texts) == 1 else "[" + ",".join(texts) + "]"
         assert len(texts) == 1 or len(frame.encode()) <= frame_max_bytes
 
@@ -167,61 +174,33 @@ async def test_a_reply_waits_again_if_the_room_is_taken_first() -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(outbox.put, "reply")
             await anyio.wait_all_tasks_blocked()
-            assert await outbox.get_batch() == ["a#1"]
+            assert outbox.take_batch() == ["a#1"]
             outbox.offer(message("a", 3, "drop_oldest"))  # takes the freed room at once
             await anyio.wait_all_tasks_blocked()
             assert len(outbox) == 2  # the reply still waits: the queue is full again
-            assert await outbox.get_batch() == ["a#2"]
-    assert await outbox.get_batch() == ["a#3"]
-    assert await outbox.get_batch() == ["reply"]
+            assert outbox.take_batch() == ["a#2"]
+    assert outbox.take_batch() == ["a#3"]
+    assert outbox.take_batch() == ["reply"]
 
 
-async def test_only_one_task_may_wait_for_a_batch() -> None:
-    outbox = make()
-    with anyio.fail_after(5):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(outbox.get_batch)
-            await anyio.wait_all_tasks_blocked()
-            with pytest.raises(RuntimeError, match="already waiting for a batch"):
-                await outbox.get_batch()
-            outbox.offer(message("a", 1))
-
-
-async def test_a_closed_outbox_is_not_failed() -> None:
+def test_a_closed_outbox_is_not_failed() -> None:
     outbox = make(capacity=1)
     outbox.offer(message("a", 1))
     outbox.close()
     outbox.fail("a")
     assert not outbox.failed
-    assert await outbox.get_batch() == ["a#1"]
+    assert outbox.take_batch() == ["a#1"]
 
 
-async def test_close_drains_then_ends() -> None:
+async def test_close_keeps_what_is_queued_and_refuses_more() -> None:
     outbox = make()
     outbox.offer(message("a", 1))
     outbox.close()
+    assert outbox.closed
     assert not outbox.offer(message("a", 2))
     await outbox.put("ignored after close")
-    assert await outbox.get_batch() == ["a#1"]
-    with pytest.raises(anyio.EndOfStream):
-        await outbox.get_batch()
-
-
-async def test_close_wakes_a_waiting_writer() -> None:
-    outbox = make()
-    with anyio.fail_after(5):
-        async with anyio.create_task_group() as tg:
-            ended = anyio.Event()
-
-            async def writer() -> None:
-                with pytest.raises(anyio.EndOfStream):
-                    await outbox.get_batch()
-                ended.set()
-
-            tg.start_soon(writer)
-            await anyio.wait_all_tasks_blocked()
-            outbox.close()
-            await ended.wait()
+    assert outbox.take_batch() == ["a#1"]
+    assert outbox.take_batch() == []
 
 
 async def test_failure_wakes_a_waiting_reply() -> None:
@@ -232,8 +211,7 @@ async def test_failure_wakes_a_waiting_reply() -> None:
             tg.start_soon(outbox.put, "reply")
             await anyio.wait_all_tasks_blocked()
             outbox.fail("a")
-    with pytest.raises(SlowConsumer):
-        await outbox.get_batch()
+    assert outbox.failed
 
 
 def test_capacity_must_be_positive() -> None:

@@ -220,23 +220,45 @@ async def test_bad_requests_get_their_code_and_the_connection_keeps_working() ->
         assert await client.request({"type": "ping", "id": 9}) == {"type": "reply", "id": 9}
 
 
-async def test_waiting_messages_are_coalesced_into_one_array_frame() -> None:
-    async with running_app() as app, websocket(app, buffer=0) as client:
-        await client.send_json({"type": "subscribe", "id": 1, "channel": "c"})
-        assert (await client.receive_frame())[0]["type"] == "reply"
-        # The client does not read while ten messages are published: the writer is
-        # blocked on its first send, and the other nine wait in the outbox.
-        for index in range(10):
-            await http_request(app, "POST", "/api/publish", b'{"channel":"c","data":%d}' % index)
-            if index == 0:
-                await anyio.wait_all_tasks_blocked()
-        frames = [await client.receive_frame(), await client.receive_frame()]
+async def test_messages_waiting_behind_a_send_are_coalesced_into_one_array_frame() -> None:
+    config = Config(server=ServerConfig(flush_delay_seconds=0))
+    with anyio.fail_after(10):
+        async with running_app(config) as app, websocket(app, buffer=0) as client:
+            await client.send_json({"type": "subscribe", "id": 1, "channel": "c"})
+            assert (await client.receive_frame())[0]["type"] == "reply"
+            # The client does not read while ten messages are published: the writer is
+            # blocked on its first send, and the other nine wait in the outbox.
+            for index in range(10):
+                await publish(app, "c", index)
+                if index == 0:
+                    await anyio.wait_all_tasks_blocked()
+            frames = [await client.receive_frame(), await client.receive_frame()]
     assert [len(frame) for frame in frames] == [1, 9]
     assert [message["data"] for frame in frames for message in frame] == list(range(10))
 
 
+async def test_messages_published_within_the_flush_delay_share_a_frame() -> None:
+    config = Config(server=ServerConfig(flush_delay_seconds=0.5))
+    with anyio.fail_after(10):
+        async with running_app(config) as app, websocket(app) as client:
+            await client.request({"type": "subscribe", "id": 1, "channel": "c"})
+            for index in range(5):
+                await publish(app, "c", index)
+            frame = await client.receive_frame()
+            assert [message["data"] for message in frame] == list(range(5))
+            # A reply is not held back by the delay.
+            await client.send_json({"type": "ping", "id": 2})
+            assert await client.receive_frame() == [{"type": "reply", "id": 2}]
+
+
+async def publish(app: Clarion, channel: str, data: int) -> None:
+    body = b'{"channel":"%s","data":%d}' % (channel.encode(), data)
+    status, _, _ = await http_request(app, "POST", "/api/publish", body)
+    assert status == 200
+
+
 async def test_a_slow_consumer_is_closed_with_4000_and_others_keep_receiving() -> None:
-    config = Config(server=ServerConfig(outbox_messages=4))
+    config = Config(server=ServerConfig(outbox_messages=4, flush_delay_seconds=0))
     async with running_app(config) as app:
         async with websocket(app, buffer=0) as slow, websocket(app) as fast:
             await slow.request({"type": "subscribe", "id": 1, "channel": "c"})

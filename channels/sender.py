@@ -1,0 +1,265 @@
+"""Sending outboxes: a flusher for all connections, a writer task only where one is needed.
+
+Every frame costs one trip through the server's send path, whatever it holds, so what
+matters is sending few frames and spending little per frame:
+
+- Messages wait up to ``flush_delay_seconds`` for others to share their frame. One
+  `Flusher` task ticks for every connection, instead of a timer each; under load its
+  ticks come no faster than the event loop gets round to them, so batches grow with
+  the load.
+- Where a send that has to wait can be abandoned without losing its frame (hypercorn's
+  asyncio worker hands the whole frame to the transport before it waits), the flusher
+  sends itself, under an already-cancelled scope: a send that would wait for a slow
+  client is left at once, and that connection gets a writer task of its own until it
+  has caught up. Idle connections hold no task but their reader.
+- Elsewhere (trio, whose sends always yield and cannot be abandoned midway) each busy
+  connection gets a writer task, woken by the flusher's ticks a few at a time so that
+  the tasks that read and publish get their turns between them; a writer that has
+  had nothing to send for ``writer_linger_seconds`` ends.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, Protocol
+
+import anyio
+import anyio.lowlevel
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Coroutine
+
+    from anyio.abc import TaskStatus
+
+    from channels.outbox import Outbox
+
+__all__ = ("Flusher", "Sender", "Transport")
+
+logger = logging.getLogger("clarion")
+
+
+class Transport(Protocol):
+    """Where a connection's frames go (a WebSocket)."""
+
+    async def send_text(self, data: str) -> None:
+        """Send one text frame. Raises once the connection is unusable."""
+        ...
+
+
+class Flusher:
+    """Tick for every connection that has something to send.
+
+    Args:
+        delay_seconds: how long a message waits for others to share its frame.
+        batch_connections: connections served between two turns of the other tasks.
+        linger_seconds: how long an idle writer task waits before it ends.
+        direct: whether the flusher may send itself (see the module docstring).
+    """
+
+    def __init__(
+        self,
+        delay_seconds: float,
+        batch_connections: int,
+        linger_seconds: float,
+        *,
+        direct: bool,
+    ) -> None:
+        self.delay_seconds = delay_seconds
+        self.batch_connections = batch_connections
+        self.linger_seconds = linger_seconds
+        self.direct = direct
+        self._due: list[Sender] = []
+        self._first_due: anyio.Event | None = None
+
+    def schedule(self, sender: Sender) -> None:
+        """Serve *sender* at the next tick."""
+        self._due.append(sender)
+        if self._first_due is not None:
+            self._first_due.set()
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Tick while connections are due; sleep otherwise. Runs until cancelled."""
+        task_status.started()
+        while True:
+            if not self._due:
+                self._first_due = anyio.Event()
+                await self._first_due.wait()
+                self._first_due = None
+            await anyio.sleep(self.delay_seconds)
+            due, self._due = self._due, []
+            batch = self.batch_connections
+            for start in range(0, len(due), batch):
+                if start:
+                    await anyio.lowlevel.checkpoint()
+                if self.direct:
+                    await self._send_directly(due[start : start + batch])
+                else:
+                    for sender in due[start : start + batch]:
+                        sender._scheduled = False
+                        sender._release_writer()
+
+    async def _send_directly(self, senders: list[Sender]) -> None:
+        """Send to each of *senders*, none of which may hold the flusher up for long.
+
+        A send that has to wait (its client is slow) is abandoned after the flush
+        delay, its frame already handed to the transport, and that connection gets a
+        writer task. One cancel scope covers many sends: a scope per send would cost
+        more than the send.
+        """
+        index = 0
+        while index < len(senders):
+            with anyio.move_on_after(max(self.delay_seconds, 0.001)) as scope:
+                while index < len(senders):
+                    sender = senders[index]
+                    index += 1
+                    sender._scheduled = False
+                    await sender.flush()
+            if scope.cancelled_caught:
+                senders[index - 1]._start_writer()
+
+
+class Sender:
+    """Send one connection's outbox to its transport, from the flusher or a writer task.
+
+    Args:
+        outbox: what to send.
+        transport: where to send it.
+        flusher: the hub's flusher.
+        start_task: starts a task in the connection's task group (for the writer).
+        on_done: called once when the connection should end: its transport broke, or
+            its outbox was closed and everything in it was sent.
+    """
+
+    __slots__ = (
+        "_done",
+        "_flusher",
+        "_go",
+        "_on_done",
+        "_outbox",
+        "_scheduled",
+        "_sending",
+        "_start_task",
+        "_transport",
+        "_wakeup",
+        "_writer",
+    )
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        transport: Transport,
+        flusher: Flusher,
+        start_task: Callable[[Callable[[], Coroutine[Any, Any, None]]], object],
+        on_done: Callable[[], None],
+    ) -> None:
+        self._outbox = outbox
+        self._transport = transport
+        self._flusher = flusher
+        self._start_task = start_task
+        self._on_done = on_done
+        self._scheduled = False
+        self._sending = False
+        self._writer = False
+        self._go = False
+        self._wakeup: anyio.Event | None = None
+        self._done = False
+        outbox.notify = self.due
+
+    def due(self) -> None:
+        """Have the outbox sent at the flusher's next tick."""
+        if not self._scheduled and not self._done:
+            self._scheduled = True
+            self._flusher.schedule(self)
+
+    async def flush(self) -> None:
+        """Send now what is pending, or have the connection's writer do it.
+
+        With direct sends this sends from the calling task, waiting for a slow client.
+        """
+        if self._done or self._sending:
+            return  # a running send looks for more when it ends
+        if self._writer or not self._flusher.direct:
+            self._release_writer()
+        else:
+            await self._send_direct()
+
+    def stop(self) -> None:
+        """The connection is ending: send nothing more."""
+        self._done = True
+        if self._wakeup is not None:
+            self._wakeup.set()
+
+    async def _send_direct(self) -> None:
+        frame = self._outbox.take_frame()
+        if frame is not None:
+            self._sending = True
+            try:
+                await self._transport.send_text(frame)
+            except Exception as exc:
+                self._broken(exc)
+                return
+            finally:
+                self._sending = False
+        self._after_send()
+
+    def _release_writer(self) -> None:
+        """Let the writer send its next batch, starting it if needed."""
+        if self._writer:
+            self._go = True
+            if self._wakeup is not None:
+                self._wakeup.set()
+        else:
+            self._start_writer()
+
+    def _start_writer(self) -> None:
+        if not self._writer and not self._done:
+            self._writer = True
+            self._go = True
+            self._start_task(self._write)  # the connection stops us before it closes
+
+    async def _write(self) -> None:
+        """A writer task: send batches as ticks allow; end once idle (or caught up)."""
+        outbox = self._outbox
+        try:
+            while not self._done:
+                if not (self._go and outbox.pending):
+                    if outbox.closed:
+                        self._after_send()
+                        return
+                    with anyio.move_on_after(self._flusher.linger_seconds):
+                        while not (self._go and outbox.pending) and not self._done:
+                            self._wakeup = anyio.Event()
+                            await self._wakeup.wait()
+                            self._wakeup = None
+                    if not (self._go and outbox.pending):
+                        return  # idle for too long (a tick starts a new writer), or done
+                self._go = False
+                frame = outbox.take_frame()
+                if frame is None:
+                    continue
+                self._sending = True
+                try:
+                    await self._transport.send_text(frame)
+                except Exception as exc:
+                    self._broken(exc)
+                    return
+                finally:
+                    self._sending = False
+                if outbox.pending:
+                    self.due()  # the rest goes at the next tick
+        finally:
+            self._writer = False
+            self._wakeup = None
+
+    def _after_send(self) -> None:
+        if self._outbox.pending:
+            self.due()
+        elif self._outbox.closed and not self._done:
+            self._done = True
+            self._on_done()
+
+    def _broken(self, exc: Exception) -> None:
+        logger.debug("send failed, ending the connection: %r", exc)
+        if not self._done:
+            self._done = True
+            self._on_done()

@@ -1,0 +1,252 @@
+"""The load loop: subscriber connections, a publisher, and what they measure.
+
+One thread, one epoll selector, blocking setup then non-blocking sockets: a Python
+generator that stays far below one core at the loads it measures (it reports its own
+CPU so that a run where it was the bottleneck can be told apart).
+"""
+
+from __future__ import annotations
+
+import re
+import selectors
+import time
+from array import array
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from service.bench.wire import FrameParser, client_frame, handshake, open_socket
+
+if TYPE_CHECKING:
+    import socket
+    from collections.abc import Callable
+
+__all__ = ("Load", "Publisher", "StepResult", "Subscriber", "connect_subscribers")
+
+_TIME = re.compile(rb'"t":(\d+)')
+_OFFSET = re.compile(rb'"offset":(\d+)')
+_GAP = re.compile(rb'"type":"gap","channel":"[^"]*","first":(\d+),"last":(\d+)')
+_RECEIVE_BYTES = 1 << 20
+_SETUP_BATCH = 256
+
+
+class Subscriber:
+    """One subscribed connection and what it received."""
+
+    __slots__ = ("close_code", "next_offset", "parser", "received", "sock")
+
+    def __init__(self, sock: socket.socket, parser: FrameParser, next_offset: int) -> None:
+        self.sock = sock
+        self.parser = parser
+        self.next_offset = next_offset
+        self.received = 0
+        self.close_code: int | None = None
+
+
+def _subscribe_frame(channel: str) -> bytes:
+    return client_frame(msgspec.json.encode({"type": "subscribe", "id": 1, "channel": channel}))
+
+
+def _read_reply(sock: socket.socket, parser: FrameParser) -> dict[str, object]:
+    while True:
+        for payload in parser.feed(sock.recv(65536)):
+            reply: dict[str, object] = msgspec.json.decode(payload)
+            if reply.get("type") == "error":
+                raise RuntimeError(f"subscribe failed: {reply}")
+            return reply
+
+
+def connect_subscribers(
+    host: str, port: int, path: str, channel: str, count: int
+) -> list[Subscriber]:
+    """Open *count* connections subscribed to *channel*, in pipelined batches."""
+    subscribers: list[Subscriber] = []
+    frame = _subscribe_frame(channel)
+    while len(subscribers) < count:
+        batch: list[tuple[socket.socket, FrameParser]] = []
+        for _ in range(min(_SETUP_BATCH, count - len(subscribers))):
+            sock = open_socket(host, port)
+            parser = FrameParser(handshake(sock, host, port, path))
+            sock.sendall(frame)
+            batch.append((sock, parser))
+        for sock, parser in batch:
+            reply = _read_reply(sock, parser)
+            offset = reply["offset"]
+            if not isinstance(offset, int):
+                raise RuntimeError(f"unexpected subscribe reply {reply}")
+            sock.setblocking(False)
+            subscribers.append(Subscriber(sock, parser, offset + 1))
+    return subscribers
+
+
+class Publisher:
+    """A connection that publishes timestamped ~payload-byte messages, pipelined."""
+
+    def __init__(self, host: str, port: int, path: str, channel: str, payload: int) -> None:
+        self.sock = open_socket(host, port)
+        self.parser = FrameParser(handshake(self.sock, host, port, path))
+        self.sock.setblocking(False)
+        self.published = 0
+        self.errors = 0
+        self._outgoing = bytearray()
+        head = b'{"type":"publish","channel":%s,"data":{"t":' % msgspec.json.encode(channel)
+        # {"t":<19 digits>,"p":"…"} is *payload* bytes of data in all.
+        padding = max(0, payload - len(b'{"t":0000000000000000000,"p":""}'))
+        self._head = head
+        self._tail = b',"p":"' + b"x" * padding + b'"}}'
+
+    def publish(self) -> int:
+        """Send one message stamped with the monotonic clock; return the stamp (ns)."""
+        stamp = time.monotonic_ns()
+        self._outgoing += client_frame(self._head + str(stamp).encode() + self._tail)
+        self.published += 1
+        self.flush()
+        return stamp
+
+    def flush(self) -> None:
+        if self._outgoing:
+            try:
+                sent = self.sock.send(self._outgoing)
+            except BlockingIOError:
+                return
+            del self._outgoing[:sent]
+
+    def drain_replies(self) -> None:
+        """Read the publish replies (so that the publisher is never a slow consumer)."""
+        try:
+            data = self.sock.recv(_RECEIVE_BYTES)
+        except BlockingIOError:
+            return
+        for payload in self.parser.feed(data):
+            if payload.startswith(b'{"type":"error"'):
+                self.errors += 1
+
+
+@dataclass
+class StepResult:
+    """What one publishing step measured."""
+
+    rate: float
+    subscribers: int
+    published: int = 0
+    delivered: int = 0
+    frames: int = 0
+    dropped: int = 0
+    errors: int = 0
+    closed: int = 0
+    latencies_ns: array[int] = field(default_factory=lambda: array("q"))
+    wall_seconds: float = 0.0
+    generator_cpu_seconds: float = 0.0
+    server_cpu_seconds: float = 0.0
+
+    @property
+    def expected(self) -> int:
+        return self.published * self.subscribers
+
+    @property
+    def lost(self) -> int:
+        """Messages never received and not reported dropped by a slow-consumer policy."""
+        return max(0, self.expected - self.delivered - self.dropped)
+
+
+class Load:
+    """Subscribers plus a publisher on one selector."""
+
+    def __init__(self, subscribers: list[Subscriber], publisher: Publisher) -> None:
+        self.subscribers = subscribers
+        self.publisher = publisher
+        self._selector = selectors.DefaultSelector()
+        for subscriber in subscribers:
+            self._selector.register(subscriber.sock, selectors.EVENT_READ, subscriber)
+        self._selector.register(publisher.sock, selectors.EVENT_READ, publisher)
+        self._buffer = bytearray(_RECEIVE_BYTES)
+        self._view = memoryview(self._buffer)
+
+    def close(self) -> None:
+        self._selector.close()
+        for subscriber in self.subscribers:
+            subscriber.sock.close()
+        self.publisher.sock.close()
+
+    def run(
+        self,
+        rate: float,
+        seconds: float,
+        warmup: float,
+        drain: float,
+        server_cpu: Callable[[], float] = lambda: 0.0,
+    ) -> StepResult:
+        """Publish at *rate* per second for *warmup* + *seconds*; measure the last part.
+
+        Messages published during the warmup are received but not counted. After the
+        last publish, waits up to *drain* seconds for every message to arrive.
+        *server_cpu* reads the server's CPU seconds, sampled over the measured part.
+        """
+        live = [subscriber for subscriber in self.subscribers if subscriber.close_code is None]
+        result = StepResult(rate=rate, subscribers=len(live))
+        publisher = self.publisher
+        errors_before = publisher.errors
+        interval = 1.0 / rate
+        start = time.monotonic()
+        measure_from = start + warmup
+        measure_from_ns = time.monotonic_ns() + int(warmup * 1e9)
+        stop_publishing = measure_from + seconds
+        next_publish = start
+        deadline = None
+        cpu_start = None
+        server_cpu_start = 0.0
+        while True:
+            now = time.monotonic()
+            if cpu_start is None and now >= measure_from:
+                cpu_start, server_cpu_start = time.process_time(), server_cpu()
+            while next_publish <= now and next_publish < stop_publishing:
+                if publisher.publish() >= measure_from_ns:
+                    result.published += 1
+                next_publish += interval
+            if deadline is None and next_publish >= stop_publishing:
+                deadline = now + drain
+            if deadline is not None and (result.delivered >= result.expected or now > deadline):
+                break
+            timeout = 0.01 if deadline is not None else max(0.0, next_publish - now)
+            for key, _ in self._selector.select(timeout):
+                if key.data is publisher:
+                    publisher.drain_replies()
+                else:
+                    self._receive(key.data, result, measure_from_ns)
+            publisher.flush()
+        result.wall_seconds = time.monotonic() - measure_from
+        if cpu_start is not None:
+            result.generator_cpu_seconds = time.process_time() - cpu_start
+            result.server_cpu_seconds = server_cpu() - server_cpu_start
+        result.errors = publisher.errors - errors_before
+        result.closed = sum(subscriber.close_code is not None for subscriber in live)
+        return result
+
+    def _receive(self, subscriber: Subscriber, result: StepResult, measure_from_ns: int) -> None:
+        try:
+            size = subscriber.sock.recv_into(self._buffer)
+        except BlockingIOError:
+            return
+        except OSError:
+            size = 0
+        if size == 0:
+            if subscriber.close_code is None:
+                subscriber.close_code = subscriber.parser.close_code or 1006
+            self._selector.unregister(subscriber.sock)
+            return
+        received_ns = time.monotonic_ns()
+        latencies = result.latencies_ns
+        for payload in subscriber.parser.feed(self._view[:size]):
+            if b'"gap"' in payload:
+                for first, last in _GAP.findall(payload):
+                    result.dropped += int(last) - int(first) + 1
+            stamps = [int(stamp) for stamp in _TIME.findall(payload)]
+            counted = [received_ns - stamp for stamp in stamps if stamp >= measure_from_ns]
+            if counted:
+                latencies.extend(counted)
+                result.delivered += len(counted)
+                result.frames += 1
+            subscriber.received += len(stamps)
+        if subscriber.parser.close_code is not None and subscriber.close_code is None:
+            subscriber.close_code = subscriber.parser.close_code

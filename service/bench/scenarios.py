@@ -1,0 +1,164 @@
+"""The benchmark scenarios: ``rate``, ``max`` and ``idle``."""
+
+from __future__ import annotations
+
+import secrets
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+from urllib.parse import urlsplit
+
+from service.bench.load import Load, Publisher, StepResult, connect_subscribers
+from service.bench.report import Summary, summarize
+from service.bench.server import ProcessStats, ServerProcess, pin
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+__all__ = ("Options", "Target", "open_target", "run_idle", "run_max", "run_rate")
+
+Scenario = Literal["rate", "max", "idle"]
+
+
+@dataclass
+class Options:
+    """Everything ``clarion bench`` was asked to do."""
+
+    scenario: Scenario
+    backend: str = "asyncio"
+    target: str | None = None
+    server_pid: int | None = None
+    server_name: str = "clarion"
+    config: Path | None = None
+    subscribers: int = 1000
+    rate: float = 200.0
+    seconds: float = 10.0
+    warmup: float = 2.0
+    drain: float = 10.0
+    payload: int = 100
+    p99_ms: float = 100.0
+    start_rate: float = 20.0
+    factor: float = 1.25
+    connections: int = 1000
+    runs: int = 1
+    server_core: int | None = 0
+    generator_core: int | None = 1
+
+
+@dataclass
+class Target:
+    """The server a run talks to, and how to read its CPU and memory."""
+
+    host: str
+    port: int
+    path: str
+    stats: ProcessStats | None
+
+    def cpu_seconds(self) -> float:
+        return self.stats.cpu_seconds() if self.stats else 0.0
+
+    def rss_kib(self) -> int:
+        return self.stats.rss_kib() if self.stats else 0
+
+
+@contextmanager
+def open_target(options: Options) -> Iterator[Target]:
+    """Start a pinned ``clarion serve`` for the run, or use ``--target``."""
+    pin(0, options.generator_core)
+    if options.target is not None:
+        url = urlsplit(options.target)
+        stats = ProcessStats(options.server_pid) if options.server_pid else None
+        yield Target(url.hostname or "127.0.0.1", url.port or 80, url.path or "/", stats)
+        return
+    with tempfile.TemporaryDirectory(prefix="clarion-bench-") as folder:
+        log = Path(folder) / "server.log"
+        server = ServerProcess.clarion(options.backend, options.server_core, log, options.config)
+        try:
+            yield Target("127.0.0.1", server.port, "/ws", server.stats)
+        finally:
+            server.stop()
+
+
+def _measure(
+    target: Target, options: Options, scenario: str, load: Load, rate: float
+) -> tuple[Summary, StepResult]:
+    result = load.run(rate, options.seconds, options.warmup, options.drain, target.cpu_seconds)
+    summary = summarize(
+        result,
+        scenario=scenario,
+        server=options.server_name,
+        backend=options.backend,
+        seconds=options.seconds,
+        server_rss_kib=target.rss_kib(),
+    )
+    return summary, result
+
+
+@contextmanager
+def _load(target: Target, options: Options) -> Iterator[Load]:
+    channel = f"bench:{secrets.token_hex(4)}"
+    subscribers = connect_subscribers(
+        target.host, target.port, target.path, channel, options.subscribers
+    )
+    publisher = Publisher(target.host, target.port, target.path, channel, options.payload)
+    load = Load(subscribers, publisher)
+    try:
+        yield load
+    finally:
+        load.close()
+
+
+def run_rate(target: Target, options: Options) -> tuple[Summary, StepResult]:
+    """Publish at a fixed rate to N subscribers of one channel and measure."""
+    with _load(target, options) as load:
+        return _measure(target, options, "rate", load, options.rate)
+
+
+def kept_up(summary: Summary, p99_ms: float) -> bool:
+    """Whether a step delivered everything, at 99% of the offered rate, within the p99."""
+    return (
+        summary.lost == 0
+        and summary.closed == 0
+        and summary.delivered_per_s >= 0.99 * summary.offered_per_s
+        and summary.p99_ms <= p99_ms
+    )
+
+
+def run_max(target: Target, options: Options) -> tuple[Summary | None, list[Summary]]:
+    """Raise the rate step by step; return the highest step kept up, and every step."""
+    steps: list[Summary] = []
+    best: Summary | None = None
+    rate = options.start_rate
+    with _load(target, options) as load:
+        while True:
+            summary, _ = _measure(target, options, "max", load, rate)
+            steps.append(summary)
+            if not kept_up(summary, options.p99_ms):
+                return best, steps
+            best = summary
+            rate *= options.factor
+
+
+def run_idle(target: Target, options: Options) -> Summary:
+    """Hold K idle subscribed connections; report the server memory each one costs."""
+    warm = connect_subscribers(target.host, target.port, target.path, "idle", 100)
+    for subscriber in warm:
+        subscriber.sock.close()
+    time.sleep(1.0)
+    before = target.rss_kib()
+    held = connect_subscribers(target.host, target.port, target.path, "idle", options.connections)
+    time.sleep(2.0)  # let the server settle (and collect garbage) before reading memory
+    after = target.rss_kib()
+    for subscriber in held:
+        subscriber.sock.close()
+    return Summary(
+        scenario="idle",
+        server=options.server_name,
+        backend=options.backend,
+        subscribers=len(held),
+        server_rss_mib=after / 1024,
+        kib_per_connection=(after - before) / max(1, len(held)),
+    )

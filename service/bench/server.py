@@ -1,0 +1,107 @@
+"""The server under test: started as a pinned child process, or an existing one by PID."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from pathlib import Path
+
+__all__ = ("ProcessStats", "ServerProcess", "free_port", "pin", "wait_listening")
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def pin(pid: int, core: int | None) -> None:
+    """Run *pid* (0: this process) on *core* only, when the machine has it."""
+    if core is not None and hasattr(os, "sched_setaffinity") and core < (os.cpu_count() or 1):
+        os.sched_setaffinity(pid, {core})
+
+
+def wait_listening(port: int, seconds: float = 20.0) -> None:
+    """Block until 127.0.0.1:*port* accepts a connection.
+
+    Raises:
+        TimeoutError: if it does not within *seconds*.
+    """
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nothing listens on 127.0.0.1:{port}") from None
+            time.sleep(0.05)
+
+
+class ProcessStats:
+    """CPU time and resident memory of a process, read from ``/proc`` (Linux)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def cpu_seconds(self) -> float:
+        with open(f"/proc/{self.pid}/stat") as stat:
+            # Fields after the command name, which is in parentheses and may hold spaces.
+            fields = stat.read().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / _TICKS
+
+    def rss_kib(self) -> int:
+        with open(f"/proc/{self.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0
+
+
+class ServerProcess:
+    """A server started for a run, pinned to one core; stopped with SIGTERM."""
+
+    def __init__(self, argv: Sequence[str], port: int, core: int | None, log: Path) -> None:
+        self.port = port
+        with log.open("wb") as output:
+            self._process = subprocess.Popen(argv, stdout=output, stderr=subprocess.STDOUT)
+        pin(self._process.pid, core)
+        self.stats = ProcessStats(self._process.pid)
+        try:
+            wait_listening(port)
+        except TimeoutError:
+            self.stop()
+            raise
+
+    @classmethod
+    def clarion(
+        cls, backend: str, core: int | None, log: Path, config: Path | None = None
+    ) -> ServerProcess:
+        """Start ``clarion serve`` on a free port with *backend*."""
+        port = free_port()
+        argv = [sys.executable, "-m", "service", "serve", "--backend", backend]
+        argv += ["--bind", f"127.0.0.1:{port}"]
+        if config is not None:
+            argv += ["--config", str(config)]
+        return cls(argv, port, core, log)
+
+    def stop(self) -> None:
+        if self._process.poll() is None:
+            self._process.send_signal(signal.SIGTERM)
+            try:
+                self._process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
