@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import deque
 from typing import TYPE_CHECKING
 
 import anyio
@@ -83,7 +82,9 @@ class Outbox:
         self.on_fail = on_fail
         self._frame_max_bytes = frame_max_bytes
         self._encode_gap = encode_gap
-        self._queue: deque[Delivery] = deque()
+        # A list, not a deque: an idle connection's empty list costs 56 bytes, an empty
+        # deque 600; batches are cut from the front with one slice.
+        self._queue: list[Delivery] = []
         self._gaps: dict[str, tuple[int, int]] = {}
         self._writable: anyio.Event | None = None
         self._failure: SlowConsumer | None = None
@@ -184,7 +185,7 @@ class Outbox:
         """
         queue = self._queue
         if len(queue) == 1 and not self._gaps:  # the usual case under light load
-            text = queue.popleft().text
+            text = queue.pop().text
             if self._writable is not None:
                 self._wake_writable()
             return text
@@ -206,8 +207,8 @@ class Outbox:
         limit = self._frame_max_bytes
         queue = self._queue
         gaps = self._gaps
-        while queue:
-            item = queue[0]
+        taken = 0
+        for item in queue:
             channel = item.channel
             # A notice goes just before the first message after its gap (a replay of
             # older messages may come first).
@@ -221,7 +222,9 @@ class Outbox:
             if texts and used + item.size + 1 > limit:
                 break
             used += item.size + 1
-            texts.append(queue.popleft().text)
+            texts.append(item.text)
+            taken += 1
+        del queue[:taken]
         while gaps and not queue:
             channel = next(iter(gaps))
             gap = self._encode_gap(channel, *gaps[channel])
@@ -249,9 +252,7 @@ class Outbox:
         else:  # latest
             dropped = [queued for queued in queue if queued.channel == channel]
             if dropped:
-                kept = [queued for queued in queue if queued.channel != channel]
-                queue.clear()
-                queue.extend(kept)
+                queue[:] = [queued for queued in queue if queued.channel != channel]
                 self.record_gap(channel, dropped[0].offset, dropped[-1].offset)
                 return True
         self.record_gap(channel, delivery.offset, delivery.offset)

@@ -21,6 +21,7 @@ matters is sending few frames and spending little per frame:
 from __future__ import annotations
 
 import logging
+import math
 from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
@@ -29,7 +30,7 @@ import anyio.lowlevel
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
 
-    from anyio.abc import TaskStatus
+    from anyio.abc import TaskGroup, TaskStatus
 
     from channels.outbox import Outbox
 
@@ -70,6 +71,9 @@ class Flusher:
         self.direct = direct
         self._due: list[Sender] = []
         self._first_due: anyio.Event | None = None
+        self._writers: set[Sender] = set()
+        self._writer_group: TaskGroup | None = None
+        self._last_sweep = 0.0
 
     def schedule(self, sender: Sender) -> None:
         """Serve *sender* at the next tick."""
@@ -78,13 +82,36 @@ class Flusher:
             self._first_due.set()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Tick while connections are due; sleep otherwise. Runs until cancelled."""
-        task_status.started()
+        """Tick while connections are due; sleep otherwise. Runs until cancelled.
+
+        Writer tasks run in this call's task group, so that a connection costs no task
+        group of its own; each connection cancels its writer when it ends.
+        """
+        async with anyio.create_task_group() as self._writer_group:
+            task_status.started()
+            try:
+                await self._tick_forever()
+            finally:
+                self._writer_group = None
+
+    def start_writer(self, writer: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run *writer* in the flusher's task group."""
+        if self._writer_group is None:
+            raise RuntimeError("the flusher is not running")
+        self._writer_group.start_soon(writer)
+
+    async def _tick_forever(self) -> None:
         while True:
             if not self._due:
-                self._first_due = anyio.Event()
-                await self._first_due.wait()
+                # Idle writers are told to end here, one timer for all of them.
+                with anyio.move_on_after(self.linger_seconds if self._writers else math.inf):
+                    self._first_due = anyio.Event()
+                    await self._first_due.wait()
                 self._first_due = None
+            if anyio.current_time() - self._last_sweep >= self.linger_seconds:
+                self._retire_idle_writers()
+            if not self._due:
+                continue
             await anyio.sleep(self.delay_seconds)
             due, self._due = self._due, []
             batch = self.batch_connections
@@ -96,7 +123,15 @@ class Flusher:
                 else:
                     for sender in due[start : start + batch]:
                         sender._scheduled = False
-                        sender._release_writer()
+                        if sender._outbox.pending and not sender._done:
+                            sender._release_writer()
+
+    def _retire_idle_writers(self) -> None:
+        now = self._last_sweep = anyio.current_time()
+        for sender in list(self._writers):
+            if sender._wakeup is not None and now - sender._idle_since >= self.linger_seconds:
+                sender._retire = True
+                sender._wakeup.set()
 
     async def _send_directly(self, senders: list[Sender]) -> None:
         """Send to each of *senders*, none of which may hold the flusher up for long.
@@ -113,7 +148,11 @@ class Flusher:
                     sender = senders[index]
                     index += 1
                     sender._scheduled = False
-                    await sender.flush()
+                    if not sender._done and not sender._sending:
+                        if sender._writer:
+                            sender._release_writer()
+                        else:
+                            await sender._send_direct()
             if scope.cancelled_caught:
                 senders[index - 1]._start_writer()
 
@@ -124,24 +163,27 @@ class Sender:
     Args:
         outbox: what to send.
         transport: where to send it.
-        flusher: the hub's flusher.
-        start_task: starts a task in the connection's task group (for the writer).
+        flusher: the hub's flusher, which also runs the writer task when one is needed.
         on_done: called once when the connection should end: its transport broke, or
             its outbox was closed and everything in it was sent.
+
+    Call `stop` when the connection ends: it cancels the writer task.
     """
 
     __slots__ = (
         "_done",
         "_flusher",
         "_go",
+        "_idle_since",
         "_on_done",
         "_outbox",
+        "_retire",
         "_scheduled",
         "_sending",
-        "_start_task",
         "_transport",
         "_wakeup",
         "_writer",
+        "_writer_scope",
     )
 
     def __init__(
@@ -149,19 +191,20 @@ class Sender:
         outbox: Outbox,
         transport: Transport,
         flusher: Flusher,
-        start_task: Callable[[Callable[[], Coroutine[Any, Any, None]]], object],
         on_done: Callable[[], None],
     ) -> None:
         self._outbox = outbox
         self._transport = transport
         self._flusher = flusher
-        self._start_task = start_task
         self._on_done = on_done
+        self._writer_scope: anyio.CancelScope | None = None
         self._scheduled = False
         self._sending = False
         self._writer = False
         self._go = False
         self._wakeup: anyio.Event | None = None
+        self._idle_since = 0.0
+        self._retire = False
         self._done = False
         outbox.notify = self.due
 
@@ -172,22 +215,23 @@ class Sender:
             self._flusher.schedule(self)
 
     async def flush(self) -> None:
-        """Send now what is pending, or have the connection's writer do it.
+        """Send now what is pending from the calling task, or have the writer do it.
 
-        With direct sends this sends from the calling task, waiting for a slow client.
+        The connection's own reader calls this (after a reply): it waits for its client
+        if it has to, which no other connection notices.
         """
         if self._done or self._sending:
             return  # a running send looks for more when it ends
-        if self._writer or not self._flusher.direct:
+        if self._writer:
             self._release_writer()
         else:
             await self._send_direct()
 
     def stop(self) -> None:
-        """The connection is ending: send nothing more."""
+        """The connection is ending: send nothing more, and end the writer task."""
         self._done = True
-        if self._wakeup is not None:
-            self._wakeup.set()
+        if self._writer_scope is not None:
+            self._writer_scope.cancel()
 
     async def _send_direct(self) -> None:
         frame = self._outbox.take_frame()
@@ -215,41 +259,53 @@ class Sender:
         if not self._writer and not self._done:
             self._writer = True
             self._go = True
-            self._start_task(self._write)  # the connection stops us before it closes
+            self._idle_since = anyio.current_time()
+            self._flusher._writers.add(self)
+            self._flusher.start_writer(self._write)
 
     async def _write(self) -> None:
-        """A writer task: send batches as ticks allow; end once idle (or caught up)."""
-        outbox = self._outbox
+        """A writer task: send batches as ticks allow; end once told it idled too long."""
         try:
-            while not self._done:
-                if not (self._go and outbox.pending):
-                    if outbox.closed:
-                        self._after_send()
-                        return
-                    with anyio.move_on_after(self._flusher.linger_seconds):
-                        while not (self._go and outbox.pending) and not self._done:
-                            self._wakeup = anyio.Event()
-                            await self._wakeup.wait()
-                            self._wakeup = None
-                    if not (self._go and outbox.pending):
-                        return  # idle for too long (a tick starts a new writer), or done
-                self._go = False
-                frame = outbox.take_frame()
-                if frame is None:
-                    continue
-                self._sending = True
-                try:
-                    await self._transport.send_text(frame)
-                except Exception as exc:
-                    self._broken(exc)
-                    return
-                finally:
-                    self._sending = False
-                if outbox.pending:
-                    self.due()  # the rest goes at the next tick
+            with anyio.CancelScope() as self._writer_scope:
+                if not self._done:
+                    await self._write_batches()
+        except Exception as exc:  # never let one connection take the flusher down
+            logger.exception("writer failed")
+            self._broken(exc)
         finally:
-            self._writer = False
-            self._wakeup = None
+            self._flusher._writers.discard(self)
+            self._writer = self._retire = False
+            self._wakeup = self._writer_scope = None
+
+    async def _write_batches(self) -> None:
+        outbox = self._outbox
+        while not self._done:
+            if not (self._go and outbox.pending):
+                if outbox.closed:
+                    self._after_send()
+                    return
+                self._idle_since = anyio.current_time()
+                while not (self._go and outbox.pending) and not self._done:
+                    if self._retire:
+                        return  # a tick starts a new writer when there is more
+                    self._wakeup = anyio.Event()
+                    await self._wakeup.wait()
+                    self._wakeup = None
+                continue
+            self._go = self._retire = False
+            frame = outbox.take_frame()
+            if frame is None:
+                continue
+            self._sending = True
+            try:
+                await self._transport.send_text(frame)
+            except Exception as exc:
+                self._broken(exc)
+                return
+            finally:
+                self._sending = False
+            if outbox.pending:
+                self.due()  # the rest goes at the next tick
 
     def _after_send(self) -> None:
         if self._outbox.pending:

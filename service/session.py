@@ -1,14 +1,15 @@
-"""One client connection: its task group, its reader, and its `Sender`.
+"""One client connection: its reader, its `Outbox` and its `Sender`.
 
 The reader (the ASGI task itself) decodes each frame and runs the request; the
-connection's `Outbox` is sent by the hub's flusher or, when needed, by a writer task in
-the connection's task group (see `channels.sender`). When the connection ends, for any
-reason, everything in its task group is cancelled and it leaves the hub in ``finally``.
+connection's outbox is sent by the hub's flusher or, when needed, by a writer task the
+flusher runs for it (see `channels.sender`). A connection holds no task of its own but
+its reader. When it ends, for any reason, its writer is cancelled and it leaves the hub
+in ``finally``.
 """
 
 from __future__ import annotations
 
-from contextlib import aclosing, suppress
+from contextlib import suppress
 from typing import TYPE_CHECKING
 
 import anyio
@@ -141,24 +142,27 @@ async def run_session(ws: WebSocket, hub: Hub, server: ServerConfig) -> None:
     close: tuple[int, str] | None = None
     try:
         await ws.accept()
-        async with anyio.create_task_group() as tg:
-            # A slow consumer, a broken transport, or a closing outbox that has sent
-            # everything ends the connection at once, even while a send is blocked.
-            outbox.on_fail = tg.cancel_scope.cancel
-            sender = Sender(outbox, ws, hub.flusher, tg.start_soon, tg.cancel_scope.cancel)
+        # A slow consumer, a broken transport, or a closing outbox that has sent
+        # everything ends the connection at once, even while a send is blocked.
+        with anyio.CancelScope() as stop:
+            outbox.on_fail = stop.cancel
+            sender = Sender(outbox, ws, hub.flusher, stop.cancel)
             session = Session(hub, outbox, sender)
             try:
-                async with aclosing(ws.iter_frames()) as frames:
-                    async for frame in frames:
-                        # hypercorn enforces its own limit; this one holds under any server.
-                        if _size(frame) > server.max_request_bytes:
-                            close = (CLOSE_FRAME_TOO_LARGE, "frame too large")
-                            break
-                        await session.handle(frame)
+                # A plain loop rather than ws.iter_frames(): an async generator per
+                # connection costs memory that an idle connection should not hold.
+                while True:
+                    try:
+                        frame = await ws.receive_frame()
+                    except WebSocketDisconnect:
+                        break
+                    # hypercorn enforces its own limit; this one holds under any server.
+                    if _size(frame) > server.max_request_bytes:
+                        close = (CLOSE_FRAME_TOO_LARGE, "frame too large")
+                        break
+                    await session.handle(frame)
             finally:
-                # Before the task group closes: the flusher must not start a writer in it.
                 sender.stop()
-                tg.cancel_scope.cancel()
         if close is None and outbox.failed:
             close = (SlowConsumer.code, "slow consumer")
         elif close is None and outbox.closed:
