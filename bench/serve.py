@@ -30,7 +30,7 @@ async def _serve(app: object, config: Config, backend: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("app", help="MODULE:ATTRIBUTE")
-    parser.add_argument("--backend", choices=("asyncio", "trio", "uvloop"), default="asyncio")
+    parser.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
     module, _, attribute = args.app.partition(":")
@@ -38,11 +38,7 @@ def main() -> None:
     config = Config()
     config.bind = [f"127.0.0.1:{args.port}"]
     config.graceful_timeout = 1.0
-    run = partial(_serve, app, config, args.backend)
-    if args.backend == "uvloop":
-        anyio.run(run, backend="asyncio", backend_options={"use_uvloop": True})
-    else:
-        anyio.run(run, backend=args.backend)
+    anyio.run(partial(_serve, app, config, args.backend), backend=args.backend)
 
 
 if __name__ == "__main__":

@@ -95,8 +95,11 @@ class ServerConfig(_Base, frozen=True):
     """Messages waiting together are coalesced into one frame of at most this size."""
     flush_delay_seconds: Seconds = 0.005 * SECONDS
     """How long a new message waits for others to share its frame; 0 sends at once."""
-    flush_batch_connections: PositiveCount = 32
-    """Connections flushed between two turns of the tasks that read and publish."""
+    flush_batch_connections: PositiveCount | None = None
+    """Connections flushed between two turns of the tasks that read and publish.
+
+    The default suits the server: 32 where the flusher sends itself (hypercorn's
+    asyncio worker), 8 where it wakes writer tasks (trio), as measured."""
     writer_linger_seconds: Seconds = 1 * SECONDS
     """How long a connection's idle writer task waits for more before it ends."""
     max_request_bytes: PositiveCount = 1 * MIB

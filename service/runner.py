@@ -33,7 +33,7 @@ __all__ = (
     "serve",
 )
 
-Backend = Literal["asyncio", "trio", "uvloop"]
+Backend = Literal["asyncio", "trio"]
 logger = logging.getLogger("clarion")
 
 
@@ -148,9 +148,4 @@ def run(app: Clarion, backend: Backend) -> None:
                 return
 
     run_serve = partial(serve, shutdown_trigger=wait_for_signal)
-    config = hypercorn_config(app.config)
-    if backend == "uvloop":
-        options = {"use_uvloop": True}
-        anyio.run(run_serve, app, config, backend, backend="asyncio", backend_options=options)
-    else:
-        anyio.run(run_serve, app, config, backend, backend=backend)
+    anyio.run(run_serve, app, hypercorn_config(app.config), backend, backend=backend)

@@ -18,7 +18,7 @@ from service.bench.server import ProcessStats, ServerProcess, pin
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-__all__ = ("Options", "Target", "open_target", "run_idle", "run_max", "run_rate")
+__all__ = ("Options", "Target", "kept_up", "open_target", "run_idle", "run_max", "run_rate")
 
 Scenario = Literal["rate", "max", "idle"]
 

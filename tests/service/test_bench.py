@@ -1,0 +1,125 @@
+"""The benchmark's own parts: wire format, reports, and a small run end to end."""
+
+from __future__ import annotations
+
+import json
+from array import array
+from typing import TYPE_CHECKING
+
+import pytest
+
+from service.bench.load import StepResult
+from service.bench.report import Summary, histogram_svg, median_summary, summarize, table
+from service.bench.wire import FrameParser, client_frame
+from service.cli import main
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+def server_frame(payload: bytes, opcode: int = 1, fin: bool = True) -> bytes:
+    length = len(payload)
+    head = bytes([(0x80 if fin else 0) | opcode])
+    if length < 126:
+        head += bytes([length])
+    elif length < 1 << 16:
+        head += bytes([126]) + length.to_bytes(2, "big")
+    else:
+        head += bytes([127]) + length.to_bytes(8, "big")
+    return head + payload
+
+
+@pytest.mark.parametrize("size", [0, 125, 126, 65535, 65536])
+def test_client_frames_are_masked_with_a_zero_key(size: int) -> None:
+    frame = client_frame(b"x" * size)
+    assert frame[0] == 0x81
+    assert frame[1] & 0x80  # masked, as a client must
+    assert frame.endswith(b"\0\0\0\0" + b"x" * size)
+
+
+def test_the_parser_yields_messages_across_any_split() -> None:
+    stream = (
+        server_frame(b"one")
+        + server_frame(b"t" * 300)
+        + server_frame(b"a", fin=False)
+        + server_frame(b"b", opcode=0, fin=False)
+        + server_frame(b"c", opcode=0, fin=True)
+        + server_frame(b"\x0f\xa0bye", opcode=8)
+    )
+    for cut in range(len(stream)):
+        parser = FrameParser(stream[:cut])
+        got = list(parser.feed(b"")) + list(parser.feed(stream[cut:]))
+        assert got == [b"one", b"t" * 300, b"abc"]
+        assert parser.close_code == 4000
+
+
+def result(latencies_ms: list[int], published: int = 10, subscribers: int = 2) -> StepResult:
+    step = StepResult(rate=5.0, subscribers=subscribers, published=published)
+    step.latencies_ns = array("q", [value * 1_000_000 for value in latencies_ms])
+    step.delivered = len(latencies_ms)
+    step.frames = len(latencies_ms) // 2
+    step.wall_seconds = 2.0
+    return step
+
+
+def test_summary_rates_percentiles_and_losses() -> None:
+    step = result(list(range(1, 19)))  # 18 of the 20 expected deliveries
+    step.dropped = 1
+    summary = summarize(
+        step, scenario="rate", server="s", backend="b", seconds=2.0, server_rss_kib=2048
+    )
+    assert (summary.offered_per_s, summary.delivered_per_s) == (10.0, 9.0)
+    assert (summary.lost, summary.dropped) == (1, 1)
+    assert (summary.p50_ms, summary.p90_ms, summary.p99_ms, summary.max_ms) == (9, 17, 18, 18)
+    assert summary.msgs_per_frame == 2.0
+    assert summary.server_rss_mib == 2.0
+
+
+def test_median_of_runs_keeps_the_worst_losses() -> None:
+    runs = [
+        Summary(scenario="rate", server="s", backend="b", subscribers=1, p99_ms=value, lost=lost)
+        for value, lost in ((10.0, 0), (30.0, 5), (20.0, 0))
+    ]
+    median = median_summary(runs)
+    assert (median.p99_ms, median.lost, median.scenario) == (20.0, 5, "rate (median of 3)")
+
+
+def test_table_and_histogram_render() -> None:
+    summary = summarize(
+        result([1, 2, 3]),
+        scenario="rate",
+        server="clarion",
+        backend="trio",
+        seconds=2.0,
+        server_rss_kib=1024,
+    )
+    rendered = table([summary])
+    assert "clarion" in rendered
+    assert "p99 ms" in rendered
+    svg = histogram_svg([1_000_000, 2_000_000, 50_000_000], "title & <more>")
+    assert svg.startswith("<svg")
+    assert "title &amp; &lt;more&gt;" in svg
+    assert svg.count("<rect") == 51  # the background and fifty buckets
+
+
+def test_a_small_rate_run_delivers_everything(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    histogram = tmp_path / "latency.svg"
+    argv = ["bench", "rate", "--subscribers", "5", "--rate", "40", "--seconds", "0.5"]
+    argv += ["--warmup", "0.2", "--drain", "5", "--json", "--histogram", str(histogram)]
+    assert main(argv) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    summary = json.loads(line)
+    assert summary["subscribers"] == 5
+    assert summary["lost"] == 0
+    assert summary["delivered_per_s"] > 0
+    assert summary["p99_ms"] > 0
+    assert histogram.read_text().startswith("<svg")
+
+
+def test_a_small_idle_run_measures_memory(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "idle", "--connections", "20", "--json", "--backend", "trio"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["subscribers"] == 20
+    assert summary["kib_per_connection"] > 0
