@@ -34,9 +34,14 @@ if TYPE_CHECKING:
 
     from channels.outbox import Outbox
 
-__all__ = ("Flusher", "Sender", "Transport")
+__all__ = ("DIRECT_SEND_PATIENCE_SECONDS", "Flusher", "Sender", "Transport")
 
 logger = logging.getLogger("clarion")
+
+#: How long a direct send may wait before the flusher leaves it to a writer task. A send
+#: to a client that keeps up never waits at all; the scope that enforces this covers a
+#: whole batch of sends, so a slow client is left almost at once.
+DIRECT_SEND_PATIENCE_SECONDS = 0.0005
 
 
 class Transport(Protocol):
@@ -124,7 +129,7 @@ class Flusher:
                 else:
                     for sender in due[start : start + batch]:
                         sender._scheduled = False
-                        if sender._outbox.pending and not sender._done:
+                        if sender._outbox.pending and not (sender._done or sender._sending):
                             sender._release_writer()
 
     def _retire_idle_writers(self) -> None:
@@ -135,16 +140,15 @@ class Flusher:
                 sender._wakeup.set()
 
     async def _send_directly(self, senders: list[Sender]) -> None:
-        """Send to each of *senders*, none of which may hold the flusher up for long.
+        """Send to each of *senders*, none of which may hold the flusher up.
 
-        A send that has to wait (its client is slow) is abandoned after the flush
-        delay, its frame already handed to the transport, and that connection gets a
-        writer task. One cancel scope covers many sends: a scope per send would cost
-        more than the send.
+        A send that has to wait (its client is slow) is abandoned at once, its frame
+        already handed to the transport, and that connection gets a writer task. One
+        cancel scope covers many sends: a scope per send would cost more than the send.
         """
         index = 0
         while index < len(senders):
-            with anyio.move_on_after(max(self.delay_seconds, 0.001)) as scope:
+            with anyio.move_on_after(DIRECT_SEND_PATIENCE_SECONDS) as scope:
                 while index < len(senders):
                     sender = senders[index]
                     index += 1
