@@ -197,7 +197,7 @@ def _table(results: list[tuple[str, Summary]], runs: int) -> str:
             cells.append(_cell(name, row[name]) if name in row else "n/a")
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
-    for backend in {summary.backend for _, summary in results}:
+    for backend in sorted({summary.backend for _, summary in results}):
         clarion = by_row.get((backend, "clarion"), {})
         fastapi = by_row.get((backend, "fastapi"), {})
         floor = by_row.get((backend, "floor"), {})

@@ -207,32 +207,33 @@ class Outbox:
         limit = self._frame_max_bytes
         queue = self._queue
         gaps = self._gaps
+
+        def add_gap(channel: str) -> bool:
+            nonlocal used
+            gap = self._encode_gap(channel, *gaps[channel])
+            if texts and used + len(gap) + 1 > limit:
+                return False
+            del gaps[channel]
+            used += len(gap) + 1
+            texts.append(gap)
+            return True
+
         taken = 0
         for item in queue:
             channel = item.channel
             # A notice goes just before the first message after its gap (a replay of
             # older messages may come first).
             if gaps and channel is not None and channel in gaps and item.offset > gaps[channel][1]:
-                gap = self._encode_gap(channel, *gaps[channel])
-                if texts and used + len(gap) + 1 > limit:
+                if not add_gap(channel):
                     break
-                del gaps[channel]
-                used += len(gap) + 1
-                texts.append(gap)
             if texts and used + item.size + 1 > limit:
                 break
             used += item.size + 1
             texts.append(item.text)
             taken += 1
         del queue[:taken]
-        while gaps and not queue:
-            channel = next(iter(gaps))
-            gap = self._encode_gap(channel, *gaps[channel])
-            if texts and used + len(gap) + 1 > limit:
-                break
-            del gaps[channel]
-            used += len(gap) + 1
-            texts.append(gap)
+        while gaps and not queue and add_gap(next(iter(gaps))):
+            pass
         if texts:
             self._wake_writable()
         return texts

@@ -240,16 +240,20 @@ class Sender:
 
     async def _send_direct(self) -> None:
         frame = self._outbox.take_frame()
-        if frame is not None:
-            self._sending = True
-            try:
-                await self._transport.send_text(frame)
-            except Exception as exc:
-                self._broken(exc)
-                return
-            finally:
-                self._sending = False
-        self._after_send()
+        if frame is None or await self._send(frame):
+            self._after_send()
+
+    async def _send(self, frame: str) -> bool:
+        """Send *frame*; return False (and end the connection) if the transport broke."""
+        self._sending = True
+        try:
+            await self._transport.send_text(frame)
+        except Exception as exc:
+            self._broken(exc)
+            return False
+        finally:
+            self._sending = False
+        return True
 
     def _release_writer(self) -> None:
         """Let the writer send its next batch, starting it if needed."""
@@ -301,14 +305,8 @@ class Sender:
             frame = outbox.take_frame()
             if frame is None:
                 continue
-            self._sending = True
-            try:
-                await self._transport.send_text(frame)
-            except Exception as exc:
-                self._broken(exc)
+            if not await self._send(frame):
                 return
-            finally:
-                self._sending = False
             if outbox.pending:
                 self.due()  # the rest goes at the next tick
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from service.bench.wire import FrameParser, client_frame, handshake, open_socket
+from service.bench.wire import OP_PONG, FrameParser, client_frame, handshake, open_socket
 
 if TYPE_CHECKING:
     import socket
@@ -121,6 +121,9 @@ class Publisher:
         for payload in self.parser.feed(data):
             if payload.startswith(b'{"type":"error"'):
                 self.errors += 1
+        while self.parser.pings:  # servers that ping (websockets does) want pongs
+            self._outgoing += client_frame(self.parser.pings.pop(), OP_PONG)
+        self.flush()
 
 
 @dataclass
@@ -250,3 +253,8 @@ class Load:
             subscriber.received += len(stamps)
         if subscriber.parser.close_code is not None and subscriber.close_code is None:
             subscriber.close_code = subscriber.parser.close_code
+        while subscriber.parser.pings:  # servers that ping (websockets does) want pongs
+            pong = client_frame(subscriber.parser.pings.pop(), OP_PONG)
+            subscriber.sock.setblocking(True)
+            subscriber.sock.sendall(pong)
+            subscriber.sock.setblocking(False)

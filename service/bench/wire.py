@@ -23,6 +23,7 @@ OP_TEXT = 0x1
 OP_BINARY = 0x2
 OP_CLOSE = 0x8
 OP_PING = 0x9
+OP_PONG = 0xA
 
 
 class HandshakeError(Exception):
@@ -76,12 +77,14 @@ def handshake(sock: socket.socket, host: str, port: int, path: str) -> bytes:
 class FrameParser:
     """Split a stream of server frames into messages (text and binary payloads)."""
 
-    __slots__ = ("_buffer", "_partial", "close_code")
+    __slots__ = ("_buffer", "_partial", "close_code", "pings")
 
     def __init__(self, initial: bytes = b"") -> None:
         self._buffer = bytearray(initial)
         self._partial: bytearray | None = None
         self.close_code: int | None = None
+        self.pings: list[bytes] = []
+        """Payloads of pings received, for the owner to answer with pongs."""
 
     def feed(self, data: bytes | memoryview) -> Iterator[bytes]:
         """Add received bytes; yield each complete message payload."""
@@ -111,8 +114,11 @@ class FrameParser:
                 payload = bytes(buffer[start:end])
                 self.close_code = int.from_bytes(payload[:2], "big") if payload else 1005
                 continue
+            if opcode == OP_PING:
+                self.pings.append(bytes(buffer[start:end]))
+                continue
             if opcode >= OP_CLOSE:
-                continue  # ping or pong: the server does not ping unless configured to
+                continue  # a pong
             if opcode != OP_CONTINUATION and first & 0x80:
                 yield bytes(buffer[start:end])
                 continue

@@ -53,6 +53,12 @@ def test_the_parser_yields_messages_across_any_split() -> None:
         assert parser.close_code == 4000
 
 
+def test_the_parser_keeps_pings_for_the_owner_to_answer() -> None:
+    parser = FrameParser()
+    assert list(parser.feed(server_frame(b"p1", opcode=9) + server_frame(b"m"))) == [b"m"]
+    assert parser.pings == [b"p1"]
+
+
 def result(latencies_ms: list[int], published: int = 10, subscribers: int = 2) -> StepResult:
     step = StepResult(rate=5.0, subscribers=subscribers, published=published)
     step.latencies_ns = array("q", [value * 1_000_000 for value in latencies_ms])
