@@ -94,7 +94,7 @@ class ServerConfig(_Base, frozen=True):
     frame_max_bytes: PositiveCount = 64 * KIB
     """Messages waiting together are coalesced into one frame of at most this size."""
     flush_delay_seconds: Seconds = 0.005 * SECONDS
-    """How long a new message waits for others to share its frame; 0 sends at once."""
+    """Least time between two flushes; the first message after a quiet spell goes at once."""
     flush_batch_connections: PositiveCount | None = None
     """Connections flushed between two turns of the tasks that read and publish.
 

@@ -3,7 +3,8 @@
 Every frame costs one trip through the server's send path, whatever it holds, so what
 matters is sending few frames and spending little per frame:
 
-- Messages wait up to ``flush_delay_seconds`` for others to share their frame. One
+- Ticks are at least ``flush_delay_seconds`` apart, so that messages arriving in
+  between share their frame; the first message after a quiet spell goes at once. One
   `Flusher` task ticks for every connection, instead of a timer each; under load its
   ticks come no faster than the event loop gets round to them, so batches grow with
   the load.
@@ -80,6 +81,7 @@ class Flusher:
         self._writers: set[Sender] = set()
         self._writer_group: TaskGroup | None = None
         self._last_sweep = 0.0
+        self._last_tick_end = -math.inf
 
     def schedule(self, sender: Sender) -> None:
         """Serve *sender* at the next tick."""
@@ -118,7 +120,13 @@ class Flusher:
                 self._retire_idle_writers()
             if not self._due:
                 continue
-            await anyio.sleep(self.delay_seconds)
+            # A tick follows the previous one by at least the delay, so that messages
+            # arriving meanwhile share frames; after a quiet spell it goes at once.
+            wait = self._last_tick_end + self.delay_seconds - anyio.current_time()
+            if wait > 0:
+                await anyio.sleep(wait)
+            else:
+                await anyio.lowlevel.checkpoint()
             due, self._due = self._due, []
             batch = self.batch_connections
             for start in range(0, len(due), batch):
@@ -131,6 +139,7 @@ class Flusher:
                         sender._scheduled = False
                         if sender._outbox.pending and not (sender._done or sender._sending):
                             sender._release_writer()
+            self._last_tick_end = anyio.current_time()
 
     def _retire_idle_writers(self) -> None:
         now = self._last_sweep = anyio.current_time()

@@ -78,6 +78,18 @@ async def test_messages_within_the_delay_share_one_frame(direct: bool) -> None:
 
 
 @pytest.mark.parametrize("direct", [True, False], ids=["direct", "writers"])
+async def test_after_a_quiet_spell_the_first_message_goes_at_once(direct: bool) -> None:
+    # With a delay far beyond the test's deadline, only the leading edge can send.
+    async with flushing(direct=direct, delay=3600) as (flusher, tg):
+        connection = Connection(flusher, tg)
+        connection.offer(1)
+        assert await connection.transport.wait_frames(1) == ["m1"]
+        connection.offer(2)  # the next tick waits for the delay: nothing more goes
+        await anyio.wait_all_tasks_blocked()
+        assert connection.transport.frames == ["m1"]
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "writers"])
 async def test_every_connection_gets_its_frames_in_order(direct: bool) -> None:
     async with flushing(direct=direct) as (flusher, tg):
         connections = [Connection(flusher, tg) for _ in range(7)]
