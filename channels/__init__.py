@@ -18,6 +18,7 @@ from channels.config import (
 )
 from channels.errors import (
     AlreadySubscribed as AlreadySubscribed,
+    BrokerUnavailable as BrokerUnavailable,
     ChannelNotFound as ChannelNotFound,
     ChannelsError as ChannelsError,
     ConfigError as ConfigError,
@@ -46,6 +47,7 @@ __all__ = (
     "AlreadySubscribed",
     "Broker",
     "BrokerConfig",
+    "BrokerUnavailable",
     "ChannelNotFound",
     "ChannelRule",
     "ChannelsError",

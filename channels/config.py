@@ -43,6 +43,7 @@ SlowConsumerPolicy = Literal["disconnect", "drop_oldest", "latest"]
 CHANNEL_NAME_CHARS = r"A-Za-z0-9_\-:.@/=+"
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _PATTERN_CHARS = re.compile(rf"[{CHANNEL_NAME_CHARS}*]+")
+_PASSWORD_IN_URL = re.compile(r"^([a-z]+://[^:@/]*:)[^@/]*@")
 _BIND = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[^:\[\]]+):(?P<port>[0-9]{1,5})")
 
 Count = Annotated[int, msgspec.Meta(ge=0)]
@@ -140,9 +141,33 @@ class ServerConfig(_Base, frozen=True):
 
 
 class BrokerConfig(_Base, frozen=True):
-    """Which broker carries messages between nodes (only ``memory`` exists so far)."""
+    """Which broker carries messages: ``memory`` (one process) or ``redis`` (many nodes)."""
 
-    kind: Literal["memory"] = "memory"
+    kind: Literal["memory", "redis"] = "memory"
+    url: str | None = None
+    """Redis only: ``redis://[:PASSWORD@]HOST:PORT/DB``, ``rediss://...`` or ``unix://PATH``.
+
+    The default is ``redis://127.0.0.1:6379/0``; write a password as a ``${VAR}``."""
+    prefix: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] = "clarion"
+    """Redis only: starts every key and pub/sub name, so deployments can share a Redis."""
+    stream_idle_seconds: Annotated[float, msgspec.Meta(gt=0)] = 3600 * SECONDS
+    """Redis only: how long a channel's epoch and offsets outlive its last activity.
+
+    Activity is a publish, or a node holding subscribers (nodes refresh it); kept
+    messages live no longer than this either."""
+    timeout_seconds: Annotated[float, msgspec.Meta(gt=0)] = 5 * SECONDS
+    """Redis only: a Redis call that takes longer fails (a publish with error 301)."""
+
+    def __post_init__(self) -> None:
+        if self.kind == "memory" and self.url is not None:
+            raise ValueError("url is for kind: redis; the memory broker has none")
+        if self.url is not None and not self.url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("url must start with redis://, rediss:// or unix://")
+
+    @property
+    def redis_url(self) -> str:
+        """The Redis URL to connect to."""
+        return self.url or "redis://127.0.0.1:6379/0"
 
 
 def _open_rules() -> list[ChannelRule]:
@@ -261,4 +286,6 @@ def dump_config(config: Config) -> str:
     """Render *config* as YAML, with every API key redacted."""
     builtins = msgspec.to_builtins(config)
     builtins["server"]["api_keys"] = ["<redacted>"] * len(config.server.api_keys)
+    if config.broker.url is not None:
+        builtins["broker"]["url"] = _PASSWORD_IN_URL.sub(r"\1<redacted>@", config.broker.url)
     return msgspec.yaml.encode(builtins).decode()

@@ -11,6 +11,7 @@ Exception hierarchy::
     ├── NotSubscribed          204   unsubscribe from a channel never subscribed
     ├── MessageTooLarge        205   a message exceeds its rule's max_message_bytes
     ├── ServerClosing          300   the node is shutting down
+    ├── BrokerUnavailable      301   the broker (Redis) cannot be reached
     └── SlowConsumer          4000   a subscriber's outbox overflowed (a close code)
 
 Codes below 4000 are sent to clients in ``error`` replies and never reused; codes from
@@ -24,6 +25,7 @@ from typing import ClassVar
 
 __all__ = (
     "AlreadySubscribed",
+    "BrokerUnavailable",
     "ChannelNotFound",
     "ChannelsError",
     "ConfigError",
@@ -121,6 +123,20 @@ class ServerClosing(ChannelsError):
 
     def __init__(self) -> None:
         super().__init__("the server is shutting down; reconnect to another node")
+
+
+class BrokerUnavailable(ChannelsError):
+    """Raised when the broker cannot take an operation: Redis is down, slow or restarting.
+
+    A publish that raises this was not accepted: nothing was delivered or kept.
+    """
+
+    code = 301
+
+    def __init__(self, operation: str, reason: str) -> None:
+        super().__init__(f"the broker is unavailable, {operation} failed: {reason}; retry later")
+        self.operation = operation
+        self.reason = reason
 
 
 class SlowConsumer(ChannelsError):

@@ -86,15 +86,27 @@ class _Joining:
             self.dropped = (first, last)
         held.append(delivery)
 
+    def lose(self, first: int, last: int) -> None:
+        """Record that offsets *first* to *last* will never be delivered."""
+        if self.dropped is not None:
+            first, last = min(first, self.dropped[0]), max(last, self.dropped[1])
+        self.dropped = (first, last)
+
 
 class _Channel:
     """The local state of one channel that has subscribers, or is about to."""
 
-    __slots__ = ("joining", "policy", "subscribers")
+    __slots__ = ("joining", "last_offset", "policy", "skip_until", "subscribers")
 
     def __init__(self, policy: SlowConsumerPolicy) -> None:
         self.policy: SlowConsumerPolicy = policy
         self.subscribers: dict[Outbox, None] = {}
+        self.last_offset = 0
+        """The offset of the last publication delivered here."""
+        # Subscribers that started at a position the broker has not delivered here yet
+        # (a message still on its way from Redis): publications up to their start
+        # were replayed to them, or came before it, and must not reach them again.
+        self.skip_until: dict[Outbox, int] = {}
         # Subscribers still reading their starting position or missed messages: live
         # publications wait here so that none is lost or sent twice.
         self.joining: dict[Outbox, _Joining] = {}
@@ -221,6 +233,8 @@ class Hub:
         del state.joining[outbox]
         state.subscribers[outbox] = None
         start = page.position.offset
+        if start > state.last_offset:
+            state.skip_until[outbox] = start
         recovered = None
         if since is not None:
             missed = start - since.offset
@@ -290,11 +304,35 @@ class Hub:
             return
         if not state.subscribers and not state.joining:
             return
+        state.last_offset = publication.offset
         delivery = self._delivery(publication, state.policy)
         for outbox, joining in state.joining.items():
             joining.hold(delivery, outbox)
+        skip_until = state.skip_until
+        if not skip_until:
+            for outbox in state.subscribers:
+                outbox.offer(delivery)
+            return
         for outbox in state.subscribers:
+            start = skip_until.get(outbox)
+            if start is not None:
+                if publication.offset <= start:
+                    continue
+                del skip_until[outbox]
             outbox.offer(delivery)
+
+    def lost(self, channel: str, first: int, last: int) -> None:
+        """Tell *channel*'s local subscribers that offsets *first* to *last* are lost.
+
+        The broker calls this when the node missed publications it can no longer read.
+        """
+        state = self._channels.get(channel)
+        if state is None:
+            return
+        for joining in state.joining.values():
+            joining.lose(first, last)
+        for outbox in state.subscribers:
+            outbox.record_gap(channel, first, last)
 
     def statistics(self) -> HubStatistics:
         """Return the hub's current counters."""
@@ -317,6 +355,7 @@ class Hub:
         state = self._channels[channel]
         state.subscribers.pop(outbox, None)
         state.joining.pop(outbox, None)
+        state.skip_until.pop(outbox, None)
         if not state.subscribers and not state.joining:
             del self._channels[channel]
             self._broker.unsubscribe(channel)
@@ -341,7 +380,11 @@ async def open_hub(
         if hub is not None:
             hub.deliver(publication)
 
-    async with open_broker(config.broker, deliver) as broker, anyio.create_task_group() as tg:
+    def lost(channel: str, first: int, last: int) -> None:
+        if hub is not None:
+            hub.lost(channel, first, last)
+
+    async with open_broker(config.broker, deliver, lost) as broker, anyio.create_task_group() as tg:
         hub = Hub(config, broker, encode, direct_sends=direct_sends)
         await tg.start(hub.flusher.run)
         try:

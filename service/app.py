@@ -12,6 +12,7 @@ import msgspec
 
 from channels.config import load_config
 from channels.errors import (
+    BrokerUnavailable,
     ChannelNotFound,
     ChannelsError,
     InvalidChannelName,
@@ -55,6 +56,7 @@ HTTP_STATUS: dict[type[Exception], int] = {
     PermissionDenied: 403,
     MessageTooLarge: 413,
     ServerClosing: 503,
+    BrokerUnavailable: 503,
     RequestTooLarge: 413,
     RouteNotFound: 404,
     MethodNotAllowed: 405,

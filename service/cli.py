@@ -101,6 +101,11 @@ def _serve_config(args: argparse.Namespace) -> Config:
             "so several workers would each see only their own subscribers; run one worker "
             "until a shared broker is configured"
         )
+    if args.workers > 1:
+        raise ConfigError(
+            f"--workers {args.workers}: not available yet with the Redis broker; run one "
+            "`clarion serve` per port (each a node) and put them behind a load balancer"
+        )
     return config
 
 

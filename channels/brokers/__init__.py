@@ -20,10 +20,16 @@ if TYPE_CHECKING:
     from channels.config import BrokerConfig, History
     from channels.publication import HistoryPage, Position
 
-__all__ = ("Broker", "Deliver", "open_broker")
+__all__ = ("Broker", "Deliver", "Lost", "open_broker")
 
 Deliver: TypeAlias = Callable[[Publication], None]
 """The callback a broker hands each received publication to."""
+
+Lost: TypeAlias = Callable[[str, int, int], None]
+"""The callback a broker reports lost publications to: channel, first and last offset.
+
+A multi-node broker calls it when this node missed publications (its connection to the
+others broke) that are no longer kept in the channel's history."""
 
 
 class Broker(Protocol):
@@ -66,11 +72,21 @@ class Broker(Protocol):
 
 
 @asynccontextmanager
-async def open_broker(config: BrokerConfig, deliver: Deliver) -> AsyncIterator[Broker]:
-    """Open the broker *config* names; it calls *deliver* for each publication received."""
+async def open_broker(config: BrokerConfig, deliver: Deliver, lost: Lost) -> AsyncIterator[Broker]:
+    """Open the broker *config* names.
+
+    It calls *deliver* for each publication received and *lost* for the publications
+    this node missed and can no longer read.
+    """
     if config.kind == "memory":
         from channels.brokers.memory import MemoryBroker
 
         yield MemoryBroker(deliver)
+        return
+    if config.kind == "redis":
+        from channels.brokers.redis import open_redis_broker
+
+        async with open_redis_broker(config, deliver, lost) as broker:
+            yield broker
         return
     raise ValueError(f"unknown broker kind {config.kind!r}")  # pragma: no cover - Literal

@@ -91,7 +91,11 @@ BAD_DOCUMENTS = [
         "server.api_keys[0]: environment variable MISSING is not set",
     ),
     ("server: {api_keys: ['${EMPTY}']}", "server: an API key is empty"),
-    ("broker: {kind: redis}", "broker.kind: Invalid enum value 'redis'"),
+    ("broker: {kind: nats}", "broker.kind: Invalid enum value 'nats'"),
+    ("broker: {url: 'redis://127.0.0.1'}", "broker: url is for kind: redis"),
+    ("broker: {kind: redis, url: 'http://x'}", "broker: url must start with redis://"),
+    ("broker: {kind: redis, prefix: 'a b'}", "broker.prefix: Expected `str` matching"),
+    ("broker: {kind: redis, timeout_seconds: 0}", "broker.timeout_seconds: Expected `float` > 0"),
     ("nonsense: 1", "Object contains unknown field `nonsense`"),
     ("[1, 2]", "Expected `object`, got `array`"),
     ("server: {bind: [", "not valid YAML"),
@@ -136,6 +140,16 @@ def test_dump_config_redacts_api_keys() -> None:
     assert "s3cret" not in dumped
     assert "<redacted>" in dumped
     assert parse_config(dump_config(Config()), env={}) == Config()
+
+
+def test_dump_config_redacts_the_redis_password() -> None:
+    config = parse_config(
+        "broker: {kind: redis, url: 'redis://:${PW}@127.0.0.1:6380/1'}", env={"PW": "s3cret"}
+    )
+    assert config.broker.redis_url == "redis://:s3cret@127.0.0.1:6380/1"
+    dumped = dump_config(config)
+    assert "s3cret" not in dumped
+    assert "redis://:<redacted>@127.0.0.1:6380/1" in dumped
 
 
 def test_deploy_example_is_valid_and_uses_every_policy() -> None:

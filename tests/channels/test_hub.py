@@ -4,6 +4,7 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 import anyio
+import anyio.lowlevel
 import msgspec
 import pytest
 
@@ -458,3 +459,51 @@ async def test_history_reads_newest_or_after_an_offset() -> None:
         assert page.publications == []
         with pytest.raises(ChannelNotFound):
             await hub.history("elsewhere", after=None, limit=None)
+
+
+class RemoteBroker:
+    """A broker whose stream is ahead of what it delivered here (messages on their way
+    from Redis): a read sees offsets 1 and 2 before their live copies arrive."""
+
+    def __init__(self) -> None:
+        self.kept = [Publication("open", offset, raw(offset)) for offset in (1, 2)]
+
+    async def publish(self, channel: str, data: msgspec.Raw, history: History) -> Position:
+        raise NotImplementedError
+
+    async def read(
+        self, channel: str, *, after: int | None, epoch: str | None, limit: int | None
+    ) -> HistoryPage:
+        await anyio.lowlevel.checkpoint()
+        found = [item for item in self.kept if after is not None and item.offset > after]
+        return HistoryPage(Position(2, "e"), found, complete=True)
+
+    async def subscribe(self, channel: str) -> None:
+        await anyio.lowlevel.checkpoint()
+
+    def unsubscribe(self, channel: str) -> None:
+        pass
+
+
+async def test_live_copies_of_replayed_messages_are_not_delivered_again() -> None:
+    broker = RemoteBroker()
+    hub = Hub(CONFIG, broker, Encoder())
+    recovering, fresh = outbox(), outbox()
+    for box in (recovering, fresh):
+        hub.attach(box)
+    await subscribe(hub, recovering, "open", since=Position(0, "e"))
+    await subscribe(hub, fresh, "open")
+    for publication in [*broker.kept, Publication("open", 3, raw(3))]:
+        hub.deliver(publication)  # the live copies of 1 and 2 arrive late, then 3
+    assert await drain(recovering) == ["open:1:1", "open:2:2", "open:3:3"]
+    assert await drain(fresh) == ["open:3:3"]
+
+
+async def test_messages_the_broker_lost_reach_subscribers_as_a_gap() -> None:
+    hub = Hub(CONFIG, RemoteBroker(), Encoder())
+    box = outbox()
+    hub.attach(box)
+    await subscribe(hub, box, "open")
+    hub.lost("open", 3, 5)
+    hub.deliver(Publication("open", 6, raw(6)))
+    assert await drain(box) == ["gap:open:3-5", "open:6:6"]

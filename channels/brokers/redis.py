@@ -1,0 +1,422 @@
+"""The Redis broker: channels shared by every node connected to one Redis server.
+
+For each channel, with ``P`` the configured ``prefix``:
+
+- ``P:m:CHANNEL`` is a hash with the stream's ``epoch``, its ``top`` offset and the
+  history's ``ttl`` in milliseconds;
+- ``P:s:CHANNEL`` is a Redis stream of the kept messages: entry ID ``OFFSET-0``, fields
+  ``d`` (the data) and ``t`` (Redis's clock when it was published, in milliseconds);
+- ``P:p:CHANNEL`` is the pub/sub channel; each message reads ``EPOCH:OFFSET:DATA``.
+
+A publish is one Lua script that numbers, keeps and publishes the message at once, so
+every node receives a channel's messages in one order, the order of their offsets. A
+node subscribes once per channel, whatever the number of its local subscribers, and
+unsubscribes when the last one leaves.
+
+Redis pub/sub delivers at most once: a node whose pub/sub connection broke misses what
+was published meanwhile. The node notices when a message does not follow the last one
+it delivered, reads the missing ones from the stream, and reports those no longer kept
+as lost (the hub tells the subscribers with a ``gap``), so no loss goes unannounced.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import coredis
+import coredis.exceptions
+import msgspec
+
+from channels.errors import BrokerUnavailable
+from channels.publication import HistoryPage, Position, Publication
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from channels.brokers import Deliver, Lost
+    from channels.config import BrokerConfig, History
+
+__all__ = ("RedisBroker", "open_redis_broker")
+
+logger = logging.getLogger("clarion")
+
+#: What a failing Redis call raises: down, restarting, or too slow.
+_UNAVAILABLE = (coredis.exceptions.RedisError, OSError, TimeoutError)
+
+#: The longest pause between two attempts of background work while Redis is failing.
+MAX_RETRY_DELAY_SECONDS = 5.0
+
+# KEYS: meta, stream. ARGV: pub/sub channel, data, new epoch, history size, history ttl
+# (ms), stream idle time (ms).
+_PUBLISH = """
+local meta, stream = KEYS[1], KEYS[2]
+local epoch = redis.call('HGET', meta, 'epoch')
+if not epoch then
+  epoch = ARGV[3]
+  redis.call('DEL', stream)
+  redis.call('HSET', meta, 'epoch', epoch)
+end
+local top = redis.call('HINCRBY', meta, 'top', 1)
+local size, ttl = tonumber(ARGV[4]), tonumber(ARGV[5])
+redis.call('HSET', meta, 'ttl', ttl)
+if size > 0 then
+  local now = redis.call('TIME')
+  local ms = now[1] * 1000 + math.floor(now[2] / 1000)
+  redis.call('XADD', stream, 'MAXLEN', size, top .. '-0', 'd', ARGV[2], 't', ms)
+  if ttl > 0 then redis.call('PEXPIRE', stream, ttl) else redis.call('PEXPIRE', stream, ARGV[6]) end
+else
+  redis.call('DEL', stream)
+end
+redis.call('PEXPIRE', meta, ARGV[6])
+redis.call('PUBLISH', ARGV[1], epoch .. ':' .. top .. ':' .. ARGV[2])
+return {top, epoch}
+"""
+
+# KEYS: meta, stream. ARGV: after (-1 for the newest), limit (-1 for all), the epoch to
+# start the stream with if it has none ('' to leave it be), stream idle time (ms).
+# Returns {epoch, top, {id, data, id, data, ...}}, without the expired entries.
+_READ = """
+local meta, stream = KEYS[1], KEYS[2]
+local found = redis.call('HMGET', meta, 'epoch', 'top', 'ttl')
+local epoch = found[1]
+if not epoch then
+  if ARGV[3] == '' then return {'', 0, {}} end
+  epoch = ARGV[3]
+  redis.call('DEL', stream)
+  redis.call('HSET', meta, 'epoch', epoch, 'top', 0)
+  found[2] = 0
+end
+if ARGV[3] ~= '' then redis.call('PEXPIRE', meta, ARGV[4]) end
+local top, ttl = tonumber(found[2] or 0), tonumber(found[3] or 0)
+local after, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
+local entries = {}
+if limit ~= 0 then
+  if after < 0 then
+    if limit < 0 then
+      entries = redis.call('XRANGE', stream, '-', '+')
+    else
+      local newest = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', limit)
+      for index = #newest, 1, -1 do entries[#entries + 1] = newest[index] end
+    end
+  elseif after < top then
+    if limit < 0 then
+      entries = redis.call('XRANGE', stream, (after + 1) .. '-0', '+')
+    else
+      entries = redis.call('XRANGE', stream, (after + 1) .. '-0', '+', 'COUNT', limit)
+    end
+  end
+end
+local oldest_allowed = -1
+if ttl > 0 then
+  local now = redis.call('TIME')
+  oldest_allowed = now[1] * 1000 + math.floor(now[2] / 1000) - ttl
+end
+local kept = {}
+for _, entry in ipairs(entries) do
+  local fields = entry[2]
+  if tonumber(fields[4]) > oldest_allowed then
+    kept[#kept + 1] = entry[1]
+    kept[#kept + 1] = fields[2]
+  end
+end
+return {epoch, top, kept}
+"""
+
+
+class _Listening:
+    """A channel this node is subscribed to in Redis."""
+
+    __slots__ = ("epoch", "held", "last", "wanted")
+
+    def __init__(self) -> None:
+        self.epoch = b""
+        self.last = 0
+        """The offset of the last publication delivered."""
+        self.wanted = True
+        """False once the last local subscriber left; the node then unsubscribes."""
+        self.held: list[bytes] | None = []
+        """Messages received while the start is read or missing ones are fetched."""
+
+
+class RedisBroker:
+    """A broker that shares channels between the nodes connected to one Redis.
+
+    Open one with `open_redis_broker`. Every call that reaches Redis raises
+    `BrokerUnavailable` when Redis is down or takes longer than *timeout_seconds*.
+    """
+
+    def __init__(
+        self,
+        client: coredis.Redis[bytes],
+        pubsub: coredis.patterns.pubsub.PubSub[bytes],
+        config: BrokerConfig,
+        deliver: Deliver,
+        lost: Lost,
+    ) -> None:
+        self._client = client
+        self._pubsub = pubsub
+        self._prefix = config.prefix
+        self._idle_ms = max(1, round(config.stream_idle_seconds * 1000))
+        self._refresh_seconds = config.stream_idle_seconds / 3
+        self._timeout_seconds = config.timeout_seconds
+        self._publish_script = client.register_script(_PUBLISH)
+        self._read_script = client.register_script(_READ)
+        self._deliver = deliver
+        self._lost = lost
+        self._listening: dict[str, _Listening] = {}
+        self._changing = anyio.Lock()
+        self._to_repair: set[str] = set()
+        self._to_leave: set[str] = set()
+        self._work = anyio.Event()
+
+    @property
+    def channel_count(self) -> int:
+        """How many channels this node is subscribed to in Redis."""
+        return len(self._listening)
+
+    async def publish(self, channel: str, data: msgspec.Raw, history: History) -> Position:
+        try:
+            with anyio.fail_after(self._timeout_seconds):
+                reply: Any = await self._publish_script(
+                    keys=self._keys(channel),
+                    args=[
+                        f"{self._prefix}:p:{channel}",
+                        bytes(data),
+                        secrets.token_hex(6),
+                        history.size,
+                        round(history.ttl_seconds * 1000),
+                        self._idle_ms,
+                    ],
+                )
+        except _UNAVAILABLE as exc:
+            raise BrokerUnavailable("publish", _describe(exc)) from exc
+        top, epoch = reply
+        return Position(int(top), epoch.decode())
+
+    async def read(
+        self, channel: str, *, after: int | None, epoch: str | None, limit: int | None
+    ) -> HistoryPage:
+        position, publications = await self._read(channel, after=after, limit=limit, start="")
+        if not position.epoch:
+            return HistoryPage(position, [], complete=after is None)
+        if after is None:
+            return HistoryPage(position, publications, complete=True)
+        if (epoch is not None and epoch != position.epoch) or after > position.offset:
+            return HistoryPage(position, [], complete=False)
+        oldest = publications[0].offset if publications else position.offset + 1
+        return HistoryPage(position, publications, complete=oldest <= after + 1)
+
+    async def subscribe(self, channel: str) -> None:
+        async with self._changing:
+            listening = self._listening.get(channel)
+            if listening is not None:
+                listening.wanted = True
+                return
+            listening = self._listening[channel] = _Listening()
+            try:
+                with anyio.fail_after(self._timeout_seconds):
+                    await self._pubsub.subscribe(f"{self._prefix}:p:{channel}")
+                position, _ = await self._read(
+                    channel, after=None, limit=0, start=secrets.token_hex(6)
+                )
+            except BaseException as exc:
+                # Redis may hold the subscription all the same: have it dropped.
+                del self._listening[channel]
+                self._leave_soon(channel)
+                if isinstance(exc, _UNAVAILABLE):
+                    raise BrokerUnavailable("subscribe", _describe(exc)) from exc
+                raise
+            listening.epoch, listening.last = position.epoch.encode(), position.offset
+            held, listening.held = listening.held or [], None
+            for message in held:
+                self._receive(channel, listening, message)
+
+    def unsubscribe(self, channel: str) -> None:
+        listening = self._listening.get(channel)
+        if listening is not None:
+            listening.wanted = False
+            self._leave_soon(channel)
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Receive from Redis and keep this node's subscriptions right. Runs until cancelled."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._listen)
+            tg.start_soon(self._maintain)
+            task_status.started()
+
+    def _keys(self, channel: str) -> list[str]:
+        return [f"{self._prefix}:m:{channel}", f"{self._prefix}:s:{channel}"]
+
+    async def _read(
+        self, channel: str, *, after: int | None, limit: int | None, start: str
+    ) -> tuple[Position, list[Publication]]:
+        """Run the read script; with *start*, a missing stream begins with that epoch."""
+        try:
+            with anyio.fail_after(self._timeout_seconds):
+                reply: Any = await self._read_script(
+                    keys=self._keys(channel),
+                    args=[
+                        -1 if after is None else after,
+                        -1 if limit is None else limit,
+                        start,
+                        self._idle_ms,
+                    ],
+                )
+        except _UNAVAILABLE as exc:
+            raise BrokerUnavailable("read", _describe(exc)) from exc
+        epoch, top, found = reply
+        publications = [
+            Publication(
+                channel, int(found[index].partition(b"-")[0]), msgspec.Raw(found[index + 1])
+            )
+            for index in range(0, len(found), 2)
+        ]
+        return Position(int(top), epoch.decode()), publications
+
+    def _receive(self, channel: str, listening: _Listening, message: bytes) -> None:
+        """Deliver one pub/sub *message* in order, or hold it until the gap is filled."""
+        if listening.held is not None:
+            listening.held.append(message)
+            return
+        epoch, _, rest = message.partition(b":")
+        offset_text, _, data = rest.partition(b":")
+        offset = int(offset_text)
+        if epoch != listening.epoch:
+            # Redis lost the stream (restarted without persistence, or it idled out) and
+            # a new one began: its offsets start again at 1.
+            logger.warning("channel %r restarted with a new epoch in Redis", channel)
+            listening.epoch, listening.last = epoch, 0
+        if offset <= listening.last:
+            return  # already delivered, from the stream
+        if offset > listening.last + 1:
+            listening.held = [message]
+            self._to_repair.add(channel)
+            self._work.set()
+            return
+        listening.last = offset
+        self._deliver(Publication(channel, offset, msgspec.Raw(data)))
+
+    def _leave_soon(self, channel: str) -> None:
+        self._to_leave.add(channel)
+        self._work.set()
+
+    async def _listen(self) -> None:
+        start = len(self._prefix) + 3  # past "P:p:"
+        while True:
+            message: Any = await self._pubsub.get_message()
+            if message is None or message["type"] != "message":
+                continue
+            channel = message["channel"][start:].decode()
+            listening = self._listening.get(channel)
+            if listening is not None:
+                self._receive(channel, listening, message["data"])
+
+    async def _maintain(self) -> None:
+        """Fill gaps, drop subscriptions no longer wanted, keep streams alive."""
+        failures = 0
+        next_refresh = anyio.current_time()
+        while True:
+            with anyio.move_on_after(max(0.0, next_refresh - anyio.current_time())):
+                await self._work.wait()
+            self._work = anyio.Event()
+            try:
+                for channel in list(self._to_repair):
+                    await self._repair(channel)
+                    self._to_repair.discard(channel)
+                async with self._changing:
+                    for channel in list(self._to_leave):
+                        await self._leave(channel)
+                        self._to_leave.discard(channel)
+                if anyio.current_time() >= next_refresh:
+                    await self._refresh()
+                    next_refresh = anyio.current_time() + self._refresh_seconds
+                failures = 0
+            except _UNAVAILABLE as exc:
+                failures += 1
+                delay = min(MAX_RETRY_DELAY_SECONDS, 0.05 * 2**failures)
+                logger.warning("Redis upkeep failed, retrying in %.2fs: %s", delay, exc)
+                await anyio.sleep(delay)
+                self._work.set()
+
+    async def _repair(self, channel: str) -> None:
+        """Deliver what *channel* missed before its first held message, or report it lost."""
+        listening = self._listening.get(channel)
+        if listening is None or not listening.held:
+            return
+        first_held = int(listening.held[0].split(b":", 2)[1])
+        expected = listening.last + 1
+        position, publications = await self._read(
+            channel, after=listening.last, limit=first_held - expected, start=""
+        )
+        if position.epoch.encode() != listening.epoch:
+            publications = []
+        for publication in publications:
+            if publication.offset >= first_held:
+                break
+            if publication.offset > expected:
+                self._lost(channel, expected, publication.offset - 1)
+            self._deliver(publication)
+            expected = publication.offset + 1
+        if expected < first_held:
+            self._lost(channel, expected, first_held - 1)
+        listening.last = first_held - 1
+        held, listening.held = listening.held, None
+        for message in held:
+            self._receive(channel, listening, message)
+
+    async def _leave(self, channel: str) -> None:
+        listening = self._listening.get(channel)
+        if listening is not None and listening.wanted:
+            return  # subscribed again meanwhile
+        self._listening.pop(channel, None)
+        with anyio.fail_after(self._timeout_seconds):
+            await self._pubsub.unsubscribe(f"{self._prefix}:p:{channel}")
+
+    async def _refresh(self) -> None:
+        """Keep the epoch of every channel with subscribers here from idling out."""
+        channels = list(self._listening)
+        if not channels:
+            return
+        with anyio.fail_after(self._timeout_seconds):
+            async with self._client.pipeline(transaction=False) as pipeline:
+                for channel in channels:
+                    pipeline.pexpire(f"{self._prefix}:m:{channel}", self._idle_ms)
+
+
+def _describe(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
+@asynccontextmanager
+async def open_redis_broker(
+    config: BrokerConfig, deliver: Deliver, lost: Lost
+) -> AsyncIterator[RedisBroker]:
+    """Connect to Redis and run a `RedisBroker` for the duration of the block.
+
+    The pub/sub connection reconnects by itself with capped exponential backoff and
+    resubscribes; messages published meanwhile are read from the streams or reported
+    lost (see the module docstring).
+    """
+    client: coredis.Redis[bytes] = coredis.Redis.from_url(
+        config.redis_url, decode_responses=False, connect_timeout=config.timeout_seconds
+    )
+    async with client:
+        # coredis's pub/sub keeps reconnecting while Redis is down, and then does not
+        # end when its block is left: one scope around it all cancels it too.
+        with anyio.CancelScope() as scope:
+            async with (
+                client.pubsub(ignore_subscribe_messages=True) as pubsub,
+                anyio.create_task_group() as tg,
+            ):
+                broker = RedisBroker(client, pubsub, config, deliver, lost)
+                await tg.start(broker.run)
+                try:
+                    yield broker
+                finally:
+                    scope.cancel()

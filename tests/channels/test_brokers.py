@@ -1,0 +1,250 @@
+"""What every broker does, checked on the memory broker and on Redis (a real redis-server).
+
+Redis-only behaviour (several nodes, gaps in pub/sub) follows the shared tests.
+"""
+
+from __future__ import annotations
+
+import gc
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import TYPE_CHECKING
+
+import anyio
+import coredis
+import msgspec
+import pytest
+
+from channels.brokers import open_broker
+from channels.brokers.redis import RedisBroker
+from channels.config import BrokerConfig, History
+from channels.errors import BrokerUnavailable
+from tests.support.redis import RedisServer
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from pathlib import Path
+
+    from channels.brokers import Broker
+    from channels.publication import Publication
+
+NO_HISTORY = History()
+
+
+def raw(value: object) -> msgspec.Raw:
+    return msgspec.Raw(msgspec.json.encode(value))
+
+
+class Node:
+    """A broker with what it delivered and reported lost."""
+
+    def __init__(self) -> None:
+        self.delivered: list[Publication] = []
+        self.lost: list[tuple[str, int, int]] = []
+        self.arrived = anyio.Event()
+        self.broker: Broker
+
+    def deliver(self, publication: Publication) -> None:
+        self.delivered.append(publication)
+        self.arrived.set()
+
+    def lose(self, channel: str, first: int, last: int) -> None:
+        self.lost.append((channel, first, last))
+        self.arrived.set()
+
+    def offsets(self, channel: str = "c") -> list[int]:
+        return [item.offset for item in self.delivered if item.channel == channel]
+
+    async def wait_for(self, count: int) -> None:
+        """Wait until *count* offsets were delivered or reported lost."""
+        while len(self.delivered) + sum(last - first + 1 for _, first, last in self.lost) < count:
+            self.arrived = anyio.Event()
+            await self.arrived.wait()
+
+
+@asynccontextmanager
+async def nodes(config: BrokerConfig, count: int = 1) -> AsyncIterator[list[Node]]:
+    with anyio.fail_after(20):
+        async with AsyncExitStack() as stack:
+            opened = []
+            for _ in range(count):
+                node = Node()
+                node.broker = await stack.enter_async_context(
+                    open_broker(config, node.deliver, node.lose)
+                )
+                opened.append(node)
+            yield opened
+
+
+@pytest.fixture(params=["memory", "redis"])
+def broker_config(request: pytest.FixtureRequest) -> BrokerConfig:
+    if request.param == "memory":
+        return BrokerConfig()
+    config: BrokerConfig = request.getfixturevalue("redis_broker")
+    return config
+
+
+async def test_publish_delivers_in_offset_order(broker_config: BrokerConfig) -> None:
+    async with nodes(broker_config) as [node]:
+        await node.broker.subscribe("c")
+        positions = [await node.broker.publish("c", raw(index), NO_HISTORY) for index in range(3)]
+        assert [position.offset for position in positions] == [1, 2, 3]
+        assert len({position.epoch for position in positions}) == 1
+        await node.wait_for(3)
+        assert [(item.offset, bytes(item.data)) for item in node.delivered] == [
+            (1, b"0"),
+            (2, b"1"),
+            (3, b"2"),
+        ]
+
+
+async def test_subscribe_fixes_the_epoch_that_later_publishes_use(
+    broker_config: BrokerConfig,
+) -> None:
+    async with nodes(broker_config) as [node]:
+        await node.broker.subscribe("c")
+        start = await node.broker.read("c", after=None, epoch=None, limit=0)
+        assert start.position.offset == 0
+        assert start.position.epoch
+        published = await node.broker.publish("c", raw(1), NO_HISTORY)
+        assert published.epoch == start.position.epoch
+
+
+async def test_history_is_trimmed_by_size_and_read_after_an_offset(
+    broker_config: BrokerConfig,
+) -> None:
+    history = History(size=3)
+    async with nodes(broker_config) as [node]:
+        await node.broker.subscribe("c")
+        for index in range(1, 6):
+            last = await node.broker.publish("c", raw(index), history)
+        newest = await node.broker.read("c", after=None, epoch=None, limit=None)
+        assert [item.offset for item in newest.publications] == [3, 4, 5]
+        assert newest.position == last
+        two = await node.broker.read("c", after=None, epoch=None, limit=2)
+        assert [bytes(item.data) for item in two.publications] == [b"4", b"5"]
+        page = await node.broker.read("c", after=3, epoch=last.epoch, limit=None)
+        assert (page.complete, [item.offset for item in page.publications]) == (True, [4, 5])
+        limited = await node.broker.read("c", after=2, epoch=last.epoch, limit=1)
+        assert (limited.complete, [item.offset for item in limited.publications]) == (True, [3])
+        trimmed = await node.broker.read("c", after=1, epoch=last.epoch, limit=None)
+        assert not trimmed.complete
+        other_epoch = await node.broker.read("c", after=4, epoch="elsewhere", limit=None)
+        assert (other_epoch.complete, other_epoch.publications) == (False, [])
+        ahead = await node.broker.read("c", after=9, epoch=last.epoch, limit=None)
+        assert not ahead.complete
+        caught_up = await node.broker.read("c", after=5, epoch=last.epoch, limit=None)
+        assert (caught_up.complete, caught_up.publications) == (True, [])
+
+
+async def test_history_expires_by_age(broker_config: BrokerConfig) -> None:
+    async with nodes(broker_config) as [node]:
+        await node.broker.subscribe("c")
+        await node.broker.publish("c", raw(1), History(size=10, ttl_seconds=0.05))
+        await anyio.sleep(0.2)  # let the message age past its time to live
+        last = await node.broker.publish("c", raw(2), History(size=10, ttl_seconds=0.05))
+        page = await node.broker.read("c", after=0, epoch=last.epoch, limit=None)
+        assert [item.offset for item in page.publications] == [2]
+        assert not page.complete
+
+
+async def test_read_of_an_unknown_channel_is_empty(broker_config: BrokerConfig) -> None:
+    async with nodes(broker_config) as [node]:
+        page = await node.broker.read("nobody", after=None, epoch=None, limit=None)
+        assert (page.position.offset, page.publications, page.complete) == (0, [], True)
+        since = await node.broker.read("nobody", after=3, epoch="e", limit=None)
+        assert not since.complete
+
+
+async def test_redis_nodes_share_channels_in_one_order(redis_broker: BrokerConfig) -> None:
+    async with nodes(redis_broker, 3) as [a, b, c]:
+        for node in (a, b, c):
+            await node.broker.subscribe("c")
+        async with anyio.create_task_group() as tg:
+            # Two nodes publish at once; every node sees one order, that of the offsets.
+            for node in (a, b):
+                for index in range(50):
+                    tg.start_soon(node.broker.publish, "c", raw(index), NO_HISTORY)
+        for node in (a, b, c):
+            await node.wait_for(100)
+            assert node.offsets() == list(range(1, 101))
+        assert [bytes(item.data) for item in a.delivered] == [
+            bytes(item.data) for item in c.delivered
+        ]
+
+
+async def test_redis_subscription_per_channel_is_dropped_with_its_last_subscriber(
+    redis_broker: BrokerConfig, redis_server: RedisServer
+) -> None:
+    async with (
+        nodes(redis_broker) as [node],
+        coredis.Redis.from_url(redis_server.url) as client,
+    ):
+        name = f"{redis_broker.prefix}:p:c"
+        await node.broker.subscribe("c")
+        await node.broker.subscribe("c")  # a second local subscriber
+        assert await client.pubsub_numsub(name) == {name.encode(): 1}
+        node.broker.unsubscribe("c")
+        while (await client.pubsub_numsub(name))[name.encode()]:  # noqa: ASYNC110 - polls Redis
+            await anyio.sleep(0.01)  # the node drops it in the background
+        assert isinstance(node.broker, RedisBroker)
+        assert node.broker.channel_count == 0
+
+
+@pytest.mark.parametrize("size", [100, 0], ids=["kept", "not-kept"])
+async def test_redis_messages_missed_by_a_broken_subscription_are_read_or_reported(
+    redis_broker: BrokerConfig, redis_server: RedisServer, size: int
+) -> None:
+    history = History(size=size)
+    async with (
+        nodes(redis_broker, 2) as [publisher, listener],
+        coredis.Redis.from_url(redis_server.url) as client,
+    ):
+        name = f"{redis_broker.prefix}:p:c"
+        await listener.broker.subscribe("c")
+        await publisher.broker.publish("c", raw(1), history)
+        await listener.wait_for(1)
+        # Break the listener's pub/sub connection, publish while it reconnects.
+        await client.client_kill(type_=coredis.PureToken.PUBSUB)
+        for index in range(2, 6):
+            await publisher.broker.publish("c", raw(index), history)
+        while not (await client.pubsub_numsub(name))[name.encode()]:  # noqa: ASYNC110 - polls Redis
+            await anyio.sleep(0.01)  # coredis resubscribes after a backoff
+        await publisher.broker.publish("c", raw(6), history)
+        await listener.wait_for(6)
+        lost = [offset for _, first, last in listener.lost for offset in range(first, last + 1)]
+        assert sorted(listener.offsets() + lost) == list(range(1, 7))
+        assert listener.offsets() == sorted(listener.offsets())
+        if size:
+            assert (listener.offsets(), lost) == ([1, 2, 3, 4, 5, 6], [])
+
+
+# coredis 6.9 leaves the memory streams of a connection that never connected unclosed.
+@pytest.mark.filterwarnings("ignore:Unclosed <MemoryObject:ResourceWarning")
+async def test_a_publish_while_redis_is_down_is_refused_then_works_again(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    own = RedisServer(redis_server.binary, tmp_path)
+    own.start()
+    try:
+        config = BrokerConfig(kind="redis", url=own.url, timeout_seconds=1)
+        async with nodes(config) as [node]:
+            await node.broker.subscribe("c")
+            await node.broker.publish("c", raw(1), NO_HISTORY)
+            own.stop()
+            with pytest.raises(BrokerUnavailable) as refused:
+                await node.broker.publish("c", raw(2), NO_HISTORY)
+            assert refused.value.code == 301
+            own.start()
+            with anyio.fail_after(15):
+                while True:
+                    try:
+                        position = await node.broker.publish("c", raw(3), NO_HISTORY)
+                    except BrokerUnavailable:
+                        await anyio.sleep(0.05)  # the client reconnects after a backoff
+                    else:
+                        break
+            # Redis kept nothing: the stream starts again, in a new epoch.
+            assert position.offset == 1
+    finally:
+        own.stop()
+    gc.collect()  # see the mark: collected here, not in whatever test runs next

@@ -1,0 +1,135 @@
+"""Several Clarion nodes sharing channels through a real redis-server.
+
+One node runs in this process on the test's backend; the other is a ``clarion serve``
+process on the same backend or on the other one (the mixed pair).
+"""
+
+from __future__ import annotations
+
+import sys
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import anyio
+import msgspec
+import pytest
+
+from channels.config import BrokerConfig, ChannelRule, Config, History
+from tests.integration.test_commands import process
+from tests.support.redis import free_port
+from tests.support.server import Server, http_publish, running_server
+from tests.support.wsclient import connect, subscribe
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from service.runner import Backend
+
+BIN = Path(sys.executable).parent
+OTHER: dict[str, Backend] = {"asyncio": "trio", "trio": "asyncio"}
+
+
+@asynccontextmanager
+async def two_nodes(
+    backend: Backend, pair: str, broker: BrokerConfig, tmp_path: Path
+) -> AsyncIterator[tuple[Server, Server]]:
+    """Node A in this process on *backend*; node B a ``clarion serve`` process."""
+    config = Config(broker=broker, channels=[ChannelRule(match="*", history=History(size=100))])
+    path = tmp_path / "channels.yaml"
+    path.write_bytes(msgspec.yaml.encode(msgspec.to_builtins(config)))
+    other = backend if pair == "same" else OTHER[backend]
+    port_a, port_b = free_port(), free_port()
+    argv = [str(BIN / "clarion"), "serve", "--config", str(path), "--backend", other]
+    async with (
+        running_server(config, backend, port_a) as a,
+        process([*argv, "--bind", f"127.0.0.1:{port_b}"], port_b, tmp_path / "b.log"),
+    ):
+        yield a, Server("127.0.0.1", port_b)
+
+
+@pytest.mark.parametrize("pair", ["same", "mixed"])
+async def test_a_thousand_messages_reach_every_node_in_order(
+    anyio_backend: Backend, pair: str, redis_broker: BrokerConfig, tmp_path: Path
+) -> None:
+    with anyio.fail_after(60):
+        async with (
+            two_nodes(anyio_backend, pair, redis_broker, tmp_path) as (a, b),
+            connect(a.ws_url) as on_a,
+            connect(b.ws_url) as on_b,
+            connect(b.ws_url) as publisher,
+        ):
+            await subscribe(on_a, "busy")
+            await subscribe(on_b, "busy")
+            for index in range(1000):  # pipelined: replies are read afterwards
+                await publisher.send_json(
+                    {"type": "publish", "id": index, "channel": "busy", "data": index}
+                )
+            replies = [await publisher.receive_object() for _ in range(1000)]
+            assert [reply["offset"] for reply in replies] == list(range(1, 1001))
+            for client in (on_a, on_b):
+                got = [await client.receive_object() for _ in range(1000)]
+                assert [message["data"] for message in got] == list(range(1000))
+                assert [message["offset"] for message in got] == list(range(1, 1001))
+
+
+@pytest.mark.parametrize("pair", ["same", "mixed"])
+async def test_a_client_recovers_on_another_node_what_it_missed(
+    anyio_backend: Backend, pair: str, redis_broker: BrokerConfig, tmp_path: Path
+) -> None:
+    with anyio.fail_after(30):
+        async with two_nodes(anyio_backend, pair, redis_broker, tmp_path) as (a, b):
+            async with connect(a.ws_url) as reader:
+                epoch = (await subscribe(reader, "feed"))["epoch"]
+                for index in range(3):
+                    await http_publish(a, "feed", index)
+                seen = [await reader.receive_object() for _ in range(3)]
+            for index in range(3, 8):
+                await http_publish(a, "feed", index)
+            async with connect(b.ws_url) as reader:
+                since = {"offset": seen[-1]["offset"], "epoch": epoch}
+                reply = await subscribe(reader, "feed", since=since)
+                assert (reply["recovered"], reply["offset"], reply["epoch"]) == (True, 8, epoch)
+                await http_publish(a, "feed", "live")
+                got = [await reader.receive_object() for _ in range(6)]
+                assert [message["data"] for message in got] == [3, 4, 5, 6, 7, "live"]
+                assert [message["offset"] for message in got] == list(range(4, 10))
+            async with connect(b.ws_url) as stranger:
+                reply = await subscribe(stranger, "feed", since={"offset": 2, "epoch": "old"})
+                assert reply["recovered"] is False
+
+
+async def test_live_messages_racing_the_replay_arrive_once_and_in_order(
+    anyio_backend: Backend, redis_broker: BrokerConfig, tmp_path: Path
+) -> None:
+    with anyio.fail_after(60):
+        async with (
+            two_nodes(anyio_backend, "mixed", redis_broker, tmp_path) as (a, b),
+            connect(a.ws_url) as publisher,
+        ):
+            async with connect(a.ws_url) as reader:
+                epoch = (await subscribe(reader, "race"))["epoch"]
+            stop = anyio.Event()
+
+            async def flood() -> None:
+                index = 0
+                while not stop.is_set():
+                    await publisher.request({"type": "publish", "channel": "race", "data": index})
+                    index += 1
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(flood)
+                seen = 0
+                for round_ in range(5):
+                    # Resubscribe a little behind on the other node while messages flow:
+                    # the replay and the live messages must join without a gap or repeat.
+                    async with connect((b, a)[round_ % 2].ws_url) as reader:
+                        since = {"offset": max(0, seen - 10), "epoch": epoch}
+                        reply = await subscribe(reader, "race", since=since)
+                        assert reply["recovered"] is True, round_
+                        expected = since["offset"] + 1
+                        while expected <= reply["offset"] + 20:
+                            assert (await reader.receive_object())["offset"] == expected
+                            expected += 1
+                        seen = expected - 1
+                stop.set()
