@@ -123,7 +123,7 @@ class ServerConfig(_Base, frozen=True):
         parse_bind(self.bind)
         if not self.websocket_path.startswith("/"):
             raise ValueError(f"websocket_path {self.websocket_path!r} must start with '/'")
-        if self.websocket_path in {"/health", "/api/publish"}:
+        if self.websocket_path in {"/health", "/ready", "/api/publish"}:
             raise ValueError(f"websocket_path {self.websocket_path!r} is taken by the HTTP API")
         if self.recovery_max_messages is not None and (
             self.recovery_max_messages > self.outbox_messages
@@ -157,6 +157,8 @@ class BrokerConfig(_Base, frozen=True):
     messages live no longer than this either."""
     timeout_seconds: Annotated[float, msgspec.Meta(gt=0)] = 5 * SECONDS
     """Redis only: a Redis call that takes longer fails (a publish with error 301)."""
+    check_seconds: Annotated[float, msgspec.Meta(gt=0)] = 1 * SECONDS
+    """Redis only: how often a node checks Redis (``GET /ready``) and catches up."""
 
     def __post_init__(self) -> None:
         if self.kind == "memory" and self.url is not None:

@@ -148,6 +148,14 @@ class Hub:
         self.closing = False
         self._no_connections: anyio.Event | None = None
 
+    def not_ready_reason(self) -> str | None:
+        """Why the node should get no new clients now (None when it is ready)."""
+        if self.closing:
+            return "draining"
+        if not self._broker.ready:
+            return "broker unavailable"
+        return None
+
     def attach(self, outbox: Outbox) -> None:
         """Register a new connection's outbox.
 
@@ -334,6 +342,20 @@ class Hub:
         for outbox in state.subscribers:
             outbox.record_gap(channel, first, last)
 
+    def restarted(self, channel: str, epoch: str) -> None:
+        """Tell *channel*'s local subscribers its stream started again in *epoch*.
+
+        The broker calls this when it lost the stream (Redis restarted without
+        persistence); what follows has offsets from 1 in the new epoch.
+        """
+        state = self._channels.get(channel)
+        if state is None:
+            return
+        state.last_offset = 0
+        state.skip_until.clear()
+        for outbox in state.subscribers:
+            outbox.record_restart(channel, epoch)
+
     def statistics(self) -> HubStatistics:
         """Return the hub's current counters."""
         return HubStatistics(
@@ -361,6 +383,24 @@ class Hub:
             self._broker.unsubscribe(channel)
 
 
+class _Forward:
+    """The broker's receiver: the hub, once it exists (it needs the broker first)."""
+
+    hub: Hub | None = None
+
+    def deliver(self, publication: Publication) -> None:
+        if self.hub is not None:
+            self.hub.deliver(publication)
+
+    def lost(self, channel: str, first: int, last: int) -> None:
+        if self.hub is not None:
+            self.hub.lost(channel, first, last)
+
+    def restarted(self, channel: str, epoch: str) -> None:
+        if self.hub is not None:
+            self.hub.restarted(channel, epoch)
+
+
 @asynccontextmanager
 async def open_hub(
     config: Config, encode: Callable[[Publication], bytes], *, direct_sends: bool = False
@@ -374,18 +414,9 @@ async def open_hub(
         direct_sends: whether a send that has to wait can be abandoned without losing
             its frame, so that the flusher may send itself (see `channels.sender`).
     """
-    hub: Hub | None = None
-
-    def deliver(publication: Publication) -> None:
-        if hub is not None:
-            hub.deliver(publication)
-
-    def lost(channel: str, first: int, last: int) -> None:
-        if hub is not None:
-            hub.lost(channel, first, last)
-
-    async with open_broker(config.broker, deliver, lost) as broker, anyio.create_task_group() as tg:
-        hub = Hub(config, broker, encode, direct_sends=direct_sends)
+    receiver = _Forward()
+    async with open_broker(config.broker, receiver) as broker, anyio.create_task_group() as tg:
+        hub = receiver.hub = Hub(config, broker, encode, direct_sends=direct_sends)
         await tg.start(hub.flusher.run)
         try:
             yield hub

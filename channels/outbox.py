@@ -56,6 +56,7 @@ class Outbox:
     __slots__ = (
         "_closed",
         "_encode_gap",
+        "_encode_restart",
         "_failure",
         "_frame_max_bytes",
         "_gaps",
@@ -73,6 +74,8 @@ class Outbox:
         frame_max_bytes: int,
         encode_gap: Callable[[str, int, int], str],
         on_fail: Callable[[], None] | None = None,
+        *,
+        encode_restart: Callable[[str, str], str],
     ) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
@@ -82,6 +85,7 @@ class Outbox:
         self.on_fail = on_fail
         self._frame_max_bytes = frame_max_bytes
         self._encode_gap = encode_gap
+        self._encode_restart = encode_restart
         # A list, not a deque: an idle connection's empty list costs 56 bytes, an empty
         # deque 600; batches are cut from the front with one slice.
         self._queue: list[Delivery] = []
@@ -168,6 +172,15 @@ class Outbox:
             size = len(text) if text.isascii() else len(text.encode())
             self._queue.append(Delivery(None, 0, text, size))
             self.notify()
+
+    def record_restart(self, channel: str, epoch: str) -> None:
+        """Tell the client that *channel*'s stream started again in *epoch*, from offset 1.
+
+        Queued before anything the channel delivers afterwards; a gap still pending for
+        the old stream is dropped, since its offsets mean nothing in the new one.
+        """
+        self._gaps.pop(channel, None)
+        self.put_nowait(self._encode_restart(channel, epoch))
 
     def record_gap(self, channel: str, first: int, last: int) -> None:
         """Report that offsets *first* to *last* of *channel* will not be delivered."""

@@ -64,6 +64,7 @@ HTTP_STATUS: dict[type[Exception], int] = {
     UpgradeRequired: 426,
 }
 _HEALTH_BODY = msgspec.json.encode({"status": "ok"})
+_READY_BODY = msgspec.json.encode({"status": "ready"})
 
 
 class NoMatchFound(Exception):
@@ -77,8 +78,9 @@ class NoMatchFound(Exception):
 class Clarion:
     """The Clarion ASGI application for one node.
 
-    Routes: the WebSocket endpoint at ``server.websocket_path``, ``POST /api/publish``
-    and ``GET /health``; everything else is a JSON 404. The hub lives in the lifespan.
+    Routes: the WebSocket endpoint at ``server.websocket_path``, ``POST /api/publish``,
+    ``GET /health`` (liveness) and ``GET /ready`` (readiness); everything else is a
+    JSON 404. The hub lives in the lifespan.
     """
 
     def __init__(self, config: Config, *, direct_sends: bool | None = False) -> None:
@@ -99,6 +101,7 @@ class Clarion:
             "websocket": URLPath(config.server.websocket_path, "websocket"),
             "publish": URLPath("/api/publish", "http"),
             "health": URLPath("/health", "http"),
+            "ready": URLPath("/ready", "http"),
         }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -111,7 +114,7 @@ class Clarion:
             await self._lifespan(receive, send)
 
     def url_path_for(self, name: str, /, **path_params: Any) -> URLPath:
-        """Return the path of the route called ``websocket``, ``publish`` or ``health``.
+        """Return the path of the route called ``websocket``, ``publish``, ``health`` or ``ready``.
 
         Raises:
             NoMatchFound: for any other name, or with path parameters (no route has any).
@@ -197,6 +200,13 @@ class Clarion:
             if method not in {"GET", "HEAD"}:
                 raise MethodNotAllowed(method, path, ("GET", "HEAD"))
             return 200, _HEALTH_BODY
+        if path == "/ready":
+            if method not in {"GET", "HEAD"}:
+                raise MethodNotAllowed(method, path, ("GET", "HEAD"))
+            reason = "starting" if self.hub is None else self.hub.not_ready_reason()
+            if reason is not None:
+                return 503, msgspec.json.encode({"status": "not ready", "reason": reason})
+            return 200, _READY_BODY
         if path == "/api/publish":
             if method != "POST":
                 raise MethodNotAllowed(method, path, ("POST",))

@@ -41,6 +41,7 @@ __all__ = (
     "PublishRequest",
     "Reply",
     "RequestTooLarge",
+    "Restart",
     "RouteNotFound",
     "Since",
     "Subscribe",
@@ -55,6 +56,7 @@ __all__ = (
     "encode_error",
     "encode_gap",
     "encode_message",
+    "encode_restart",
 )
 
 RequestId = int | str | None
@@ -315,6 +317,17 @@ class Gap(Frame, tag="gap", frozen=True, kw_only=True):
     last: int
 
 
+class Restart(Frame, tag="restart", frozen=True, kw_only=True):
+    """``channel``'s stream started again in ``epoch``: offsets begin again at 1.
+
+    Sent when the broker lost the stream (Redis restarted without persistence). What
+    was published on the old stream after the client's last offset may be lost.
+    """
+
+    channel: str
+    epoch: str
+
+
 _encoder = msgspec.json.Encoder()
 
 
@@ -333,6 +346,11 @@ def encode_message(publication: Publication) -> bytes:
 def encode_gap(channel: str, first: int, last: int) -> str:
     """Encode a ``gap`` notice."""
     return encode(Gap(channel=channel, first=first, last=last))
+
+
+def encode_restart(channel: str, epoch: str) -> str:
+    """Encode a ``restart`` notice."""
+    return encode(Restart(channel=channel, epoch=epoch))
 
 
 def encode_error(code: int, message: str, request_id: RequestId = None) -> str:

@@ -35,6 +35,7 @@ from service.protocol import (
     encode,
     encode_error,
     encode_gap,
+    encode_restart,
 )
 from service.websocket import WebSocketDisconnect, WebSocketState
 
@@ -137,7 +138,9 @@ async def run_session(ws: WebSocket, hub: Hub, server: ServerConfig) -> None:
     Raises:
         ServerClosing: if the hub is closing; the handshake was not accepted.
     """
-    outbox = Outbox(server.outbox_messages, server.frame_max_bytes, encode_gap)
+    outbox = Outbox(
+        server.outbox_messages, server.frame_max_bytes, encode_gap, encode_restart=encode_restart
+    )
     hub.attach(outbox)
     close: tuple[int, str] | None = None
     try:

@@ -20,24 +20,45 @@ if TYPE_CHECKING:
     from channels.config import BrokerConfig, History
     from channels.publication import HistoryPage, Position
 
-__all__ = ("Broker", "Deliver", "Lost", "open_broker")
+__all__ = ("Broker", "Deliver", "Receiver", "open_broker")
 
 Deliver: TypeAlias = Callable[[Publication], None]
 """The callback a broker hands each received publication to."""
 
-Lost: TypeAlias = Callable[[str, int, int], None]
-"""The callback a broker reports lost publications to: channel, first and last offset.
 
-A multi-node broker calls it when this node missed publications (its connection to the
-others broke) that are no longer kept in the channel's history."""
+class Receiver(Protocol):
+    """What a broker reports to (the hub)."""
+
+    def deliver(self, publication: Publication) -> None:
+        """Take a publication of a channel this node is subscribed to, in offset order."""
+        ...
+
+    def lost(self, channel: str, first: int, last: int) -> None:
+        """Offsets *first* to *last* of *channel* were missed here and are no longer kept.
+
+        A multi-node broker reports this when its connection to the others broke.
+        """
+        ...
+
+    def restarted(self, channel: str, epoch: str) -> None:
+        """*channel*'s stream started again in a new *epoch* (the broker lost it).
+
+        Publications that follow have offsets from 1 in that epoch.
+        """
+        ...
 
 
 class Broker(Protocol):
     """What the hub needs from a broker.
 
-    Every publication accepted by `publish` is handed to the *deliver* callback given to
+    Every publication accepted by `publish` is handed to the receiver given to
     `open_broker`, on every node subscribed to its channel, in offset order.
     """
+
+    @property
+    def ready(self) -> bool:
+        """Whether the broker can take publications now (its last check reached it)."""
+        ...
 
     async def publish(self, channel: str, data: msgspec.Raw, history: History) -> Position:
         """Append *data* to *channel*'s stream and return its position.
@@ -72,21 +93,17 @@ class Broker(Protocol):
 
 
 @asynccontextmanager
-async def open_broker(config: BrokerConfig, deliver: Deliver, lost: Lost) -> AsyncIterator[Broker]:
-    """Open the broker *config* names.
-
-    It calls *deliver* for each publication received and *lost* for the publications
-    this node missed and can no longer read.
-    """
+async def open_broker(config: BrokerConfig, receiver: Receiver) -> AsyncIterator[Broker]:
+    """Open the broker *config* names; it reports what it receives to *receiver*."""
     if config.kind == "memory":
         from channels.brokers.memory import MemoryBroker
 
-        yield MemoryBroker(deliver)
+        yield MemoryBroker(receiver.deliver)
         return
     if config.kind == "redis":
         from channels.brokers.redis import open_redis_broker
 
-        async with open_redis_broker(config, deliver, lost) as broker:
+        async with open_redis_broker(config, receiver) as broker:
             yield broker
         return
     raise ValueError(f"unknown broker kind {config.kind!r}")  # pragma: no cover - Literal

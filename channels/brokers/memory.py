@@ -57,6 +57,9 @@ class MemoryBroker:
         self._deliver = deliver
         self._streams: dict[str, _Stream] = {}
 
+    ready = True
+    """Always: the memory broker is part of the process."""
+
     @property
     def stream_count(self) -> int:
         """How many channel streams are held in memory."""

@@ -37,7 +37,7 @@ from channels.publication import HistoryPage, Position, Publication
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-    from channels.brokers import Deliver, Lost
+    from channels.brokers import Receiver
     from channels.config import BrokerConfig, History
 
 __all__ = ("RedisBroker", "open_redis_broker")
@@ -130,7 +130,7 @@ return {epoch, top, kept}
 class _Listening:
     """A channel this node is subscribed to in Redis."""
 
-    __slots__ = ("epoch", "held", "last", "wanted")
+    __slots__ = ("checked_top", "epoch", "held", "last", "repair_to", "wanted")
 
     def __init__(self) -> None:
         self.epoch = b""
@@ -140,6 +140,10 @@ class _Listening:
         """False once the last local subscriber left; the node then unsubscribes."""
         self.held: list[bytes] | None = []
         """Messages received while the start is read or missing ones are fetched."""
+        self.repair_to = 0
+        """With nothing held, the offset a repair reads up to (the stream's top)."""
+        self.checked_top = 0
+        """The stream's top at the previous check."""
 
 
 class RedisBroker:
@@ -154,8 +158,7 @@ class RedisBroker:
         client: coredis.Redis[bytes],
         pubsub: coredis.patterns.pubsub.PubSub[bytes],
         config: BrokerConfig,
-        deliver: Deliver,
-        lost: Lost,
+        receiver: Receiver,
     ) -> None:
         self._client = client
         self._pubsub = pubsub
@@ -163,10 +166,16 @@ class RedisBroker:
         self._idle_ms = max(1, round(config.stream_idle_seconds * 1000))
         self._refresh_seconds = config.stream_idle_seconds / 3
         self._timeout_seconds = config.timeout_seconds
+        self._check_seconds = config.check_seconds
+        self._node_channel = f"{config.prefix}:n:{secrets.token_hex(8)}".encode()
+        self._echo: anyio.Event | None = None
+        self.ready = False
+        """Whether the last check reached Redis both ways within ``timeout_seconds``."""
+        self.round_trip_seconds: float | None = None
+        """How long the last check took: a publish, back through this node's pub/sub."""
         self._publish_script = client.register_script(_PUBLISH)
         self._read_script = client.register_script(_READ)
-        self._deliver = deliver
-        self._lost = lost
+        self._receiver = receiver
         self._listening: dict[str, _Listening] = {}
         self._changing = anyio.Lock()
         self._to_repair: set[str] = set()
@@ -248,6 +257,7 @@ class RedisBroker:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._listen)
             tg.start_soon(self._maintain)
+            tg.start_soon(self._check_forever)
             task_status.started()
 
     def _keys(self, channel: str) -> list[str]:
@@ -292,6 +302,8 @@ class RedisBroker:
             # a new one began: its offsets start again at 1.
             logger.warning("channel %r restarted with a new epoch in Redis", channel)
             listening.epoch, listening.last = epoch, 0
+            listening.checked_top = 0
+            self._receiver.restarted(channel, epoch.decode())
         if offset <= listening.last:
             return  # already delivered, from the stream
         if offset > listening.last + 1:
@@ -300,7 +312,7 @@ class RedisBroker:
             self._work.set()
             return
         listening.last = offset
-        self._deliver(Publication(channel, offset, msgspec.Raw(data)))
+        self._receiver.deliver(Publication(channel, offset, msgspec.Raw(data)))
 
     def _leave_soon(self, channel: str) -> None:
         self._to_leave.add(channel)
@@ -311,6 +323,10 @@ class RedisBroker:
         while True:
             message: Any = await self._pubsub.get_message()
             if message is None or message["type"] != "message":
+                continue
+            if message["channel"] == self._node_channel:
+                if self._echo is not None:
+                    self._echo.set()
                 continue
             channel = message["channel"][start:].decode()
             listening = self._listening.get(channel)
@@ -326,9 +342,13 @@ class RedisBroker:
                 await self._work.wait()
             self._work = anyio.Event()
             try:
-                for channel in list(self._to_repair):
-                    await self._repair(channel)
-                    self._to_repair.discard(channel)
+                while self._to_repair:
+                    channel = self._to_repair.pop()
+                    try:
+                        await self._repair(channel)
+                    except BaseException:
+                        self._to_repair.add(channel)  # try again
+                        raise
                 async with self._changing:
                     for channel in list(self._to_leave):
                         await self._leave(channel)
@@ -347,24 +367,27 @@ class RedisBroker:
     async def _repair(self, channel: str) -> None:
         """Deliver what *channel* missed before its first held message, or report it lost."""
         listening = self._listening.get(channel)
-        if listening is None or not listening.held:
+        if listening is None or listening.held is None:
             return
-        first_held = int(listening.held[0].split(b":", 2)[1])
+        if listening.held:
+            first_held = int(listening.held[0].split(b":", 2)[1])
+        else:
+            first_held = listening.repair_to + 1
         expected = listening.last + 1
         position, publications = await self._read(
             channel, after=listening.last, limit=first_held - expected, start=""
         )
         if position.epoch.encode() != listening.epoch:
-            publications = []
+            publications = []  # the stream restarted: what was missed is gone
         for publication in publications:
             if publication.offset >= first_held:
                 break
             if publication.offset > expected:
-                self._lost(channel, expected, publication.offset - 1)
-            self._deliver(publication)
+                self._receiver.lost(channel, expected, publication.offset - 1)
+            self._receiver.deliver(publication)
             expected = publication.offset + 1
         if expected < first_held:
-            self._lost(channel, expected, first_held - 1)
+            self._receiver.lost(channel, expected, first_held - 1)
         listening.last = first_held - 1
         held, listening.held = listening.held, None
         for message in held:
@@ -388,15 +411,74 @@ class RedisBroker:
                 for channel in channels:
                     pipeline.pexpire(f"{self._prefix}:m:{channel}", self._idle_ms)
 
+    async def _check_forever(self) -> None:
+        """Check Redis both ways every ``check_seconds``; then catch up on every channel."""
+        await self._pubsub.subscribe(self._node_channel)
+        while True:
+            self.ready = await self._check()
+            if self.ready:
+                try:
+                    await self._catch_up()
+                except _UNAVAILABLE as exc:
+                    logger.warning("Redis catch-up failed: %s", _describe(exc))
+            await anyio.sleep(self._check_seconds)
+
+    async def _check(self) -> bool:
+        """Publish to this node's own pub/sub channel and wait for it to come back."""
+        self._echo = echo = anyio.Event()
+        started = anyio.current_time()
+        try:
+            with anyio.fail_after(self._timeout_seconds):
+                await self._client.publish(self._node_channel, b"")
+                await echo.wait()
+        except _UNAVAILABLE as exc:
+            if self.ready:
+                logger.warning("Redis is unavailable: %s", _describe(exc))
+            return False
+        finally:
+            self._echo = None
+        self.round_trip_seconds = anyio.current_time() - started
+        if not self.ready:
+            logger.info("Redis is available")
+        return True
+
+    async def _catch_up(self) -> None:
+        """Repair every channel whose stream went further than what was delivered here.
+
+        This finds what pub/sub lost when no later message of the channel came to show
+        the gap (the connection broke after the channel's last publish).
+        """
+        channels = [name for name, listening in self._listening.items() if listening.held is None]
+        if not channels:
+            return
+        with anyio.fail_after(self._timeout_seconds):
+            async with self._client.pipeline(transaction=False) as pipeline:
+                requests = [
+                    pipeline.hmget(f"{self._prefix}:m:{channel}", ["epoch", "top"])
+                    for channel in channels
+                ]
+            replies = [await request for request in requests]
+        for channel, (epoch, top) in zip(channels, replies, strict=True):
+            listening = self._listening.get(channel)
+            if listening is None or listening.held is not None or epoch is None or top is None:
+                continue
+            if epoch != listening.epoch:
+                continue
+            # Messages published just before this check may still be on their way: only
+            # what was already published at the previous check must have arrived.
+            if listening.checked_top > listening.last:
+                listening.held, listening.repair_to = [], listening.checked_top
+                self._to_repair.add(channel)
+                self._work.set()
+            listening.checked_top = int(top)
+
 
 def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
 @asynccontextmanager
-async def open_redis_broker(
-    config: BrokerConfig, deliver: Deliver, lost: Lost
-) -> AsyncIterator[RedisBroker]:
+async def open_redis_broker(config: BrokerConfig, receiver: Receiver) -> AsyncIterator[RedisBroker]:
     """Connect to Redis and run a `RedisBroker` for the duration of the block.
 
     The pub/sub connection reconnects by itself with capped exponential backoff and
@@ -414,7 +496,7 @@ async def open_redis_broker(
                 client.pubsub(ignore_subscribe_messages=True) as pubsub,
                 anyio.create_task_group() as tg,
             ):
-                broker = RedisBroker(client, pubsub, config, deliver, lost)
+                broker = RedisBroker(client, pubsub, config, receiver)
                 await tg.start(broker.run)
                 try:
                     yield broker

@@ -39,7 +39,8 @@ class Node:
 
     def __init__(self) -> None:
         self.delivered: list[Publication] = []
-        self.lost: list[tuple[str, int, int]] = []
+        self.missed: list[tuple[str, int, int]] = []
+        self.restarts: list[tuple[str, str]] = []
         self.arrived = anyio.Event()
         self.broker: Broker
 
@@ -47,18 +48,26 @@ class Node:
         self.delivered.append(publication)
         self.arrived.set()
 
-    def lose(self, channel: str, first: int, last: int) -> None:
-        self.lost.append((channel, first, last))
+    def lost(self, channel: str, first: int, last: int) -> None:
+        self.missed.append((channel, first, last))
         self.arrived.set()
+
+    def restarted(self, channel: str, epoch: str) -> None:
+        self.restarts.append((channel, epoch))
 
     def offsets(self, channel: str = "c") -> list[int]:
         return [item.offset for item in self.delivered if item.channel == channel]
 
     async def wait_for(self, count: int) -> None:
         """Wait until *count* offsets were delivered or reported lost."""
-        while len(self.delivered) + sum(last - first + 1 for _, first, last in self.lost) < count:
+        while len(self.delivered) + sum(last - first + 1 for _, first, last in self.missed) < count:
             self.arrived = anyio.Event()
             await self.arrived.wait()
+
+
+async def wait_ready(broker: RedisBroker, ready: bool) -> None:
+    while broker.ready != ready:  # noqa: ASYNC110 - the broker's check is periodic
+        await anyio.sleep(0.02)
 
 
 @asynccontextmanager
@@ -68,9 +77,7 @@ async def nodes(config: BrokerConfig, count: int = 1) -> AsyncIterator[list[Node
             opened = []
             for _ in range(count):
                 node = Node()
-                node.broker = await stack.enter_async_context(
-                    open_broker(config, node.deliver, node.lose)
-                )
+                node.broker = await stack.enter_async_context(open_broker(config, node))
                 opened.append(node)
             yield opened
 
@@ -211,7 +218,7 @@ async def test_redis_messages_missed_by_a_broken_subscription_are_read_or_report
             await anyio.sleep(0.01)  # coredis resubscribes after a backoff
         await publisher.broker.publish("c", raw(6), history)
         await listener.wait_for(6)
-        lost = [offset for _, first, last in listener.lost for offset in range(first, last + 1)]
+        lost = [offset for _, first, last in listener.missed for offset in range(first, last + 1)]
         assert sorted(listener.offsets() + lost) == list(range(1, 7))
         assert listener.offsets() == sorted(listener.offsets())
         if size:
@@ -248,3 +255,43 @@ async def test_a_publish_while_redis_is_down_is_refused_then_works_again(
     finally:
         own.stop()
     gc.collect()  # see the mark: collected here, not in whatever test runs next
+
+
+async def test_redis_messages_missed_before_a_quiet_spell_are_caught_up(
+    redis_broker: BrokerConfig, redis_server: RedisServer
+) -> None:
+    config = msgspec.structs.replace(redis_broker, check_seconds=0.05)
+    history = History(size=100)
+    async with (
+        nodes(config, 2) as [publisher, listener],
+        coredis.Redis.from_url(redis_server.url) as client,
+    ):
+        await listener.broker.subscribe("c")
+        await publisher.broker.publish("c", raw(1), history)
+        await listener.wait_for(1)
+        await client.client_kill(type_=coredis.PureToken.PUBSUB)
+        for index in range(2, 5):
+            await publisher.broker.publish("c", raw(index), history)
+        # No later message shows the gap: the periodic check finds it.
+        await listener.wait_for(4)
+        assert (listener.offsets(), listener.missed) == ([1, 2, 3, 4], [])
+
+
+@pytest.mark.filterwarnings("ignore:Unclosed <MemoryObject:ResourceWarning")
+async def test_redis_readiness_follows_redis(tmp_path: Path, redis_server: RedisServer) -> None:
+    own = RedisServer(redis_server.binary, tmp_path)
+    own.start()
+    try:
+        config = BrokerConfig(kind="redis", url=own.url, timeout_seconds=0.5, check_seconds=0.05)
+        async with nodes(config) as [node]:
+            broker = node.broker
+            assert isinstance(broker, RedisBroker)
+            await wait_ready(broker, True)
+            assert broker.round_trip_seconds is not None
+            own.stop()
+            await wait_ready(broker, False)
+            own.start()
+            await wait_ready(broker, True)
+    finally:
+        own.stop()
+    gc.collect()

@@ -52,7 +52,12 @@ def raw(value: object) -> msgspec.Raw:
 
 
 def outbox(capacity: int = 100) -> Outbox:
-    return Outbox(capacity, 1 << 20, lambda channel, first, last: f"gap:{channel}:{first}-{last}")
+    return Outbox(
+        capacity,
+        1 << 20,
+        lambda channel, first, last: f"gap:{channel}:{first}-{last}",
+        encode_restart=lambda channel, epoch: f"restart:{channel}:{epoch}",
+    )
 
 
 async def drain(box: Outbox) -> list[str]:
@@ -219,6 +224,8 @@ class Gate:
 class GatedBroker:
     """A memory broker that can stop after `subscribe` and after `read`, so that tests
     publish at exactly those points of a subscribe."""
+
+    ready = True
 
     def __init__(self, broker: MemoryBroker) -> None:
         self.broker = broker
@@ -465,6 +472,8 @@ class RemoteBroker:
     """A broker whose stream is ahead of what it delivered here (messages on their way
     from Redis): a read sees offsets 1 and 2 before their live copies arrive."""
 
+    ready = True
+
     def __init__(self) -> None:
         self.kept = [Publication("open", offset, raw(offset)) for offset in (1, 2)]
 
@@ -507,3 +516,14 @@ async def test_messages_the_broker_lost_reach_subscribers_as_a_gap() -> None:
     hub.lost("open", 3, 5)
     hub.deliver(Publication("open", 6, raw(6)))
     assert await drain(box) == ["gap:open:3-5", "open:6:6"]
+
+
+async def test_a_restarted_stream_is_announced_before_its_messages() -> None:
+    hub = Hub(CONFIG, RemoteBroker(), Encoder())
+    box = outbox()
+    hub.attach(box)
+    await subscribe(hub, box, "open", since=Position(0, "e"))
+    assert await drain(box) == ["open:1:1", "open:2:2"]
+    hub.restarted("open", "e2")
+    hub.deliver(Publication("open", 1, raw("new")))  # not taken for the old offset 1
+    assert await drain(box) == ["restart:open:e2", 'open:1:"new"']

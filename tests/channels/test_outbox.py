@@ -15,13 +15,17 @@ def gap(channel: str, first: int, last: int) -> str:
     return f"gap {channel} {first}-{last}"
 
 
+def restart(channel: str, epoch: str) -> str:
+    return f"restart {channel} {epoch}"
+
+
 def message(channel: str, offset: int, policy: SlowConsumerPolicy = "disconnect") -> Delivery:
     text = f"{channel}#{offset}"
     return Delivery(channel, offset, text, len(text), policy)
 
 
 def make(capacity: int = 3, frame_max_bytes: int = 1000) -> Outbox:
-    return Outbox(capacity, frame_max_bytes, gap)
+    return Outbox(capacity, frame_max_bytes, gap, encode_restart=restart)
 
 
 def test_batch_returns_everything_waiting_in_order() -> None:
@@ -70,7 +74,7 @@ def test_take_frame_joins_a_batch() -> None:
 
 def test_disconnect_policy_fails_the_outbox() -> None:
     failures: list[bool] = []
-    outbox = Outbox(2, 1000, gap, on_fail=lambda: failures.append(True))
+    outbox = Outbox(2, 1000, gap, on_fail=lambda: failures.append(True), encode_restart=restart)
     assert outbox.offer(message("a", 1))
     assert outbox.offer(message("a", 2))
     assert not outbox.offer(message("a", 3))

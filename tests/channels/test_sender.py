@@ -45,7 +45,12 @@ class Transport:
 class Connection:
     def __init__(self, flusher: Flusher, tg: TaskGroup) -> None:
         self.transport = Transport()
-        self.outbox = Outbox(100, 1000, lambda channel, first, last: f"gap {first}-{last}")
+        self.outbox = Outbox(
+            100,
+            1000,
+            lambda channel, first, last: f"gap {first}-{last}",
+            encode_restart=lambda channel, epoch: f"restart {epoch}",
+        )
         self.done = 0
         self.sender = Sender(self.outbox, self.transport, flusher, self._done)
 

@@ -31,6 +31,16 @@ async def test_health() -> None:
         )
 
 
+async def test_ready_until_draining() -> None:
+    async with running_app() as app:
+        assert (await http_request(app, "GET", "/ready"))[::2] == (200, {"status": "ready"})
+        assert app.hub is not None
+        app.hub.close()  # what a drain does first
+        status, _, body = await http_request(app, "GET", "/ready")
+        assert (status, body) == (503, {"status": "not ready", "reason": "draining"})
+        assert (await http_request(app, "GET", "/health"))[0] == 200
+
+
 @pytest.mark.parametrize(
     ("method", "path", "status", "code"),
     [

@@ -79,12 +79,14 @@ async def running_server(config: Config, backend: Backend, port: int) -> AsyncIt
             stop.set()
 
 
-async def http_publish(server: Server, channel: str, data: Any) -> dict[str, Any]:
-    """POST /api/publish with a raw HTTP/1.1 request; return the decoded reply."""
-    body = msgspec.json.encode({"channel": channel, "data": data})
+async def http_call(
+    server: Server, method: str, path: str, body: bytes = b""
+) -> tuple[int, dict[str, Any]]:
+    """Make one HTTP/1.1 request with a raw socket; return the status and decoded JSON."""
     request = (
-        b"POST /api/publish HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
-        b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
+        b"%s %s HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+        b"content-length: %d\r\nconnection: close\r\n\r\n%s"
+        % (method.encode(), path.encode(), len(body), body)
     )
     async with await anyio.connect_tcp(server.host, server.port) as stream:
         await stream.send(request)
@@ -95,6 +97,13 @@ async def http_publish(server: Server, channel: str, data: Any) -> dict[str, Any
         except anyio.EndOfStream:
             pass
     head, _, payload = response.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200"), response
     decoded: dict[str, Any] = msgspec.json.decode(payload)
-    return decoded
+    return int(head.split(b" ", 2)[1]), decoded
+
+
+async def http_publish(server: Server, channel: str, data: Any) -> dict[str, Any]:
+    """POST /api/publish; return the decoded reply, which must be a success."""
+    body = msgspec.json.encode({"channel": channel, "data": data})
+    status, reply = await http_call(server, "POST", "/api/publish", body)
+    assert status == 200, reply
+    return reply
