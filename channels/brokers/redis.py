@@ -156,12 +156,12 @@ class RedisBroker:
     def __init__(
         self,
         client: coredis.Redis[bytes],
-        pubsub: coredis.patterns.pubsub.PubSub[bytes],
         config: BrokerConfig,
         receiver: Receiver,
     ) -> None:
         self._client = client
-        self._pubsub = pubsub
+        self._pubsub: coredis.patterns.pubsub.PubSub[bytes] | None = None
+        self._connected = anyio.Event()
         self._prefix = config.prefix
         self._idle_ms = max(1, round(config.stream_idle_seconds * 1000))
         self._refresh_seconds = config.stream_idle_seconds / 3
@@ -228,7 +228,8 @@ class RedisBroker:
             listening = self._listening[channel] = _Listening()
             try:
                 with anyio.fail_after(self._timeout_seconds):
-                    await self._pubsub.subscribe(f"{self._prefix}:p:{channel}")
+                    await self._connected.wait()
+                    await self._subscriber.subscribe(f"{self._prefix}:p:{channel}")
                 position, _ = await self._read(
                     channel, after=None, limit=0, start=secrets.token_hex(6)
                 )
@@ -253,12 +254,25 @@ class RedisBroker:
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        """Receive from Redis and keep this node's subscriptions right. Runs until cancelled."""
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._listen)
-            tg.start_soon(self._maintain)
-            tg.start_soon(self._check_forever)
-            task_status.started()
+        """Connect, receive from Redis and keep this node's subscriptions right.
+
+        Ready at once: while Redis cannot be reached, the pub/sub connection keeps
+        retrying (capped exponential backoff) and the broker is not `ready`. Runs until
+        cancelled.
+        """
+        task_status.started()
+        async with self._client.pubsub(ignore_subscribe_messages=True) as self._pubsub:
+            self._connected.set()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._listen)
+                tg.start_soon(self._maintain)
+                tg.start_soon(self._check_forever)
+
+    @property
+    def _subscriber(self) -> coredis.patterns.pubsub.PubSub[bytes]:
+        if self._pubsub is None:
+            raise RuntimeError("the pub/sub connection is not open yet")
+        return self._pubsub
 
     def _keys(self, channel: str) -> list[str]:
         return [f"{self._prefix}:m:{channel}", f"{self._prefix}:s:{channel}"]
@@ -321,7 +335,7 @@ class RedisBroker:
     async def _listen(self) -> None:
         start = len(self._prefix) + 3  # past "P:p:"
         while True:
-            message: Any = await self._pubsub.get_message()
+            message: Any = await self._subscriber.get_message()
             if message is None or message["type"] != "message":
                 continue
             if message["channel"] == self._node_channel:
@@ -399,7 +413,7 @@ class RedisBroker:
             return  # subscribed again meanwhile
         self._listening.pop(channel, None)
         with anyio.fail_after(self._timeout_seconds):
-            await self._pubsub.unsubscribe(f"{self._prefix}:p:{channel}")
+            await self._subscriber.unsubscribe(f"{self._prefix}:p:{channel}")
 
     async def _refresh(self) -> None:
         """Keep the epoch of every channel with subscribers here from idling out."""
@@ -413,7 +427,7 @@ class RedisBroker:
 
     async def _check_forever(self) -> None:
         """Check Redis both ways every ``check_seconds``; then catch up on every channel."""
-        await self._pubsub.subscribe(self._node_channel)
+        await self._subscriber.subscribe(self._node_channel)
         while True:
             self.ready = await self._check()
             if self.ready:
@@ -492,11 +506,8 @@ async def open_redis_broker(config: BrokerConfig, receiver: Receiver) -> AsyncIt
         # coredis's pub/sub keeps reconnecting while Redis is down, and then does not
         # end when its block is left: one scope around it all cancels it too.
         with anyio.CancelScope() as scope:
-            async with (
-                client.pubsub(ignore_subscribe_messages=True) as pubsub,
-                anyio.create_task_group() as tg,
-            ):
-                broker = RedisBroker(client, pubsub, config, receiver)
+            async with anyio.create_task_group() as tg:
+                broker = RedisBroker(client, config, receiver)
                 await tg.start(broker.run)
                 try:
                     yield broker

@@ -260,7 +260,7 @@ async def test_a_publish_while_redis_is_down_is_refused_then_works_again(
 async def test_redis_messages_missed_before_a_quiet_spell_are_caught_up(
     redis_broker: BrokerConfig, redis_server: RedisServer
 ) -> None:
-    config = msgspec.structs.replace(redis_broker, check_seconds=0.05)
+    config = msgspec.structs.replace(redis_broker, check_seconds=0.05, timeout_seconds=0.5)
     history = History(size=100)
     async with (
         nodes(config, 2) as [publisher, listener],

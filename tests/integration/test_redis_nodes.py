@@ -182,3 +182,29 @@ async def test_a_node_rides_out_a_redis_restart(
 async def wait_ready(node: Server, status: int) -> None:
     while (await http_call(node, "GET", "/ready"))[0] != status:  # noqa: ASYNC110 - polls HTTP
         await anyio.sleep(0.02)
+
+
+@pytest.mark.filterwarnings("ignore:Unclosed <MemoryObject:ResourceWarning")
+async def test_a_node_starts_while_redis_is_down(
+    anyio_backend: Backend, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    own = RedisServer(redis_server.binary, tmp_path)  # not started yet
+    broker = BrokerConfig(kind="redis", url=own.url, timeout_seconds=0.5, check_seconds=0.05)
+    try:
+        with anyio.fail_after(60):
+            async with (
+                running_server(Config(broker=broker), anyio_backend, free_port()) as node,
+                connect(node.ws_url) as client,
+            ):
+                assert (await http_call(node, "GET", "/health"))[0] == 200
+                assert (await http_call(node, "GET", "/ready"))[0] == 503
+                refused = await client.request({"type": "subscribe", "id": 1, "channel": "c"})
+                assert (refused["type"], refused["code"]) == ("error", 301)
+                own.start()
+                await wait_ready(node, 200)
+                await subscribe(client, "c")
+                await http_publish(node, "c", "hello")
+                assert (await client.receive_object())["data"] == "hello"
+    finally:
+        own.stop()
+    gc.collect()
