@@ -137,8 +137,12 @@ class Flusher:
                 else:
                     for sender in due[start : start + batch]:
                         sender._scheduled = False
-                        if sender._outbox.pending and not (sender._done or sender._sending):
+                        if sender._done or sender._sending:
+                            continue
+                        if sender._outbox.pending or sender._writer:
                             sender._release_writer()
+                        elif sender._outbox.closed:
+                            sender._after_send()  # closed with nothing left: done
             self._last_tick_end = anyio.current_time()
 
     def _retire_idle_writers(self) -> None:
@@ -303,7 +307,7 @@ class Sender:
                     self._after_send()
                     return
                 self._idle_since = anyio.current_time()
-                while not (self._go and outbox.pending) and not self._done:
+                while not self._should_wake():
                     if self._retire:
                         return  # a tick starts a new writer when there is more
                     self._wakeup = anyio.Event()
@@ -318,6 +322,10 @@ class Sender:
                 return
             if outbox.pending:
                 self.due()  # the rest goes at the next tick
+
+    def _should_wake(self) -> bool:
+        """Whether a waiting writer has something to do: send, end, or finish a close."""
+        return (self._go and self._outbox.pending) or self._done or self._outbox.closed
 
     def _after_send(self) -> None:
         if self._outbox.pending:

@@ -101,11 +101,6 @@ def _serve_config(args: argparse.Namespace) -> Config:
             "so several workers would each see only their own subscribers; run one worker "
             "until a shared broker is configured"
         )
-    if args.workers > 1:
-        raise ConfigError(
-            f"--workers {args.workers}: not available yet with the Redis broker; run one "
-            "`clarion serve` per port (each a node) and put them behind a load balancer"
-        )
     return config
 
 
@@ -163,15 +158,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from service.app import Clarion
-    from service.runner import run
+    from service.runner import configure_logging, run, run_workers
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging()
     host, port = parse_bind(config.server.bind)
     netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     logging.getLogger("clarion").info(
         "serving ws://%s%s on %s", netloc, config.server.websocket_path, args.backend
     )
+    if args.workers > 1:
+        return run_workers(config, args.backend, args.workers)
     run(Clarion(config, direct_sends=args.backend != "trio"), args.backend)
     return 0

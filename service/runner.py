@@ -5,15 +5,18 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import multiprocessing
+import multiprocessing.connection
 import signal
 import socket
 from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
-import hypercorn.asyncio
+import hypercorn.asyncio.run
 import hypercorn.config
-import hypercorn.trio
+import hypercorn.trio.run
+import hypercorn.utils
 import trio
 
 if TYPE_CHECKING:
@@ -27,8 +30,10 @@ if TYPE_CHECKING:
 __all__ = (
     "Backend",
     "HypercornConfig",
+    "configure_logging",
     "hypercorn_config",
     "run",
+    "run_workers",
     "sends_can_be_abandoned",
     "serve",
 )
@@ -95,26 +100,33 @@ async def serve(
     backend: Backend,
     *,
     shutdown_trigger: Callable[[], Awaitable[None]],
+    sockets: Sockets | None = None,
 ) -> None:
     """Serve *app* with hypercorn's worker for *backend*, in the running event loop.
 
     When *shutdown_trigger* returns, the app drains first (every client gets its queued
     messages, then close 1001), and only then does hypercorn stop. Returns once
-    hypercorn has shut down.
+    hypercorn has shut down. *sockets* are listening sockets to share with other worker
+    processes; by default hypercorn binds its own.
     """
 
     async def drain_then_stop() -> None:
         await shutdown_trigger()
         await app.drain()
 
+    wrapped = hypercorn.utils.wrap_app(app, config.wsgi_max_body_size, "asgi")  # type: ignore[arg-type]  # hypercorn's Framework type is narrower than ASGI
     if backend == "trio":
-        await hypercorn.trio.serve(app, config, shutdown_trigger=drain_then_stop)  # type: ignore[arg-type]  # hypercorn's Framework type is narrower than ASGI
+        await hypercorn.trio.run.worker_serve(
+            wrapped, config, sockets=sockets, shutdown_trigger=drain_then_stop
+        )
         return
     loop = asyncio.get_running_loop()
     previous = loop.get_exception_handler()
     loop.set_exception_handler(partial(_quiet_dropped_clients, previous))
     try:
-        await hypercorn.asyncio.serve(app, config, shutdown_trigger=drain_then_stop)  # type: ignore[arg-type]  # same
+        await hypercorn.asyncio.run.worker_serve(
+            wrapped, config, sockets=sockets, shutdown_trigger=drain_then_stop
+        )
     finally:
         loop.set_exception_handler(previous)
 
@@ -138,14 +150,91 @@ def _quiet_dropped_clients(
         loop.default_exception_handler(context)
 
 
-def run(app: Clarion, backend: Backend) -> None:
-    """Serve *app* until SIGINT or SIGTERM, then drain its clients (close 1001) and exit."""
+async def _serve_until_signal(
+    app: Clarion, settings: hypercorn.config.Config, backend: Backend, sockets: Sockets | None
+) -> None:
+    # The handlers are in place before the first client is accepted, so that a signal
+    # always drains: a worker signalled while it starts must not die with its clients.
+    stop = anyio.Event()
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
 
-    async def wait_for_signal() -> None:
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async def watch() -> None:
             async for signum in signals:
                 logger.info("%s received: closing connections", signal.Signals(signum).name)
+                stop.set()
                 return
 
-    run_serve = partial(serve, shutdown_trigger=wait_for_signal)
-    anyio.run(run_serve, app, hypercorn_config(app.config), backend, backend=backend)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watch)
+            await serve(app, settings, backend, shutdown_trigger=stop.wait, sockets=sockets)
+            tg.cancel_scope.cancel()
+
+
+def run(app: Clarion, backend: Backend, sockets: Sockets | None = None) -> None:
+    """Serve *app* until SIGINT or SIGTERM, then drain its clients (close 1001) and exit."""
+    settings = hypercorn_config(app.config)
+    anyio.run(_serve_until_signal, app, settings, backend, sockets, backend=backend)
+
+
+def _worker(config: Config, backend: Backend, sockets: Sockets) -> None:
+    from service.app import Clarion
+
+    configure_logging()
+    run(Clarion(config, direct_sends=backend != "trio"), backend, sockets)
+
+
+def configure_logging() -> None:
+    """Log at INFO to stderr; the Redis client only from WARNING (it logs each retry)."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("coredis").setLevel(logging.WARNING)
+
+
+def run_workers(config: Config, backend: Backend, workers: int) -> int:
+    """Serve *config* with *workers* processes sharing one listening socket.
+
+    Each process is a node of its own (a shared broker joins them). On SIGINT or SIGTERM
+    every worker drains its clients and exits; if a worker dies, the others are stopped
+    too. Returns the exit status: 0 after a signal, 1 if a worker failed.
+    """
+    settings = hypercorn_config(config)
+    sockets = settings.create_sockets()
+    for sock in (*sockets.secure_sockets, *sockets.insecure_sockets):
+        sock.listen(settings.backlog)  # trio's worker takes only listening sockets
+    context = multiprocessing.get_context("spawn")
+    processes = [
+        context.Process(target=_worker, args=(config, backend, sockets), name=f"worker-{index}")
+        for index in range(workers)
+    ]
+    stopping = False
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for process in processes:
+            process.start()
+        for sock in (*sockets.secure_sockets, *sockets.insecure_sockets):
+            sock.close()  # the workers hold them now
+        sentinels = [process.sentinel for process in processes]
+        while not stopping and not multiprocessing.connection.wait(sentinels, timeout=0.2):
+            pass
+        if not stopping:
+            logger.error("a worker exited: stopping the others")
+        for process in processes:
+            if process.is_alive() and process.pid is not None:
+                process.terminate()  # SIGTERM: the worker drains its clients
+        grace = config.server.shutdown_grace_seconds + 5.0
+        for process in processes:
+            process.join(grace)
+            if process.is_alive():
+                process.kill()
+                process.join()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    failed = any(process.exitcode != 0 for process in processes)
+    return 1 if failed or not stopping else 0

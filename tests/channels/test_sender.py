@@ -195,6 +195,24 @@ async def test_an_empty_closed_outbox_is_done_at_once() -> None:
 
 
 @pytest.mark.parametrize("direct", [True, False], ids=["direct", "writers"])
+@pytest.mark.parametrize("had_writer", [False, True], ids=["idle", "after-a-send"])
+async def test_closing_an_idle_connection_ends_it_at_the_next_tick(
+    direct: bool, had_writer: bool
+) -> None:
+    # What a drain does to a connection with nothing queued (issue 4: trio drains).
+    async with flushing(direct=direct) as (flusher, tg):
+        connection = Connection(flusher, tg)
+        if had_writer:
+            connection.offer(1)
+            await connection.transport.wait_frames(1)
+        ended = anyio.Event()
+        connection.sender._on_done = ended.set
+        connection.outbox.close()
+        await ended.wait()
+        assert connection.transport.frames == (["m1"] if had_writer else [])
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "writers"])
 async def test_a_stopped_sender_sends_nothing_more(direct: bool) -> None:
     async with flushing(direct=direct) as (flusher, tg):
         connection = Connection(flusher, tg)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import gc
 import sys
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -208,3 +208,42 @@ async def test_a_node_starts_while_redis_is_down(
     finally:
         own.stop()
     gc.collect()
+
+
+def worker_pids(parent: int) -> list[int]:
+    """The worker processes *parent* spawned (not multiprocessing's helpers)."""
+    found = []
+    for task in Path(f"/proc/{parent}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+            if b"spawn_main" in cmdline:
+                found.append(int(child))
+    return found
+
+
+async def test_workers_share_channels_through_redis(
+    anyio_backend: Backend, redis_broker: BrokerConfig, tmp_path: Path
+) -> None:
+    path = tmp_path / "channels.yaml"
+    path.write_bytes(msgspec.yaml.encode({"broker": msgspec.to_builtins(redis_broker)}))
+    port = free_port()
+    argv = [str(BIN / "clarion"), "serve", "--config", str(path), "--workers", "3"]
+    argv += ["--backend", anyio_backend, "--bind", f"127.0.0.1:{port}"]
+    node = Server("127.0.0.1", port)
+    with anyio.fail_after(60):
+        async with process(argv, port, tmp_path / "serve.log") as proc:
+            while len(worker_pids(proc.pid)) < 3:  # noqa: ASYNC110 - polls /proc
+                await anyio.sleep(0.02)  # the parent listens before its workers start
+            async with AsyncExitStack() as stack:
+                clients = [await stack.enter_async_context(connect(node.ws_url)) for _ in range(12)]
+                for client in clients:
+                    await subscribe(client, "shared")
+                for index in range(3):
+                    await http_publish(node, "shared", index)
+                for client in clients:
+                    got = [await client.receive_object() for _ in range(3)]
+                    assert [message["data"] for message in got] == [0, 1, 2]
+                proc.terminate()
+                for client in clients:
+                    assert (await client.wait_closed()).code == 1001
+            assert await proc.wait() == 0

@@ -51,15 +51,6 @@ def test_serve_refuses_bad_options_before_starting(
     assert message in capsys.readouterr().err
 
 
-def test_serve_with_redis_refuses_workers_until_they_share_channels(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    path = tmp_path / "redis.yaml"
-    path.write_text("broker: {kind: redis, url: 'redis://127.0.0.1:1/0'}\n")
-    assert main(["serve", "--config", str(path), "--workers", "3"]) == 2
-    assert "--workers 3: not available yet with the Redis broker" in capsys.readouterr().err
-
-
 def test_a_command_is_required(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
         main([])
