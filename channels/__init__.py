@@ -26,6 +26,7 @@ from channels.errors import (
     MessageTooLarge as MessageTooLarge,
     NotSubscribed as NotSubscribed,
     PermissionDenied as PermissionDenied,
+    PresenceDisabled as PresenceDisabled,
     ServerClosing as ServerClosing,
     SlowConsumer as SlowConsumer,
 )
@@ -37,6 +38,7 @@ from channels.hub import (
 )
 from channels.outbox import Delivery as Delivery, Outbox as Outbox
 from channels.publication import (
+    ClientInfo as ClientInfo,
     HistoryPage as HistoryPage,
     Position as Position,
     Publication as Publication,
@@ -51,6 +53,7 @@ __all__ = (
     "ChannelNotFound",
     "ChannelRule",
     "ChannelsError",
+    "ClientInfo",
     "Config",
     "ConfigError",
     "Delivery",
@@ -64,6 +67,7 @@ __all__ = (
     "Outbox",
     "PermissionDenied",
     "Position",
+    "PresenceDisabled",
     "Publication",
     "RuleBook",
     "ServerClosing",

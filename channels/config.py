@@ -76,6 +76,10 @@ class ChannelRule(_Base, frozen=True):
     """Largest ``data`` (encoded JSON) a message on these channels may carry."""
     slow_consumer: SlowConsumerPolicy | None = None
     """Overrides ``server.slow_consumer`` for these channels."""
+    presence: bool = False
+    """Keep who is subscribed, for ``presence`` requests and ``GET /api/presence``."""
+    join_leave: bool = False
+    """Send ``join`` and ``leave`` events to the subscribers when a client comes or goes."""
 
     def __post_init__(self) -> None:
         if not _PATTERN_CHARS.fullmatch(self.match):
@@ -123,7 +127,7 @@ class ServerConfig(_Base, frozen=True):
         parse_bind(self.bind)
         if not self.websocket_path.startswith("/"):
             raise ValueError(f"websocket_path {self.websocket_path!r} must start with '/'")
-        if self.websocket_path in {"/health", "/ready", "/api/publish"}:
+        if self.websocket_path in {"/health", "/ready", "/api/publish", "/api/presence"}:
             raise ValueError(f"websocket_path {self.websocket_path!r} is taken by the HTTP API")
         if self.recovery_max_messages is not None and (
             self.recovery_max_messages > self.outbox_messages
@@ -157,6 +161,10 @@ class BrokerConfig(_Base, frozen=True):
     messages live no longer than this either."""
     timeout_seconds: Annotated[float, msgspec.Meta(gt=0)] = 5 * SECONDS
     """Redis only: a Redis call that takes longer fails (a publish with error 301)."""
+    presence_ttl_seconds: Annotated[float, msgspec.Meta(gt=0)] = 30 * SECONDS
+    """Redis only: the clients of a node that died leave presence after at most this.
+
+    Each node refreshes its own clients' entries three times per period."""
     check_seconds: Annotated[float, msgspec.Meta(gt=0)] = 1 * SECONDS
     """Redis only: how often a node checks Redis (``GET /ready``) and catches up."""
 

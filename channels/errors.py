@@ -10,6 +10,7 @@ Exception hierarchy::
     ├── AlreadySubscribed      203   subscribe twice to one channel
     ├── NotSubscribed          204   unsubscribe from a channel never subscribed
     ├── MessageTooLarge        205   a message exceeds its rule's max_message_bytes
+    ├── PresenceDisabled       206   presence asked of a channel whose rule keeps none
     ├── ServerClosing          300   the node is shutting down
     ├── BrokerUnavailable      301   the broker (Redis) cannot be reached
     └── SlowConsumer          4000   a subscriber's outbox overflowed (a close code)
@@ -33,6 +34,7 @@ __all__ = (
     "MessageTooLarge",
     "NotSubscribed",
     "PermissionDenied",
+    "PresenceDisabled",
     "ServerClosing",
     "SlowConsumer",
 )
@@ -114,6 +116,16 @@ class MessageTooLarge(ChannelsError):
         self.channel = channel
         self.size = size
         self.limit = limit
+
+
+class PresenceDisabled(ChannelsError):
+    """Raised when presence is asked of a channel whose rule has ``presence: false``."""
+
+    code = 206
+
+    def __init__(self, channel: str) -> None:
+        super().__init__(f"channel {channel!r} keeps no presence (its rule has presence: false)")
+        self.channel = channel
 
 
 class ServerClosing(ChannelsError):

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import secrets
 from collections import deque
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
 import msgspec
@@ -15,21 +16,35 @@ from channels.errors import (
     MessageTooLarge,
     NotSubscribed,
     PermissionDenied,
+    PresenceDisabled,
     ServerClosing,
 )
 from channels.outbox import Delivery
+from channels.publication import ClientInfo
 from channels.rules import RuleBook
 from channels.sender import Flusher
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
 
-    from channels.brokers import Broker
+    from channels.brokers import Broker, Event
     from channels.config import Config, SlowConsumerPolicy
     from channels.outbox import Outbox
     from channels.publication import HistoryPage, Position, Publication
 
-__all__ = ("Hub", "HubStatistics", "Subscribed", "open_hub")
+__all__ = ("Encoding", "Hub", "HubStatistics", "Subscribed", "open_hub")
+
+
+class Encoding(Protocol):
+    """How the hub turns what it fans out into what subscribers are sent."""
+
+    def message(self, publication: Publication) -> bytes:
+        """Encode a publication; called once per publication, whatever the subscribers."""
+        ...
+
+    def event(self, channel: str, event: Event, client: ClientInfo) -> str:
+        """Encode a ``join`` or ``leave`` event of *client* on *channel*."""
+        ...
 
 
 class Subscribed(msgspec.Struct, frozen=True):
@@ -96,10 +111,20 @@ class _Joining:
 class _Channel:
     """The local state of one channel that has subscribers, or is about to."""
 
-    __slots__ = ("joining", "last_offset", "policy", "skip_until", "subscribers")
+    __slots__ = (
+        "join_leave",
+        "joining",
+        "last_offset",
+        "policy",
+        "presence",
+        "skip_until",
+        "subscribers",
+    )
 
-    def __init__(self, policy: SlowConsumerPolicy) -> None:
+    def __init__(self, policy: SlowConsumerPolicy, *, presence: bool, join_leave: bool) -> None:
         self.policy: SlowConsumerPolicy = policy
+        self.presence = presence
+        self.join_leave = join_leave
         self.subscribers: dict[Outbox, None] = {}
         self.last_offset = 0
         """The offset of the last publication delivered here."""
@@ -115,7 +140,7 @@ class _Channel:
 class Hub:
     """Fan publications out to local subscribers' outboxes.
 
-    A publication is encoded once by *encode* and the same text is offered to every
+    A publication is encoded once by *encoding* and the same text is offered to every
     outbox; offering never waits, so a slow subscriber never delays the others.
     Open one with `open_hub`.
     """
@@ -124,7 +149,7 @@ class Hub:
         self,
         config: Config,
         broker: Broker,
-        encode: Callable[[Publication], bytes],
+        encoding: Encoding,
         *,
         direct_sends: bool = False,
     ) -> None:
@@ -139,7 +164,8 @@ class Hub:
         """Sends the outboxes (see `channels.sender`); run by `open_hub`."""
         self._recovery_max = config.server.recovery_limit
         self._broker = broker
-        self._encode = encode
+        self._encoding = encoding
+        self._clients: dict[Outbox, ClientInfo] = {}
         self._channels: dict[str, _Channel] = {}
         self._subscriptions: dict[Outbox, set[str]] = {}
         self._published = 0
@@ -156,8 +182,12 @@ class Hub:
             return "broker unavailable"
         return None
 
-    def attach(self, outbox: Outbox) -> None:
-        """Register a new connection's outbox.
+    def attach(self, outbox: Outbox, client: ClientInfo | None = None) -> ClientInfo:
+        """Register a new connection's outbox; return who it is in presence and events.
+
+        Args:
+            outbox: the connection's outbox.
+            client: its identity; by default a new client id, with no user.
 
         Raises:
             ServerClosing: if the hub is closing.
@@ -165,6 +195,10 @@ class Hub:
         if self.closing:
             raise ServerClosing
         self._subscriptions[outbox] = set()
+        if client is None:
+            client = ClientInfo(secrets.token_hex(8))
+        self._clients[outbox] = client
+        return client
 
     def detach(self, outbox: Outbox) -> None:
         """Forget *outbox* and all its subscriptions. Never blocks; idempotent."""
@@ -173,6 +207,7 @@ class Hub:
             return
         for channel in channels:
             self._leave(outbox, channel)
+        del self._clients[outbox]
         self._dropped_by_gone += outbox.dropped
         self._slow_consumers_gone += outbox.failed
         if not self._subscriptions and self._no_connections is not None:
@@ -223,7 +258,9 @@ class Hub:
             raise AlreadySubscribed(channel)
         state = self._channels.get(channel)
         if state is None:
-            state = self._channels[channel] = _Channel(self._rules.policy(rule))
+            state = self._channels[channel] = _Channel(
+                self._rules.policy(rule), presence=rule.presence, join_leave=rule.join_leave
+            )
         channels.add(channel)
         joining = state.joining[outbox] = _Joining()
         try:
@@ -234,6 +271,8 @@ class Hub:
                 page = await self._broker.read(
                     channel, after=since.offset, epoch=since.epoch, limit=self._recovery_max
                 )
+            if state.presence:
+                await self._broker.add_presence(channel, self._clients[outbox])
         except BaseException:
             channels.discard(channel)
             self._leave(outbox, channel)
@@ -256,6 +295,8 @@ class Hub:
         for delivery in joining.deliveries:
             if delivery.offset > start:
                 outbox.offer(delivery)
+        if state.join_leave:
+            self._broker.announce(channel, "join", self._clients[outbox])
 
     def unsubscribe(self, outbox: Outbox, channel: str) -> None:
         """End *outbox*'s subscription to *channel*. Never blocks.
@@ -294,6 +335,31 @@ class Hub:
         if len(data) > rule.max_message_bytes:
             raise MessageTooLarge(channel, len(data), rule.max_message_bytes)
         return await self._broker.publish(channel, data, rule.history)
+
+    async def presence(self, channel: str) -> list[ClientInfo]:
+        """Return the clients subscribed to *channel*, on every node.
+
+        Raises:
+            InvalidChannelName, ChannelNotFound: for a bad channel.
+            PresenceDisabled: if the channel's rule keeps no presence.
+        """
+        if not self._rules.resolve(channel).presence:
+            raise PresenceDisabled(channel)
+        return await self._broker.presence(channel)
+
+    def event(self, channel: str, event: Event, client: ClientInfo) -> None:
+        """Send a join or leave event to *channel*'s local subscribers (broker callback).
+
+        Under the connection's bounds: a subscriber whose outbox is full is a slow
+        consumer, whatever the channel's policy (events carry no offset to report).
+        """
+        state = self._channels.get(channel)
+        if state is None or not state.subscribers:
+            return
+        text = self._encoding.event(channel, event, client)
+        delivery = Delivery(None, 0, text, len(text.encode()))
+        for outbox in state.subscribers:
+            outbox.offer(delivery)
 
     async def history(self, channel: str, *, after: int | None, limit: int | None) -> HistoryPage:
         """Read *channel*'s kept messages: after offset *after*, or the newest *limit*.
@@ -369,15 +435,20 @@ class Hub:
         )
 
     def _delivery(self, publication: Publication, policy: SlowConsumerPolicy) -> Delivery:
-        data = self._encode(publication)
+        data = self._encoding.message(publication)
         return Delivery(publication.channel, publication.offset, data.decode(), len(data), policy)
 
     def _leave(self, outbox: Outbox, channel: str) -> None:
         # An outbox lists a channel exactly while it is a subscriber or joining there.
         state = self._channels[channel]
-        state.subscribers.pop(outbox, None)
+        live = state.subscribers.pop(outbox, False) is None
         state.joining.pop(outbox, None)
         state.skip_until.pop(outbox, None)
+        client = self._clients[outbox]
+        if state.presence:
+            self._broker.remove_presence(channel, client)
+        if live and state.join_leave:
+            self._broker.announce(channel, "leave", client)
         if not state.subscribers and not state.joining:
             del self._channels[channel]
             self._broker.unsubscribe(channel)
@@ -400,23 +471,27 @@ class _Forward:
         if self.hub is not None:
             self.hub.restarted(channel, epoch)
 
+    def event(self, channel: str, event: Event, client: ClientInfo) -> None:
+        if self.hub is not None:
+            self.hub.event(channel, event, client)
+
 
 @asynccontextmanager
 async def open_hub(
-    config: Config, encode: Callable[[Publication], bytes], *, direct_sends: bool = False
+    config: Config, encoding: Encoding, *, direct_sends: bool = False
 ) -> AsyncIterator[Hub]:
     """Open the broker *config* names and a hub on top of it, with its flusher running.
 
     Args:
         config: the node's configuration.
-        encode: turns a publication into the bytes sent to subscribers; called once per
-            publication, whatever the number of subscribers.
+        encoding: turns publications and events into what subscribers are sent; a
+            publication is encoded once, whatever the number of subscribers.
         direct_sends: whether a send that has to wait can be abandoned without losing
             its frame, so that the flusher may send itself (see `channels.sender`).
     """
     receiver = _Forward()
     async with open_broker(config.broker, receiver) as broker, anyio.create_task_group() as tg:
-        hub = receiver.hub = Hub(config, broker, encode, direct_sends=direct_sends)
+        hub = receiver.hub = Hub(config, broker, encoding, direct_sends=direct_sends)
         await tg.start(hub.flusher.run)
         try:
             yield hub

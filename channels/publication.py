@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
-__all__ = ("HistoryPage", "Position", "Publication")
+__all__ = ("ClientInfo", "HistoryPage", "Position", "Publication")
 
 
 class Position(msgspec.Struct, frozen=True, gc=False):
@@ -40,3 +40,14 @@ class HistoryPage(msgspec.Struct, frozen=True):
     position: Position
     publications: list[Publication]
     complete: bool
+
+
+class ClientInfo(msgspec.Struct, frozen=True, gc=False):
+    """Who is subscribed, as presence and join/leave events show it.
+
+    ``client`` identifies one connection (unique per node and connection); ``user`` is
+    the authenticated user, None while connections are anonymous.
+    """
+
+    client: str
+    user: str | None = None

@@ -18,22 +18,25 @@ from channels.errors import (
     InvalidChannelName,
     MessageTooLarge,
     PermissionDenied,
+    PresenceDisabled,
     ServerClosing,
 )
 from channels.hub import open_hub
-from service.datastructures import Headers, URLPath
+from service.datastructures import Headers, QueryParams, URLPath
 from service.protocol import (
+    BadMessage,
     MethodNotAllowed,
+    PresenceReply,
     ProtocolError,
     PublishReply,
     RequestTooLarge,
     RouteNotFound,
     Unauthorized,
     UpgradeRequired,
+    WireEncoding,
     decode_publish_request,
     encode,
     encode_error,
-    encode_message,
 )
 from service.runner import sends_can_be_abandoned
 from service.session import run_session
@@ -55,6 +58,8 @@ HTTP_STATUS: dict[type[Exception], int] = {
     ChannelNotFound: 404,
     PermissionDenied: 403,
     MessageTooLarge: 413,
+    PresenceDisabled: 409,
+    BadMessage: 400,
     ServerClosing: 503,
     BrokerUnavailable: 503,
     RequestTooLarge: 413,
@@ -102,6 +107,7 @@ class Clarion:
             "publish": URLPath("/api/publish", "http"),
             "health": URLPath("/health", "http"),
             "ready": URLPath("/ready", "http"),
+            "presence": URLPath("/api/presence", "http"),
         }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -145,7 +151,7 @@ class Clarion:
             direct = self.direct_sends
             if direct is None:
                 direct = sends_can_be_abandoned()
-            async with open_hub(self.config, encode_message, direct_sends=direct) as hub:
+            async with open_hub(self.config, WireEncoding(), direct_sends=direct) as hub:
                 self.hub = hub
                 await send({"type": "lifespan.startup.complete"})
                 started = True
@@ -211,6 +217,10 @@ class Clarion:
             if method != "POST":
                 raise MethodNotAllowed(method, path, ("POST",))
             return 200, await self._publish(scope, receive)
+        if path == "/api/presence":
+            if method not in {"GET", "HEAD"}:
+                raise MethodNotAllowed(method, path, ("GET", "HEAD"))
+            return 200, await self._presence(scope)
         if path == self.config.server.websocket_path:
             raise UpgradeRequired(f"{path} is the WebSocket endpoint: connect with a WebSocket")
         raise RouteNotFound(f"no route at {path!r}")
@@ -223,6 +233,16 @@ class Clarion:
         position = await self.hub.publish(request.channel, request.data, trusted=trusted)
         reply = PublishReply(channel=request.channel, offset=position.offset, epoch=position.epoch)
         return encode(reply).encode()
+
+    async def _presence(self, scope: Scope) -> bytes:
+        self._authenticate(Headers(scope["headers"]))
+        channel = QueryParams(scope.get("query_string", b"")).get("channel")
+        if not channel:
+            raise BadMessage("GET /api/presence needs ?channel=NAME")
+        if self.hub is None:
+            raise ServerClosing
+        clients = await self.hub.presence(channel)
+        return encode(PresenceReply(channel=channel, clients=clients)).encode()
 
     def _authenticate(self, headers: Headers) -> bool:
         """Check the API key when keys are configured; return whether the caller is trusted."""

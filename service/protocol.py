@@ -15,9 +15,11 @@ every field and code.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 import msgspec
+
+from channels.publication import ClientInfo  # noqa: TC001 - msgspec reads Struct annotations at runtime
 
 if TYPE_CHECKING:
     from channels.publication import Publication
@@ -32,9 +34,13 @@ __all__ = (
     "History",
     "HistoryEntry",
     "HistoryReply",
+    "Join",
+    "Leave",
     "Message",
     "MethodNotAllowed",
     "Ping",
+    "Presence",
+    "PresenceReply",
     "ProtocolError",
     "Publish",
     "PublishReply",
@@ -50,10 +56,12 @@ __all__ = (
     "UnknownOp",
     "Unsubscribe",
     "UpgradeRequired",
+    "WireEncoding",
     "decode_publish_request",
     "decode_request",
     "encode",
     "encode_error",
+    "encode_event",
     "encode_gap",
     "encode_message",
     "encode_restart",
@@ -181,8 +189,12 @@ class Ping(_Request, tag="ping", frozen=True, kw_only=True):
     pass
 
 
-ClientMessage = Subscribe | Unsubscribe | Publish | History | Ping
-OPS = frozenset(("subscribe", "unsubscribe", "publish", "history", "ping"))
+class Presence(_Request, tag="presence", frozen=True, kw_only=True):
+    channel: str
+
+
+ClientMessage = Subscribe | Unsubscribe | Publish | History | Presence | Ping
+OPS = frozenset(("subscribe", "unsubscribe", "publish", "history", "presence", "ping"))
 
 
 class PublishRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -293,6 +305,14 @@ class HistoryReply(Frame, tag="reply", frozen=True, kw_only=True):
     messages: list[HistoryEntry]
 
 
+class PresenceReply(Frame, tag="reply", frozen=True, kw_only=True):
+    """The answer to ``presence`` (and the body of ``GET /api/presence``)."""
+
+    id: RequestId = None
+    channel: str
+    clients: list[ClientInfo]
+
+
 class Error(Frame, tag="error", frozen=True, kw_only=True):
     """A request failed; ``code`` is stable, ``message`` is for people."""
 
@@ -315,6 +335,20 @@ class Gap(Frame, tag="gap", frozen=True, kw_only=True):
     channel: str
     first: int
     last: int
+
+
+class Join(Frame, tag="join", frozen=True, kw_only=True):
+    """A client subscribed to ``channel`` (on any node); its rule has ``join_leave``."""
+
+    channel: str
+    info: ClientInfo
+
+
+class Leave(Frame, tag="leave", frozen=True, kw_only=True):
+    """A client left ``channel`` (unsubscribed or disconnected)."""
+
+    channel: str
+    info: ClientInfo
 
 
 class Restart(Frame, tag="restart", frozen=True, kw_only=True):
@@ -346,6 +380,19 @@ def encode_message(publication: Publication) -> bytes:
 def encode_gap(channel: str, first: int, last: int) -> str:
     """Encode a ``gap`` notice."""
     return encode(Gap(channel=channel, first=first, last=last))
+
+
+def encode_event(channel: str, event: Literal["join", "leave"], client: ClientInfo) -> str:
+    """Encode a ``join`` or ``leave`` event."""
+    frame = Join if event == "join" else Leave
+    return encode(frame(channel=channel, info=client))
+
+
+class WireEncoding:
+    """The hub's `channels.hub.Encoding`: publications and events as server frames."""
+
+    message = staticmethod(encode_message)
+    event = staticmethod(encode_event)
 
 
 def encode_restart(channel: str, epoch: str) -> str:

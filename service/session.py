@@ -24,6 +24,8 @@ from service.protocol import (
     HistoryEntry,
     HistoryReply,
     Ping,
+    Presence,
+    PresenceReply,
     ProtocolError,
     Publish,
     PublishReply,
@@ -124,6 +126,9 @@ class Session:
                     epoch=page.position.epoch,
                     messages=[HistoryEntry(item.offset, item.data) for item in page.publications],
                 )
+            case Presence(id=request_id, channel=channel):
+                clients = await hub.presence(channel)
+                return PresenceReply(id=request_id, channel=channel, clients=clients)
             case Ping(id=request_id):
                 return Reply(id=request_id)
 

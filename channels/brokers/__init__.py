@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias
 
-from channels.publication import Publication
+from channels.publication import ClientInfo, Publication
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -20,7 +20,10 @@ if TYPE_CHECKING:
     from channels.config import BrokerConfig, History
     from channels.publication import HistoryPage, Position
 
-__all__ = ("Broker", "Deliver", "Receiver", "open_broker")
+__all__ = ("Broker", "Deliver", "Event", "Receiver", "open_broker")
+
+Event: TypeAlias = Literal["join", "leave"]
+"""A presence event: a client subscribed to a channel, or left it."""
 
 Deliver: TypeAlias = Callable[[Publication], None]
 """The callback a broker hands each received publication to."""
@@ -45,6 +48,10 @@ class Receiver(Protocol):
 
         Publications that follow have offsets from 1 in that epoch.
         """
+        ...
+
+    def event(self, channel: str, event: Event, client: ClientInfo) -> None:
+        """*client* joined or left *channel* (on any node), as announced."""
         ...
 
 
@@ -91,6 +98,29 @@ class Broker(Protocol):
         """Tell the broker no local subscriber is left on *channel*. Never blocks."""
         ...
 
+    async def add_presence(self, channel: str, client: ClientInfo) -> None:
+        """Record that *client* is subscribed to *channel*, until `remove_presence`.
+
+        A multi-node broker lets the record expire unless this node keeps refreshing it,
+        so the clients of a node that died disappear.
+        """
+        ...
+
+    def remove_presence(self, channel: str, client: ClientInfo) -> None:
+        """Forget that *client* is subscribed to *channel*. Never blocks."""
+        ...
+
+    async def presence(self, channel: str) -> list[ClientInfo]:
+        """Return the clients subscribed to *channel*, on every node."""
+        ...
+
+    def announce(self, channel: str, event: Event, client: ClientInfo) -> None:
+        """Tell every node's subscribers of *channel* that *client* joined or left.
+
+        Never blocks; the announcement is best effort (it is lost if the broker is down).
+        """
+        ...
+
 
 @asynccontextmanager
 async def open_broker(config: BrokerConfig, receiver: Receiver) -> AsyncIterator[Broker]:
@@ -98,7 +128,7 @@ async def open_broker(config: BrokerConfig, receiver: Receiver) -> AsyncIterator
     if config.kind == "memory":
         from channels.brokers.memory import MemoryBroker
 
-        yield MemoryBroker(receiver.deliver)
+        yield MemoryBroker(receiver.deliver, receiver.event)
         return
     if config.kind == "redis":
         from channels.brokers.redis import open_redis_broker

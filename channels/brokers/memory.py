@@ -9,12 +9,14 @@ from typing import TYPE_CHECKING
 import anyio
 import anyio.lowlevel
 
-from channels.publication import HistoryPage, Position, Publication
+from channels.publication import ClientInfo, HistoryPage, Position, Publication
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import msgspec
 
-    from channels.brokers import Deliver
+    from channels.brokers import Deliver, Event
     from channels.config import History
 
 __all__ = ("MemoryBroker",)
@@ -53,9 +55,15 @@ class MemoryBroker:
     Every method is a checkpoint, as an async method of a networked broker would be.
     """
 
-    def __init__(self, deliver: Deliver) -> None:
+    def __init__(
+        self,
+        deliver: Deliver,
+        on_event: Callable[[str, Event, ClientInfo], None] | None = None,
+    ) -> None:
         self._deliver = deliver
+        self._on_event = on_event
         self._streams: dict[str, _Stream] = {}
+        self._presence: dict[str, dict[str, ClientInfo]] = {}
 
     ready = True
     """Always: the memory broker is part of the process."""
@@ -114,6 +122,25 @@ class MemoryBroker:
         if stream is not None:
             stream.subscribed = False
             self._forget_if_idle(channel, stream)
+
+    async def add_presence(self, channel: str, client: ClientInfo) -> None:
+        await anyio.lowlevel.checkpoint()
+        self._presence.setdefault(channel, {})[client.client] = client
+
+    def remove_presence(self, channel: str, client: ClientInfo) -> None:
+        clients = self._presence.get(channel)
+        if clients is not None:
+            clients.pop(client.client, None)
+            if not clients:
+                del self._presence[channel]
+
+    async def presence(self, channel: str) -> list[ClientInfo]:
+        await anyio.lowlevel.checkpoint()
+        return list(self._presence.get(channel, {}).values())
+
+    def announce(self, channel: str, event: Event, client: ClientInfo) -> None:
+        if self._on_event is not None:
+            self._on_event(channel, event, client)
 
     def _forget_if_idle(self, channel: str, stream: _Stream) -> None:
         if not stream.subscribed and not stream.kept:

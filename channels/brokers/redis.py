@@ -32,12 +32,12 @@ import coredis.exceptions
 import msgspec
 
 from channels.errors import BrokerUnavailable
-from channels.publication import HistoryPage, Position, Publication
+from channels.publication import ClientInfo, HistoryPage, Position, Publication
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-    from channels.brokers import Receiver
+    from channels.brokers import Event, Receiver
     from channels.config import BrokerConfig, History
 
 __all__ = ("RedisBroker", "open_redis_broker")
@@ -127,6 +127,33 @@ return {epoch, top, kept}
 """
 
 
+# KEYS: presence hash, expiry sorted set. ARGV: client id, info, time to live (ms).
+_PRESENCE_ADD = """
+local now = redis.call('TIME')
+local ms = now[1] * 1000 + math.floor(now[2] / 1000)
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[2], ms + tonumber(ARGV[3]), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+return 1
+"""
+
+# KEYS: presence hash, expiry sorted set. Drops the expired entries, returns the others.
+_PRESENCE_READ = """
+local now = redis.call('TIME')
+local ms = now[1] * 1000 + math.floor(now[2] / 1000)
+local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ms)
+for _, client in ipairs(expired) do redis.call('HDEL', KEYS[1], client) end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ms)
+return redis.call('HVALS', KEYS[1])
+"""
+
+_EVENT_MARKS: dict[Event, bytes] = {"join": b"!j", "leave": b"!l"}
+_EVENTS: dict[bytes, Event] = {b"j": "join", b"l": "leave"}
+_client_info = msgspec.json.Decoder(ClientInfo)
+_encoder = msgspec.json.Encoder()
+
+
 class _Listening:
     """A channel this node is subscribed to in Redis."""
 
@@ -175,6 +202,14 @@ class RedisBroker:
         """How long the last check took: a publish, back through this node's pub/sub."""
         self._publish_script = client.register_script(_PUBLISH)
         self._read_script = client.register_script(_READ)
+        self._presence_add = client.register_script(_PRESENCE_ADD)
+        self._presence_read = client.register_script(_PRESENCE_READ)
+        self._presence_ttl_ms = max(1, round(config.presence_ttl_seconds * 1000))
+        self._presence_refresh_seconds = config.presence_ttl_seconds / 3
+        self._present: dict[str, dict[str, ClientInfo]] = {}
+        """This node's clients in presence, per channel: refreshed, so they stay."""
+        self._to_forget: list[tuple[str, str]] = []
+        self._to_announce: list[tuple[str, bytes]] = []
         self._receiver = receiver
         self._listening: dict[str, _Listening] = {}
         self._changing = anyio.Lock()
@@ -251,6 +286,38 @@ class RedisBroker:
             listening.wanted = False
             self._leave_soon(channel)
 
+    async def add_presence(self, channel: str, client: ClientInfo) -> None:
+        self._present.setdefault(channel, {})[client.client] = client
+        try:
+            with anyio.fail_after(self._timeout_seconds):
+                await self._presence_add(
+                    keys=self._presence_keys(channel),
+                    args=[client.client, _encoder.encode(client), self._presence_ttl_ms],
+                )
+        except _UNAVAILABLE as exc:
+            self.remove_presence(channel, client)
+            raise BrokerUnavailable("presence", _describe(exc)) from exc
+
+    def remove_presence(self, channel: str, client: ClientInfo) -> None:
+        clients = self._present.get(channel)
+        if clients is not None and clients.pop(client.client, None) is not None:
+            if not clients:
+                del self._present[channel]
+            self._to_forget.append((channel, client.client))
+            self._work.set()
+
+    async def presence(self, channel: str) -> list[ClientInfo]:
+        try:
+            with anyio.fail_after(self._timeout_seconds):
+                found: Any = await self._presence_read(keys=self._presence_keys(channel))
+        except _UNAVAILABLE as exc:
+            raise BrokerUnavailable("presence", _describe(exc)) from exc
+        return [_client_info.decode(info) for info in found]
+
+    def announce(self, channel: str, event: Event, client: ClientInfo) -> None:
+        self._to_announce.append((channel, _EVENT_MARKS[event] + _encoder.encode(client)))
+        self._work.set()
+
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
@@ -273,6 +340,9 @@ class RedisBroker:
         if self._pubsub is None:
             raise RuntimeError("the pub/sub connection is not open yet")
         return self._pubsub
+
+    def _presence_keys(self, channel: str) -> list[str]:
+        return [f"{self._prefix}:pr:{channel}", f"{self._prefix}:pz:{channel}"]
 
     def _keys(self, channel: str) -> list[str]:
         return [f"{self._prefix}:m:{channel}", f"{self._prefix}:s:{channel}"]
@@ -343,19 +413,30 @@ class RedisBroker:
                     self._echo.set()
                 continue
             channel = message["channel"][start:].decode()
+            data: bytes = message["data"]
+            if data[:1] == b"!":  # a presence event, outside the numbered stream
+                self._receiver.event(channel, _EVENTS[data[1:2]], _client_info.decode(data[2:]))
+                continue
             listening = self._listening.get(channel)
             if listening is not None:
-                self._receive(channel, listening, message["data"])
+                self._receive(channel, listening, data)
 
     async def _maintain(self) -> None:
-        """Fill gaps, drop subscriptions no longer wanted, keep streams alive."""
+        """Fill gaps, drop subscriptions no longer wanted, keep streams and presence alive."""
         failures = 0
-        next_refresh = anyio.current_time()
+        next_refresh = next_presence = anyio.current_time()
         while True:
-            with anyio.move_on_after(max(0.0, next_refresh - anyio.current_time())):
+            with anyio.move_on_after(
+                max(0.0, min(next_refresh, next_presence) - anyio.current_time())
+            ):
                 await self._work.wait()
             self._work = anyio.Event()
             try:
+                await self._send_announcements()
+                await self._forget_presence()
+                if anyio.current_time() >= next_presence:
+                    await self._refresh_presence()
+                    next_presence = anyio.current_time() + self._presence_refresh_seconds
                 while self._to_repair:
                     channel = self._to_repair.pop()
                     try:
@@ -372,6 +453,7 @@ class RedisBroker:
                     next_refresh = anyio.current_time() + self._refresh_seconds
                 failures = 0
             except _UNAVAILABLE as exc:
+                self._to_announce.clear()  # best effort: stale joins help nobody later
                 failures += 1
                 delay = min(MAX_RETRY_DELAY_SECONDS, 0.05 * 2**failures)
                 logger.warning("Redis upkeep failed, retrying in %.2fs: %s", delay, exc)
@@ -414,6 +496,43 @@ class RedisBroker:
         self._listening.pop(channel, None)
         with anyio.fail_after(self._timeout_seconds):
             await self._subscriber.unsubscribe(f"{self._prefix}:p:{channel}")
+
+    async def _send_announcements(self) -> None:
+        while self._to_announce:
+            batch, self._to_announce = self._to_announce, []
+            with anyio.fail_after(self._timeout_seconds):
+                async with self._client.pipeline(transaction=False) as pipeline:
+                    for channel, payload in batch:
+                        pipeline.publish(f"{self._prefix}:p:{channel}", payload)
+
+    async def _forget_presence(self) -> None:
+        while self._to_forget:
+            batch = self._to_forget[:]
+            with anyio.fail_after(self._timeout_seconds):
+                async with self._client.pipeline(transaction=False) as pipeline:
+                    for channel, client in batch:
+                        hash_key, expiry_key = self._presence_keys(channel)
+                        pipeline.hdel(hash_key, [client])
+                        pipeline.zrem(expiry_key, [client])
+            del self._to_forget[: len(batch)]
+
+    async def _refresh_presence(self) -> None:
+        """Renew this node's presence entries before they expire."""
+        entries = [
+            (channel, client)
+            for channel, clients in self._present.items()
+            for client in clients.values()
+        ]
+        if not entries:
+            return
+        with anyio.fail_after(self._timeout_seconds):
+            async with self._client.pipeline(transaction=False) as pipeline:
+                for channel, client in entries:
+                    self._presence_add(
+                        keys=self._presence_keys(channel),
+                        args=[client.client, _encoder.encode(client), self._presence_ttl_ms],
+                        client=pipeline,
+                    )
 
     async def _refresh(self) -> None:
         """Keep the epoch of every channel with subscribers here from idling out."""

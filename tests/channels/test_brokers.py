@@ -18,13 +18,14 @@ from channels.brokers import open_broker
 from channels.brokers.redis import RedisBroker
 from channels.config import BrokerConfig, History
 from channels.errors import BrokerUnavailable
+from channels.publication import ClientInfo
 from tests.support.redis import RedisServer
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from pathlib import Path
 
-    from channels.brokers import Broker
+    from channels.brokers import Broker, Event
     from channels.publication import Publication
 
 NO_HISTORY = History()
@@ -41,6 +42,7 @@ class Node:
         self.delivered: list[Publication] = []
         self.missed: list[tuple[str, int, int]] = []
         self.restarts: list[tuple[str, str]] = []
+        self.events: list[tuple[str, Event, str]] = []
         self.arrived = anyio.Event()
         self.broker: Broker
 
@@ -54,6 +56,10 @@ class Node:
 
     def restarted(self, channel: str, epoch: str) -> None:
         self.restarts.append((channel, epoch))
+
+    def event(self, channel: str, event: Event, client: ClientInfo) -> None:
+        self.events.append((channel, event, client.client))
+        self.arrived.set()
 
     def offsets(self, channel: str = "c") -> list[int]:
         return [item.offset for item in self.delivered if item.channel == channel]
@@ -295,3 +301,42 @@ async def test_redis_readiness_follows_redis(tmp_path: Path, redis_server: Redis
     finally:
         own.stop()
     gc.collect()
+
+
+async def test_presence_is_kept_and_events_reach_every_node(broker_config: BrokerConfig) -> None:
+    count = 1 if broker_config.kind == "memory" else 2
+    async with nodes(broker_config, count) as opened:
+        first, last = opened[0], opened[-1]
+        for node in opened:
+            await node.broker.subscribe("room")
+        alice, bob = ClientInfo("alice", user="u1"), ClientInfo("bob")
+        await first.broker.add_presence("room", alice)
+        await last.broker.add_presence("room", bob)
+        for node in opened:
+            found = await node.broker.presence("room")
+            assert sorted(found, key=lambda info: info.client) == [alice, bob]
+        first.broker.announce("room", "join", alice)
+        for node in opened:
+            while not node.events:
+                node.arrived = anyio.Event()
+                await node.arrived.wait()
+            assert node.events == [("room", "join", "alice")]
+        last.broker.remove_presence("room", bob)
+        while len(await first.broker.presence("room")) != 1:  # noqa: ASYNC110 - removal is in the background with Redis
+            await anyio.sleep(0.01)
+        assert await first.broker.presence("room") == [alice]
+
+
+async def test_redis_presence_of_a_node_that_stopped_refreshing_expires(
+    redis_broker: BrokerConfig,
+) -> None:
+    config = msgspec.structs.replace(redis_broker, presence_ttl_seconds=0.3)
+    async with nodes(config) as [observer]:
+        async with nodes(config) as [doomed]:
+            await doomed.broker.add_presence("room", ClientInfo("ghost"))
+            assert [info.client for info in await observer.broker.presence("room")] == ["ghost"]
+            assert isinstance(doomed.broker, RedisBroker)
+            doomed.broker._present.clear()  # as if the node died: nothing refreshes "ghost"
+        # (leaving the block stops the node without removing its entries)
+        while await observer.broker.presence("room"):  # noqa: ASYNC110 - waits for the expiry
+            await anyio.sleep(0.05)

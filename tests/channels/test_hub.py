@@ -17,14 +17,17 @@ from channels.errors import (
     MessageTooLarge,
     NotSubscribed,
     PermissionDenied,
+    PresenceDisabled,
     ServerClosing,
 )
 from channels.hub import Hub, Subscribed, open_hub
 from channels.outbox import Outbox
-from channels.publication import HistoryPage, Position, Publication
+from channels.publication import ClientInfo, HistoryPage, Position, Publication
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
+
+    from channels.brokers import Event
 
 CONFIG = Config(
     channels=[
@@ -36,12 +39,16 @@ CONFIG = Config(
 
 
 class Encoder:
-    """Encodes a publication as "channel:offset:data" and counts the calls."""
+    """Encodes a publication as "channel:offset:data" (and counts the calls), an event
+    as "join:channel:client"."""
+
+    def event(self, channel: str, event: Event, client: ClientInfo) -> str:
+        return f"{event}:{channel}:{client.client}"
 
     def __init__(self) -> None:
         self.calls = 0
 
-    def __call__(self, publication: Publication) -> bytes:
+    def message(self, publication: Publication) -> bytes:
         self.calls += 1
         data = bytes(publication.data).decode()
         return f"{publication.channel}:{publication.offset}:{data}".encode()
@@ -221,35 +228,25 @@ class Gate:
         await self.opened.wait()
 
 
-class GatedBroker:
+class GatedBroker(MemoryBroker):
     """A memory broker that can stop after `subscribe` and after `read`, so that tests
     publish at exactly those points of a subscribe."""
 
-    ready = True
-
-    def __init__(self, broker: MemoryBroker) -> None:
-        self.broker = broker
-        self.after_subscribe: Gate | None = None
-        self.after_read: Gate | None = None
-
-    async def publish(self, channel: str, data: msgspec.Raw, history: History) -> Position:
-        return await self.broker.publish(channel, data, history)
+    after_subscribe: Gate | None = None
+    after_read: Gate | None = None
 
     async def read(
         self, channel: str, *, after: int | None, epoch: str | None, limit: int | None
     ) -> HistoryPage:
-        page = await self.broker.read(channel, after=after, epoch=epoch, limit=limit)
+        page = await super().read(channel, after=after, epoch=epoch, limit=limit)
         if self.after_read is not None:
             await self.after_read.pass_through()
         return page
 
     async def subscribe(self, channel: str) -> None:
-        await self.broker.subscribe(channel)
+        await super().subscribe(channel)
         if self.after_subscribe is not None:
             await self.after_subscribe.pass_through()
-
-    def unsubscribe(self, channel: str) -> None:
-        self.broker.unsubscribe(channel)
 
 
 @asynccontextmanager
@@ -260,7 +257,7 @@ async def gated_hub(config: Config) -> AsyncIterator[tuple[Hub, GatedBroker]]:
         if hub is not None:
             hub.deliver(publication)
 
-    broker = GatedBroker(MemoryBroker(deliver))
+    broker = GatedBroker(deliver)
     hub = Hub(config, broker, Encoder())
     yield hub, broker
 
@@ -356,7 +353,7 @@ async def test_cancelled_subscribe_leaves_nothing_behind() -> None:
                 tg.cancel_scope.cancel()
         stats = hub.statistics()
         assert (stats.channels, stats.subscriptions) == (0, 0)
-        assert broker.broker.stream_count == 0
+        assert broker.stream_count == 0
 
 
 async def test_a_joining_subscriber_that_outgrows_its_outbox_is_failed_under_disconnect() -> None:
@@ -468,17 +465,13 @@ async def test_history_reads_newest_or_after_an_offset() -> None:
             await hub.history("elsewhere", after=None, limit=None)
 
 
-class RemoteBroker:
+class RemoteBroker(MemoryBroker):
     """A broker whose stream is ahead of what it delivered here (messages on their way
     from Redis): a read sees offsets 1 and 2 before their live copies arrive."""
 
-    ready = True
-
     def __init__(self) -> None:
+        super().__init__(lambda publication: None)
         self.kept = [Publication("open", offset, raw(offset)) for offset in (1, 2)]
-
-    async def publish(self, channel: str, data: msgspec.Raw, history: History) -> Position:
-        raise NotImplementedError
 
     async def read(
         self, channel: str, *, after: int | None, epoch: str | None, limit: int | None
@@ -486,12 +479,6 @@ class RemoteBroker:
         await anyio.lowlevel.checkpoint()
         found = [item for item in self.kept if after is not None and item.offset > after]
         return HistoryPage(Position(2, "e"), found, complete=True)
-
-    async def subscribe(self, channel: str) -> None:
-        await anyio.lowlevel.checkpoint()
-
-    def unsubscribe(self, channel: str) -> None:
-        pass
 
 
 async def test_live_copies_of_replayed_messages_are_not_delivered_again() -> None:
@@ -527,3 +514,30 @@ async def test_a_restarted_stream_is_announced_before_its_messages() -> None:
     hub.restarted("open", "e2")
     hub.deliver(Publication("open", 1, raw("new")))  # not taken for the old offset 1
     assert await drain(box) == ["restart:open:e2", 'open:1:"new"']
+
+
+PRESENCE = Config(
+    channels=[ChannelRule(match="room", presence=True, join_leave=True), ChannelRule(match="open")]
+)
+
+
+async def test_presence_and_join_leave_events() -> None:
+    async with open_hub(PRESENCE, Encoder()) as hub:
+        alice, bob = outbox(), outbox()
+        alice_info = hub.attach(alice)
+        bob_info = hub.attach(bob, ClientInfo("bob", user="u-bob"))
+        await subscribe(hub, alice, "room")
+        assert await drain(alice) == [f"join:room:{alice_info.client}"]
+        await subscribe(hub, bob, "room")
+        assert await drain(alice) == ["join:room:bob"]
+        assert await drain(bob) == ["join:room:bob"]
+        assert sorted(await hub.presence("room"), key=lambda info: info.client) == sorted(
+            [alice_info, bob_info], key=lambda info: info.client
+        )
+        hub.unsubscribe(bob, "room")
+        assert await drain(alice) == ["leave:room:bob"]
+        assert await hub.presence("room") == [alice_info]
+        hub.detach(alice)  # a disconnect leaves too
+        assert await hub.presence("room") == []
+        with pytest.raises(PresenceDisabled):
+            await hub.presence("open")

@@ -36,7 +36,11 @@ async def two_nodes(
     backend: Backend, pair: str, broker: BrokerConfig, tmp_path: Path
 ) -> AsyncIterator[tuple[Server, Server]]:
     """Node A in this process on *backend*; node B a ``clarion serve`` process."""
-    config = Config(broker=broker, channels=[ChannelRule(match="*", history=History(size=100))])
+    rules = [
+        ChannelRule(match="room:*", presence=True, join_leave=True),
+        ChannelRule(match="*", history=History(size=100)),
+    ]
+    config = Config(broker=broker, channels=rules)
     path = tmp_path / "channels.yaml"
     path.write_bytes(msgspec.yaml.encode(msgspec.to_builtins(config)))
     other = backend if pair == "same" else OTHER[backend]
@@ -44,9 +48,9 @@ async def two_nodes(
     argv = [str(BIN / "clarion"), "serve", "--config", str(path), "--backend", other]
     async with (
         running_server(config, backend, port_a) as a,
-        process([*argv, "--bind", f"127.0.0.1:{port_b}"], port_b, tmp_path / "b.log"),
+        process([*argv, "--bind", f"127.0.0.1:{port_b}"], port_b, tmp_path / "b.log") as proc,
     ):
-        yield a, Server("127.0.0.1", port_b)
+        yield a, Server("127.0.0.1", port_b, process=proc)
 
 
 @pytest.mark.parametrize("pair", ["same", "mixed"])
@@ -247,3 +251,53 @@ async def test_workers_share_channels_through_redis(
                 for client in clients:
                     assert (await client.wait_closed()).code == 1001
             assert await proc.wait() == 0
+
+
+async def test_presence_spans_nodes_and_forgets_a_killed_node(
+    anyio_backend: Backend, redis_broker: BrokerConfig, tmp_path: Path
+) -> None:
+    broker = msgspec.structs.replace(redis_broker, presence_ttl_seconds=1.0)
+    with anyio.fail_after(60):
+        async with two_nodes(anyio_backend, "mixed", broker, tmp_path) as (a, b):
+            async with connect(a.ws_url) as alice:
+                await subscribe(alice, "room:1")
+                alice_id = (await alice.receive_object())["info"]["client"]  # its own join
+                async with connect(b.ws_url) as bob:
+                    await subscribe(bob, "room:1")
+                    joined = await alice.receive_object()
+                    assert (joined["type"], joined["channel"]) == ("join", "room:1")
+                    bob_id = joined["info"]["client"]
+                    assert joined["info"] == {"client": bob_id, "user": None}
+                    reply = await alice.request({"type": "presence", "id": 7, "channel": "room:1"})
+                    assert reply["id"] == 7
+                    assert sorted(c["client"] for c in reply["clients"]) == sorted(
+                        [alice_id, bob_id]
+                    )
+                    status, body = await http_call(b, "GET", "/api/presence?channel=room:1")
+                    assert status == 200
+                    assert len(body["clients"]) == 2
+                left = await alice.receive_object()
+                assert (left["type"], left["info"]["client"]) == ("leave", bob_id)
+                refused = await alice.request({"type": "presence", "id": 8, "channel": "plain"})
+                assert (refused["type"], refused["code"]) == ("error", 206)
+
+
+async def test_the_clients_of_a_killed_node_leave_presence(
+    anyio_backend: Backend, redis_broker: BrokerConfig, tmp_path: Path
+) -> None:
+    broker = msgspec.structs.replace(redis_broker, presence_ttl_seconds=1.0)
+    with anyio.fail_after(60):
+        async with two_nodes(anyio_backend, "same", broker, tmp_path) as (a, b):
+            async with connect(b.ws_url) as doomed:
+                await subscribe(doomed, "room:2")
+                _, body = await http_call(a, "GET", "/api/presence?channel=room:2")
+                assert len(body["clients"]) == 1
+                assert b.process is not None
+                b.process.kill()  # SIGKILL: the node cannot say goodbye
+                await b.process.wait()
+                started = anyio.current_time()
+                path = "/api/presence?channel=room:2"
+                while (await http_call(a, "GET", path))[1]["clients"]:  # noqa: ASYNC110 - expiry
+                    await anyio.sleep(0.05)
+                # Within presence_ttl_seconds of the last refresh; a wide margin for a busy machine.
+                assert anyio.current_time() - started < 5.0

@@ -17,6 +17,8 @@ from service.runner import Backend, hypercorn_config, serve
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
 
+    from anyio.abc import Process
+
     from channels.config import Config
     from channels.hub import Hub
 
@@ -29,6 +31,8 @@ class Server:
     port: int
     websocket_path: str = "/ws"
     app: Clarion | None = None
+    process: Process | None = None
+    """The server's process, when the test started it as one."""
 
     @property
     def ws_url(self) -> str:
