@@ -7,11 +7,15 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgspec
 
 from channels.config import Config, dump_config, load_config, parse_bind
 from channels.errors import ConfigError
+
+if TYPE_CHECKING:
+    from service.bench.scenarios import Options
 
 __all__ = ("main",)
 
@@ -55,10 +59,11 @@ def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "bench",
         help="measure throughput, latency and memory under load",
         description="rate: a fixed publish rate; max: the highest rate kept up with p99 "
-        "under a bound; idle: memory per idle subscribed connection. Starts a pinned "
-        "clarion serve unless --target names a running server.",
+        "under a bound; idle: memory per idle subscribed connection; hop: the latency "
+        "the Redis hop adds (one node, then two nodes through Redis, at --rate). Starts "
+        "a pinned clarion serve unless --target names a running server.",
     )
-    bench.add_argument("scenario", choices=("rate", "max", "idle"))
+    bench.add_argument("scenario", choices=("rate", "max", "idle", "hop"))
     add = bench.add_argument
     add(
         "--backend", choices=("asyncio", "trio", "uvloop"), default="asyncio", help="server backend"
@@ -82,6 +87,7 @@ def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add("--generator-core", type=int, default=1, help="CPU core for the generator")
     add("--json", action="store_true", help="JSON lines instead of a table")
     add("--histogram", type=Path, metavar="FILE.svg", help="write a latency histogram")
+    add("--redis", metavar="URL", help="hop: this Redis instead of a private redis-server")
 
 
 def _serve_config(args: argparse.Namespace) -> Config:
@@ -113,6 +119,8 @@ def _bench(args: argparse.Namespace) -> int:
     options = Options(
         **{name: getattr(args, name) for name in Options.__dataclass_fields__ if name in args}
     )
+    if options.scenario == "hop":
+        return _bench_hop(options, args.redis, json=args.json)
     summaries = []
     latencies: array[int] = array("q")
     for _ in range(options.runs):
@@ -139,6 +147,32 @@ def _bench(args: argparse.Namespace) -> int:
     if args.histogram is not None:
         title = f"{options.server_name} on {options.backend}: {options.scenario}"
         args.histogram.write_text(histogram_svg(latencies, title))
+    return 0
+
+
+def _bench_hop(options: Options, redis: str | None, *, json: bool) -> int:
+    from service.bench.hop import added_latency, run_hop
+    from service.bench.report import median_summary, table
+
+    runs = []
+    for _ in range(options.runs):
+        steps, added = run_hop(options, redis)
+        runs.append(steps)
+        if json:
+            for item in (*steps, added):
+                print(msgspec.json.encode(item).decode())
+        else:
+            print(table(steps))
+            print(added.describe(), end="\n\n")
+    if options.runs > 1:
+        medians = [median_summary([steps[index] for steps in runs]) for index in (0, 1)]
+        added = added_latency(*medians)
+        if json:
+            for item in (*medians, added):
+                print(msgspec.json.encode(item).decode())
+        else:
+            print(table(medians))
+            print(f"medians of {options.runs} runs: {added.describe()}")
     return 0
 
 

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 __all__ = ("Options", "Target", "kept_up", "open_target", "run_idle", "run_max", "run_rate")
 
-Scenario = Literal["rate", "max", "idle"]
+Scenario = Literal["rate", "max", "idle", "hop"]
 
 
 @dataclass

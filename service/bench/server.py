@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -14,7 +15,15 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from pathlib import Path
 
-__all__ = ("ProcessStats", "ServerProcess", "free_port", "pin", "wait_listening")
+__all__ = (
+    "ProcessStats",
+    "RedisServer",
+    "ServerProcess",
+    "find_redis_server",
+    "free_port",
+    "pin",
+    "wait_listening",
+)
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -105,3 +114,56 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self._process.kill()
                 self._process.wait()
+
+
+class RedisServer:
+    """A private ``redis-server`` on 127.0.0.1 and a free port, keeping nothing on disk.
+
+    `stop` it (by its PID) and `start` it again on the same port to test outages.
+    """
+
+    def __init__(self, binary: str, directory: Path) -> None:
+        self.binary = binary
+        self.directory = directory
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        argv = [self.binary, "--bind", "127.0.0.1", "--port", str(self.port)]
+        argv += ["--save", "", "--appendonly", "no", "--dir", str(self.directory)]
+        log = (self.directory / "redis.log").open("ab")
+        with log:
+            self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 10
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"redis-server exited; see {self.directory / 'redis.log'}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as probe:
+                    probe.sendall(b"PING\r\n")
+                    if probe.recv(64).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("redis-server did not answer within 10 seconds")
+            time.sleep(0.02)  # a sync fixture polling a process it started
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+            self.process = None
+
+
+def find_redis_server() -> str | None:
+    """The ``redis-server`` binary: ``CLARION_REDIS_SERVER``, or the one on the PATH."""
+    return os.environ.get("CLARION_REDIS_SERVER") or shutil.which("redis-server")

@@ -16,6 +16,8 @@ from service.cli import main
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from tests.support.redis import RedisServer
+
 
 def server_frame(payload: bytes, opcode: int = 1, fin: bool = True) -> bytes:
     length = len(payload)
@@ -130,3 +132,17 @@ def test_a_small_idle_run_measures_memory(capsys: pytest.CaptureFixture[str]) ->
     summary = json.loads(capsys.readouterr().out)
     assert summary["subscribers"] == 300
     assert summary["kib_per_connection"] > 0
+
+
+def test_a_small_hop_run_compares_one_node_with_two_through_redis(
+    redis_server: RedisServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["bench", "hop", "--subscribers", "5", "--rate", "40", "--seconds", "0.5"]
+    argv += ["--warmup", "0.2", "--drain", "5", "--json", "--redis", redis_server.url]
+    assert main(argv) == 0
+    one, two, added = (json.loads(line) for line in capsys.readouterr().out.splitlines())
+    assert (one["server"], two["server"]) == ("one node (memory)", "two nodes (Redis)")
+    assert one["lost"] == two["lost"] == 0
+    assert one["delivered_per_s"] > 0
+    assert two["delivered_per_s"] > 0
+    assert added["added_p99_ms"] == round(two["p99_ms"] - one["p99_ms"], 2)
