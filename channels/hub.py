@@ -406,7 +406,10 @@ class Hub:
         for joining in state.joining.values():
             joining.lose(first, last)
         for outbox in state.subscribers:
-            outbox.record_gap(channel, first, last)
+            # A subscriber that started past the lost range missed nothing of it.
+            start = state.skip_until.get(outbox, 0)
+            if last > start:
+                outbox.record_gap(channel, max(first, start + 1), last)
 
     def restarted(self, channel: str, epoch: str) -> None:
         """Tell *channel*'s local subscribers its stream started again in *epoch*.

@@ -225,6 +225,8 @@ class Sender:
         self._retire = False
         self._done = False
         outbox.notify = self.due
+        if outbox.pending or outbox.closed:
+            self.due()  # filled or closed before this sender existed (a drain at accept)
 
     def due(self) -> None:
         """Have the outbox sent at the flusher's next tick."""

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import coredis
 import coredis.exceptions
+import coredis.retry
 import msgspec
 
 from channels.errors import BrokerUnavailable
@@ -46,6 +47,9 @@ logger = logging.getLogger("clarion")
 
 #: What a failing Redis call raises: down, restarting, or too slow.
 _UNAVAILABLE = (coredis.exceptions.RedisError, OSError, TimeoutError)
+
+#: What background work retries after: the above, and our own translation of it.
+_RETRIED = (*_UNAVAILABLE, BrokerUnavailable)
 
 #: The longest pause between two attempts of background work while Redis is failing.
 MAX_RETRY_DELAY_SECONDS = 5.0
@@ -328,7 +332,18 @@ class RedisBroker:
         cancelled.
         """
         task_status.started()
-        async with self._client.pubsub(ignore_subscribe_messages=True) as self._pubsub:
+        # Reconnect for good, with capped exponential backoff: coredis's default gives
+        # up on the third slow resubscribe, which would end the broker.
+        retry = coredis.retry.ExponentialBackoffRetryPolicy(
+            (coredis.exceptions.ConnectionError, TimeoutError),
+            retries=None,
+            base_delay=0.1,
+            max_delay=MAX_RETRY_DELAY_SECONDS,
+            jitter=True,
+        )
+        async with self._client.pubsub(
+            ignore_subscribe_messages=True, retry_policy=retry
+        ) as self._pubsub:
             self._connected.set()
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._listen)
@@ -382,12 +397,7 @@ class RedisBroker:
         offset_text, _, data = rest.partition(b":")
         offset = int(offset_text)
         if epoch != listening.epoch:
-            # Redis lost the stream (restarted without persistence, or it idled out) and
-            # a new one began: its offsets start again at 1.
-            logger.warning("channel %r restarted with a new epoch in Redis", channel)
-            listening.epoch, listening.last = epoch, 0
-            listening.checked_top = 0
-            self._receiver.restarted(channel, epoch.decode())
+            self._restart(channel, listening, epoch)
         if offset <= listening.last:
             return  # already delivered, from the stream
         if offset > listening.last + 1:
@@ -397,6 +407,13 @@ class RedisBroker:
             return
         listening.last = offset
         self._receiver.deliver(Publication(channel, offset, msgspec.Raw(data)))
+
+    def _restart(self, channel: str, listening: _Listening, epoch: bytes) -> None:
+        """Follow *channel* into a new stream: Redis lost the old one (restarted without
+        persistence, or it idled out), so offsets start again at 1 in *epoch*."""
+        logger.warning("channel %r restarted with a new epoch in Redis", channel)
+        listening.epoch, listening.last, listening.checked_top = epoch, 0, 0
+        self._receiver.restarted(channel, epoch.decode())
 
     def _leave_soon(self, channel: str) -> None:
         self._to_leave.add(channel)
@@ -412,14 +429,20 @@ class RedisBroker:
                 if self._echo is not None:
                     self._echo.set()
                 continue
-            channel = message["channel"][start:].decode()
-            data: bytes = message["data"]
-            if data[:1] == b"!":  # a presence event, outside the numbered stream
-                self._receiver.event(channel, _EVENTS[data[1:2]], _client_info.decode(data[2:]))
-                continue
-            listening = self._listening.get(channel)
-            if listening is not None:
-                self._receive(channel, listening, data)
+            try:
+                channel = message["channel"][start:].decode()
+                data: bytes = message["data"]
+                if data[:1] == b"!":  # a presence event, outside the numbered stream
+                    event = _EVENTS[data[1:2]]
+                    self._receiver.event(channel, event, _client_info.decode(data[2:]))
+                    continue
+                listening = self._listening.get(channel)
+                if listening is not None:
+                    self._receive(channel, listening, data)
+            except (ValueError, KeyError, msgspec.MsgspecError):
+                # Someone else published on our pub/sub channel (redis-cli, a node of
+                # another version): not ours to deliver, and no reason to stop.
+                logger.warning("ignored a malformed message on %r", message["channel"])
 
     async def _maintain(self) -> None:
         """Fill gaps, drop subscriptions no longer wanted, keep streams and presence alive."""
@@ -452,7 +475,7 @@ class RedisBroker:
                     await self._refresh()
                     next_refresh = anyio.current_time() + self._refresh_seconds
                 failures = 0
-            except _UNAVAILABLE as exc:
+            except _RETRIED as exc:
                 self._to_announce.clear()  # best effort: stale joins help nobody later
                 failures += 1
                 delay = min(MAX_RETRY_DELAY_SECONDS, 0.05 * 2**failures)
@@ -511,6 +534,8 @@ class RedisBroker:
             with anyio.fail_after(self._timeout_seconds):
                 async with self._client.pipeline(transaction=False) as pipeline:
                     for channel, client in batch:
+                        if client in self._present.get(channel, {}):
+                            continue  # subscribed again meanwhile: keep it
                         hash_key, expiry_key = self._presence_keys(channel)
                         pipeline.hdel(hash_key, [client])
                         pipeline.zrem(expiry_key, [client])
@@ -546,13 +571,22 @@ class RedisBroker:
 
     async def _check_forever(self) -> None:
         """Check Redis both ways every ``check_seconds``; then catch up on every channel."""
-        await self._subscriber.subscribe(self._node_channel)
+        failures = 0
+        while True:
+            try:
+                with anyio.fail_after(self._timeout_seconds):
+                    await self._subscriber.subscribe(self._node_channel)
+                break
+            except _RETRIED as exc:
+                failures += 1
+                logger.warning("Redis subscribe failed, retrying: %s", _describe(exc))
+                await anyio.sleep(min(MAX_RETRY_DELAY_SECONDS, 0.05 * 2**failures))
         while True:
             self.ready = await self._check()
             if self.ready:
                 try:
                     await self._catch_up()
-                except _UNAVAILABLE as exc:
+                except _RETRIED as exc:
                     logger.warning("Redis catch-up failed: %s", _describe(exc))
             await anyio.sleep(self._check_seconds)
 
@@ -596,6 +630,10 @@ class RedisBroker:
             if listening is None or listening.held is not None or epoch is None or top is None:
                 continue
             if epoch != listening.epoch:
+                # A new stream whose messages all came while pub/sub was down: nothing
+                # arrived to show the restart, so announce it and read the new stream.
+                self._restart(channel, listening, epoch)
+                listening.checked_top = int(top)  # the next check reads what is still missing
                 continue
             # Messages published just before this check may still be on their way: only
             # what was already published at the previous check must have arrived.

@@ -340,3 +340,44 @@ async def test_redis_presence_of_a_node_that_stopped_refreshing_expires(
         # (leaving the block stops the node without removing its entries)
         while await observer.broker.presence("room"):  # noqa: ASYNC110 - waits for the expiry
             await anyio.sleep(0.05)
+
+
+async def test_redis_ignores_foreign_messages_on_its_channels(
+    redis_broker: BrokerConfig, redis_server: RedisServer
+) -> None:
+    async with (
+        nodes(redis_broker) as [node],
+        coredis.Redis.from_url(redis_server.url) as client,
+    ):
+        await node.broker.subscribe("c")
+        name = f"{redis_broker.prefix}:p:c"
+        for garbage in (b"hello", b"!x{}", b"!j{not json", b"e:notanumber:1"):
+            await client.publish(name, garbage)  # redis-cli, or a node of another version
+        await node.broker.publish("c", raw(1), NO_HISTORY)
+        await node.wait_for(1)
+        assert node.offsets() == [1]
+
+
+async def test_redis_a_stream_restarted_while_disconnected_is_announced_and_read(
+    redis_broker: BrokerConfig, redis_server: RedisServer
+) -> None:
+    config = msgspec.structs.replace(redis_broker, check_seconds=0.05, timeout_seconds=0.5)
+    history = History(size=100)
+    async with (
+        nodes(config, 2) as [publisher, listener],
+        coredis.Redis.from_url(redis_server.url) as client,
+    ):
+        await listener.broker.subscribe("c")
+        await publisher.broker.publish("c", raw("old"), history)
+        await listener.wait_for(1)
+        await client.client_kill(type_=coredis.PureToken.PUBSUB)
+        # Redis loses the stream (as in a restart without persistence), and the new
+        # stream's only message is published while the listener is disconnected.
+        await client.delete([f"{config.prefix}:m:c", f"{config.prefix}:s:c"])
+        new = await publisher.broker.publish("c", raw("new"), history)
+        await listener.wait_for(2)
+        assert listener.restarts == [("c", new.epoch)]
+        assert [(item.offset, bytes(item.data)) for item in listener.delivered] == [
+            (1, b'"old"'),
+            (1, b'"new"'),
+        ]

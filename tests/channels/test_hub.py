@@ -541,3 +541,13 @@ async def test_presence_and_join_leave_events() -> None:
         assert await hub.presence("room") == []
         with pytest.raises(PresenceDisabled):
             await hub.presence("open")
+
+
+async def test_a_loss_before_a_subscriber_started_is_not_reported_to_it() -> None:
+    hub = Hub(CONFIG, RemoteBroker(), Encoder())
+    box = outbox()
+    hub.attach(box)
+    await subscribe(hub, box, "open")  # starts at offset 2, not yet delivered here
+    hub.lost("open", 1, 3)
+    hub.deliver(Publication("open", 4, raw(4)))
+    assert await drain(box) == ["gap:open:3-3", "open:4:4"]

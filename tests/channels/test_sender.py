@@ -213,6 +213,18 @@ async def test_closing_an_idle_connection_ends_it_at_the_next_tick(
 
 
 @pytest.mark.parametrize("direct", [True, False], ids=["direct", "writers"])
+async def test_an_outbox_closed_before_its_sender_existed_still_ends(direct: bool) -> None:
+    # A drain that comes while the connection is still being accepted.
+    async with flushing(direct=direct) as (flusher, _):
+        transport = Transport()
+        box = Outbox(10, 1000, lambda channel, first, last: "", encode_restart=lambda c, e: "")
+        box.close()
+        ended = anyio.Event()
+        Sender(box, transport, flusher, ended.set)
+        await ended.wait()
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "writers"])
 async def test_a_stopped_sender_sends_nothing_more(direct: bool) -> None:
     async with flushing(direct=direct) as (flusher, tg):
         connection = Connection(flusher, tg)
