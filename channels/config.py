@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 __all__ = (
+    "Algorithm",
+    "AuthConfig",
     "BrokerConfig",
     "ChannelRule",
     "Config",
@@ -180,6 +182,51 @@ class BrokerConfig(_Base, frozen=True):
         return self.url or "redis://127.0.0.1:6379/0"
 
 
+Algorithm = Literal["HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "ES512"]
+"""A JWT signing algorithm Clarion accepts; ``none`` is not one of them."""
+
+
+class AuthConfig(_Base, frozen=True):
+    """Connection authentication with JSON Web Tokens (see the README's "Security")."""
+
+    required: bool = False
+    """Refuse WebSocket connections without a valid token (HTTP 401)."""
+    algorithms: Annotated[list[Algorithm], msgspec.Meta(min_length=1)] = msgspec.field(
+        default_factory=lambda: ["HS256"]
+    )
+    """The only algorithms a token may be signed with."""
+    secret: str | None = None
+    """HS* algorithms: the shared secret, written as a ``${VAR}`` reference."""
+    public_key_file: str | None = None
+    """RS*/ES* algorithms: a PEM file with the public key."""
+    audience: str | None = None
+    """When set, a token's ``aud`` must include it."""
+    issuer: str | None = None
+    """When set, a token's ``iss`` must equal it."""
+    leeway_seconds: Seconds = 0 * SECONDS
+    """Clock skew allowed when checking ``exp`` and ``nbf``."""
+
+    def __post_init__(self) -> None:
+        symmetric = any(name.startswith("HS") for name in self.algorithms)
+        asymmetric = any(not name.startswith("HS") for name in self.algorithms)
+        if symmetric and asymmetric:
+            raise ValueError("algorithms: use HS* or RS*/ES* algorithms, not both")
+        if symmetric and not self.secret:
+            raise ValueError("HS* algorithms need a secret (a ${VAR} reference)")
+        if symmetric and self.secret:
+            # RFC 7518 3.2: a key at least as long as the hash (HS256: 32 bytes).
+            needed = max(int(name[2:]) // 8 for name in self.algorithms)
+            if len(self.secret.encode()) < needed:
+                raise ValueError(f"secret: {self.algorithms} need at least {needed} bytes")
+        if asymmetric and not self.public_key_file:
+            raise ValueError("RS*/ES* algorithms need public_key_file")
+
+    @property
+    def enabled(self) -> bool:
+        """Whether tokens are checked at all (a key is configured)."""
+        return bool(self.secret or self.public_key_file)
+
+
 def _open_rules() -> list[ChannelRule]:
     return [ChannelRule(match="*")]
 
@@ -189,6 +236,8 @@ class Config(_Base, frozen=True):
 
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     broker: BrokerConfig = msgspec.field(default_factory=BrokerConfig)
+    auth: AuthConfig | None = None
+    """Connection authentication; without it every connection is anonymous."""
     channels: list[ChannelRule] = msgspec.field(default_factory=_open_rules)
     """Channel rules; an exact ``match`` wins over patterns, patterns go in file order."""
 
@@ -233,7 +282,14 @@ def _substitute(value: Any, path: str, env: Mapping[str, str]) -> Any:
 
 
 def _check_secrets(raw: Any) -> None:
-    """Refuse API keys written in the file itself: they must come from the environment."""
+    """Refuse secrets written in the file itself: they must come from the environment."""
+    auth = raw.get("auth") if isinstance(raw, dict) else None
+    secret = auth.get("secret") if isinstance(auth, dict) else None
+    if isinstance(secret, str) and not _ENV_REF.fullmatch(secret):
+        raise ConfigError(
+            "auth.secret: write the secret as a ${VAR} reference; "
+            "secrets come from the environment, not from the file"
+        )
     server = raw.get("server") if isinstance(raw, dict) else None
     keys = server.get("api_keys") if isinstance(server, dict) else None
     for index, key in enumerate(keys if isinstance(keys, list) else []):
@@ -296,6 +352,8 @@ def dump_config(config: Config) -> str:
     """Render *config* as YAML, with every API key redacted."""
     builtins = msgspec.to_builtins(config)
     builtins["server"]["api_keys"] = ["<redacted>"] * len(config.server.api_keys)
+    if config.auth is not None and config.auth.secret is not None:
+        builtins["auth"]["secret"] = "<redacted>"
     if config.broker.url is not None:
         builtins["broker"]["url"] = _PASSWORD_IN_URL.sub(r"\1<redacted>@", config.broker.url)
     return msgspec.yaml.encode(builtins).decode()

@@ -22,15 +22,19 @@ from channels.errors import (
     ServerClosing,
 )
 from channels.hub import open_hub
+from service.auth import SUBPROTOCOL, Authenticator
 from service.datastructures import Headers, QueryParams, URLPath
 from service.protocol import (
     BadMessage,
+    InvalidToken,
     MethodNotAllowed,
     PresenceReply,
     ProtocolError,
     PublishReply,
     RequestTooLarge,
     RouteNotFound,
+    TokenExpired,
+    Unauthenticated,
     Unauthorized,
     UpgradeRequired,
     WireEncoding,
@@ -66,6 +70,9 @@ HTTP_STATUS: dict[type[Exception], int] = {
     RouteNotFound: 404,
     MethodNotAllowed: 405,
     Unauthorized: 401,
+    Unauthenticated: 401,
+    InvalidToken: 401,
+    TokenExpired: 401,
     UpgradeRequired: 426,
 }
 _HEALTH_BODY = msgspec.json.encode({"status": "ok"})
@@ -101,6 +108,8 @@ class Clarion:
         """
         self.config = config
         self.direct_sends = direct_sends
+        auth = config.auth
+        self.auth = Authenticator(auth) if auth is not None and auth.enabled else None
         self.hub: Hub | None = None
         self._routes = {
             "websocket": URLPath(config.server.websocket_path, "websocket"),
@@ -176,8 +185,17 @@ class Clarion:
             error = ServerClosing()
         else:
             try:
-                await run_session(ws, hub, self.config.server)
-            except ServerClosing as exc:
+                identity = None if self.auth is None else self.auth.identify(ws.scope)
+                offered = ws.scope.get("subprotocols", [])
+                await run_session(
+                    ws,
+                    hub,
+                    self.config.server,
+                    identity=identity,
+                    auth=self.auth,
+                    subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None,
+                )
+            except (ServerClosing, Unauthenticated, InvalidToken, TokenExpired) as exc:
                 error = exc
             else:
                 return

@@ -34,6 +34,7 @@ __all__ = (
     "History",
     "HistoryEntry",
     "HistoryReply",
+    "InvalidToken",
     "Join",
     "Leave",
     "Message",
@@ -45,6 +46,7 @@ __all__ = (
     "Publish",
     "PublishReply",
     "PublishRequest",
+    "Refresh",
     "Reply",
     "RequestTooLarge",
     "Restart",
@@ -52,6 +54,8 @@ __all__ = (
     "Since",
     "Subscribe",
     "SubscribeReply",
+    "TokenExpired",
+    "Unauthenticated",
     "Unauthorized",
     "UnknownOp",
     "Unsubscribe",
@@ -87,7 +91,10 @@ class ProtocolError(Exception):
         ├── RouteNotFound     104  no HTTP route at this path
         ├── MethodNotAllowed  105  the route exists, the HTTP method does not
         ├── Unauthorized      106  the HTTP API key is missing or wrong
-        └── UpgradeRequired   107  a plain HTTP request to the WebSocket endpoint
+        ├── UpgradeRequired   107  a plain HTTP request to the WebSocket endpoint
+        ├── Unauthenticated   108  a connection that needs a token came without one
+        ├── InvalidToken      109  the token is malformed, wrongly signed or not for us
+        └── TokenExpired      110  the token's exp has passed (or its nbf not come)
     """
 
     code: ClassVar[int] = 0
@@ -135,6 +142,25 @@ class MethodNotAllowed(ProtocolError):
     def __init__(self, method: str, path: str, allowed: tuple[str, ...]) -> None:
         super().__init__(f"{method} is not allowed on {path}; use {' or '.join(allowed)}")
         self.allowed = allowed
+
+
+class Unauthenticated(ProtocolError):
+    """Raised when ``auth.required`` is set and a connection brings no token."""
+
+    code = 108
+
+
+class InvalidToken(ProtocolError):
+    """Raised when a token does not verify: malformed, wrong signature or algorithm,
+    wrong audience or issuer."""
+
+    code = 109
+
+
+class TokenExpired(ProtocolError):
+    """Raised when a token's ``exp`` has passed or its ``nbf`` has not come yet."""
+
+    code = 110
 
 
 class Unauthorized(ProtocolError):
@@ -193,8 +219,12 @@ class Presence(_Request, tag="presence", frozen=True, kw_only=True):
     channel: str
 
 
-ClientMessage = Subscribe | Unsubscribe | Publish | History | Presence | Ping
-OPS = frozenset(("subscribe", "unsubscribe", "publish", "history", "presence", "ping"))
+class Refresh(_Request, tag="refresh", frozen=True, kw_only=True):
+    token: str
+
+
+ClientMessage = Subscribe | Unsubscribe | Publish | History | Presence | Refresh | Ping
+OPS = frozenset(("subscribe", "unsubscribe", "publish", "history", "presence", "refresh", "ping"))
 
 
 class PublishRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

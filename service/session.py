@@ -9,6 +9,8 @@ in ``finally``.
 
 from __future__ import annotations
 
+import math
+import secrets
 from contextlib import suppress
 from typing import TYPE_CHECKING
 
@@ -16,19 +18,22 @@ import anyio
 
 from channels.errors import ChannelsError, SlowConsumer
 from channels.outbox import Outbox
-from channels.publication import Position
+from channels.publication import ClientInfo, Position
 from channels.sender import Sender
+from service.auth import Identity, seconds_left
 from service.protocol import (
     Frame,
     History,
     HistoryEntry,
     HistoryReply,
+    InvalidToken,
     Ping,
     Presence,
     PresenceReply,
     ProtocolError,
     Publish,
     PublishReply,
+    Refresh,
     Reply,
     Subscribe,
     SubscribeReply,
@@ -44,13 +49,21 @@ from service.websocket import WebSocketDisconnect, WebSocketState
 if TYPE_CHECKING:
     from channels.config import ServerConfig
     from channels.hub import Hub, Subscribed
+    from service.auth import Authenticator
     from service.protocol import ClientMessage
     from service.websocket import WebSocket
 
-__all__ = ("CLOSE_FRAME_TOO_LARGE", "CLOSE_GOING_AWAY", "Session", "run_session")
+__all__ = (
+    "CLOSE_FRAME_TOO_LARGE",
+    "CLOSE_GOING_AWAY",
+    "CLOSE_TOKEN_EXPIRED",
+    "Session",
+    "run_session",
+)
 
 CLOSE_GOING_AWAY = 1001
 CLOSE_FRAME_TOO_LARGE = 1009
+CLOSE_TOKEN_EXPIRED = 4001
 
 
 class Session:
@@ -60,10 +73,22 @@ class Session:
     them in the order they happened.
     """
 
-    def __init__(self, hub: Hub, outbox: Outbox, sender: Sender) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        outbox: Outbox,
+        sender: Sender,
+        *,
+        auth: Authenticator | None = None,
+        user: str | None = None,
+        stop: anyio.CancelScope | None = None,
+    ) -> None:
         self.hub = hub
         self.outbox = outbox
         self.sender = sender
+        self.auth = auth
+        self.user = user
+        self.stop = stop
 
     async def handle(self, frame: str | bytes) -> None:
         """Run the request in *frame*; reply with its result or a coded error.
@@ -77,7 +102,7 @@ class Session:
         else:
             try:
                 reply = await self._run(request)
-            except ChannelsError as exc:
+            except (ChannelsError, ProtocolError) as exc:
                 await self.outbox.put(encode_error(exc.code, str(exc), request.id))
             else:
                 if reply is not None:
@@ -129,16 +154,42 @@ class Session:
             case Presence(id=request_id, channel=channel):
                 clients = await hub.presence(channel)
                 return PresenceReply(id=request_id, channel=channel, clients=clients)
+            case Refresh(id=request_id, token=token):
+                self._refresh(token)
+                return Reply(id=request_id)
             case Ping(id=request_id):
                 return Reply(id=request_id)
 
+    def _refresh(self, token: str) -> None:
+        """Take a new token for this connection: same user, a later expiry."""
+        if self.auth is None or self.stop is None:
+            raise InvalidToken("this server does not use tokens")
+        identity = self.auth.verify(token)
+        if identity.user != self.user:
+            raise InvalidToken("the new token is for another user")
+        self.stop.deadline = _deadline(identity)
 
-async def run_session(ws: WebSocket, hub: Hub, server: ServerConfig) -> None:
+
+def _deadline(identity: Identity | None) -> float:
+    left = None if identity is None else seconds_left(identity)
+    return math.inf if left is None else anyio.current_time() + left
+
+
+async def run_session(
+    ws: WebSocket,
+    hub: Hub,
+    server: ServerConfig,
+    *,
+    identity: Identity | None = None,
+    auth: Authenticator | None = None,
+    subprotocol: str | None = None,
+) -> None:
     """Serve one WebSocket until the client leaves or the node ends the connection.
 
     Close codes: 1001 when the hub closes (after the queued messages were sent), 1009
-    for a frame over ``server.max_request_bytes``, 4000 for a slow consumer. A close
-    is given ``server.write_timeout_seconds`` to be sent.
+    for a frame over ``server.max_request_bytes``, 4000 for a slow consumer, 4001 when
+    the token of an authenticated connection expires (unless a ``refresh`` came first).
+    A close is given ``server.write_timeout_seconds`` to be sent.
 
     Raises:
         ServerClosing: if the hub is closing; the handshake was not accepted.
@@ -146,16 +197,17 @@ async def run_session(ws: WebSocket, hub: Hub, server: ServerConfig) -> None:
     outbox = Outbox(
         server.outbox_messages, server.frame_max_bytes, encode_gap, encode_restart=encode_restart
     )
-    hub.attach(outbox)
+    user = None if identity is None else identity.user
+    hub.attach(outbox, ClientInfo(secrets.token_hex(8), user))
     close: tuple[int, str] | None = None
     try:
-        await ws.accept()
+        await ws.accept(subprotocol)
         # A slow consumer, a broken transport, or a closing outbox that has sent
         # everything ends the connection at once, even while a send is blocked.
-        with anyio.CancelScope() as stop:
+        with anyio.CancelScope(deadline=_deadline(identity)) as stop:
             outbox.on_fail = stop.cancel
             sender = Sender(outbox, ws, hub.flusher, stop.cancel)
-            session = Session(hub, outbox, sender)
+            session = Session(hub, outbox, sender, auth=auth, user=user, stop=stop)
             try:
                 # A plain loop rather than ws.iter_frames(): an async generator per
                 # connection costs memory that an idle connection should not hold.
@@ -173,6 +225,8 @@ async def run_session(ws: WebSocket, hub: Hub, server: ServerConfig) -> None:
                 sender.stop()
         if close is None and outbox.failed:
             close = (SlowConsumer.code, "slow consumer")
+        elif close is None and stop.cancelled_caught and anyio.current_time() >= stop.deadline:
+            close = (CLOSE_TOKEN_EXPIRED, "token expired")
         elif close is None and outbox.closed:
             close = (CLOSE_GOING_AWAY, "server shutting down")
     except anyio.get_cancelled_exc_class():

@@ -92,6 +92,16 @@ BAD_DOCUMENTS = [
     ),
     ("server: {api_keys: ['${EMPTY}']}", "server: an API key is empty"),
     ("broker: {kind: nats}", "broker.kind: Invalid enum value 'nats'"),
+    ("auth: {secret: plain}", "auth.secret: write the secret as a ${VAR} reference"),
+    ("auth: {algorithms: [none], secret: '${SHORT}'}", "auth.algorithms[0]: Invalid enum"),
+    ("auth: {algorithms: []}", "auth.algorithms: Expected `array` of length >= 1"),
+    ("auth: {secret: '${SHORT}'}", "auth: secret: ['HS256'] need at least 32 bytes"),
+    ("auth: {algorithms: [RS256]}", "auth: RS*/ES* algorithms need public_key_file"),
+    ("auth: {required: true}", "auth: HS* algorithms need a secret"),
+    (
+        "auth: {algorithms: [HS256, RS256], secret: '${SHORT}'}",
+        "auth: algorithms: use HS* or RS*/ES* algorithms, not both",
+    ),
     ("broker: {url: 'redis://127.0.0.1'}", "broker: url is for kind: redis"),
     ("broker: {kind: redis, url: 'http://x'}", "broker: url must start with redis://"),
     ("broker: {kind: redis, prefix: 'a b'}", "broker.prefix: Expected `str` matching"),
@@ -107,7 +117,7 @@ BAD_DOCUMENTS = [
 )
 def test_bad_document_names_the_path(document: str, message: str) -> None:
     with pytest.raises(ConfigError) as caught:
-        parse_config(document, env={"EMPTY": ""}, source="test.yaml")
+        parse_config(document, env={"EMPTY": "", "SHORT": "x" * 20}, source="test.yaml")
     assert str(caught.value).startswith("test.yaml: ")
     assert message in str(caught.value)
     assert caught.value.code == 10
@@ -140,6 +150,16 @@ def test_dump_config_redacts_api_keys() -> None:
     assert "s3cret" not in dumped
     assert "<redacted>" in dumped
     assert parse_config(dump_config(Config()), env={}) == Config()
+
+
+def test_dump_config_redacts_the_token_secret() -> None:
+    secret = "s" * 40
+    config = parse_config("auth: {secret: '${S}'}", env={"S": secret})
+    assert config.auth is not None
+    assert config.auth.secret == secret
+    dumped = dump_config(config)
+    assert secret not in dumped
+    assert "secret: <redacted>" in dumped
 
 
 def test_dump_config_redacts_the_redis_password() -> None:

@@ -371,3 +371,9 @@ def test_create_app_reads_clarion_config(tmp_path: Path, monkeypatch: pytest.Mon
     assert create_app().config.server.websocket_path == "/live"
     monkeypatch.delenv("CLARION_CONFIG")
     assert create_app().config == Config()
+
+
+async def test_refresh_without_authentication_is_an_error() -> None:
+    async with running_app() as app, websocket(app) as client:
+        reply = await client.request({"type": "refresh", "id": 1, "token": "x.y.z"})
+        assert (reply["type"], reply["id"], reply["code"]) == ("error", 1, 109)

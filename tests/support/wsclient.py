@@ -14,6 +14,7 @@ from websockets.client import ClientProtocol
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
 from websockets.protocol import State
+from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
 if TYPE_CHECKING:
@@ -49,6 +50,11 @@ class Client:
         self._frames: list[Frame] = []
         self._pending: list[Any] = []
         self.frames_received = 0
+
+    @property
+    def subprotocol(self) -> str | None:
+        """The subprotocol the server selected."""
+        return self._protocol.subprotocol
 
     async def _flush(self) -> None:
         for data in self._protocol.data_to_send():
@@ -130,14 +136,20 @@ class Client:
 
 
 @asynccontextmanager
-async def connect(url: str, *, max_size: int | None = 2**24) -> AsyncIterator[Client]:
+async def connect(
+    url: str, *, max_size: int | None = 2**24, subprotocols: list[str] | None = None
+) -> AsyncIterator[Client]:
     """Open a WebSocket to *url* (``ws://127.0.0.1:PORT/path``).
 
     Raises:
         HandshakeRefused: if the server answers with an HTTP status.
     """
     uri = parse_uri(url)
-    protocol = ClientProtocol(uri, max_size=max_size)
+    protocol = ClientProtocol(
+        uri,
+        max_size=max_size,
+        subprotocols=[Subprotocol(name) for name in subprotocols] if subprotocols else None,
+    )
     async with await anyio.connect_tcp(uri.host, uri.port) as stream:
         protocol.send_request(protocol.connect())
         for data in protocol.data_to_send():

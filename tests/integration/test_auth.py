@@ -1,0 +1,151 @@
+"""Connection authentication against a real hypercorn: tokens in the handshake."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import time
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import jwt
+import msgspec
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from channels.config import AuthConfig, ChannelRule, Config
+from tests.support.server import running_server
+from tests.support.wsclient import HandshakeRefused, connect, subscribe
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from service.runner import Backend
+
+SECRET = "a-test-secret-long-enough-for-every-hs-algorithm-0123456789abcdef"
+CONFIG = Config(
+    auth=AuthConfig(required=True, secret=SECRET, audience="clarion", leeway_seconds=0),
+    channels=[ChannelRule(match="*", presence=True)],
+)
+
+
+def token(key: Any = SECRET, algorithm: str = "HS256", **claims: Any) -> str:
+    now = int(time.time())
+    payload = {"sub": "alice", "aud": "clarion", "exp": now + 60, **claims}
+    return jwt.encode({k: v for k, v in payload.items() if v is not None}, key, algorithm)
+
+
+def part(value: bytes) -> bytes:
+    return base64.urlsafe_b64encode(value).rstrip(b"=")
+
+
+def hs256_signed_with(key: bytes, claims: dict[str, Any]) -> str:
+    """A token signed by hand (PyJWT refuses to sign HS256 with a PEM key)."""
+    head = part(b'{"alg":"HS256","typ":"JWT"}') + b"." + part(msgspec.json.encode(claims))
+    signature = hmac.new(key, head, hashlib.sha256).digest()
+    return (head + b"." + part(signature)).decode()
+
+
+def unsigned(claims: dict[str, Any]) -> str:
+    """An ``alg: none`` token: no signature at all."""
+    head = part(b'{"alg":"none","typ":"JWT"}') + b"." + part(msgspec.json.encode(claims))
+    return (head + b".").decode()
+
+
+async def refused(url: str, **options: Any) -> tuple[int, int]:
+    """Connect expecting a refusal; return the HTTP status and the error code."""
+    with pytest.raises(HandshakeRefused) as caught:
+        async with connect(url, **options):
+            pass
+    return caught.value.status, msgspec.json.decode(caught.value.body)["code"]
+
+
+async def test_a_valid_token_lets_a_user_in(anyio_backend: Backend, free_tcp_port: int) -> None:
+    with anyio.fail_after(15):
+        async with running_server(CONFIG, anyio_backend, free_tcp_port) as server:
+            offered = ["clarion", f"bearer.{token()}"]
+            async with connect(server.ws_url, subprotocols=offered) as client:
+                assert client.subprotocol == "clarion"
+                await subscribe(client, "room")
+                reply = await client.request({"type": "presence", "id": 1, "channel": "room"})
+                assert [entry["user"] for entry in reply["clients"]] == ["alice"]
+            async with connect(f"{server.ws_url}?token={token(sub='bob')}") as client:
+                assert (await client.request({"type": "ping", "id": 2}))["id"] == 2
+
+
+@pytest.mark.parametrize(
+    ("make", "code"),
+    [
+        (lambda: None, 108),
+        (lambda: token(exp=int(time.time()) - 10), 110),
+        (lambda: token(nbf=int(time.time()) + 60), 110),
+        (lambda: token(key=SECRET[::-1]), 109),
+        (lambda: token(algorithm="HS384"), 109),
+        (lambda: unsigned({"sub": "alice", "aud": "clarion", "exp": int(time.time()) + 60}), 109),
+        (lambda: token(aud="someone-else"), 109),
+        (lambda: "not.a.token", 109),
+    ],
+    ids=[
+        "missing",
+        "expired",
+        "not-yet-valid",
+        "wrong-key",
+        "wrong-alg",
+        "alg-none",
+        "wrong-audience",
+        "malformed",
+    ],
+)
+async def test_a_bad_token_is_refused_before_the_upgrade(
+    anyio_backend: Backend, free_tcp_port: int, make: Any, code: int
+) -> None:
+    with anyio.fail_after(15):
+        async with running_server(CONFIG, anyio_backend, free_tcp_port) as server:
+            value = make()
+            offered = ["clarion"] if value is None else ["clarion", f"bearer.{value}"]
+            assert await refused(server.ws_url, subprotocols=offered) == (401, code)
+
+
+async def test_rs256_with_a_public_key_file_refuses_algorithm_confusion(
+    anyio_backend: Backend, free_tcp_port: int, tmp_path: Path
+) -> None:
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public = private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    (tmp_path / "public.pem").write_bytes(public)
+    auth = AuthConfig(
+        required=True, algorithms=["RS256"], public_key_file=str(tmp_path / "public.pem")
+    )
+    config = Config(auth=auth)
+    with anyio.fail_after(15):
+        async with running_server(config, anyio_backend, free_tcp_port) as server:
+            good = token(private, "RS256", aud=None)
+            async with connect(server.ws_url, subprotocols=["clarion", f"bearer.{good}"]):
+                pass
+            # The public key used as an HMAC secret: the classic confusion attack.
+            forged = hs256_signed_with(public, {"sub": "mallory", "exp": int(time.time()) + 60})
+            offered = ["clarion", f"bearer.{forged}"]
+            assert await refused(server.ws_url, subprotocols=offered) == (401, 109)
+
+
+async def test_an_expiring_token_closes_with_4001_unless_refreshed(
+    anyio_backend: Backend, free_tcp_port: int
+) -> None:
+    with anyio.fail_after(20):
+        async with running_server(CONFIG, anyio_backend, free_tcp_port) as server:
+            soon = token(exp=int(time.time()) + 2)
+            async with (
+                connect(server.ws_url, subprotocols=["clarion", f"bearer.{soon}"]) as kept,
+                connect(server.ws_url, subprotocols=["clarion", f"bearer.{soon}"]) as lapsed,
+            ):
+                wrong = await kept.request({"type": "refresh", "id": 1, "token": token(sub="bob")})
+                assert (wrong["type"], wrong["code"]) == ("error", 109)
+                reply = await kept.request({"type": "refresh", "id": 2, "token": token()})
+                assert reply == {"type": "reply", "id": 2}
+                closed = await lapsed.wait_closed()
+                assert (closed.code, closed.reason) == (4001, "token expired")
+                # The refreshed connection outlived the first token.
+                assert (await kept.request({"type": "ping", "id": 3}))["id"] == 3
