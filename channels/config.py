@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 __all__ = (
+    "Access",
     "Algorithm",
     "AuthConfig",
     "BrokerConfig",
@@ -40,6 +41,10 @@ SECONDS = 1.0
 
 SlowConsumerPolicy = Literal["disconnect", "drop_oldest", "latest"]
 """What happens when a subscriber's outbox is full (see the README)."""
+
+Access = Literal["anyone", "authenticated", "granted", "owner"]
+"""Who may subscribe (or publish): any client, one with a valid token, one whose token
+lists the channel in its ``channels`` claim, or the user whose id the ``*`` stands for."""
 
 #: Characters allowed in a channel name; a rule's ``match`` may add ``*``.
 CHANNEL_NAME_CHARS = r"A-Za-z0-9_\-:.@/=+"
@@ -71,8 +76,13 @@ class ChannelRule(_Base, frozen=True):
 
     match: Annotated[str, msgspec.Meta(min_length=1)]
     """An exact channel name, or a pattern where ``*`` matches any run of characters."""
-    publish: bool = True
-    """Whether WebSocket clients may publish (the HTTP API with a key always may)."""
+    publish: bool | Literal["authenticated", "granted", "owner"] = True
+    """Which WebSocket clients may publish: ``true`` any, ``false`` none (the HTTP API with
+    a key always may), or an `Access` level."""
+    subscribe: Access = "anyone"
+    """Which clients may subscribe."""
+    private: bool = False
+    """Subscribing also needs a subscription token for the channel, signed by the backend."""
     history: History = msgspec.field(default_factory=History)
     max_message_bytes: PositiveCount = 64 * KIB
     """Largest ``data`` (encoded JSON) a message on these channels may carry."""
@@ -87,6 +97,10 @@ class ChannelRule(_Base, frozen=True):
         if not _PATTERN_CHARS.fullmatch(self.match):
             raise ValueError(
                 f"match {self.match!r} may hold only letters, digits, '_-:.@/=+' and '*'"
+            )
+        if "owner" in (self.subscribe, self.publish) and self.match.count("*") != 1:
+            raise ValueError(
+                f"owner access needs a match with one '*' (the user id): {self.match!r}"
             )
 
 
@@ -122,6 +136,10 @@ class ServerConfig(_Base, frozen=True):
     """A client that accepts no data for this long is disconnected (TCP_USER_TIMEOUT)."""
     shutdown_grace_seconds: Seconds = 5 * SECONDS
     """How long shutdown waits for clients to receive their queued messages and close 1001."""
+    allowed_origins: list[str] = msgspec.field(default_factory=list)
+    """Browser origins (``https://app.example.com``) allowed to open WebSockets from
+    another site. When set, or when a token comes in the query string, a handshake whose
+    ``Origin`` is neither listed nor the server's own host is refused (403)."""
     api_keys: list[str] = msgspec.field(default_factory=list)
     """Keys for the HTTP API, each written as a ``${VAR}`` reference."""
 

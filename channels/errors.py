@@ -78,10 +78,12 @@ class PermissionDenied(ChannelsError):
 
     code = 202
 
-    def __init__(self, channel: str, action: str) -> None:
-        super().__init__(f"clients may not {action} on channel {channel!r}")
+    def __init__(self, channel: str, action: str, reason: str | None = None) -> None:
+        because = f": {reason}" if reason else ""
+        super().__init__(f"clients may not {action} on channel {channel!r}{because}")
         self.channel = channel
         self.action = action
+        self.reason = reason
 
 
 class AlreadySubscribed(ChannelsError):

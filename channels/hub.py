@@ -15,13 +15,12 @@ from channels.errors import (
     AlreadySubscribed,
     MessageTooLarge,
     NotSubscribed,
-    PermissionDenied,
     PresenceDisabled,
     ServerClosing,
 )
 from channels.outbox import Delivery
 from channels.publication import ClientInfo
-from channels.rules import RuleBook
+from channels.rules import Grant, RuleBook
 from channels.sender import Flusher
 
 if TYPE_CHECKING:
@@ -33,6 +32,9 @@ if TYPE_CHECKING:
     from channels.publication import HistoryPage, Position, Publication
 
 __all__ = ("Encoding", "Hub", "HubStatistics", "Subscribed", "open_hub")
+
+
+_ANONYMOUS = Grant()
 
 
 class Encoding(Protocol):
@@ -166,6 +168,8 @@ class Hub:
         self._broker = broker
         self._encoding = encoding
         self._clients: dict[Outbox, ClientInfo] = {}
+        self._grants: dict[Outbox, Grant] = {}
+        """Only for connections with a user: anonymous ones hold no entry."""
         self._channels: dict[str, _Channel] = {}
         self._subscriptions: dict[Outbox, set[str]] = {}
         self._published = 0
@@ -182,12 +186,15 @@ class Hub:
             return "broker unavailable"
         return None
 
-    def attach(self, outbox: Outbox, client: ClientInfo | None = None) -> ClientInfo:
+    def attach(
+        self, outbox: Outbox, client: ClientInfo | None = None, grant: Grant | None = None
+    ) -> ClientInfo:
         """Register a new connection's outbox; return who it is in presence and events.
 
         Args:
             outbox: the connection's outbox.
             client: its identity; by default a new client id, with no user.
+            grant: what its token allows (see `channels.rules.Grant`); anonymous by default.
 
         Raises:
             ServerClosing: if the hub is closing.
@@ -198,6 +205,8 @@ class Hub:
         if client is None:
             client = ClientInfo(secrets.token_hex(8))
         self._clients[outbox] = client
+        if grant is not None and grant.user is not None:
+            self._grants[outbox] = grant
         return client
 
     def detach(self, outbox: Outbox) -> None:
@@ -208,6 +217,7 @@ class Hub:
         for channel in channels:
             self._leave(outbox, channel)
         del self._clients[outbox]
+        self._grants.pop(outbox, None)
         self._dropped_by_gone += outbox.dropped
         self._slow_consumers_gone += outbox.failed
         if not self._subscriptions and self._no_connections is not None:
@@ -237,6 +247,7 @@ class Hub:
         *,
         since: Position | None,
         on_subscribed: Callable[[Subscribed], None],
+        private_ok: bool = False,
     ) -> None:
         """Subscribe *outbox* to *channel*, replaying what it missed after *since*.
 
@@ -247,12 +258,16 @@ class Hub:
 
         Raises:
             InvalidChannelName, ChannelNotFound: for a bad channel.
+            PermissionDenied: if the connection may not subscribe (the rule's
+                ``subscribe`` access, or ``private`` without *private_ok*).
             AlreadySubscribed: if *outbox* is subscribed to *channel*.
             ServerClosing: if the hub is closing.
         """
         if self.closing:
             raise ServerClosing
         rule = self._rules.resolve(channel)
+        grant = self._grants.get(outbox, _ANONYMOUS)
+        self._rules.check(rule, channel, "subscribe", grant, private_ok=private_ok)
         channels = self._subscriptions[outbox]
         if channel in channels:
             raise AlreadySubscribed(channel)
@@ -310,7 +325,9 @@ class Hub:
         channels.discard(channel)
         self._leave(outbox, channel)
 
-    async def publish(self, channel: str, data: msgspec.Raw, *, trusted: bool) -> Position:
+    async def publish(
+        self, channel: str, data: msgspec.Raw, *, trusted: bool, by: Outbox | None = None
+    ) -> Position:
         """Publish *data* (encoded JSON) on *channel* and return its position.
 
         Args:
@@ -318,6 +335,7 @@ class Hub:
             data: the message's data, already-encoded JSON.
             trusted: True for the authenticated HTTP API, which may publish where
                 clients may not.
+            by: the publishing connection, whose grant the rule is checked against.
 
         Returns once the broker accepted the message.
 
@@ -330,8 +348,9 @@ class Hub:
         if self.closing:
             raise ServerClosing
         rule = self._rules.resolve(channel)
-        if not trusted and not rule.publish:
-            raise PermissionDenied(channel, "publish")
+        if not trusted:
+            grant = _ANONYMOUS if by is None else self._grants.get(by, _ANONYMOUS)
+            self._rules.check(rule, channel, "publish", grant, private_ok=True)
         if len(data) > rule.max_message_bytes:
             raise MessageTooLarge(channel, len(data), rule.max_message_bytes)
         return await self._broker.publish(channel, data, rule.history)

@@ -5,13 +5,23 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
+import msgspec
+
 from channels.config import CHANNEL_NAME_CHARS
-from channels.errors import ChannelNotFound, InvalidChannelName
+from channels.errors import ChannelNotFound, InvalidChannelName, PermissionDenied
 
 if TYPE_CHECKING:
-    from channels.config import ChannelRule, Config, SlowConsumerPolicy
+    from channels.config import Access, ChannelRule, Config, SlowConsumerPolicy
 
-__all__ = ("RuleBook",)
+
+class Grant(msgspec.Struct, frozen=True, gc=False):
+    """What a connection may do: its user, and the channels its token lists."""
+
+    user: str | None = None
+    channels: frozenset[str] = frozenset()
+
+
+__all__ = ("Grant", "RuleBook")
 
 _NAME = re.compile(f"[{CHANNEL_NAME_CHARS}]+")
 
@@ -24,10 +34,11 @@ class RuleBook:
         self._default_policy: SlowConsumerPolicy = config.server.slow_consumer
         self._exact = {rule.match: rule for rule in config.channels if "*" not in rule.match}
         self._patterns = [
-            (re.compile(".*".join(map(re.escape, rule.match.split("*")))), rule)
+            (re.compile("(.*)".join(map(re.escape, rule.match.split("*")))), rule)
             for rule in config.channels
             if "*" in rule.match
         ]
+        self._pattern_of = {rule.match: pattern for pattern, rule in self._patterns}
 
     def resolve(self, channel: str) -> ChannelRule:
         """Return the rule for *channel*.
@@ -49,6 +60,33 @@ class RuleBook:
             if pattern.fullmatch(channel):
                 return rule
         raise ChannelNotFound(channel)
+
+    def check(
+        self, rule: ChannelRule, channel: str, action: str, grant: Grant, *, private_ok: bool
+    ) -> None:
+        """Make sure *grant* may *action* (``subscribe`` or ``publish``) on *channel*.
+
+        Raises:
+            PermissionDenied: with the reason.
+        """
+        if action == "subscribe":
+            access: Access | bool = rule.subscribe
+            if rule.private and not private_ok:
+                raise PermissionDenied(channel, action, "private: send a subscription token")
+        else:
+            access = rule.publish
+        if access is True or access == "anyone":
+            return
+        if access is False:
+            raise PermissionDenied(channel, action)
+        if grant.user is None:
+            raise PermissionDenied(channel, action, "authenticate first")
+        if access == "granted" and channel not in grant.channels:
+            raise PermissionDenied(channel, action, "your token does not list this channel")
+        if access == "owner":
+            found = self._pattern_of[rule.match].fullmatch(channel)
+            if found is None or found[1] != grant.user:
+                raise PermissionDenied(channel, action, "only its owner may")
 
     def policy(self, rule: ChannelRule) -> SlowConsumerPolicy:
         """Return the slow-consumer policy that applies on *rule*'s channels."""

@@ -22,12 +22,13 @@ from channels.errors import (
     ServerClosing,
 )
 from channels.hub import open_hub
-from service.auth import SUBPROTOCOL, Authenticator
+from service.auth import SUBPROTOCOL, Authenticator, check_origin
 from service.datastructures import Headers, QueryParams, URLPath
 from service.protocol import (
     BadMessage,
     InvalidToken,
     MethodNotAllowed,
+    OriginNotAllowed,
     PresenceReply,
     ProtocolError,
     PublishReply,
@@ -73,6 +74,7 @@ HTTP_STATUS: dict[type[Exception], int] = {
     Unauthenticated: 401,
     InvalidToken: 401,
     TokenExpired: 401,
+    OriginNotAllowed: 403,
     UpgradeRequired: 426,
 }
 _HEALTH_BODY = msgspec.json.encode({"status": "ok"})
@@ -185,7 +187,12 @@ class Clarion:
             error = ServerClosing()
         else:
             try:
-                identity = None if self.auth is None else self.auth.identify(ws.scope)
+                allowed = self.config.server.allowed_origins
+                if self.auth is None:
+                    check_origin(ws.scope, allowed, query_token=False)
+                    identity = None
+                else:
+                    identity = self.auth.identify(ws.scope, allowed)
                 offered = ws.scope.get("subprotocols", [])
                 await run_session(
                     ws,
@@ -195,7 +202,13 @@ class Clarion:
                     auth=self.auth,
                     subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None,
                 )
-            except (ServerClosing, Unauthenticated, InvalidToken, TokenExpired) as exc:
+            except (
+                ServerClosing,
+                Unauthenticated,
+                InvalidToken,
+                TokenExpired,
+                OriginNotAllowed,
+            ) as exc:
                 error = exc
             else:
                 return

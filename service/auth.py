@@ -16,13 +16,20 @@ import jwt
 import msgspec
 
 from service.datastructures import Headers, QueryParams
-from service.protocol import InvalidToken, TokenExpired, Unauthenticated
+from service.protocol import InvalidToken, OriginNotAllowed, TokenExpired, Unauthenticated
 
 if TYPE_CHECKING:
     from channels.config import AuthConfig
     from service.types import Scope
 
-__all__ = ("Authenticator", "Identity", "SUBPROTOCOL", "TOKEN_PREFIX", "seconds_left")
+__all__ = (
+    "Authenticator",
+    "Identity",
+    "SUBPROTOCOL",
+    "TOKEN_PREFIX",
+    "check_origin",
+    "seconds_left",
+)
 
 #: The subprotocol the server selects when a client offers it.
 SUBPROTOCOL = "clarion"
@@ -31,13 +38,15 @@ TOKEN_PREFIX = "bearer."
 
 
 class Identity(msgspec.Struct, frozen=True):
-    """Who a verified token says the client is, and until when.
+    """Who a verified token says the client is, what it may do, and until when.
 
-    ``expires`` is a Unix time, or None for a token without ``exp``.
+    ``expires`` is a Unix time, or None for a token without ``exp``; ``channels`` are
+    the names its ``channels`` claim lists (rules with ``granted`` access).
     """
 
     user: str | None
     expires: float | None
+    channels: frozenset[str] = frozenset()
 
 
 class Authenticator:
@@ -55,23 +64,27 @@ class Authenticator:
         else:
             self._key = config.secret or ""
 
-    def token(self, scope: Scope) -> str | None:
-        """The token the handshake carries, if any (subprotocol first, then query)."""
+    def token(self, scope: Scope) -> tuple[str | None, bool]:
+        """The token the handshake carries, if any (subprotocol first, then query), and
+        whether it came in the query string."""
         offered = Headers(scope["headers"]).get("sec-websocket-protocol", "")
         for name in offered.split(","):
             name = name.strip()
             if name.startswith(TOKEN_PREFIX):
-                return name[len(TOKEN_PREFIX) :]
-        return QueryParams(scope.get("query_string", b"")).get("token")
+                return name[len(TOKEN_PREFIX) :], False
+        token = QueryParams(scope.get("query_string", b"")).get("token")
+        return token, token is not None
 
-    def identify(self, scope: Scope) -> Identity | None:
-        """Check the handshake's token; None for an anonymous connection that may enter.
+    def identify(self, scope: Scope, allowed_origins: list[str]) -> Identity | None:
+        """Check the handshake's origin and token; None for an anonymous connection.
 
         Raises:
+            OriginNotAllowed: see `check_origin`.
             Unauthenticated: no token, and one is required.
             InvalidToken, TokenExpired: a token that does not verify.
         """
-        token = self.token(scope)
+        token, from_query = self.token(scope)
+        check_origin(scope, allowed_origins, query_token=from_query)
         if token is None:
             if self.required:
                 raise Unauthenticated("this server needs a token: see the README's Security")
@@ -100,10 +113,30 @@ class Authenticator:
         except jwt.InvalidTokenError as exc:
             raise InvalidToken(f"invalid token: {exc}") from None
         expires = claims.get("exp")
+        listed = claims.get("channels", [])
+        if not isinstance(listed, list) or not all(isinstance(name, str) for name in listed):
+            raise InvalidToken("invalid token: the channels claim must be a list of names")
         return Identity(
             user=str(claims["sub"]),
             expires=float(expires) + config.leeway_seconds if expires is not None else None,
+            channels=frozenset(listed),
         )
+
+    def verify_subscription(self, token: str, channel: str, user: str | None) -> None:
+        """Check a subscription token: signed by the backend for *channel* and *user*.
+
+        Raises:
+            InvalidToken, TokenExpired: a token that does not verify, or is for another
+                channel or user.
+        """
+        if user is None:
+            raise InvalidToken("a subscription token needs an authenticated connection")
+        identity = self.verify(token)
+        if identity.user != user or identity.channels != frozenset([channel]):
+            raise InvalidToken(
+                f"the subscription token is not for {channel!r} and this user: it needs "
+                f"sub = the user and channels = [{channel!r}]"
+            )
 
 
 def seconds_left(identity: Identity) -> float | None:
@@ -111,3 +144,25 @@ def seconds_left(identity: Identity) -> float | None:
     if identity.expires is None:
         return None
     return max(0.0, identity.expires - time.time())
+
+
+def check_origin(scope: Scope, allowed: list[str], *, query_token: bool) -> None:
+    """Refuse a browser page from another site (cross-site WebSocket hijacking).
+
+    The check applies when *allowed* lists origins, or when the token came in the query
+    string; a handshake without ``Origin`` (not a browser) or from the server's own host
+    always passes.
+
+    Raises:
+        OriginNotAllowed: for any other origin.
+    """
+    if not allowed and not query_token:
+        return
+    headers = Headers(scope["headers"])
+    origin = headers.get("origin")
+    if origin is None or origin in allowed:
+        return
+    host = headers.get("host")
+    if host is not None and origin.split("://", 1)[-1] == host:
+        return
+    raise OriginNotAllowed(f"origin {origin!r} may not connect: add it to server.allowed_origins")

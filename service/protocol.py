@@ -39,6 +39,7 @@ __all__ = (
     "Leave",
     "Message",
     "MethodNotAllowed",
+    "OriginNotAllowed",
     "Ping",
     "Presence",
     "PresenceReply",
@@ -94,7 +95,8 @@ class ProtocolError(Exception):
         ├── UpgradeRequired   107  a plain HTTP request to the WebSocket endpoint
         ├── Unauthenticated   108  a connection that needs a token came without one
         ├── InvalidToken      109  the token is malformed, wrongly signed or not for us
-        └── TokenExpired      110  the token's exp has passed (or its nbf not come)
+        ├── TokenExpired      110  the token's exp has passed (or its nbf not come)
+        └── OriginNotAllowed  111  a browser page from another site, not allowed
     """
 
     code: ClassVar[int] = 0
@@ -163,6 +165,12 @@ class TokenExpired(ProtocolError):
     code = 110
 
 
+class OriginNotAllowed(ProtocolError):
+    """Raised when a WebSocket handshake comes from a browser origin that is not allowed."""
+
+    code = 111
+
+
 class Unauthorized(ProtocolError):
     """Raised when the HTTP API needs a key and the request has none or a wrong one."""
 
@@ -194,6 +202,7 @@ class Since(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 class Subscribe(_Request, tag="subscribe", frozen=True, kw_only=True):
     channel: str
     since: Since | None = None
+    token: str | None = None
 
 
 class Unsubscribe(_Request, tag="unsubscribe", frozen=True, kw_only=True):

@@ -19,6 +19,7 @@ import anyio
 from channels.errors import ChannelsError, SlowConsumer
 from channels.outbox import Outbox
 from channels.publication import ClientInfo, Position
+from channels.rules import Grant
 from channels.sender import Sender
 from service.auth import Identity, seconds_left
 from service.protocol import (
@@ -114,11 +115,15 @@ class Session:
         hub, outbox = self.hub, self.outbox
         match request:
             case Publish(id=request_id, channel=channel, data=data):
-                position = await hub.publish(channel, data, trusted=False)
+                position = await hub.publish(channel, data, trusted=False, by=outbox)
                 return PublishReply(
                     id=request_id, channel=channel, offset=position.offset, epoch=position.epoch
                 )
-            case Subscribe(id=request_id, channel=channel, since=since):
+            case Subscribe(id=request_id, channel=channel, since=since, token=token):
+                if token is not None:
+                    if self.auth is None:
+                        raise InvalidToken("this server does not use tokens")
+                    self.auth.verify_subscription(token, channel, self.user)
 
                 def reply(subscribed: Subscribed) -> None:
                     # The reply must precede the channel's messages, which the hub offers
@@ -137,7 +142,9 @@ class Session:
                     )
 
                 start = None if since is None else Position(since.offset, since.epoch)
-                await hub.subscribe(outbox, channel, since=start, on_subscribed=reply)
+                await hub.subscribe(
+                    outbox, channel, since=start, on_subscribed=reply, private_ok=token is not None
+                )
                 return None
             case Unsubscribe(id=request_id, channel=channel):
                 hub.unsubscribe(outbox, channel)
@@ -198,7 +205,8 @@ async def run_session(
         server.outbox_messages, server.frame_max_bytes, encode_gap, encode_restart=encode_restart
     )
     user = None if identity is None else identity.user
-    hub.attach(outbox, ClientInfo(secrets.token_hex(8), user))
+    grant = None if identity is None else Grant(user, identity.channels)
+    hub.attach(outbox, ClientInfo(secrets.token_hex(8), user), grant)
     close: tuple[int, str] | None = None
     try:
         await ws.accept(subprotocol)

@@ -149,3 +149,82 @@ async def test_an_expiring_token_closes_with_4001_unless_refreshed(
                 assert (closed.code, closed.reason) == (4001, "token expired")
                 # The refreshed connection outlived the first token.
                 assert (await kept.request({"type": "ping", "id": 3}))["id"] == 3
+
+
+PERMISSIONS = Config(
+    auth=AuthConfig(secret=SECRET, audience="clarion"),
+    channels=[
+        ChannelRule(match="user:*", subscribe="owner", publish=False),
+        ChannelRule(match="vip:*", subscribe="granted"),
+        ChannelRule(match="members", subscribe="authenticated", publish="authenticated"),
+        ChannelRule(match="secret:*", private=True),
+        ChannelRule(match="*"),
+    ],
+)
+
+
+async def code_of(client: Any, request: dict[str, Any]) -> int | None:
+    """Send *request*; None for a reply, the error code otherwise."""
+    reply = await client.request(request)
+    return None if reply["type"] == "reply" else int(reply["code"])
+
+
+async def test_channel_permissions_follow_the_token(
+    anyio_backend: Backend, free_tcp_port: int
+) -> None:
+    def sub(channel: str, **extra: Any) -> dict[str, Any]:
+        return {"type": "subscribe", "id": channel, "channel": channel, **extra}
+
+    with anyio.fail_after(15):
+        async with running_server(PERMISSIONS, anyio_backend, free_tcp_port) as server:
+            alice_token = token(channels=["vip:1"])
+            async with (
+                connect(server.ws_url, subprotocols=["clarion", f"bearer.{alice_token}"]) as alice,
+                connect(server.ws_url) as anonymous,
+            ):
+                assert await code_of(alice, sub("user:alice")) is None
+                assert await code_of(alice, sub("user:bob")) == 202
+                assert await code_of(alice, sub("vip:1")) is None
+                assert await code_of(alice, sub("vip:2")) == 202
+                assert await code_of(anonymous, sub("members")) == 202
+                assert await code_of(alice, sub("members")) is None
+                publish = {"type": "publish", "id": 1, "channel": "members", "data": 1}
+                assert await code_of(anonymous, publish) == 202
+                assert await code_of(alice, {**publish, "channel": "user:alice"}) == 202
+                assert await code_of(alice, sub("secret:x")) == 202
+                wrong = token(channels=["secret:y"])
+                assert await code_of(alice, sub("secret:x", token=wrong)) == 109
+                other_user = token(sub="bob", channels=["secret:x"])
+                assert await code_of(alice, sub("secret:x", token=other_user)) == 109
+                right = token(channels=["secret:x"])
+                assert await code_of(alice, sub("secret:x", token=right)) is None
+                assert await code_of(anonymous, sub("secret:x", token=right)) == 109
+                assert await code_of(anonymous, sub("open")) is None
+
+
+async def test_a_foreign_origin_is_refused(anyio_backend: Backend, free_tcp_port: int) -> None:
+    server_config = msgspec.structs.replace(
+        Config().server, allowed_origins=["https://app.example.com"]
+    )
+    config = Config(server=server_config)
+    with anyio.fail_after(15):
+        async with running_server(config, anyio_backend, free_tcp_port) as server:
+            status_code = await refused(server.ws_url, origin="https://evil.example.com")
+            assert status_code == (403, 111)
+            async with connect(server.ws_url, origin="https://app.example.com"):
+                pass
+            async with connect(server.ws_url, origin=f"http://127.0.0.1:{free_tcp_port}"):
+                pass  # the server's own host
+            async with connect(server.ws_url):
+                pass  # not a browser: no Origin
+
+
+async def test_a_query_token_from_another_site_is_refused_by_default(
+    anyio_backend: Backend, free_tcp_port: int
+) -> None:
+    with anyio.fail_after(15):
+        async with running_server(CONFIG, anyio_backend, free_tcp_port) as server:
+            url = f"{server.ws_url}?token={token()}"
+            assert await refused(url, origin="https://evil.example.com") == (403, 111)
+            async with connect(url):
+                pass

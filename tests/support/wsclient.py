@@ -14,7 +14,7 @@ from websockets.client import ClientProtocol
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
 from websockets.protocol import State
-from websockets.typing import Subprotocol
+from websockets.typing import Origin, Subprotocol
 from websockets.uri import parse_uri
 
 if TYPE_CHECKING:
@@ -137,7 +137,11 @@ class Client:
 
 @asynccontextmanager
 async def connect(
-    url: str, *, max_size: int | None = 2**24, subprotocols: list[str] | None = None
+    url: str,
+    *,
+    max_size: int | None = 2**24,
+    subprotocols: list[str] | None = None,
+    origin: str | None = None,
 ) -> AsyncIterator[Client]:
     """Open a WebSocket to *url* (``ws://127.0.0.1:PORT/path``).
 
@@ -149,6 +153,7 @@ async def connect(
         uri,
         max_size=max_size,
         subprotocols=[Subprotocol(name) for name in subprotocols] if subprotocols else None,
+        origin=Origin(origin) if origin is not None else None,
     )
     async with await anyio.connect_tcp(uri.host, uri.port) as stream:
         protocol.send_request(protocol.connect())
