@@ -29,6 +29,7 @@ from channels.errors import (
     PresenceDisabled as PresenceDisabled,
     ServerClosing as ServerClosing,
     SlowConsumer as SlowConsumer,
+    TooManySubscriptions as TooManySubscriptions,
 )
 from channels.hub import (
     Hub as Hub,
@@ -74,6 +75,7 @@ __all__ = (
     "ServerConfig",
     "SlowConsumer",
     "Subscribed",
+    "TooManySubscriptions",
     "dump_config",
     "load_config",
     "open_broker",

@@ -132,6 +132,21 @@ class ServerConfig(_Base, frozen=True):
     The default is 512, or ``outbox_messages`` when that is smaller; a value above
     ``outbox_messages`` is an error, since the replay must fit the outbox."""
     channel_name_max_length: PositiveCount = 255
+    max_connections: PositiveCount = 100_000
+    """WebSocket connections per node; more are refused (HTTP 503, code 112)."""
+    max_connections_per_address: PositiveCount | None = None
+    """WebSocket connections per client IP address; more are refused (HTTP 429, 113).
+
+    Off by default: behind a proxy every client has the proxy's address."""
+    max_subscriptions: PositiveCount = 256
+    """Channels one connection may be subscribed to at once (error 207)."""
+    publish_rate_per_second: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    """Publishes per second one connection may sustain (a token bucket; error 114).
+
+    Off by default: a backend publishing over one WebSocket may need thousands a
+    second. Set it for browser-facing deployments (the production checklist does)."""
+    publish_burst: PositiveCount = 50
+    """Publishes one connection may make at once before the rate applies."""
     write_timeout_seconds: Annotated[float, msgspec.Meta(gt=0)] = 30 * SECONDS
     """A client that accepts no data for this long is disconnected (TCP_USER_TIMEOUT)."""
     shutdown_grace_seconds: Seconds = 5 * SECONDS

@@ -11,6 +11,7 @@ Exception hierarchy::
     ├── NotSubscribed          204   unsubscribe from a channel never subscribed
     ├── MessageTooLarge        205   a message exceeds its rule's max_message_bytes
     ├── PresenceDisabled       206   presence asked of a channel whose rule keeps none
+    ├── TooManySubscriptions   207   a connection is at server.max_subscriptions
     ├── ServerClosing          300   the node is shutting down
     ├── BrokerUnavailable      301   the broker (Redis) cannot be reached
     └── SlowConsumer          4000   a subscriber's outbox overflowed (a close code)
@@ -37,6 +38,7 @@ __all__ = (
     "PresenceDisabled",
     "ServerClosing",
     "SlowConsumer",
+    "TooManySubscriptions",
 )
 
 
@@ -128,6 +130,16 @@ class PresenceDisabled(ChannelsError):
     def __init__(self, channel: str) -> None:
         super().__init__(f"channel {channel!r} keeps no presence (its rule has presence: false)")
         self.channel = channel
+
+
+class TooManySubscriptions(ChannelsError):
+    """Raised when a connection subscribes beyond ``server.max_subscriptions``."""
+
+    code = 207
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"a connection may hold at most {limit} subscriptions")
+        self.limit = limit
 
 
 class ServerClosing(ChannelsError):

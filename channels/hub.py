@@ -17,6 +17,7 @@ from channels.errors import (
     NotSubscribed,
     PresenceDisabled,
     ServerClosing,
+    TooManySubscriptions,
 )
 from channels.outbox import Delivery
 from channels.publication import ClientInfo
@@ -165,6 +166,7 @@ class Hub:
         )
         """Sends the outboxes (see `channels.sender`); run by `open_hub`."""
         self._recovery_max = config.server.recovery_limit
+        self._max_subscriptions = config.server.max_subscriptions
         self._broker = broker
         self._encoding = encoding
         self._clients: dict[Outbox, ClientInfo] = {}
@@ -177,6 +179,11 @@ class Hub:
         self._slow_consumers_gone = 0
         self.closing = False
         self._no_connections: anyio.Event | None = None
+
+    @property
+    def connection_count(self) -> int:
+        """How many connections are attached."""
+        return len(self._subscriptions)
 
     def not_ready_reason(self) -> str | None:
         """Why the node should get no new clients now (None when it is ready)."""
@@ -261,6 +268,7 @@ class Hub:
             PermissionDenied: if the connection may not subscribe (the rule's
                 ``subscribe`` access, or ``private`` without *private_ok*).
             AlreadySubscribed: if *outbox* is subscribed to *channel*.
+            TooManySubscriptions: if *outbox* holds ``server.max_subscriptions`` already.
             ServerClosing: if the hub is closing.
         """
         if self.closing:
@@ -271,6 +279,8 @@ class Hub:
         channels = self._subscriptions[outbox]
         if channel in channels:
             raise AlreadySubscribed(channel)
+        if len(channels) >= self._max_subscriptions:
+            raise TooManySubscriptions(self._max_subscriptions)
         state = self._channels.get(channel)
         if state is None:
             state = self._channels[channel] = _Channel(

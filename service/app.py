@@ -25,9 +25,11 @@ from channels.hub import open_hub
 from service.auth import SUBPROTOCOL, Authenticator, check_origin
 from service.datastructures import Headers, QueryParams, URLPath
 from service.protocol import (
+    AddressFull,
     BadMessage,
     InvalidToken,
     MethodNotAllowed,
+    NodeFull,
     OriginNotAllowed,
     PresenceReply,
     ProtocolError,
@@ -75,6 +77,8 @@ HTTP_STATUS: dict[type[Exception], int] = {
     InvalidToken: 401,
     TokenExpired: 401,
     OriginNotAllowed: 403,
+    NodeFull: 503,
+    AddressFull: 429,
     UpgradeRequired: 426,
 }
 _HEALTH_BODY = msgspec.json.encode({"status": "ok"})
@@ -112,6 +116,7 @@ class Clarion:
         self.direct_sends = direct_sends
         auth = config.auth
         self.auth = Authenticator(auth) if auth is not None and auth.enabled else None
+        self._per_address: dict[str, int] = {}
         self.hub: Hub | None = None
         self._routes = {
             "websocket": URLPath(config.server.websocket_path, "websocket"),
@@ -187,23 +192,38 @@ class Clarion:
             error = ServerClosing()
         else:
             try:
-                allowed = self.config.server.allowed_origins
+                server = self.config.server
+                if hub.connection_count >= server.max_connections:
+                    raise NodeFull(f"this node holds {server.max_connections} connections")
+                address = (ws.scope.get("client") or ("", 0))[0]
+                per_address = server.max_connections_per_address
+                if per_address is not None and self._per_address.get(address, 0) >= per_address:
+                    raise AddressFull(f"{per_address} connections from your address")
+                allowed = server.allowed_origins
                 if self.auth is None:
                     check_origin(ws.scope, allowed, query_token=False)
                     identity = None
                 else:
                     identity = self.auth.identify(ws.scope, allowed)
                 offered = ws.scope.get("subprotocols", [])
-                await run_session(
-                    ws,
-                    hub,
-                    self.config.server,
-                    identity=identity,
-                    auth=self.auth,
-                    subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None,
-                )
+                self._per_address[address] = self._per_address.get(address, 0) + 1
+                try:
+                    await run_session(
+                        ws,
+                        hub,
+                        server,
+                        identity=identity,
+                        auth=self.auth,
+                        subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None,
+                    )
+                finally:
+                    left = self._per_address.pop(address) - 1
+                    if left:
+                        self._per_address[address] = left
             except (
                 ServerClosing,
+                NodeFull,
+                AddressFull,
                 Unauthenticated,
                 InvalidToken,
                 TokenExpired,

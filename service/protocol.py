@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from channels.publication import Publication
 
 __all__ = (
+    "AddressFull",
     "BadJSON",
     "BadMessage",
     "ClientMessage",
@@ -39,6 +40,7 @@ __all__ = (
     "Leave",
     "Message",
     "MethodNotAllowed",
+    "NodeFull",
     "OriginNotAllowed",
     "Ping",
     "Presence",
@@ -47,6 +49,7 @@ __all__ = (
     "Publish",
     "PublishReply",
     "PublishRequest",
+    "RateLimited",
     "Refresh",
     "Reply",
     "RequestTooLarge",
@@ -96,7 +99,10 @@ class ProtocolError(Exception):
         ├── Unauthenticated   108  a connection that needs a token came without one
         ├── InvalidToken      109  the token is malformed, wrongly signed or not for us
         ├── TokenExpired      110  the token's exp has passed (or its nbf not come)
-        └── OriginNotAllowed  111  a browser page from another site, not allowed
+        ├── OriginNotAllowed  111  a browser page from another site, not allowed
+        ├── NodeFull          112  the node holds server.max_connections already
+        ├── AddressFull       113  this client address is at its connection limit
+        └── RateLimited       114  publishing faster than the connection's rate
     """
 
     code: ClassVar[int] = 0
@@ -169,6 +175,24 @@ class OriginNotAllowed(ProtocolError):
     """Raised when a WebSocket handshake comes from a browser origin that is not allowed."""
 
     code = 111
+
+
+class NodeFull(ProtocolError):
+    """Raised when a handshake comes while the node holds ``server.max_connections``."""
+
+    code = 112
+
+
+class AddressFull(ProtocolError):
+    """Raised when a client address already holds ``server.max_connections_per_address``."""
+
+    code = 113
+
+
+class RateLimited(ProtocolError):
+    """Raised when a connection publishes faster than ``server.publish_rate_per_second``."""
+
+    code = 114
 
 
 class Unauthorized(ProtocolError):

@@ -34,6 +34,7 @@ from service.protocol import (
     ProtocolError,
     Publish,
     PublishReply,
+    RateLimited,
     Refresh,
     Reply,
     Subscribe,
@@ -83,6 +84,8 @@ class Session:
         auth: Authenticator | None = None,
         user: str | None = None,
         stop: anyio.CancelScope | None = None,
+        publish_rate: float = math.inf,
+        publish_burst: int = 1,
     ) -> None:
         self.hub = hub
         self.outbox = outbox
@@ -90,6 +93,11 @@ class Session:
         self.auth = auth
         self.user = user
         self.stop = stop
+        # A token bucket: *publish_burst* publishes at once, then *publish_rate* a second.
+        self._rate = publish_rate
+        self._burst = float(publish_burst)
+        self._tokens = float(publish_burst)
+        self._refilled = anyio.current_time()
 
     async def handle(self, frame: str | bytes) -> None:
         """Run the request in *frame*; reply with its result or a coded error.
@@ -115,6 +123,7 @@ class Session:
         hub, outbox = self.hub, self.outbox
         match request:
             case Publish(id=request_id, channel=channel, data=data):
+                self._take_publish_token()
                 position = await hub.publish(channel, data, trusted=False, by=outbox)
                 return PublishReply(
                     id=request_id, channel=channel, offset=position.offset, epoch=position.epoch
@@ -167,6 +176,16 @@ class Session:
             case Ping(id=request_id):
                 return Reply(id=request_id)
 
+    def _take_publish_token(self) -> None:
+        now = anyio.current_time()
+        elapsed, self._refilled = now - self._refilled, now
+        self._tokens = min(self._burst, self._tokens + elapsed * self._rate)
+        if self._tokens < 1:
+            raise RateLimited(
+                f"publishing faster than {self._rate:g} per second (burst {self._burst:g})"
+            )
+        self._tokens -= 1
+
     def _refresh(self, token: str) -> None:
         """Take a new token for this connection: same user, a later expiry."""
         if self.auth is None or self.stop is None:
@@ -215,7 +234,16 @@ async def run_session(
         with anyio.CancelScope(deadline=_deadline(identity)) as stop:
             outbox.on_fail = stop.cancel
             sender = Sender(outbox, ws, hub.flusher, stop.cancel)
-            session = Session(hub, outbox, sender, auth=auth, user=user, stop=stop)
+            session = Session(
+                hub,
+                outbox,
+                sender,
+                auth=auth,
+                user=user,
+                stop=stop,
+                publish_rate=server.publish_rate_per_second or math.inf,
+                publish_burst=server.publish_burst,
+            )
             try:
                 # A plain loop rather than ws.iter_frames(): an async generator per
                 # connection costs memory that an idle connection should not hold.
