@@ -28,6 +28,7 @@ __all__ = (
     "Config",
     "History",
     "ServerConfig",
+    "Shape",
     "SlowConsumerPolicy",
     "dump_config",
     "load_config",
@@ -71,6 +72,42 @@ class History(_Base, frozen=True):
     """Drop kept messages older than this; 0 keeps them until ``size`` pushes them out."""
 
 
+class Shape(_Base, frozen=True):
+    """The shape of a message's ``data`` (or of one of its fields), checked on publish."""
+
+    type: Literal["object", "array", "string", "integer", "number", "boolean", "null"]
+    fields: dict[str, Shape] | None = None
+    """object: its fields; any other key is refused."""
+    items: Shape | None = None
+    """array: the shape of every item."""
+    optional: bool = False
+    """As an object's field: it may be left out."""
+    enum: list[str | int] | None = None
+    """string or integer: the only values allowed."""
+    minimum: float | None = None
+    maximum: float | None = None
+    """integer or number: the bounds, inclusive."""
+    min_length: Count | None = None
+    max_length: Count | None = None
+    """string: characters; array: items."""
+    pattern: str | None = None
+    """string: a regular expression the whole value must match."""
+
+    def __post_init__(self) -> None:
+        if (self.type == "object") != (self.fields is not None):
+            raise ValueError("fields is for type: object, and an object needs fields")
+        if (self.type == "array") != (self.items is not None):
+            raise ValueError("items is for type: array, and an array needs items")
+        if self.enum is not None and self.type not in {"string", "integer"}:
+            raise ValueError("enum is for type: string or integer")
+        if self.pattern is not None:
+            try:
+                re.compile(self.pattern)
+            except re.error as exc:
+                message = f"pattern {self.pattern!r} is not a regular expression: {exc}"
+                raise ValueError(message) from None
+
+
 class ChannelRule(_Base, frozen=True):
     """What applies to the channels whose name matches ``match``."""
 
@@ -88,6 +125,8 @@ class ChannelRule(_Base, frozen=True):
     """Largest ``data`` (encoded JSON) a message on these channels may carry."""
     slow_consumer: SlowConsumerPolicy | None = None
     """Overrides ``server.slow_consumer`` for these channels."""
+    data: Shape | None = None
+    """The shape every message's ``data`` must have (error 208 otherwise); any without."""
     presence: bool = False
     """Keep who is subscribed, for ``presence`` requests and ``GET /api/presence``."""
     join_leave: bool = False

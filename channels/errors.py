@@ -12,6 +12,7 @@ Exception hierarchy::
     ├── MessageTooLarge        205   a message exceeds its rule's max_message_bytes
     ├── PresenceDisabled       206   presence asked of a channel whose rule keeps none
     ├── TooManySubscriptions   207   a connection is at server.max_subscriptions
+    ├── InvalidData            208   a message's data does not have its rule's shape
     ├── ServerClosing          300   the node is shutting down
     ├── BrokerUnavailable      301   the broker (Redis) cannot be reached
     └── SlowConsumer          4000   a subscriber's outbox overflowed (a close code)
@@ -32,6 +33,7 @@ __all__ = (
     "ChannelsError",
     "ConfigError",
     "InvalidChannelName",
+    "InvalidData",
     "MessageTooLarge",
     "NotSubscribed",
     "PermissionDenied",
@@ -130,6 +132,18 @@ class PresenceDisabled(ChannelsError):
     def __init__(self, channel: str) -> None:
         super().__init__(f"channel {channel!r} keeps no presence (its rule has presence: false)")
         self.channel = channel
+
+
+class InvalidData(ChannelsError):
+    """Raised when a published message's ``data`` does not have its rule's shape."""
+
+    code = 208
+
+    def __init__(self, channel: str, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason} (the shape of channel {channel!r})")
+        self.channel = channel
+        self.field = field
+        self.reason = reason
 
 
 class TooManySubscriptions(ChannelsError):

@@ -353,6 +353,7 @@ class Hub:
             InvalidChannelName, ChannelNotFound: for a bad channel.
             PermissionDenied: if clients may not publish there and *trusted* is False.
             MessageTooLarge: if *data* exceeds the rule's ``max_message_bytes``.
+            InvalidData: if *data* does not have the rule's ``data`` shape.
             ServerClosing: if the hub is closing.
         """
         if self.closing:
@@ -363,6 +364,7 @@ class Hub:
             self._rules.check(rule, channel, "publish", grant, private_ok=True)
         if len(data) > rule.max_message_bytes:
             raise MessageTooLarge(channel, len(data), rule.max_message_bytes)
+        self._rules.check_data(rule, channel, data)
         return await self._broker.publish(channel, data, rule.history)
 
     async def presence(self, channel: str) -> list[ClientInfo]:

@@ -9,6 +9,7 @@ import msgspec
 
 from channels.config import CHANNEL_NAME_CHARS
 from channels.errors import ChannelNotFound, InvalidChannelName, PermissionDenied
+from channels.shapes import DataCheck
 
 if TYPE_CHECKING:
     from channels.config import Access, ChannelRule, Config, SlowConsumerPolicy
@@ -39,6 +40,9 @@ class RuleBook:
             if "*" in rule.match
         ]
         self._pattern_of = {rule.match: pattern for pattern, rule in self._patterns}
+        self._shapes = {
+            rule.match: DataCheck(rule.data) for rule in config.channels if rule.data is not None
+        }
 
     def resolve(self, channel: str) -> ChannelRule:
         """Return the rule for *channel*.
@@ -87,6 +91,16 @@ class RuleBook:
             found = self._pattern_of[rule.match].fullmatch(channel)
             if found is None or found[1] != grant.user:
                 raise PermissionDenied(channel, action, "only its owner may")
+
+    def check_data(self, rule: ChannelRule, channel: str, data: msgspec.Raw) -> None:
+        """Make sure a message's encoded *data* has the shape *rule* declares, if any.
+
+        Raises:
+            InvalidData: naming the first field that does not fit.
+        """
+        shape = self._shapes.get(rule.match)
+        if shape is not None:
+            shape.check(channel, data)
 
     def policy(self, rule: ChannelRule) -> SlowConsumerPolicy:
         """Return the slow-consumer policy that applies on *rule*'s channels."""

@@ -8,7 +8,7 @@ import anyio
 import msgspec
 import pytest
 
-from channels.config import ChannelRule, Config, History, ServerConfig
+from channels.config import ChannelRule, Config, History, ServerConfig, Shape
 from service.app import Clarion, create_app
 from service.workers import claim_only_worker
 from tests.support.asgi import http_request, running_app, websocket
@@ -377,3 +377,30 @@ async def test_refresh_without_authentication_is_an_error() -> None:
     async with running_app() as app, websocket(app) as client:
         reply = await client.request({"type": "refresh", "id": 1, "token": "x.y.z"})
         assert (reply["type"], reply["id"], reply["code"]) == ("error", 1, 109)
+
+
+TYPED = Config(
+    channels=[
+        ChannelRule(
+            match="typed",
+            data=Shape(type="object", fields={"n": Shape(type="integer", minimum=0)}),
+        ),
+        ChannelRule(match="*"),
+    ]
+)
+
+
+async def test_a_message_of_the_wrong_shape_is_refused_with_its_field() -> None:
+    async with running_app(TYPED) as app, websocket(app) as client:
+        bad = {"type": "publish", "id": 1, "channel": "typed", "data": {"n": -1}}
+        reply = await client.request(bad)
+        assert (reply["type"], reply["code"]) == ("error", 208)
+        assert reply["message"].startswith("data.n: Expected `int` >= 0")
+        good = await client.request({**bad, "id": 2, "data": {"n": 1}})
+        assert good["type"] == "reply"
+        free = await client.request({**bad, "id": 3, "channel": "other", "data": "any"})
+        assert free["type"] == "reply"
+        status, _, body = await http_request(
+            app, "POST", "/api/publish", b'{"channel":"typed","data":{"n":"x"}}'
+        )
+        assert (status, body["code"]) == (422, 208)
