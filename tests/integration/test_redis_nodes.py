@@ -253,12 +253,11 @@ async def test_workers_share_channels_through_redis(
             assert await proc.wait() == 0
 
 
-async def test_presence_spans_nodes_and_forgets_a_killed_node(
+async def test_presence_and_join_leave_span_nodes(
     anyio_backend: Backend, redis_broker: BrokerConfig, tmp_path: Path
 ) -> None:
-    broker = msgspec.structs.replace(redis_broker, presence_ttl_seconds=1.0)
     with anyio.fail_after(60):
-        async with two_nodes(anyio_backend, "mixed", broker, tmp_path) as (a, b):
+        async with two_nodes(anyio_backend, "mixed", redis_broker, tmp_path) as (a, b):
             async with connect(a.ws_url) as alice:
                 await subscribe(alice, "room:1")
                 alice_id = (await alice.receive_object())["info"]["client"]  # its own join
