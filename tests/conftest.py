@@ -21,6 +21,7 @@ from tests.support.redis import INSTALL_HINT, RedisServer, find_redis_server
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from pathlib import Path
 
 
 @pytest.fixture(scope="module", params=["asyncio", "trio"])
@@ -42,12 +43,27 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         server.stop()
 
 
-@pytest.fixture
-def redis_broker(redis_server: RedisServer) -> Iterator[BrokerConfig]:
-    """A Redis broker configuration with a key prefix of this test's own."""
-    yield BrokerConfig(kind="redis", url=redis_server.url, prefix=f"t{uuid.uuid4().hex[:12]}")
+def _collect_coredis_leftovers() -> None:
     # coredis 6.9 leaves some memory streams of its connections unclosed (one that broke,
     # one that never connected): collect them now, quietly, not in a later test.
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Unclosed <MemoryObject", ResourceWarning)
         gc.collect()
+
+
+@pytest.fixture
+def own_redis(redis_server: RedisServer, tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own, not started: for tests that stop Redis."""
+    server = RedisServer(redis_server.binary, tmp_path)
+    try:
+        yield server
+    finally:
+        server.stop()
+        _collect_coredis_leftovers()
+
+
+@pytest.fixture
+def redis_broker(redis_server: RedisServer) -> Iterator[BrokerConfig]:
+    """A Redis broker configuration with a key prefix of this test's own."""
+    yield BrokerConfig(kind="redis", url=redis_server.url, prefix=f"t{uuid.uuid4().hex[:12]}")
+    _collect_coredis_leftovers()

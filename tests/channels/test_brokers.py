@@ -5,7 +5,6 @@ Redis-only behaviour (several nodes, gaps in pub/sub) follows the shared tests.
 
 from __future__ import annotations
 
-import gc
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING
 
@@ -19,14 +18,13 @@ from channels.brokers.redis import RedisBroker
 from channels.config import BrokerConfig, History
 from channels.errors import BrokerUnavailable
 from channels.publication import ClientInfo
-from tests.support.redis import RedisServer
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
-    from pathlib import Path
 
     from channels.brokers import Broker, Event
     from channels.publication import Publication
+    from tests.support.redis import RedisServer
 
 NO_HISTORY = History()
 
@@ -234,33 +232,28 @@ async def test_redis_messages_missed_by_a_broken_subscription_are_read_or_report
 # coredis 6.9 leaves the memory streams of a connection that never connected unclosed.
 @pytest.mark.filterwarnings("ignore:Unclosed <MemoryObject:ResourceWarning")
 async def test_a_publish_while_redis_is_down_is_refused_then_works_again(
-    tmp_path: Path, redis_server: RedisServer
+    own_redis: RedisServer,
 ) -> None:
-    own = RedisServer(redis_server.binary, tmp_path)
-    own.start()
-    try:
-        config = BrokerConfig(kind="redis", url=own.url, timeout_seconds=1)
-        async with nodes(config) as [node]:
-            await node.broker.subscribe("c")
-            await node.broker.publish("c", raw(1), NO_HISTORY)
-            own.stop()
-            with pytest.raises(BrokerUnavailable) as refused:
-                await node.broker.publish("c", raw(2), NO_HISTORY)
-            assert refused.value.code == 301
-            own.start()
-            with anyio.fail_after(15):
-                while True:
-                    try:
-                        position = await node.broker.publish("c", raw(3), NO_HISTORY)
-                    except BrokerUnavailable:
-                        await anyio.sleep(0.05)  # the client reconnects after a backoff
-                    else:
-                        break
-            # Redis kept nothing: the stream starts again, in a new epoch.
-            assert position.offset == 1
-    finally:
-        own.stop()
-    gc.collect()  # see the mark: collected here, not in whatever test runs next
+    own_redis.start()
+    config = BrokerConfig(kind="redis", url=own_redis.url, timeout_seconds=1)
+    async with nodes(config) as [node]:
+        await node.broker.subscribe("c")
+        await node.broker.publish("c", raw(1), NO_HISTORY)
+        own_redis.stop()
+        with pytest.raises(BrokerUnavailable) as refused:
+            await node.broker.publish("c", raw(2), NO_HISTORY)
+        assert refused.value.code == 301
+        own_redis.start()
+        with anyio.fail_after(15):
+            while True:
+                try:
+                    position = await node.broker.publish("c", raw(3), NO_HISTORY)
+                except BrokerUnavailable:
+                    await anyio.sleep(0.05)  # the client reconnects after a backoff
+                else:
+                    break
+        # Redis kept nothing: the stream starts again, in a new epoch.
+        assert position.offset == 1
 
 
 @asynccontextmanager
@@ -294,23 +287,18 @@ async def test_redis_messages_missed_before_a_quiet_spell_are_caught_up(
 
 
 @pytest.mark.filterwarnings("ignore:Unclosed <MemoryObject:ResourceWarning")
-async def test_redis_readiness_follows_redis(tmp_path: Path, redis_server: RedisServer) -> None:
-    own = RedisServer(redis_server.binary, tmp_path)
-    own.start()
-    try:
-        config = BrokerConfig(kind="redis", url=own.url, timeout_seconds=0.5, check_seconds=0.05)
-        async with nodes(config) as [node]:
-            broker = node.broker
-            assert isinstance(broker, RedisBroker)
-            await wait_ready(broker, True)
-            assert broker.round_trip_seconds is not None
-            own.stop()
-            await wait_ready(broker, False)
-            own.start()
-            await wait_ready(broker, True)
-    finally:
-        own.stop()
-    gc.collect()
+async def test_redis_readiness_follows_redis(own_redis: RedisServer) -> None:
+    own_redis.start()
+    config = BrokerConfig(kind="redis", url=own_redis.url, timeout_seconds=0.5, check_seconds=0.05)
+    async with nodes(config) as [node]:
+        broker = node.broker
+        assert isinstance(broker, RedisBroker)
+        await wait_ready(broker, True)
+        assert broker.round_trip_seconds is not None
+        own_redis.stop()
+        await wait_ready(broker, False)
+        own_redis.start()
+        await wait_ready(broker, True)
 
 
 async def test_presence_is_kept_and_events_reach_every_node(broker_config: BrokerConfig) -> None:

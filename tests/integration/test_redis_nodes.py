@@ -6,7 +6,6 @@ process on the same backend or on the other one (the mixed pair).
 
 from __future__ import annotations
 
-import gc
 import sys
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -143,44 +142,37 @@ async def test_live_messages_racing_the_replay_arrive_once_and_in_order(
 # coredis 6.9 leaves the memory streams of a connection that never connected unclosed.
 @pytest.mark.filterwarnings("ignore:Unclosed <MemoryObject:ResourceWarning")
 async def test_a_node_rides_out_a_redis_restart(
-    anyio_backend: Backend, redis_server: RedisServer, tmp_path: Path
+    anyio_backend: Backend, own_redis: RedisServer
 ) -> None:
-    own = RedisServer(redis_server.binary, tmp_path)
-    own.start()
-    broker = BrokerConfig(kind="redis", url=own.url, timeout_seconds=0.5, check_seconds=0.05)
-    try:
-        with anyio.fail_after(60):
-            async with (
-                running_server(Config(broker=broker), anyio_backend, free_port()) as node,
-                connect(node.ws_url) as client,
-            ):
-                await wait_ready(node, 200)
-                await subscribe(client, "news")
-                await http_publish(node, "news", "before")
-                assert (await client.receive_object())["offset"] == 1
-                own.stop()
-                await wait_ready(node, 503)
-                assert (await http_call(node, "GET", "/ready"))[1]["reason"] == (
-                    "broker unavailable"
-                )
-                body = msgspec.json.encode({"channel": "news", "data": "during"})
-                status, refused = await http_call(node, "POST", "/api/publish", body)
-                assert (status, refused["code"]) == (503, 301)
-                assert (await http_call(node, "GET", "/health"))[0] == 200
-                own.start()
-                await wait_ready(node, 200)
-                # The client stayed connected; Redis kept nothing, so the stream restarts.
-                epoch = (await http_publish(node, "news", "after"))["epoch"]
-                assert await client.receive_object() == {
-                    "type": "restart",
-                    "channel": "news",
-                    "epoch": epoch,
-                }
-                message = await client.receive_object()
-                assert (message["offset"], message["data"]) == (1, "after")
-    finally:
-        own.stop()
-    gc.collect()  # see the mark on the broker tests' outage test
+    own_redis.start()
+    broker = BrokerConfig(kind="redis", url=own_redis.url, timeout_seconds=0.5, check_seconds=0.05)
+    with anyio.fail_after(60):
+        async with (
+            running_server(Config(broker=broker), anyio_backend, free_port()) as node,
+            connect(node.ws_url) as client,
+        ):
+            await wait_ready(node, 200)
+            await subscribe(client, "news")
+            await http_publish(node, "news", "before")
+            assert (await client.receive_object())["offset"] == 1
+            own_redis.stop()
+            await wait_ready(node, 503)
+            assert (await http_call(node, "GET", "/ready"))[1]["reason"] == "broker unavailable"
+            body = msgspec.json.encode({"channel": "news", "data": "during"})
+            status, refused = await http_call(node, "POST", "/api/publish", body)
+            assert (status, refused["code"]) == (503, 301)
+            assert (await http_call(node, "GET", "/health"))[0] == 200
+            own_redis.start()
+            await wait_ready(node, 200)
+            # The client stayed connected; Redis kept nothing, so the stream restarts.
+            epoch = (await http_publish(node, "news", "after"))["epoch"]
+            assert await client.receive_object() == {
+                "type": "restart",
+                "channel": "news",
+                "epoch": epoch,
+            }
+            message = await client.receive_object()
+            assert (message["offset"], message["data"]) == (1, "after")
 
 
 async def wait_ready(node: Server, status: int) -> None:
@@ -190,28 +182,23 @@ async def wait_ready(node: Server, status: int) -> None:
 
 @pytest.mark.filterwarnings("ignore:Unclosed <MemoryObject:ResourceWarning")
 async def test_a_node_starts_while_redis_is_down(
-    anyio_backend: Backend, redis_server: RedisServer, tmp_path: Path
+    anyio_backend: Backend, own_redis: RedisServer
 ) -> None:
-    own = RedisServer(redis_server.binary, tmp_path)  # not started yet
-    broker = BrokerConfig(kind="redis", url=own.url, timeout_seconds=0.5, check_seconds=0.05)
-    try:
-        with anyio.fail_after(60):
-            async with (
-                running_server(Config(broker=broker), anyio_backend, free_port()) as node,
-                connect(node.ws_url) as client,
-            ):
-                assert (await http_call(node, "GET", "/health"))[0] == 200
-                assert (await http_call(node, "GET", "/ready"))[0] == 503
-                refused = await client.request({"type": "subscribe", "id": 1, "channel": "c"})
-                assert (refused["type"], refused["code"]) == ("error", 301)
-                own.start()
-                await wait_ready(node, 200)
-                await subscribe(client, "c")
-                await http_publish(node, "c", "hello")
-                assert (await client.receive_object())["data"] == "hello"
-    finally:
-        own.stop()
-    gc.collect()
+    broker = BrokerConfig(kind="redis", url=own_redis.url, timeout_seconds=0.5, check_seconds=0.05)
+    with anyio.fail_after(60):
+        async with (
+            running_server(Config(broker=broker), anyio_backend, free_port()) as node,
+            connect(node.ws_url) as client,
+        ):
+            assert (await http_call(node, "GET", "/health"))[0] == 200
+            assert (await http_call(node, "GET", "/ready"))[0] == 503
+            refused = await client.request({"type": "subscribe", "id": 1, "channel": "c"})
+            assert (refused["type"], refused["code"]) == ("error", 301)
+            own_redis.start()
+            await wait_ready(node, 200)
+            await subscribe(client, "c")
+            await http_publish(node, "c", "hello")
+            assert (await client.receive_object())["data"] == "hello"
 
 
 def worker_pids(parent: int) -> list[int]:
