@@ -188,6 +188,15 @@ class ServerConfig(_Base, frozen=True):
     """Publishes one connection may make at once before the rate applies."""
     write_timeout_seconds: Annotated[float, msgspec.Meta(gt=0)] = 30 * SECONDS
     """A client that accepts no data for this long is disconnected (TCP_USER_TIMEOUT)."""
+    handshake_timeout_seconds: Annotated[float, msgspec.Meta(gt=0)] = 10 * SECONDS
+    """A connection must send a whole HTTP request (the WebSocket handshake, or an API
+    call) within this long of opening, or of its previous request, or it is closed."""
+    ping_interval_seconds: Annotated[float, msgspec.Meta(gt=0)] | None = 25 * SECONDS
+    """After this long without a frame from a client, the server sends it a ``ping``;
+    null: no pings, and a quiet client is never closed."""
+    pong_timeout_seconds: Annotated[float, msgspec.Meta(gt=0)] = 10 * SECONDS
+    """A client that sends nothing (a ``pong``, or any request) for this long after a
+    ping is taken for dead and closed with 4002."""
     shutdown_grace_seconds: Seconds = 5 * SECONDS
     """How long shutdown waits for clients to receive their queued messages and close 1001."""
     allowed_origins: list[str] = msgspec.field(default_factory=list)
@@ -271,6 +280,9 @@ class AuthConfig(_Base, frozen=True):
     """HS* algorithms: the shared secret, written as a ``${VAR}`` reference."""
     public_key_file: str | None = None
     """RS*/ES* algorithms: a PEM file with the public key."""
+    jwks_file: str | None = None
+    """RS*/ES* algorithms, instead of ``public_key_file``: a JSON Web Key Set file
+    (``{"keys": [...]}``); a token's ``kid`` header picks its key."""
     audience: str | None = None
     """When set, a token's ``aud`` must include it."""
     issuer: str | None = None
@@ -290,13 +302,17 @@ class AuthConfig(_Base, frozen=True):
             needed = max(int(name[2:]) // 8 for name in self.algorithms)
             if len(self.secret.encode()) < needed:
                 raise ValueError(f"secret: {self.algorithms} need at least {needed} bytes")
-        if asymmetric and not self.public_key_file:
-            raise ValueError("RS*/ES* algorithms need public_key_file")
+        if asymmetric and not (self.public_key_file or self.jwks_file):
+            raise ValueError("RS*/ES* algorithms need public_key_file or jwks_file")
+        if self.public_key_file and self.jwks_file:
+            raise ValueError("use public_key_file or jwks_file, not both")
+        if symmetric and (self.public_key_file or self.jwks_file):
+            raise ValueError("public_key_file and jwks_file are for RS*/ES* algorithms")
 
     @property
     def enabled(self) -> bool:
         """Whether tokens are checked at all (a key is configured)."""
-        return bool(self.secret or self.public_key_file)
+        return bool(self.secret or self.public_key_file or self.jwks_file)
 
 
 def _open_rules() -> list[ChannelRule]:

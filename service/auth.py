@@ -10,11 +10,12 @@ upgrade: a connection without a valid one is refused with HTTP 401.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import jwt
 import msgspec
 
+from channels.errors import ConfigError
 from service.datastructures import Headers, QueryParams
 from service.protocol import InvalidToken, OriginNotAllowed, TokenExpired, Unauthenticated
 
@@ -52,17 +53,29 @@ class Identity(msgspec.Struct, frozen=True):
 class Authenticator:
     """Verify tokens against the configured key, algorithms, audience and issuer.
 
-    Reads the public key file at construction: build it before the event loop starts.
+    Reads the public key or JWKS file at construction: build it before the event loop
+    starts.
+
+    Raises:
+        ConfigError: if the key file cannot be read, or the JWKS file holds no usable key.
     """
 
     def __init__(self, config: AuthConfig) -> None:
         self.config = config
         self.required = config.required
-        if config.public_key_file is not None:
-            with open(config.public_key_file, "rb") as file:
-                self._key: str | bytes = file.read()
-        else:
-            self._key = config.secret or ""
+        self._key: str | bytes = config.secret or ""
+        self._jwks: dict[str | None, tuple[Any, str | None]] | None = None
+        try:
+            if config.public_key_file is not None:
+                with open(config.public_key_file, "rb") as file:
+                    self._key = file.read()
+            elif config.jwks_file is not None:
+                with open(config.jwks_file, "rb") as file:
+                    self._jwks = _read_jwks(file.read())
+        except OSError as exc:
+            raise ConfigError(f"auth: cannot read the key file: {exc}") from None
+        except (jwt.PyJWTError, ValueError) as exc:
+            raise ConfigError(f"auth.jwks_file: {exc}") from None
 
     def token(self, scope: Scope) -> tuple[str | None, bool]:
         """The token the handshake carries, if any (subprotocol first, then query), and
@@ -98,11 +111,12 @@ class Authenticator:
             InvalidToken, TokenExpired: a token that does not verify.
         """
         config = self.config
+        key, algorithms = self._key_for(token)
         try:
             claims = jwt.decode(
                 token,
-                self._key,
-                algorithms=list(config.algorithms),
+                key,
+                algorithms=algorithms,
                 audience=config.audience,
                 issuer=config.issuer,
                 leeway=config.leeway_seconds,
@@ -122,6 +136,27 @@ class Authenticator:
             channels=frozenset(listed),
         )
 
+    def _key_for(self, token: str) -> tuple[Any, list[str]]:
+        """The key to check *token* with, and the algorithms it may use."""
+        algorithms: list[str] = list(self.config.algorithms)
+        if self._jwks is None:
+            return self._key, algorithms
+        try:
+            kid = jwt.get_unverified_header(token).get("kid")
+        except jwt.InvalidTokenError as exc:
+            raise InvalidToken(f"invalid token: {exc}") from None
+        found = self._jwks.get(kid) if isinstance(kid, str) else None
+        if found is None and kid is None and len(self._jwks) == 1:
+            (found,) = self._jwks.values()  # one key: a token may leave kid out
+        if found is None:
+            raise InvalidToken(f"invalid token: no key in auth.jwks_file has kid {kid!r}")
+        key, algorithm = found
+        if algorithm is not None:  # a key that names its algorithm is for that one only
+            if algorithm not in algorithms:
+                raise InvalidToken(f"invalid token: key {kid!r} is for {algorithm}")
+            algorithms = [algorithm]
+        return key, algorithms
+
     def verify_subscription(self, token: str, channel: str, user: str | None) -> None:
         """Check a subscription token: signed by the backend for *channel* and *user*.
 
@@ -137,6 +172,39 @@ class Authenticator:
                 f"the subscription token is not for {channel!r} and this user: it needs "
                 f"sub = the user and channels = [{channel!r}]"
             )
+
+
+class _JWK(msgspec.Struct):
+    kty: str
+    kid: str | None = None
+    alg: str | None = None
+    use: str | None = None
+
+
+class _JWKS(msgspec.Struct):
+    keys: list[msgspec.Raw]
+
+
+def _read_jwks(data: bytes) -> dict[str | None, tuple[Any, str | None]]:
+    """The public signing keys of a JWKS document by ``kid``, each with its ``alg``.
+
+    Symmetric (``oct``) and encryption-only keys are left out: a key set is public.
+    """
+    try:
+        document = msgspec.json.decode(data, type=_JWKS)
+        keys: dict[str | None, tuple[Any, str | None]] = {}
+        for raw in document.keys:
+            entry = msgspec.json.decode(raw, type=_JWK)
+            if entry.kty == "oct" or entry.use not in {None, "sig"}:
+                continue
+            if entry.kid in keys:
+                raise ValueError(f"two keys have kid {entry.kid!r}")
+            keys[entry.kid] = (jwt.PyJWK.from_json(bytes(raw).decode()).key, entry.alg)
+    except msgspec.DecodeError as exc:
+        raise ValueError(f"not a JSON Web Key Set: {exc}") from None
+    if not keys:
+        raise ValueError("no public signing key")
+    return keys
 
 
 def seconds_left(identity: Identity) -> float | None:

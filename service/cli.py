@@ -176,6 +176,19 @@ def _bench_hop(options: Options, redis: str | None, *, json: bool) -> int:
     return 0
 
 
+def _read_key_files(config: Config) -> Config:
+    """Read the key files *config* names, so that a bad one is reported before serving.
+
+    Raises:
+        ConfigError: if a key file cannot be read or holds no usable key.
+    """
+    if config.auth is not None and config.auth.enabled:
+        from service.auth import Authenticator
+
+        Authenticator(config.auth)
+    return config
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the ``clarion`` command line; return the exit status."""
     args = _parser().parse_args(argv)
@@ -183,10 +196,11 @@ def main(argv: list[str] | None = None) -> int:
         return _bench(args)
     try:
         if args.command == "check":
-            print(dump_config(load_config(args.file)), end="")
+            config = _read_key_files(load_config(args.file))
+            print(dump_config(config), end="")
             print(f"{args.file}: OK", file=sys.stderr)
             return 0
-        config = _serve_config(args)
+        config = _read_key_files(_serve_config(args))
     except ConfigError as exc:
         print(f"clarion: error: {exc}", file=sys.stderr)
         return 2

@@ -7,8 +7,10 @@ Client to server, one JSON object per WebSocket frame (text or binary)::
     {"type": "publish", "id": 3, "channel": "chat:1", "data": {"text": "hi"}}
     {"type": "history", "id": 4, "channel": "chat:1", "limit": 10, "since": 4}
     {"type": "ping", "id": 5}
+    {"type": "pong"}
 
-Server to client: ``reply``, ``error``, ``message`` and ``gap`` objects. A frame holds one
+Server to client: ``reply``, ``error``, ``message``, ``gap``, ``join``, ``leave``,
+``restart`` and ``ping`` objects (a ``ping`` asks the client for a ``pong``). A frame holds one
 object, or a JSON array of several when the writer coalesced them. The README documents
 every field and code.
 """
@@ -43,6 +45,7 @@ __all__ = (
     "NodeFull",
     "OriginNotAllowed",
     "Ping",
+    "Pong",
     "Presence",
     "PresenceReply",
     "ProtocolError",
@@ -55,6 +58,7 @@ __all__ = (
     "RequestTooLarge",
     "Restart",
     "RouteNotFound",
+    "ServerPing",
     "Since",
     "Subscribe",
     "SubscribeReply",
@@ -248,6 +252,10 @@ class Ping(_Request, tag="ping", frozen=True, kw_only=True):
     pass
 
 
+class Pong(_Request, tag="pong", frozen=True, kw_only=True):
+    """The answer to the server's ``ping``; it gets no reply."""
+
+
 class Presence(_Request, tag="presence", frozen=True, kw_only=True):
     channel: str
 
@@ -256,8 +264,10 @@ class Refresh(_Request, tag="refresh", frozen=True, kw_only=True):
     token: str
 
 
-ClientMessage = Subscribe | Unsubscribe | Publish | History | Presence | Refresh | Ping
-OPS = frozenset(("subscribe", "unsubscribe", "publish", "history", "presence", "refresh", "ping"))
+ClientMessage = Subscribe | Unsubscribe | Publish | History | Presence | Refresh | Ping | Pong
+OPS = frozenset(
+    ("subscribe", "unsubscribe", "publish", "history", "presence", "refresh", "ping", "pong")
+)
 
 
 class PublishRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -290,6 +300,10 @@ def decode_request(frame: str | bytes) -> ClientMessage:
             probe = _probe_decoder.decode(frame)
         except msgspec.ValidationError:
             probe = _Probe()
+        except msgspec.DecodeError as malformed:
+            # The typed decoder can fail on a field before it reaches the end of a
+            # truncated frame ('{"type":0'): the frame is not JSON at all.
+            raise BadJSON(f"not valid JSON: {malformed}") from None
         request_id = probe.id if isinstance(probe.id, int | str) else None
         if probe.type is not None and not (isinstance(probe.type, str) and probe.type in OPS):
             name = repr(probe.type)[:100]
@@ -423,6 +437,11 @@ class Restart(Frame, tag="restart", frozen=True, kw_only=True):
 
     channel: str
     epoch: str
+
+
+class ServerPing(Frame, tag="ping", frozen=True, kw_only=True):
+    """Sent to a client that has been quiet for ``server.ping_interval_seconds``; it must
+    answer (a ``pong``, or any request) within ``server.pong_timeout_seconds``."""
 
 
 _encoder = msgspec.json.Encoder()

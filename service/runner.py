@@ -86,6 +86,11 @@ def hypercorn_config(config: Config) -> HypercornConfig:
     result.write_timeout_seconds = config.server.write_timeout_seconds
     result.bind = [config.server.bind]
     result.websocket_max_message_size = config.server.max_request_bytes
+    # hypercorn's keep-alive timer runs from the moment a connection opens until a whole
+    # request has arrived (and again between requests): a client that never finishes
+    # its handshake is closed when it fires. WebSocket connections are not affected.
+    result.keep_alive_timeout = config.server.handshake_timeout_seconds
+    result.ssl_handshake_timeout = config.server.handshake_timeout_seconds
     # Our own drain closes clients within shutdown_grace_seconds; give hypercorn a
     # moment more so that it never cuts a close frame short.
     result.graceful_timeout = config.server.shutdown_grace_seconds + 1.0

@@ -29,6 +29,7 @@ from service.protocol import (
     HistoryReply,
     InvalidToken,
     Ping,
+    Pong,
     Presence,
     PresenceReply,
     ProtocolError,
@@ -37,6 +38,7 @@ from service.protocol import (
     RateLimited,
     Refresh,
     Reply,
+    ServerPing,
     Subscribe,
     SubscribeReply,
     Unsubscribe,
@@ -58,6 +60,7 @@ if TYPE_CHECKING:
 __all__ = (
     "CLOSE_FRAME_TOO_LARGE",
     "CLOSE_GOING_AWAY",
+    "CLOSE_NO_PONG",
     "CLOSE_TOKEN_EXPIRED",
     "Session",
     "run_session",
@@ -66,6 +69,9 @@ __all__ = (
 CLOSE_GOING_AWAY = 1001
 CLOSE_FRAME_TOO_LARGE = 1009
 CLOSE_TOKEN_EXPIRED = 4001
+CLOSE_NO_PONG = 4002
+
+_PING = encode(ServerPing())
 
 
 class Session:
@@ -175,6 +181,8 @@ class Session:
                 return Reply(id=request_id)
             case Ping(id=request_id):
                 return Reply(id=request_id)
+            case Pong():
+                return None
 
     def _take_publish_token(self) -> None:
         now = anyio.current_time()
@@ -214,8 +222,10 @@ async def run_session(
 
     Close codes: 1001 when the hub closes (after the queued messages were sent), 1009
     for a frame over ``server.max_request_bytes``, 4000 for a slow consumer, 4001 when
-    the token of an authenticated connection expires (unless a ``refresh`` came first).
-    A close is given ``server.write_timeout_seconds`` to be sent.
+    the token of an authenticated connection expires (unless a ``refresh`` came first),
+    4002 when a client quiet for ``server.ping_interval_seconds`` was sent a ``ping``
+    and still sent nothing within ``server.pong_timeout_seconds``. A close is given
+    ``server.write_timeout_seconds`` to be sent.
 
     Raises:
         ServerClosing: if the hub is closing; the handshake was not accepted.
@@ -247,11 +257,29 @@ async def run_session(
             try:
                 # A plain loop rather than ws.iter_frames(): an async generator per
                 # connection costs memory that an idle connection should not hold.
+                # The reader is also the connection's ping timer, so that an idle
+                # connection holds no task of its own for it.
+                quiet = server.ping_interval_seconds or math.inf
+                pinged = False
                 while True:
-                    try:
-                        frame = await ws.receive_frame()
-                    except WebSocketDisconnect:
-                        break
+                    with anyio.move_on_after(
+                        server.pong_timeout_seconds if pinged else quiet
+                    ) as waiting:
+                        try:
+                            frame = await ws.receive_frame()
+                        except WebSocketDisconnect:
+                            break
+                    if waiting.cancelled_caught:
+                        if pinged:
+                            close = (CLOSE_NO_PONG, "no pong")
+                            break
+                        # One ping at most is outstanding: it may go beyond the
+                        # outbox's capacity, as a reply may.
+                        pinged = True
+                        outbox.put_nowait(_PING)
+                        await sender.flush()
+                        continue
+                    pinged = False
                     # hypercorn enforces its own limit; this one holds under any server.
                     if _size(frame) > server.max_request_bytes:
                         close = (CLOSE_FRAME_TOO_LARGE, "frame too large")

@@ -29,6 +29,8 @@ _OFFSET = re.compile(rb'"offset":(\d+)')
 _GAP = re.compile(rb'"type":"gap","channel":"[^"]*","first":(\d+),"last":(\d+)')
 _RECEIVE_BYTES = 1 << 20
 _SETUP_BATCH = 256
+_SERVER_PING = b'{"type":"ping"}'
+_PONG = client_frame(b'{"type":"pong"}')
 
 
 class Subscriber:
@@ -240,7 +242,10 @@ class Load:
             return
         received_ns = time.monotonic_ns()
         latencies = result.latencies_ns
+        answer = b""
         for payload in subscriber.parser.feed(self._view[:size]):
+            if _SERVER_PING in payload:  # Clarion asks a quiet connection for a pong
+                answer = _PONG
             if b'"gap"' in payload:
                 for first, last in _GAP.findall(payload):
                     result.dropped += int(last) - int(first) + 1
@@ -253,8 +258,11 @@ class Load:
             subscriber.received += len(stamps)
         if subscriber.parser.close_code is not None and subscriber.close_code is None:
             subscriber.close_code = subscriber.parser.close_code
-        while subscriber.parser.pings:  # servers that ping (websockets does) want pongs
-            pong = client_frame(subscriber.parser.pings.pop(), OP_PONG)
+        # Servers that ping with control frames (websockets does) want pong frames.
+        pings = subscriber.parser.pings
+        answer += b"".join(client_frame(payload, OP_PONG) for payload in pings)
+        pings.clear()
+        if answer:
             subscriber.sock.setblocking(True)
-            subscriber.sock.sendall(pong)
+            subscriber.sock.sendall(answer)
             subscriber.sock.setblocking(False)

@@ -99,7 +99,17 @@ BAD_DOCUMENTS = [
     ("auth: {algorithms: [none], secret: '${SHORT}'}", "auth.algorithms[0]: Invalid enum"),
     ("auth: {algorithms: []}", "auth.algorithms: Expected `array` of length >= 1"),
     ("auth: {secret: '${SHORT}'}", "auth: secret: ['HS256'] need at least 32 bytes"),
-    ("auth: {algorithms: [RS256]}", "auth: RS*/ES* algorithms need public_key_file"),
+    ("auth: {algorithms: [RS256]}", "auth: RS*/ES* algorithms need public_key_file or jwks"),
+    (
+        "auth: {algorithms: [ES256], public_key_file: k.pem, jwks_file: k.json}",
+        "auth: use public_key_file or jwks_file, not both",
+    ),
+    (
+        "auth: {secret: '${LONG}', jwks_file: k.json}",
+        "auth: public_key_file and jwks_file are for RS*/ES* algorithms",
+    ),
+    ("server: {ping_interval_seconds: 0}", "server.ping_interval_seconds: Expected `float` > 0"),
+    ("server: {handshake_timeout_seconds: -1}", "server.handshake_timeout_seconds: Expected"),
     ("auth: {required: true}", "auth: HS* algorithms need a secret"),
     (
         "auth: {algorithms: [HS256, RS256], secret: '${SHORT}'}",
@@ -120,7 +130,9 @@ BAD_DOCUMENTS = [
 )
 def test_bad_document_names_the_path(document: str, message: str) -> None:
     with pytest.raises(ConfigError) as caught:
-        parse_config(document, env={"EMPTY": "", "SHORT": "x" * 20}, source="test.yaml")
+        parse_config(
+            document, env={"EMPTY": "", "SHORT": "x" * 20, "LONG": "x" * 64}, source="test.yaml"
+        )
     assert str(caught.value).startswith("test.yaml: ")
     assert message in str(caught.value)
     assert caught.value.code == 10

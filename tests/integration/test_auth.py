@@ -131,6 +131,48 @@ async def test_rs256_with_a_public_key_file_refuses_algorithm_confusion(
             assert await refused(server.ws_url, subprotocols=offered) == (401, 109)
 
 
+def jwk(private: Any, kid: str, **extra: str) -> dict[str, Any]:
+    """The public half of *private* as a JSON Web Key."""
+    public = jwt.algorithms.RSAAlgorithm.to_jwk(private.public_key(), as_dict=True)
+    return {**public, "kid": kid, **extra}
+
+
+async def test_a_jwks_file_picks_the_key_by_kid(
+    anyio_backend: Backend, free_tcp_port: int, tmp_path: Path
+) -> None:
+    old, new, stranger = (
+        rsa.generate_private_key(public_exponent=65537, key_size=2048) for _ in range(3)
+    )
+    keys = [jwk(old, "2025", alg="RS256"), jwk(new, "2026"), {"kty": "oct", "k": "c2VjcmV0"}]
+    (tmp_path / "jwks.json").write_bytes(msgspec.json.encode({"keys": keys}))
+    auth = AuthConfig(
+        required=True, algorithms=["RS256", "RS512"], jwks_file=str(tmp_path / "jwks.json")
+    )
+    with anyio.fail_after(15):
+        async with running_server(Config(auth=auth), anyio_backend, free_tcp_port) as server:
+            url = server.ws_url
+            for key, kid, algorithm in [(old, "2025", "RS256"), (new, "2026", "RS512")]:
+                good = jwt.encode(
+                    {"sub": "alice", "exp": int(time.time()) + 60},
+                    key,
+                    algorithm,
+                    headers={"kid": kid},
+                )
+                async with connect(url, subprotocols=["clarion", f"bearer.{good}"]):
+                    pass
+
+            def signed(key: Any, algorithm: str = "RS256", **headers: Any) -> list[str]:
+                claims = {"sub": "mallory", "exp": int(time.time()) + 60}
+                return ["clarion", f"bearer.{jwt.encode(claims, key, algorithm, headers)}"]
+
+            # A key of another set; a known kid with the wrong key; no kid among several
+            # keys; a key used with an algorithm other than its own.
+            assert await refused(url, subprotocols=signed(stranger, kid="2026")) == (401, 109)
+            assert await refused(url, subprotocols=signed(new, kid="2025")) == (401, 109)
+            assert await refused(url, subprotocols=signed(new)) == (401, 109)
+            assert await refused(url, subprotocols=signed(old, "RS512", kid="2025")) == (401, 109)
+
+
 async def test_an_expiring_token_closes_with_4001_unless_refreshed(
     anyio_backend: Backend, free_tcp_port: int
 ) -> None:

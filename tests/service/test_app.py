@@ -404,3 +404,28 @@ async def test_a_message_of_the_wrong_shape_is_refused_with_its_field() -> None:
             app, "POST", "/api/publish", b'{"channel":"typed","data":{"n":"x"}}'
         )
         assert (status, body["code"]) == (422, 208)
+
+
+async def test_a_quiet_client_is_pinged_and_one_that_never_answers_is_closed_4002() -> None:
+    server = ServerConfig(ping_interval_seconds=0.05, pong_timeout_seconds=1)
+    async with running_app(Config(server=server)) as app, websocket(app) as client:
+        with anyio.fail_after(10):
+            await client.request({"type": "subscribe", "id": 1, "channel": "c"})
+            assert await client.receive_frame() == [{"type": "ping"}]
+            # Any frame answers a ping: a pong (which gets no reply) or a request.
+            await client.send_json({"type": "pong"})
+            assert await client.receive_frame() == [{"type": "ping"}]
+            assert await client.request({"type": "ping", "id": 2}) == {"type": "reply", "id": 2}
+            assert await client.receive_frame() == [{"type": "ping"}]
+            # Messages still flow to a client between pings.
+            await publish(app, "c", 7)
+            assert (await client.receive_object())["data"] == 7
+            # No answer within pong_timeout_seconds: the peer is taken for dead.
+            assert await client.receive() == {
+                "type": "websocket.close",
+                "code": 4002,
+                "reason": "no pong",
+            }
+            assert app.hub is not None
+            await app.hub.wait_no_connections()
+            assert app.hub.statistics().subscriptions == 0

@@ -126,6 +126,20 @@ def test_a_small_rate_run_delivers_everything(
     assert histogram.read_text().startswith("<svg")
 
 
+def test_the_generator_answers_the_servers_pings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The subscribers only read: without their pongs the server would close them (4002).
+    config = tmp_path / "channels.yaml"
+    config.write_text("server:\n  ping_interval_seconds: 0.05\n  pong_timeout_seconds: 0.5\n")
+    argv = ["bench", "rate", "--subscribers", "5", "--rate", "2", "--seconds", "2"]
+    argv += ["--warmup", "0.2", "--drain", "5", "--json", "--config", str(config)]
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["lost"], summary["closed"]) == (0, 0)
+    assert summary["delivered_per_s"] > 0
+
+
 def test_a_small_idle_run_measures_memory(capsys: pytest.CaptureFixture[str]) -> None:
     # More connections than the warm-up's 100, whose freed memory the first ones reuse.
     assert main(["bench", "idle", "--connections", "300", "--json", "--backend", "trio"]) == 0

@@ -32,6 +32,27 @@ def test_check_reports_the_path_of_a_mistake(
 
 
 @pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "auth: cannot read the key file: [Errno 2] No such file or directory"),
+        (b"{]", "auth.jwks_file: not a JSON Web Key Set: JSON is malformed"),
+        (b'{"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}', "auth.jwks_file: no public signing key"),
+    ],
+    ids=["missing", "not-json", "only-a-secret-key"],
+)
+def test_check_reads_the_jwks_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes | None, message: str
+) -> None:
+    jwks = tmp_path / "jwks.json"
+    if content is not None:
+        jwks.write_bytes(content)
+    path = tmp_path / "auth.yaml"
+    path.write_text(f"auth: {{algorithms: [ES256], jwks_file: {jwks}}}\n")
+    assert main(["check", str(path)]) == 2
+    assert capsys.readouterr().err.startswith(f"clarion: error: {message}")
+
+
+@pytest.mark.parametrize(
     ("argv", "message"),
     [
         (

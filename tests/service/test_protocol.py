@@ -62,6 +62,7 @@ INVALID: list[tuple[str | bytes, type[ProtocolError], Any, str]] = [
     ("nope", BadJSON, None, "not valid JSON"),
     (b"\xff\xfe", BadJSON, None, "not valid JSON"),
     ('{"type":"ping"', BadJSON, None, "truncated"),
+    ('{"type":0', BadJSON, None, "truncated"),  # found by tests/service/test_fuzz.py
     ("[1,2]", BadMessage, None, "Expected `object`, got `array`"),
     ('{"id":1}', BadMessage, 1, "missing required field `type`"),
     ('{"type":"jump","id":2}', UnknownOp, 2, "unknown operation 'jump'"),
