@@ -45,7 +45,7 @@ class Encoding(Protocol):
         """Encode a publication; called once per publication, whatever the subscribers."""
         ...
 
-    def event(self, channel: str, event: Event, client: ClientInfo) -> str:
+    def event(self, channel: str, event: Event, client: ClientInfo) -> bytes:
         """Encode a ``join`` or ``leave`` event of *client* on *channel*."""
         ...
 
@@ -143,7 +143,7 @@ class _Channel:
 class Hub:
     """Fan publications out to local subscribers' outboxes.
 
-    A publication is encoded once by *encoding* and the same text is offered to every
+    A publication is encoded once by *encoding* and the same bytes are offered to every
     outbox; offering never waits, so a slow subscriber never delays the others.
     Open one with `open_hub`.
     """
@@ -153,8 +153,6 @@ class Hub:
         config: Config,
         broker: Broker,
         encoding: Encoding,
-        *,
-        direct_sends: bool = False,
     ) -> None:
         self._rules = RuleBook(config)
         server = config.server
@@ -162,7 +160,6 @@ class Hub:
             server.flush_delay_seconds,
             server.flush_batch_connections,
             server.writer_linger_seconds,
-            direct=direct_sends,
         )
         """Sends the outboxes (see `channels.sender`); run by `open_hub`."""
         self._recovery_max = config.server.recovery_limit
@@ -387,8 +384,7 @@ class Hub:
         state = self._channels.get(channel)
         if state is None or not state.subscribers:
             return
-        text = self._encoding.event(channel, event, client)
-        delivery = Delivery(None, 0, text, len(text.encode()))
+        delivery = Delivery(None, 0, self._encoding.event(channel, event, client))
         for outbox in state.subscribers:
             outbox.offer(delivery)
 
@@ -470,7 +466,7 @@ class Hub:
 
     def _delivery(self, publication: Publication, policy: SlowConsumerPolicy) -> Delivery:
         data = self._encoding.message(publication)
-        return Delivery(publication.channel, publication.offset, data.decode(), len(data), policy)
+        return Delivery(publication.channel, publication.offset, data, policy)
 
     def _leave(self, outbox: Outbox, channel: str) -> None:
         # An outbox lists a channel exactly while it is a subscriber or joining there.
@@ -511,21 +507,17 @@ class _Forward:
 
 
 @asynccontextmanager
-async def open_hub(
-    config: Config, encoding: Encoding, *, direct_sends: bool = False
-) -> AsyncIterator[Hub]:
+async def open_hub(config: Config, encoding: Encoding) -> AsyncIterator[Hub]:
     """Open the broker *config* names and a hub on top of it, with its flusher running.
 
     Args:
         config: the node's configuration.
         encoding: turns publications and events into what subscribers are sent; a
             publication is encoded once, whatever the number of subscribers.
-        direct_sends: whether a send that has to wait can be abandoned without losing
-            its frame, so that the flusher may send itself (see `channels.sender`).
     """
     receiver = _Forward()
     async with open_broker(config.broker, receiver) as broker, anyio.create_task_group() as tg:
-        hub = receiver.hub = Hub(config, broker, encoding, direct_sends=direct_sends)
+        hub = receiver.hub = Hub(config, broker, encoding)
         await tg.start(hub.flusher.run)
         try:
             yield hub

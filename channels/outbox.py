@@ -22,20 +22,19 @@ class Delivery:
     ``channel`` is None for a reply to the connection's own request.
     """
 
-    __slots__ = ("channel", "offset", "policy", "size", "text")
+    __slots__ = ("channel", "data", "offset", "policy")
 
     def __init__(
         self,
         channel: str | None,
         offset: int,
-        text: str,
-        size: int,
+        data: bytes,
         policy: SlowConsumerPolicy = "disconnect",
     ) -> None:
         self.channel = channel
         self.offset = offset
-        self.text = text
-        self.size = size
+        self.data = data
+        """The encoded message (UTF-8 JSON)."""
         self.policy: SlowConsumerPolicy = policy
 
 
@@ -72,10 +71,10 @@ class Outbox:
         self,
         capacity: int,
         frame_max_bytes: int,
-        encode_gap: Callable[[str, int, int], str],
+        encode_gap: Callable[[str, int, int], bytes],
         on_fail: Callable[[], None] | None = None,
         *,
-        encode_restart: Callable[[str, str], str],
+        encode_restart: Callable[[str, str], bytes],
     ) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
@@ -150,7 +149,7 @@ class Outbox:
             self._wake_writable()
             self.notify()
 
-    async def put(self, text: str) -> None:
+    async def put(self, data: bytes) -> None:
         """Queue a reply, waiting while the queue is full. One task at a time may wait.
 
         A reply to a connection that is failing or closing is discarded: the connection
@@ -161,16 +160,15 @@ class Outbox:
                 raise RuntimeError("another task is already waiting to put a reply")
             self._writable = anyio.Event()
             await self._writable.wait()
-        self.put_nowait(text)
+        self.put_nowait(data)
 
-    def put_nowait(self, text: str) -> None:
+    def put_nowait(self, data: bytes) -> None:
         """Queue a reply now, even beyond capacity (by at most one reply per request).
 
         Used where a reply must precede messages that are offered right after it.
         """
         if self._failure is None and not self._closed:
-            size = len(text) if text.isascii() else len(text.encode())
-            self._queue.append(Delivery(None, 0, text, size))
+            self._queue.append(Delivery(None, 0, data))
             self.notify()
 
     def record_restart(self, channel: str, epoch: str) -> None:
@@ -191,31 +189,32 @@ class Outbox:
         self._gaps[channel] = (first, last)
         self.notify()
 
-    def take_frame(self) -> str | None:
-        """Take the next batch joined into one frame's text (None when nothing is pending).
+    def take_frame(self) -> bytes | None:
+        """Take the next batch joined into one frame's payload (None when nothing is pending).
 
         One object goes alone, several as one JSON array (see `take_batch`).
         """
         queue = self._queue
         if len(queue) == 1 and not self._gaps:  # the usual case under light load
-            text = queue.pop().text
+            data = queue.pop().data
             if self._writable is not None:
                 self._wake_writable()
-            return text
-        texts = self.take_batch()
-        if not texts:
+            return data
+        items = self.take_batch()
+        if not items:
             return None
-        return texts[0] if len(texts) == 1 else "[" + ",".join(texts) + "]"
+        return items[0] if len(items) == 1 else b"[" + b",".join(items) + b"]"
 
-    def take_batch(self) -> list[str]:
-        """Take the texts of the next batch, oldest first (none when nothing is pending).
+    def take_batch(self) -> list[bytes]:
+        """Take the encoded messages of the next batch, oldest first (none when nothing is
+        pending).
 
         A batch takes queued messages while the frame that joins them (``[a,b,…]``)
         stays within ``frame_max_bytes``; a single larger message goes alone. A gap
         notice goes just before its channel's first message after the gap, or at the
         end of the batch that empties the queue, so it never precedes an earlier reply.
         """
-        texts: list[str] = []
+        items: list[bytes] = []
         used = 1  # the opening "[" of a coalesced frame; each item adds "," or "]"
         limit = self._frame_max_bytes
         queue = self._queue
@@ -224,11 +223,11 @@ class Outbox:
         def add_gap(channel: str) -> bool:
             nonlocal used
             gap = self._encode_gap(channel, *gaps[channel])
-            if texts and used + len(gap) + 1 > limit:
+            if items and used + len(gap) + 1 > limit:
                 return False
             del gaps[channel]
             used += len(gap) + 1
-            texts.append(gap)
+            items.append(gap)
             return True
 
         taken = 0
@@ -239,17 +238,18 @@ class Outbox:
             if gaps and channel is not None and channel in gaps and item.offset > gaps[channel][1]:
                 if not add_gap(channel):
                     break
-            if texts and used + item.size + 1 > limit:
+            size = len(item.data)
+            if items and used + size + 1 > limit:
                 break
-            used += item.size + 1
-            texts.append(item.text)
+            used += size + 1
+            items.append(item.data)
             taken += 1
         del queue[:taken]
         while gaps and not queue and add_gap(next(iter(gaps))):
             pass
-        if texts:
+        if items:
             self._wake_writable()
-        return texts
+        return items
 
     def _make_room(self, delivery: Delivery) -> bool:
         channel = delivery.channel

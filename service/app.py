@@ -25,6 +25,7 @@ from channels.errors import (
 from channels.hub import open_hub
 from service.auth import SUBPROTOCOL, Authenticator, check_origin
 from service.datastructures import Headers, QueryParams, URLPath
+from service.framewriter import open_frame_writer
 from service.protocol import (
     AddressFull,
     BadMessage,
@@ -46,7 +47,6 @@ from service.protocol import (
     encode,
     encode_error,
 )
-from service.runner import sends_can_be_abandoned
 from service.session import run_session
 from service.websocket import WebSocket
 from service.workers import claim_only_worker
@@ -103,19 +103,9 @@ class Clarion:
     JSON 404. The hub lives in the lifespan.
     """
 
-    def __init__(self, config: Config, *, direct_sends: bool | None = False) -> None:
-        """Build the app.
-
-        Args:
-            config: the node's configuration.
-            direct_sends: whether the server hands a whole frame to the transport before
-                it waits for a slow client, so that such a wait can be abandoned (see
-                `channels.sender`): True for hypercorn's asyncio worker, False for its
-                trio worker or an unknown server, None to tell hypercorn's two apart
-                at startup.
-        """
+    def __init__(self, config: Config) -> None:
+        """Build the app for the node configured by *config*."""
         self.config = config
-        self.direct_sends = direct_sends
         auth = config.auth
         self.auth = Authenticator(auth) if auth is not None and auth.enabled else None
         self._per_address: dict[str, int] = {}
@@ -131,7 +121,7 @@ class Clarion:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope["app"] = self
         if scope["type"] == "websocket":
-            await self._websocket(WebSocket(scope, receive, send))
+            await self._websocket(WebSocket(scope, receive, send), send)
         elif scope["type"] == "http":
             await self._http(scope, receive, send)
         elif scope["type"] == "lifespan":
@@ -166,10 +156,7 @@ class Clarion:
         try:
             if self.config.broker.kind == "memory":
                 claim = claim_only_worker()
-            direct = self.direct_sends
-            if direct is None:
-                direct = sends_can_be_abandoned()
-            async with open_hub(self.config, WireEncoding(), direct_sends=direct) as hub:
+            async with open_hub(self.config, WireEncoding()) as hub:
                 self.hub = hub
                 await send({"type": "lifespan.startup.complete"})
                 started = True
@@ -186,7 +173,7 @@ class Clarion:
                 claim.close()
         await send({"type": "lifespan.shutdown.complete"})
 
-    async def _websocket(self, ws: WebSocket) -> None:
+    async def _websocket(self, ws: WebSocket, send: Send) -> None:
         hub = self.hub
         if ws.scope["path"] != self.config.server.websocket_path:
             error: Exception = RouteNotFound(f"no WebSocket endpoint at {ws.scope['path']!r}")
@@ -217,6 +204,7 @@ class Clarion:
                         identity=identity,
                         auth=self.auth,
                         subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None,
+                        frames=open_frame_writer(send),
                     )
                 finally:
                     left = self._per_address.pop(address) - 1
@@ -285,7 +273,7 @@ class Clarion:
             raise ServerClosing
         position = await self.hub.publish(request.channel, request.data, trusted=trusted)
         reply = PublishReply(channel=request.channel, offset=position.offset, epoch=position.epoch)
-        return encode(reply).encode()
+        return encode(reply)
 
     async def _presence(self, scope: Scope) -> bytes:
         self._authenticate(Headers(scope["headers"]))
@@ -295,7 +283,7 @@ class Clarion:
         if self.hub is None:
             raise ServerClosing
         clients = await self.hub.presence(channel)
-        return encode(PresenceReply(channel=channel, clients=clients)).encode()
+        return encode(PresenceReply(channel=channel, clients=clients))
 
     def _authenticate(self, headers: Headers) -> bool:
         """Check the API key when keys are configured; return whether the caller is trusted."""
@@ -334,7 +322,7 @@ _JSON_HEADERS = [(b"content-type", b"application/json")]
 
 def _error_body(exc: Exception) -> bytes:
     code = exc.code if isinstance(exc, ProtocolError | ChannelsError) else 500
-    return encode_error(code, str(exc)).encode()
+    return encode_error(code, str(exc))
 
 
 def create_app(config: Config | None = None) -> Clarion:
@@ -349,4 +337,4 @@ def create_app(config: Config | None = None) -> Clarion:
     """
     if config is None:
         config = load_config(os.environ.get("CLARION_CONFIG") or None)
-    return Clarion(config, direct_sends=None)
+    return Clarion(config)

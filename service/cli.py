@@ -85,6 +85,13 @@ def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add("--runs", type=int, default=1, help="repeat and report the median")
     add("--server-core", type=int, default=0, help="CPU core for the server it starts")
     add("--generator-core", type=int, default=1, help="CPU core for the generator")
+    add(
+        "--receipt",
+        choices=("kernel", "read"),
+        default="kernel",
+        help="latency ends when the kernel received the message (default, Linux) or "
+        "when the generator read it",
+    )
     add("--json", action="store_true", help="JSON lines instead of a table")
     add("--histogram", type=Path, metavar="FILE.svg", help="write a latency histogram")
     add("--redis", metavar="URL", help="hop: this Redis instead of a private redis-server")
@@ -216,5 +223,5 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.workers > 1:
         return run_workers(config, args.backend, args.workers)
-    run(Clarion(config, direct_sends=args.backend != "trio"), args.backend)
+    run(Clarion(config), args.backend)
     return 0

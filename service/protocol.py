@@ -447,9 +447,9 @@ class ServerPing(Frame, tag="ping", frozen=True, kw_only=True):
 _encoder = msgspec.json.Encoder()
 
 
-def encode(frame: Frame) -> str:
-    """Encode a server frame as JSON text."""
-    return _encoder.encode(frame).decode()
+def encode(frame: Frame) -> bytes:
+    """Encode a server frame as JSON (UTF-8)."""
+    return _encoder.encode(frame)
 
 
 def encode_message(publication: Publication) -> bytes:
@@ -459,12 +459,12 @@ def encode_message(publication: Publication) -> bytes:
     )
 
 
-def encode_gap(channel: str, first: int, last: int) -> str:
+def encode_gap(channel: str, first: int, last: int) -> bytes:
     """Encode a ``gap`` notice."""
     return encode(Gap(channel=channel, first=first, last=last))
 
 
-def encode_event(channel: str, event: Literal["join", "leave"], client: ClientInfo) -> str:
+def encode_event(channel: str, event: Literal["join", "leave"], client: ClientInfo) -> bytes:
     """Encode a ``join`` or ``leave`` event."""
     frame = Join if event == "join" else Leave
     return encode(frame(channel=channel, info=client))
@@ -477,11 +477,11 @@ class WireEncoding:
     event = staticmethod(encode_event)
 
 
-def encode_restart(channel: str, epoch: str) -> str:
+def encode_restart(channel: str, epoch: str) -> bytes:
     """Encode a ``restart`` notice."""
     return encode(Restart(channel=channel, epoch=epoch))
 
 
-def encode_error(code: int, message: str, request_id: RequestId = None) -> str:
+def encode_error(code: int, message: str, request_id: RequestId = None) -> bytes:
     """Encode an ``error`` frame."""
     return encode(Error(id=request_id, code=code, message=message))

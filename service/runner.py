@@ -17,7 +17,6 @@ import hypercorn.asyncio.run
 import hypercorn.config
 import hypercorn.trio.run
 import hypercorn.utils
-import trio
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -34,7 +33,6 @@ __all__ = (
     "hypercorn_config",
     "run",
     "run_workers",
-    "sends_can_be_abandoned",
     "serve",
 )
 
@@ -61,23 +59,6 @@ class HypercornConfig(hypercorn.config.Config):
                 if sock.family in {socket.AF_INET, socket.AF_INET6}:
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, milliseconds)
         return sockets
-
-
-def sends_can_be_abandoned() -> bool:
-    """Whether the running hypercorn worker lets a waiting send be abandoned safely.
-
-    Call it from inside hypercorn's event loop.
-
-    hypercorn's asyncio worker writes a whole frame to the transport before it waits
-    for the client (``StreamWriter.drain``), so cancelling that wait loses nothing. Its
-    trio worker yields before it writes (and shields the write), so a cancelled send
-    could lose a frame that the WebSocket state machine already counted as sent.
-    """
-    try:
-        trio.lowlevel.current_task()
-    except RuntimeError:
-        return True  # not trio: asyncio (or uvloop)
-    return False
 
 
 def hypercorn_config(config: Config) -> HypercornConfig:
@@ -185,7 +166,7 @@ def _worker(config: Config, backend: Backend, sockets: Sockets) -> None:
     from service.app import Clarion
 
     configure_logging()
-    run(Clarion(config, direct_sends=backend != "trio"), backend, sockets)
+    run(Clarion(config), backend, sockets)
 
 
 def configure_logging() -> None:

@@ -1,10 +1,10 @@
 """One client connection: its reader, its `Outbox` and its `Sender`.
 
 The reader (the ASGI task itself) decodes each frame and runs the request; the
-connection's outbox is sent by the hub's flusher or, when needed, by a writer task the
+connection's outbox is written by the hub's flusher or, when needed, by a task the
 flusher runs for it (see `channels.sender`). A connection holds no task of its own but
-its reader. When it ends, for any reason, its writer is cancelled and it leaves the hub
-in ``finally``.
+its reader. When it ends, for any reason, its sending task is cancelled and it leaves the
+hub in ``finally``.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ from service.websocket import WebSocketDisconnect, WebSocketState
 if TYPE_CHECKING:
     from channels.config import ServerConfig
     from channels.hub import Hub, Subscribed
+    from channels.sender import FrameWriter
     from service.auth import Authenticator
     from service.protocol import ClientMessage
     from service.websocket import WebSocket
@@ -122,7 +123,7 @@ class Session:
             else:
                 if reply is not None:
                     await self.outbox.put(encode(reply))
-        await self.sender.flush()
+        self.sender.flush()
 
     async def _run(self, request: ClientMessage) -> Frame | None:
         """Run *request*; return its reply, or None when it was already queued."""
@@ -217,8 +218,12 @@ async def run_session(
     identity: Identity | None = None,
     auth: Authenticator | None = None,
     subprotocol: str | None = None,
+    frames: FrameWriter | None = None,
 ) -> None:
     """Serve one WebSocket until the client leaves or the node ends the connection.
+
+    With *frames* (see ``service.framewriter``) the connection's frames are written
+    straight to its socket; without, they are sent through *ws*.
 
     Close codes: 1001 when the hub closes (after the queued messages were sent), 1009
     for a frame over ``server.max_request_bytes``, 4000 for a slow consumer, 4001 when
@@ -243,7 +248,7 @@ async def run_session(
         # everything ends the connection at once, even while a send is blocked.
         with anyio.CancelScope(deadline=_deadline(identity)) as stop:
             outbox.on_fail = stop.cancel
-            sender = Sender(outbox, ws, hub.flusher, stop.cancel)
+            sender = Sender(outbox, ws, hub.flusher, stop.cancel, frames)
             session = Session(
                 hub,
                 outbox,
@@ -277,7 +282,7 @@ async def run_session(
                         # outbox's capacity, as a reply may.
                         pinged = True
                         outbox.put_nowait(_PING)
-                        await sender.flush()
+                        sender.flush()
                         continue
                     pinged = False
                     # hypercorn enforces its own limit; this one holds under any server.

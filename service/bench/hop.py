@@ -62,7 +62,7 @@ def _run(
         "127.0.0.1", read_from.port, "/ws", channel, options.subscribers
     )
     publisher = Publisher("127.0.0.1", publish_to.port, "/ws", channel, options.payload)
-    load = Load(subscribers, publisher)
+    load = Load(subscribers, publisher, receipt=options.receipt)
     try:
 
         def cpu_seconds() -> float:
@@ -80,6 +80,7 @@ def _run(
         backend=options.backend,
         seconds=options.seconds,
         server_rss_kib=read_from.stats.rss_kib(),
+        receipt="kernel" if load.kernel_receipt else "read",
     )
 
 

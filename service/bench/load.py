@@ -3,12 +3,21 @@
 One thread, one epoll selector, blocking setup then non-blocking sockets: a Python
 generator that stays far below one core at the loads it measures (it reports its own
 CPU so that a run where it was the bottleneck can be told apart).
+
+Latency runs from the publish to the message's receipt. On Linux the receipt is the
+time the kernel received the packet (``SO_TIMESTAMPNS``), so that the time this one
+thread takes to get round to each of a thousand sockets is not counted: a thousand real
+clients each read their own. Elsewhere, or with ``receipt="read"``, it is the time the
+generator read it. Both are on the realtime clock, the kernel's timestamps' clock.
 """
 
 from __future__ import annotations
 
 import re
 import selectors
+import socket
+import struct
+import sys
 import time
 from array import array
 from dataclasses import dataclass, field
@@ -19,10 +28,16 @@ import msgspec
 from service.bench.wire import OP_PONG, FrameParser, client_frame, handshake, open_socket
 
 if TYPE_CHECKING:
-    import socket
     from collections.abc import Callable
 
-__all__ = ("Load", "Publisher", "StepResult", "Subscriber", "connect_subscribers")
+__all__ = (
+    "Load",
+    "Publisher",
+    "StepResult",
+    "Subscriber",
+    "connect_subscribers",
+    "kernel_receive_times",
+)
 
 _TIME = re.compile(rb'"t":(\d+)')
 _OFFSET = re.compile(rb'"offset":(\d+)')
@@ -31,6 +46,21 @@ _RECEIVE_BYTES = 1 << 20
 _SETUP_BATCH = 256
 _SERVER_PING = b'{"type":"ping"}'
 _PONG = client_frame(b'{"type":"pong"}')
+# Linux's SO_TIMESTAMPNS (and SCM_TIMESTAMPNS), which Python's socket module lacks.
+_SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+_TIMESPEC = struct.Struct("@qq")
+_ANCILLARY_BYTES = socket.CMSG_SPACE(_TIMESPEC.size)
+
+
+def kernel_receive_times(sock: socket.socket) -> bool:
+    """Ask the kernel to stamp what *sock* receives; return whether it will."""
+    if sys.platform != "linux":
+        return False
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+    except OSError:
+        return False
+    return True
 
 
 class Subscriber:
@@ -99,8 +129,8 @@ class Publisher:
         self._tail = b',"p":"' + b"x" * padding + b'"}}'
 
     def publish(self) -> int:
-        """Send one message stamped with the monotonic clock; return the stamp (ns)."""
-        stamp = time.monotonic_ns()
+        """Send one message stamped with the realtime clock; return the stamp (ns)."""
+        stamp = time.time_ns()
         self._outgoing += client_frame(self._head + str(stamp).encode() + self._tail)
         self.published += 1
         self.flush()
@@ -158,9 +188,15 @@ class StepResult:
 class Load:
     """Subscribers plus a publisher on one selector."""
 
-    def __init__(self, subscribers: list[Subscriber], publisher: Publisher) -> None:
+    def __init__(
+        self, subscribers: list[Subscriber], publisher: Publisher, *, receipt: str = "kernel"
+    ) -> None:
         self.subscribers = subscribers
         self.publisher = publisher
+        self.kernel_receipt = receipt == "kernel" and all(
+            kernel_receive_times(subscriber.sock) for subscriber in subscribers
+        )
+        """Whether latency ends at the kernel's receive time (else: when read)."""
         self._selector = selectors.DefaultSelector()
         for subscriber in subscribers:
             self._selector.register(subscriber.sock, selectors.EVENT_READ, subscriber)
@@ -195,7 +231,7 @@ class Load:
         interval = 1.0 / rate
         start = time.monotonic()
         measure_from = start + warmup
-        measure_from_ns = time.monotonic_ns() + int(warmup * 1e9)
+        measure_from_ns = time.time_ns() + int(warmup * 1e9)
         stop_publishing = measure_from + seconds
         next_publish = start
         deadline = None
@@ -229,8 +265,19 @@ class Load:
         return result
 
     def _receive(self, subscriber: Subscriber, result: StepResult, measure_from_ns: int) -> None:
+        stamped = 0
         try:
-            size = subscriber.sock.recv_into(self._buffer)
+            if self.kernel_receipt:
+                size, ancillary, _, _ = subscriber.sock.recvmsg_into(
+                    [self._buffer], _ANCILLARY_BYTES
+                )
+                for level, kind, data in ancillary:
+                    if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS:
+                        seconds, nanoseconds = _TIMESPEC.unpack(data[: _TIMESPEC.size])
+                        # With several packets read at once: the last one's time.
+                        stamped = seconds * 1_000_000_000 + nanoseconds
+            else:
+                size = subscriber.sock.recv_into(self._buffer)
         except BlockingIOError:
             return
         except OSError:
@@ -240,7 +287,7 @@ class Load:
                 subscriber.close_code = subscriber.parser.close_code or 1006
             self._selector.unregister(subscriber.sock)
             return
-        received_ns = time.monotonic_ns()
+        received_ns = stamped or time.time_ns()
         latencies = result.latencies_ns
         answer = b""
         for payload in subscriber.parser.feed(self._view[:size]):

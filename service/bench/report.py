@@ -39,6 +39,9 @@ class Summary(msgspec.Struct, kw_only=True):
     server_rss_mib: float = 0.0
     generator_cpu: float = 0.0
     kib_per_connection: float = 0.0
+    receipt: str = ""
+    """What latency ends at: ``kernel`` (the packet reached the client's socket) or
+    ``read`` (the generator read it)."""
 
 
 def _percentile(values: Sequence[int], fraction: float) -> float:
@@ -57,6 +60,7 @@ def summarize(
     backend: str,
     seconds: float,
     server_rss_kib: int,
+    receipt: str,
 ) -> Summary:
     """Turn a step's raw counts into rates and latency percentiles."""
     latencies = sorted(result.latencies_ns)
@@ -83,6 +87,7 @@ def summarize(
         server_cpu=result.server_cpu_seconds / wall,
         server_rss_mib=server_rss_kib / 1024,
         generator_cpu=result.generator_cpu_seconds / wall,
+        receipt=receipt,
     )
 
 
@@ -119,6 +124,7 @@ _COLUMNS = [
     ("server_cpu", "srv CPU", "{:.0%}"),
     ("server_rss_mib", "srv RSS MiB", "{:.0f}"),
     ("generator_cpu", "gen CPU", "{:.0%}"),
+    ("receipt", "receipt", "{}"),
 ]
 _IDLE_COLUMNS = [
     ("server", "server", "{}"),

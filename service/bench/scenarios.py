@@ -46,6 +46,7 @@ class Options:
     runs: int = 1
     server_core: int | None = 0
     generator_core: int | None = 1
+    receipt: Literal["kernel", "read"] = "kernel"
 
 
 @dataclass
@@ -93,6 +94,7 @@ def _measure(
         backend=options.backend,
         seconds=options.seconds,
         server_rss_kib=target.rss_kib(),
+        receipt="kernel" if load.kernel_receipt else "read",
     )
     return summary, result
 
@@ -104,7 +106,7 @@ def _load(target: Target, options: Options) -> Iterator[Load]:
         target.host, target.port, target.path, channel, options.subscribers
     )
     publisher = Publisher(target.host, target.port, target.path, channel, options.payload)
-    load = Load(subscribers, publisher)
+    load = Load(subscribers, publisher, receipt=options.receipt)
     try:
         yield load
     finally:

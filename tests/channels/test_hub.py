@@ -42,8 +42,8 @@ class Encoder:
     """Encodes a publication as "channel:offset:data" (and counts the calls), an event
     as "join:channel:client"."""
 
-    def event(self, channel: str, event: Event, client: ClientInfo) -> str:
-        return f"{event}:{channel}:{client.client}"
+    def event(self, channel: str, event: Event, client: ClientInfo) -> bytes:
+        return f"{event}:{channel}:{client.client}".encode()
 
     def __init__(self) -> None:
         self.calls = 0
@@ -62,13 +62,13 @@ def outbox(capacity: int = 100) -> Outbox:
     return Outbox(
         capacity,
         1 << 20,
-        lambda channel, first, last: f"gap:{channel}:{first}-{last}",
-        encode_restart=lambda channel, epoch: f"restart:{channel}:{epoch}",
+        lambda channel, first, last: f"gap:{channel}:{first}-{last}".encode(),
+        encode_restart=lambda channel, epoch: f"restart:{channel}:{epoch}".encode(),
     )
 
 
 async def drain(box: Outbox) -> list[str]:
-    return box.take_batch()
+    return [item.decode() for item in box.take_batch()]
 
 
 async def subscribe(

@@ -11,17 +11,16 @@ if TYPE_CHECKING:
     from channels.config import SlowConsumerPolicy
 
 
-def gap(channel: str, first: int, last: int) -> str:
-    return f"gap {channel} {first}-{last}"
+def gap(channel: str, first: int, last: int) -> bytes:
+    return f"gap {channel} {first}-{last}".encode()
 
 
-def restart(channel: str, epoch: str) -> str:
-    return f"restart {channel} {epoch}"
+def restart(channel: str, epoch: str) -> bytes:
+    return f"restart {channel} {epoch}".encode()
 
 
 def message(channel: str, offset: int, policy: SlowConsumerPolicy = "disconnect") -> Delivery:
-    text = f"{channel}#{offset}"
-    return Delivery(channel, offset, text, len(text), policy)
+    return Delivery(channel, offset, f"{channel}#{offset}".encode(), policy)
 
 
 def make(capacity: int = 3, frame_max_bytes: int = 1000) -> Outbox:
@@ -32,7 +31,7 @@ def test_batch_returns_everything_waiting_in_order() -> None:
     outbox = make()
     assert outbox.offer(message("a", 1))
     assert outbox.offer(message("b", 1))
-    assert outbox.take_batch() == ["a#1", "b#1"]
+    assert outbox.take_batch() == [b"a#1", b"b#1"]
     assert len(outbox) == 0
 
 
@@ -40,11 +39,11 @@ def test_batch_stops_at_frame_max_bytes_but_takes_at_least_one() -> None:
     outbox = make(capacity=10, frame_max_bytes=9)
     for offset in range(1, 4):
         outbox.offer(message("a", offset))  # 3 bytes each: "[a#1,a#2]" is 9 bytes
-    assert outbox.take_batch() == ["a#1", "a#2"]
-    assert outbox.take_batch() == ["a#3"]
-    big = Delivery("a", 4, "x" * 50, 50)
+    assert outbox.take_batch() == [b"a#1", b"a#2"]
+    assert outbox.take_batch() == [b"a#3"]
+    big = Delivery("a", 4, b"x" * 50)
     outbox.offer(big)
-    assert outbox.take_batch() == ["x" * 50]
+    assert outbox.take_batch() == [b"x" * 50]
 
 
 def test_notify_is_called_for_whatever_there_is_to_send() -> None:
@@ -52,7 +51,7 @@ def test_notify_is_called_for_whatever_there_is_to_send() -> None:
     calls: list[str] = []
     outbox.notify = lambda: calls.append("notify")
     outbox.offer(message("a", 1))
-    outbox.put_nowait("reply")
+    outbox.put_nowait(b"reply")
     outbox.record_gap("a", 2, 2)
     assert calls == ["notify"] * 3
     pending_before = outbox.pending
@@ -66,10 +65,10 @@ def test_take_frame_joins_a_batch() -> None:
     outbox = make()
     assert outbox.take_frame() is None
     outbox.offer(message("a", 1))
-    assert outbox.take_frame() == "a#1"
+    assert outbox.take_frame() == b"a#1"
     outbox.offer(message("a", 2))
     outbox.offer(message("a", 3))
-    assert outbox.take_frame() == "[a#2,a#3]"
+    assert outbox.take_frame() == b"[a#2,a#3]"
 
 
 def test_disconnect_policy_fails_the_outbox() -> None:
@@ -93,7 +92,7 @@ def test_drop_oldest_discards_the_oldest_of_the_same_channel() -> None:
     assert outbox.offer(message("a", 4, "drop_oldest"))
     assert not outbox.failed
     assert outbox.dropped == 2
-    assert outbox.take_batch() == ["b#1", "gap a 1-2", "a#3", "a#4"]
+    assert outbox.take_batch() == [b"b#1", b"gap a 1-2", b"a#3", b"a#4"]
 
 
 def test_latest_keeps_only_the_newest_of_the_same_channel() -> None:
@@ -102,7 +101,7 @@ def test_latest_keeps_only_the_newest_of_the_same_channel() -> None:
     outbox.offer(message("q", 1, "latest"))
     outbox.offer(message("p", 2, "latest"))
     assert outbox.offer(message("p", 3, "latest"))
-    assert outbox.take_batch() == ["q#1", "gap p 1-2", "p#3"]
+    assert outbox.take_batch() == [b"q#1", b"gap p 1-2", b"p#3"]
 
 
 @pytest.mark.parametrize("policy", ["drop_oldest", "latest"])
@@ -116,9 +115,9 @@ def test_lossy_policy_drops_the_new_message_when_its_channel_has_none_queued(
     assert not outbox.offer(message("a", 8, policy))
     assert not outbox.failed
     # The gap is reported once the messages queued before it are sent.
-    assert outbox.take_batch() == ["b#1", "b#2", "gap a 7-8"]
+    assert outbox.take_batch() == [b"b#1", b"b#2", b"gap a 7-8"]
     assert outbox.offer(message("a", 9, policy))
-    assert outbox.take_batch() == ["a#9"]
+    assert outbox.take_batch() == [b"a#9"]
 
 
 async def test_replies_wait_for_room_and_are_never_dropped() -> None:
@@ -127,24 +126,24 @@ async def test_replies_wait_for_room_and_are_never_dropped() -> None:
     outbox.offer(message("a", 2, "drop_oldest"))
     with anyio.fail_after(5):
         async with anyio.create_task_group() as tg:
-            tg.start_soon(outbox.put, "reply")
+            tg.start_soon(outbox.put, b"reply")
             await anyio.wait_all_tasks_blocked()
             assert len(outbox) == 2
-            assert outbox.take_batch() == ["a#1", "a#2"]
+            assert outbox.take_batch() == [b"a#1", b"a#2"]
     # With the queue full of replies, a lossy message is the one dropped, not a reply.
-    outbox.put_nowait("reply 2")
+    outbox.put_nowait(b"reply 2")
     assert not outbox.offer(message("a", 3, "drop_oldest"))
-    assert outbox.take_batch() == ["reply", "reply 2", "gap a 3-3"]
+    assert outbox.take_batch() == [b"reply", b"reply 2", b"gap a 3-3"]
 
 
 def test_a_gap_never_precedes_an_earlier_reply() -> None:
     outbox = make(capacity=3)
-    outbox.put_nowait("reply q")
+    outbox.put_nowait(b"reply q")
     outbox.offer(message("q", 1))
-    outbox.put_nowait("reply p")  # a subscribe reply, then its channel's messages
+    outbox.put_nowait(b"reply p")  # a subscribe reply, then its channel's messages
     assert not outbox.offer(message("p", 1, "latest"))  # full: nothing of p to drop
     assert not outbox.offer(message("p", 2, "latest"))
-    assert outbox.take_batch() == ["reply q", "q#1", "reply p", "gap p 1-2"]
+    assert outbox.take_batch() == [b"reply q", b"q#1", b"reply p", b"gap p 1-2"]
 
 
 def test_a_gap_after_a_replay_goes_after_the_replayed_messages() -> None:
@@ -153,7 +152,7 @@ def test_a_gap_after_a_replay_goes_after_the_replayed_messages() -> None:
     outbox.offer(message("c", 4))
     outbox.record_gap("c", 5, 6)  # held live messages dropped while the replay was read
     outbox.offer(message("c", 7))
-    assert outbox.take_batch() == ["c#3", "c#4", "gap c 5-6", "c#7"]
+    assert outbox.take_batch() == [b"c#3", b"c#4", b"gap c 5-6", b"c#7"]
     assert outbox.dropped == 2
 
 
@@ -163,11 +162,11 @@ def test_a_coalesced_frame_never_exceeds_frame_max_bytes(frame_max_bytes: int) -
     for offset in range(1, 30):
         outbox.offer(message("a", offset, "drop_oldest"))
         outbox.offer(message("b", offset, "latest"))
-    outbox.put_nowait("réponse")  # a reply counts in UTF-8 bytes
+    outbox.put_nowait("réponse".encode())  # a reply counts in UTF-8 bytes
     while len(outbox):
-        texts = outbox.take_batch()
-        frame = texts[0] if len(texts) == 1 else "[" + ",".join(texts) + "]"
-        assert len(texts) == 1 or len(frame.encode()) <= frame_max_bytes
+        items = outbox.take_batch()
+        frame = items[0] if len(items) == 1 else b"[" + b",".join(items) + b"]"
+        assert len(items) == 1 or len(frame) <= frame_max_bytes
 
 
 async def test_a_reply_waits_again_if_the_room_is_taken_first() -> None:
@@ -176,15 +175,15 @@ async def test_a_reply_waits_again_if_the_room_is_taken_first() -> None:
     outbox.offer(message("a", 2, "drop_oldest"))
     with anyio.fail_after(5):
         async with anyio.create_task_group() as tg:
-            tg.start_soon(outbox.put, "reply")
+            tg.start_soon(outbox.put, b"reply")
             await anyio.wait_all_tasks_blocked()
-            assert outbox.take_batch() == ["a#1"]
+            assert outbox.take_batch() == [b"a#1"]
             outbox.offer(message("a", 3, "drop_oldest"))  # takes the freed room at once
             await anyio.wait_all_tasks_blocked()
             assert len(outbox) == 2  # the reply still waits: the queue is full again
-            assert outbox.take_batch() == ["a#2"]
-    assert outbox.take_batch() == ["a#3"]
-    assert outbox.take_batch() == ["reply"]
+            assert outbox.take_batch() == [b"a#2"]
+    assert outbox.take_batch() == [b"a#3"]
+    assert outbox.take_batch() == [b"reply"]
 
 
 def test_a_closed_outbox_is_not_failed() -> None:
@@ -193,7 +192,7 @@ def test_a_closed_outbox_is_not_failed() -> None:
     outbox.close()
     outbox.fail("a")
     assert not outbox.failed
-    assert outbox.take_batch() == ["a#1"]
+    assert outbox.take_batch() == [b"a#1"]
 
 
 async def test_close_keeps_what_is_queued_and_refuses_more() -> None:
@@ -202,8 +201,8 @@ async def test_close_keeps_what_is_queued_and_refuses_more() -> None:
     outbox.close()
     assert outbox.closed
     assert not outbox.offer(message("a", 2))
-    await outbox.put("ignored after close")
-    assert outbox.take_batch() == ["a#1"]
+    await outbox.put(b"ignored after close")
+    assert outbox.take_batch() == [b"a#1"]
     assert outbox.take_batch() == []
 
 
@@ -212,7 +211,7 @@ async def test_failure_wakes_a_waiting_reply() -> None:
     outbox.offer(message("a", 1))
     with anyio.fail_after(5):
         async with anyio.create_task_group() as tg:
-            tg.start_soon(outbox.put, "reply")
+            tg.start_soon(outbox.put, b"reply")
             await anyio.wait_all_tasks_blocked()
             outbox.fail("a")
     assert outbox.failed

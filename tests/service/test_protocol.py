@@ -129,22 +129,22 @@ def test_server_frames_encode_compactly_with_type_first() -> None:
     assert (
         encode_message(publication) == b'{"type":"message","channel":"c","offset":3,"data":{"x":1}}'
     )
-    assert encode_gap("c", 4, 9) == '{"type":"gap","channel":"c","first":4,"last":9}'
-    assert encode_error(201, "no", 5) == '{"type":"error","id":5,"code":201,"message":"no"}'
-    assert encode_error(100, "bad") == '{"type":"error","code":100,"message":"bad"}'
+    assert encode_gap("c", 4, 9) == b'{"type":"gap","channel":"c","first":4,"last":9}'
+    assert encode_error(201, "no", 5) == b'{"type":"error","id":5,"code":201,"message":"no"}'
+    assert encode_error(100, "bad") == b'{"type":"error","code":100,"message":"bad"}'
     assert encode(SubscribeReply(id=1, channel="c", offset=0, epoch="e")) == (
-        '{"type":"reply","id":1,"channel":"c","offset":0,"epoch":"e"}'
+        b'{"type":"reply","id":1,"channel":"c","offset":0,"epoch":"e"}'
     )
     assert encode(SubscribeReply(id=1, channel="c", offset=2, epoch="e", recovered=False)) == (
-        '{"type":"reply","id":1,"channel":"c","offset":2,"epoch":"e","recovered":false}'
+        b'{"type":"reply","id":1,"channel":"c","offset":2,"epoch":"e","recovered":false}'
     )
     assert encode(PublishReply(channel="c", offset=1, epoch="e")) == (
-        '{"type":"reply","channel":"c","offset":1,"epoch":"e"}'
+        b'{"type":"reply","channel":"c","offset":1,"epoch":"e"}'
     )
     history = HistoryReply(
         id="h", channel="c", offset=2, epoch="e", messages=[HistoryEntry(2, msgspec.Raw(b"null"))]
     )
     assert encode(history) == (
-        '{"type":"reply","id":"h","channel":"c","offset":2,"epoch":"e",'
-        '"messages":[{"offset":2,"data":null}]}'
+        b'{"type":"reply","id":"h","channel":"c","offset":2,"epoch":"e",'
+        b'"messages":[{"offset":2,"data":null}]}'
     )

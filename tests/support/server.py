@@ -67,9 +67,7 @@ async def running_server(config: Config, backend: Backend, port: int) -> AsyncIt
     On exit the server shuts down as on SIGTERM: clients are drained and closed with 1001.
     """
     server_config = msgspec.structs.replace(config.server, bind=f"127.0.0.1:{port}")
-    app = Clarion(
-        msgspec.structs.replace(config, server=server_config), direct_sends=backend != "trio"
-    )
+    app = Clarion(msgspec.structs.replace(config, server=server_config))
     settings = hypercorn_config(app.config)
     settings.errorlog = logging.getLogger("tests.hypercorn")
     stop = anyio.Event()

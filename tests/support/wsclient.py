@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import msgspec
 from websockets.client import ClientProtocol
+from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
 from websockets.protocol import State
@@ -50,11 +51,21 @@ class Client:
         self._frames: list[Frame] = []
         self._pending: list[Any] = []
         self.frames_received = 0
+        self.pongs: list[bytes] = []
 
     @property
     def subprotocol(self) -> str | None:
         """The subprotocol the server selected."""
         return self._protocol.subprotocol
+
+    @property
+    def extensions(self) -> list[str]:
+        """The names of the extensions the server agreed to."""
+        return [extension.name for extension in self._protocol.extensions]
+
+    async def send_ping(self, data: bytes) -> None:
+        self._protocol.send_ping(data)
+        await self._flush()
 
     async def _flush(self) -> None:
         for data in self._protocol.data_to_send():
@@ -71,6 +82,13 @@ class Client:
 
     async def send_json(self, obj: Any) -> None:
         await self.send_text(msgspec.json.encode(obj).decode())
+
+    def take(self, frame: Frame) -> None:
+        """Keep a frame the protocol parsed: data to be received, a pong to be counted."""
+        if frame.opcode in {Opcode.TEXT, Opcode.BINARY}:
+            self._frames.append(frame)
+        elif frame.opcode is Opcode.PONG:
+            self.pongs.append(bytes(frame.data))
 
     async def receive_frame(self) -> Frame:
         """Return the next data frame.
@@ -91,8 +109,8 @@ class Client:
             else:
                 self._protocol.receive_data(data)
             for event in self._protocol.events_received():
-                if isinstance(event, Frame) and event.opcode in {Opcode.TEXT, Opcode.BINARY}:
-                    self._frames.append(event)
+                if isinstance(event, Frame):
+                    self.take(event)
             await self._flush()
         return self._frames.pop(0)
 
@@ -142,8 +160,10 @@ async def connect(
     max_size: int | None = 2**24,
     subprotocols: list[str] | None = None,
     origin: str | None = None,
+    compression: bool = False,
 ) -> AsyncIterator[Client]:
-    """Open a WebSocket to *url* (``ws://127.0.0.1:PORT/path``).
+    """Open a WebSocket to *url* (``ws://127.0.0.1:PORT/path``); with *compression*,
+    offer permessage-deflate as browsers do.
 
     Raises:
         HandshakeRefused: if the server answers with an HTTP status.
@@ -154,12 +174,14 @@ async def connect(
         max_size=max_size,
         subprotocols=[Subprotocol(name) for name in subprotocols] if subprotocols else None,
         origin=Origin(origin) if origin is not None else None,
+        extensions=[ClientPerMessageDeflateFactory()] if compression else None,
     )
     async with await anyio.connect_tcp(uri.host, uri.port) as stream:
         protocol.send_request(protocol.connect())
         for data in protocol.data_to_send():
             await stream.send(data)
         response: Response | None = None
+        early: list[Frame] = []  # frames that came in with the response
         while response is None:
             try:
                 protocol.receive_data(await stream.receive())
@@ -168,10 +190,14 @@ async def connect(
             for event in protocol.events_received():
                 if isinstance(event, Response):
                     response = event
+                elif isinstance(event, Frame):
+                    early.append(event)
         if protocol.state is not State.OPEN:
             body = response.body or b""
             raise HandshakeRefused(response.status_code, bytes(body))
         client = Client(stream, protocol)
+        for frame in early:
+            client.take(frame)
         try:
             yield client
         finally:
