@@ -20,10 +20,12 @@ from channels.config import Config
 from service.framewriter import SocketFrameWriter, TransportFrameWriter, open_frame_writer
 from service.websocket import WebSocket
 from tests.support.server import running_server, wait_listening
+from tests.support.tls import TLSFiles, self_signed
 from tests.support.wsclient import Client, Closed, connect
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
+    from pathlib import Path
 
     from channels.sender import FrameWriter
     from service.runner import Backend
@@ -36,6 +38,7 @@ class FrameApp:
     def __init__(self, script: Callable[[WebSocket, FrameWriter], Awaitable[None]]) -> None:
         self.script = script
         self.writer: FrameWriter | None = None
+        self.accepted = anyio.Event()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -48,15 +51,23 @@ class FrameApp:
         ws = WebSocket(scope, receive, send)
         self.writer = writer = open_frame_writer(send)
         await ws.accept()
-        assert writer is not None
-        await self.script(ws, writer)
+        self.accepted.set()
+        if writer is not None:
+            await self.script(ws, writer)
+        else:
+            await ws.receive()
 
 
 @asynccontextmanager
-async def serving(app: FrameApp, backend: Backend, port: int) -> AsyncIterator[str]:
-    """Serve *app* with hypercorn's *backend* worker on 127.0.0.1:*port*; yield its URL."""
+async def serving(
+    app: FrameApp, backend: Backend, port: int, tls: TLSFiles | None = None
+) -> AsyncIterator[str]:
+    """Serve *app* with hypercorn's *backend* worker on 127.0.0.1:*port* (with *tls*,
+    over TLS); yield its URL."""
     config = hypercorn.config.Config()
     config.bind = [f"127.0.0.1:{port}"]
+    if tls is not None:
+        config.certfile, config.keyfile = tls.certfile, tls.keyfile
     config.graceful_timeout = 1.0
     config.errorlog = logging.getLogger("tests.hypercorn")
     module: Any = hypercorn.trio if backend == "trio" else hypercorn.asyncio
@@ -65,7 +76,7 @@ async def serving(app: FrameApp, backend: Backend, port: int) -> AsyncIterator[s
         tg.start_soon(lambda: module.serve(app, config, shutdown_trigger=stop.wait))
         await wait_listening(port)
         try:
-            yield f"ws://127.0.0.1:{port}/"
+            yield f"{'ws' if tls is None else 'wss'}://127.0.0.1:{port}/"
         finally:
             stop.set()
 
@@ -186,6 +197,32 @@ async def test_clarion_declines_compression_and_still_serves_the_client(
                 assert reply["type"] == "reply"
                 reply = await client.request({"type": "publish", "channel": "c", "data": "é"})
                 assert reply == {"type": "message", "channel": "c", "offset": 1, "data": "é"}
+
+
+async def test_over_tls_asyncio_writes_through_the_tls_transport_and_trio_leaves_it(
+    anyio_backend: Backend, free_tcp_port: int, tmp_path: Path
+) -> None:
+    tls = self_signed(tmp_path)
+
+    async def script(ws: WebSocket, writer: FrameWriter) -> None:
+        for size in SIZES:
+            await write(writer, text(size))
+        assert (await ws.receive())["type"] == "websocket.disconnect"
+
+    app = FrameApp(script)
+    with anyio.fail_after(20):
+        async with (
+            serving(app, anyio_backend, free_tcp_port, tls) as url,
+            connect(url, ssl_context=tls.client_context()) as client,
+        ):
+            await app.accepted.wait()
+            if anyio_backend == "trio":
+                # The socket carries ciphertext: the connection sends through hypercorn.
+                assert app.writer is None
+                return
+            assert isinstance(app.writer, TransportFrameWriter)
+            for size in SIZES:
+                assert (await client.receive_frame()).data == text(size)
 
 
 def test_other_servers_get_no_frame_writer() -> None:

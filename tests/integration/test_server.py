@@ -9,9 +9,12 @@ import pytest
 
 from channels.config import ChannelRule, Config, History, ServerConfig
 from tests.support.server import Server, http_publish, running_server
+from tests.support.tls import self_signed
 from tests.support.wsclient import Client, Closed, connect, subscribe
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from service.runner import Backend
 
 
@@ -59,6 +62,29 @@ async def test_a_thousand_messages_arrive_in_order(
                     assert [message["data"] for message in got] == list(range(1000))
                     assert [message["offset"] for message in got] == list(range(1, 1001))
                     assert client.frames_received <= 1000 + 1
+
+
+async def test_over_tls_messages_arrive_in_order(
+    anyio_backend: Backend, free_tcp_port: int, tmp_path: Path
+) -> None:
+    # hypercorn's certfile/keyfile: on asyncio frames go through the TLS transport, on
+    # trio (ciphertext on the socket) through hypercorn, from writer tasks.
+    tls = self_signed(tmp_path)
+    context = tls.client_context()
+    with anyio.fail_after(30):
+        async with running_server(Config(), anyio_backend, free_tcp_port, tls=tls) as server:
+            assert server.ws_url.startswith("wss://")
+            async with (
+                connect(server.ws_url, ssl_context=context) as subscriber,
+                connect(server.ws_url, ssl_context=context) as publisher,
+            ):
+                await subscribe(subscriber, "secure")
+                for index in range(300):
+                    await publisher.send_json(
+                        {"type": "publish", "channel": "secure", "data": index}
+                    )
+                got = [await subscriber.receive_object() for _ in range(300)]
+                assert [message["data"] for message in got] == list(range(300))
 
 
 async def test_channels_are_isolated(anyio_backend: Backend, free_tcp_port: int) -> None:

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
     from channels.config import Config
     from channels.hub import Hub
+    from tests.support.tls import TLSFiles
 
 
 @dataclass
@@ -31,12 +32,13 @@ class Server:
     port: int
     websocket_path: str = "/ws"
     app: Clarion | None = None
+    scheme: str = "ws"
     process: Process | None = None
     """The server's process, when the test started it as one."""
 
     @property
     def ws_url(self) -> str:
-        return f"ws://{self.host}:{self.port}{self.websocket_path}"
+        return f"{self.scheme}://{self.host}:{self.port}{self.websocket_path}"
 
     @property
     def hub(self) -> Hub:
@@ -61,8 +63,11 @@ async def wait_listening(port: int, alive: Callable[[], bool] = lambda: True) ->
 
 
 @asynccontextmanager
-async def running_server(config: Config, backend: Backend, port: int) -> AsyncIterator[Server]:
-    """Serve *config* with hypercorn's *backend* worker on 127.0.0.1:*port*.
+async def running_server(
+    config: Config, backend: Backend, port: int, *, tls: TLSFiles | None = None
+) -> AsyncIterator[Server]:
+    """Serve *config* with hypercorn's *backend* worker on 127.0.0.1:*port* (with *tls*,
+    over TLS, as hypercorn's ``certfile`` and ``keyfile`` settings give it).
 
     On exit the server shuts down as on SIGTERM: clients are drained and closed with 1001.
     """
@@ -70,13 +75,16 @@ async def running_server(config: Config, backend: Backend, port: int) -> AsyncIt
     app = Clarion(msgspec.structs.replace(config, server=server_config))
     settings = hypercorn_config(app.config)
     settings.errorlog = logging.getLogger("tests.hypercorn")
+    if tls is not None:
+        settings.certfile, settings.keyfile = tls.certfile, tls.keyfile
     stop = anyio.Event()
     async with anyio.create_task_group() as tg:
         tg.start_soon(partial(serve, app, settings, backend, shutdown_trigger=stop.wait))
         with anyio.fail_after(10):
             await wait_listening(port)
         try:
-            yield Server("127.0.0.1", port, config.server.websocket_path, app)
+            scheme = "ws" if tls is None else "wss"
+            yield Server("127.0.0.1", port, config.server.websocket_path, app, scheme=scheme)
         finally:
             stop.set()
 

@@ -19,9 +19,10 @@ from websockets.typing import Origin, Subprotocol
 from websockets.uri import parse_uri
 
 if TYPE_CHECKING:
+    import ssl
     from collections.abc import AsyncIterator
 
-    from anyio.abc import SocketStream
+    from anyio.abc import ByteStream
 
 
 class HandshakeRefused(Exception):
@@ -45,7 +46,7 @@ class Closed(Exception):
 class Client:
     """One WebSocket connection; `receive_object` flattens coalesced frames."""
 
-    def __init__(self, stream: SocketStream, protocol: ClientProtocol) -> None:
+    def __init__(self, stream: ByteStream, protocol: ClientProtocol) -> None:
         self._stream = stream
         self._protocol = protocol
         self._frames: list[Frame] = []
@@ -161,9 +162,10 @@ async def connect(
     subprotocols: list[str] | None = None,
     origin: str | None = None,
     compression: bool = False,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> AsyncIterator[Client]:
-    """Open a WebSocket to *url* (``ws://127.0.0.1:PORT/path``); with *compression*,
-    offer permessage-deflate as browsers do.
+    """Open a WebSocket to *url* (``ws://127.0.0.1:PORT/path``, or ``wss://`` with
+    *ssl_context*); with *compression*, offer permessage-deflate as browsers do.
 
     Raises:
         HandshakeRefused: if the server answers with an HTTP status.
@@ -176,7 +178,16 @@ async def connect(
         origin=Origin(origin) if origin is not None else None,
         extensions=[ClientPerMessageDeflateFactory()] if compression else None,
     )
-    async with await anyio.connect_tcp(uri.host, uri.port) as stream:
+    stream: ByteStream
+    if uri.secure:
+        if ssl_context is None:
+            raise ValueError(f"{url}: a wss:// URL needs an ssl_context")
+        stream = await anyio.connect_tcp(
+            uri.host, uri.port, ssl_context=ssl_context, tls_standard_compatible=False
+        )
+    else:
+        stream = await anyio.connect_tcp(uri.host, uri.port)
+    async with stream:
         protocol.send_request(protocol.connect())
         for data in protocol.data_to_send():
             await stream.send(data)
