@@ -106,6 +106,8 @@ class _Frames:
     frame of ours may follow, and (trio) hypercorn's bytes wait for our unfinished frame.
     """
 
+    __slots__ = ("_closing", "_rest", "_theirs", "_theirs_done")
+
     def __init__(self, protocol: H11Protocol) -> None:
         self._closing = False
         self._rest: memoryview | None = None
@@ -151,6 +153,8 @@ class TransportFrameWriter(_Frames):
     The transport queues what the kernel does not take at once; it is writable while
     that queue is within its high-water mark.
     """
+
+    __slots__ = ("_high_water", "_transport", "_writer")
 
     def __init__(self, protocol: H11Protocol, writer: Any, transport: Any) -> None:
         super().__init__(protocol)
@@ -201,6 +205,8 @@ class SocketFrameWriter(_Frames):
 
     ``partial_writes`` counts the frames the kernel took only part of at first.
     """
+
+    __slots__ = ("_fd", "_finishing", "_lock", "partial_writes")
 
     def __init__(self, protocol: H11Protocol, fd: int, lock: Any) -> None:
         super().__init__(protocol)
