@@ -156,12 +156,12 @@ class ServerConfig(_Base, frozen=True):
     flush_delay_seconds: Seconds = 0.005 * SECONDS
     """Least time between two flushes; the first message after a quiet spell goes at once."""
     flush_batch_connections: PositiveCount | None = None
-    """Connections flushed between two turns of the tasks that read and publish.
+    """Connections the flusher serves between two turns of the tasks that read and publish.
 
-    The default suits the server: 32 where the flusher sends itself (hypercorn's
-    asyncio worker), 8 where it wakes writer tasks (trio), as measured."""
+    The default is measured: 32 connections whose frames it writes itself, or 8 whose
+    writer tasks it wakes (where frames go through ASGI)."""
     writer_linger_seconds: Seconds = 1 * SECONDS
-    """How long a connection's idle writer task waits for more before it ends."""
+    """Where frames go through ASGI: how long an idle writer task waits before it ends."""
     max_request_bytes: PositiveCount = 1 * MIB
     """Largest WebSocket frame a client may send (close 1009) or HTTP body (413)."""
     slow_consumer: SlowConsumerPolicy = "disconnect"

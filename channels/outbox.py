@@ -44,7 +44,10 @@ class Outbox:
     The hub calls `offer`, which never waits: when the queue is full the channel's
     slow-consumer policy decides what is lost. The reader calls `put` for replies, which
     waits for room instead. The connection's `Sender` takes batches with `take_batch`;
-    *notify* (set by the sender) is called whenever there is something new to send.
+    *notify* (set by the sender) is called when messages arrive in an empty queue, and
+    for every reply, gap notice and the close. (A sender that leaves messages queued
+    comes back for them by itself: one call per message would cost a thousand calls per
+    message on a channel of a thousand subscribers.)
 
     Messages a policy discarded are reported to the client by a gap notice, built by
     *encode_gap(channel, first_offset, last_offset)*, ahead of the channel's next message.
@@ -60,6 +63,7 @@ class Outbox:
         "_frame_max_bytes",
         "_gaps",
         "_queue",
+        "_refusing",
         "_writable",
         "capacity",
         "dropped",
@@ -92,6 +96,7 @@ class Outbox:
         self._writable: anyio.Event | None = None
         self._failure: SlowConsumer | None = None
         self._closed = False
+        self._refusing = False  # failed or closed: offers are refused
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -119,13 +124,14 @@ class Outbox:
         ``latest`` discards every queued message of the same channel. When there is
         none to discard, the new message is the one dropped.
         """
-        if self._failure is not None or self._closed:
+        if self._refusing:
             return False
         queue = self._queue
         if len(queue) >= self.capacity and not self._make_room(delivery):
             return False
         queue.append(delivery)
-        self.notify()
+        if len(queue) == 1:
+            self.notify()
         return True
 
     def fail(self, channel: str) -> None:
@@ -136,6 +142,7 @@ class Outbox:
         """
         if self._failure is None and not self._closed:
             self._failure = SlowConsumer(channel, self.capacity)
+            self._refusing = True
             self._queue.clear()
             self._gaps.clear()
             self._wake_writable()
@@ -145,7 +152,7 @@ class Outbox:
     def close(self) -> None:
         """Accept nothing more; what is queued is still sent."""
         if not self._closed:
-            self._closed = True
+            self._closed = self._refusing = True
             self._wake_writable()
             self.notify()
 
@@ -203,7 +210,7 @@ class Outbox:
         items = self.take_batch()
         if not items:
             return None
-        return items[0] if len(items) == 1 else b"[" + b",".join(items) + b"]"
+        return items[0] if len(items) == 1 else _joined(items)
 
     def take_batch(self) -> list[bytes]:
         """Take the encoded messages of the next batch, oldest first (none when nothing is
@@ -280,3 +287,22 @@ class Outbox:
 
 def _nothing() -> None:
     pass
+
+
+# The last batch joined, and its frame's payload: subscribers of a busy channel, served
+# one after the other, mostly hold the same messages, which are then joined once (and
+# the same payload object lets the transport frame it once too).
+_last_joined: tuple[list[bytes], bytes] = ([], b"")
+
+
+def _joined(items: list[bytes]) -> bytes:
+    """*items* as one JSON array."""
+    global _last_joined
+    last_items, payload = _last_joined
+    if len(items) == len(last_items) and all(
+        item is last for item, last in zip(items, last_items, strict=True)
+    ):
+        return payload
+    payload = b"[" + b",".join(items) + b"]"
+    _last_joined = (items, payload)
+    return payload

@@ -101,6 +101,8 @@ def median_summary(runs: Sequence[Summary]) -> Summary:
             fields[name] = values[0]
         elif name in {"lost", "dropped", "errors", "closed"}:
             fields[name] = max(values)
+        elif isinstance(values[0], int):
+            fields[name] = statistics.median_low(values)  # an even count stays a count
         else:
             fields[name] = statistics.median(values)
     fields["scenario"] = f"{first.scenario} (median of {len(runs)})"

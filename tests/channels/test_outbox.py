@@ -61,6 +61,18 @@ def test_notify_is_called_for_whatever_there_is_to_send() -> None:
     assert calls == ["notify"] * 4  # a closing outbox wants its sender to finish
 
 
+def test_messages_notify_only_when_they_arrive_in_an_empty_queue() -> None:
+    outbox = make(capacity=10)
+    calls: list[str] = []
+    outbox.notify = lambda: calls.append("notify")
+    for offset in range(1, 6):
+        outbox.offer(message("a", offset))
+    assert calls == ["notify"]  # the sender comes back for the rest by itself
+    outbox.take_batch()
+    outbox.offer(message("a", 6))
+    assert calls == ["notify"] * 2
+
+
 def test_take_frame_joins_a_batch() -> None:
     outbox = make()
     assert outbox.take_frame() is None

@@ -90,6 +90,15 @@ def test_summary_rates_percentiles_and_losses() -> None:
     assert summary.server_rss_mib == 2.0
 
 
+def test_the_median_of_an_even_number_of_runs_keeps_counts_whole() -> None:
+    runs = [
+        Summary(scenario="rate", server="s", backend="b", subscribers=count, p99_ms=value)
+        for count, value in ((1000, 10.0), (999, 20.0))
+    ]
+    median = median_summary(runs)
+    assert (median.subscribers, median.p99_ms) == (999, 15.0)
+
+
 def test_median_of_runs_keeps_the_worst_losses() -> None:
     runs = [
         Summary(scenario="rate", server="s", backend="b", subscribers=1, p99_ms=value, lost=lost)
