@@ -37,7 +37,7 @@ import msgspec
 
 from service.bench.report import Summary, median_summary
 from service.bench.scenarios import Options, Target, run_idle, run_max, run_rate
-from service.bench.server import ServerProcess, free_port, pin
+from service.bench.server import ServerProcess, exit_on_sigterm, free_port, pin
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -241,7 +241,8 @@ def main() -> None:
     path = args.out / "runs.jsonl"
     if not args.table_only:
         pin(0, 1)
-        _measure_all(args, path)
+        with exit_on_sigterm():
+            _measure_all(args, path)
     table = _table(_medians(_load(path)), args.runs)
     (args.out / "results.md").write_text(table)
     print(table)

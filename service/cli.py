@@ -200,7 +200,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run the ``clarion`` command line; return the exit status."""
     args = _parser().parse_args(argv)
     if args.command == "bench":
-        return _bench(args)
+        from service.bench.server import exit_on_sigterm
+
+        with exit_on_sigterm():
+            return _bench(args)
     try:
         if args.command == "check":
             config = _read_key_files(load_config(args.file))

@@ -90,7 +90,11 @@ def _subscribe_frame(channel: str) -> bytes:
 
 def _read_reply(sock: socket.socket, parser: FrameParser) -> dict[str, object]:
     while True:
-        for payload in parser.feed(sock.recv(65536)):
+        data = sock.recv(65536)
+        if not data:
+            code = parser.close_code
+            raise RuntimeError(f"the server closed the connection before replying ({code})")
+        for payload in parser.feed(data):
             reply: dict[str, object] = msgspec.json.decode(payload)
             if reply.get("type") == "error":
                 raise RuntimeError(f"subscribe failed: {reply}")

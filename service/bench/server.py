@@ -9,16 +9,19 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterator, Sequence
     from pathlib import Path
+    from types import FrameType
 
 __all__ = (
     "ProcessStats",
     "RedisServer",
     "ServerProcess",
+    "exit_on_sigterm",
     "find_redis_server",
     "free_port",
     "pin",
@@ -77,6 +80,21 @@ class ProcessStats:
                 if line.startswith("VmRSS:"):
                     return int(line.split()[1])
         return 0
+
+
+@contextmanager
+def exit_on_sigterm() -> Iterator[None]:
+    """Turn SIGTERM into `SystemExit` meanwhile, so that the servers a run started are
+    stopped (by their ``finally``) when the run itself is stopped."""
+
+    def leave(signum: int, frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, leave)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class ServerProcess:

@@ -16,7 +16,14 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-__all__ = ("FrameParser", "HandshakeError", "client_frame", "handshake", "open_socket")
+__all__ = (
+    "FrameParser",
+    "HandshakeError",
+    "SETUP_SECONDS",
+    "client_frame",
+    "handshake",
+    "open_socket",
+)
 
 OP_CONTINUATION = 0x0
 OP_TEXT = 0x1
@@ -42,9 +49,14 @@ def client_frame(payload: bytes, opcode: int = OP_TEXT) -> bytes:
     return header + b"\0\0\0\0" + payload
 
 
+#: How long a blocking step of setting up a connection may take before the run fails.
+SETUP_SECONDS = 30.0
+
+
 def open_socket(host: str, port: int) -> socket.socket:
-    """Connect a TCP socket with Nagle's algorithm off."""
-    sock = socket.create_connection((host, port))
+    """Connect a TCP socket with Nagle's algorithm off, its blocking calls bounded by
+    `SETUP_SECONDS` (until it is made non-blocking)."""
+    sock = socket.create_connection((host, port), timeout=SETUP_SECONDS)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
 

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
 import sys
+import time
 from array import array
 from typing import TYPE_CHECKING
 
 import pytest
 
-from service.bench.load import StepResult
+from service.bench.load import StepResult, _read_reply
 from service.bench.report import Summary, histogram_svg, median_summary, summarize, table
+from service.bench.server import exit_on_sigterm
 from service.bench.wire import FrameParser, client_frame
 from service.cli import main
 
@@ -180,3 +185,30 @@ def test_a_small_hop_run_compares_one_node_with_two_through_redis(
     assert one["delivered_per_s"] > 0
     assert two["delivered_per_s"] > 0
     assert added["added_p99_ms"] == round(two["p99_ms"] - one["p99_ms"], 2)
+
+
+def test_a_server_that_closes_before_replying_fails_the_run_at_once() -> None:
+    # It used to spin forever on the closed socket at 100% CPU.
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        theirs.sendall(bytes((0x88, 2)) + (1011).to_bytes(2, "big"))  # close 1011
+        theirs.close()
+        with pytest.raises(RuntimeError, match=r"closed the connection before replying \(1011\)"):
+            _read_reply(ours, FrameParser(b""))
+
+
+def test_sigterm_ends_a_run_through_its_finally_blocks() -> None:
+    before = signal.getsignal(signal.SIGTERM)
+    stopped = []
+
+    def run() -> None:
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises before this ends
+        finally:
+            stopped.append(True)  # where a run stops its server
+
+    with pytest.raises(SystemExit) as exited, exit_on_sigterm():
+        run()
+    assert (exited.value.code, stopped) == (128 + signal.SIGTERM, [True])
+    assert signal.getsignal(signal.SIGTERM) is before
