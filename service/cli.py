@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import os
 import sys
@@ -38,7 +39,8 @@ def _parser() -> argparse.ArgumentParser:
         "--backend",
         choices=("asyncio", "trio", "uvloop"),
         default="asyncio",
-        help="the event loop hypercorn runs on (default: asyncio; uvloop needs the uvloop package)",
+        help="hypercorn's worker: asyncio (default), trio, or asyncio on uvloop's event "
+        "loop (needs the uvloop package: pip install 'clarion[uvloop]')",
     )
     serve.add_argument(
         "--workers",
@@ -108,6 +110,10 @@ def _serve_config(args: argparse.Namespace) -> Config:
         config = msgspec.structs.replace(config, server=server)
     if args.workers < 1:
         raise ConfigError("--workers must be at least 1")
+    if args.backend == "uvloop" and importlib.util.find_spec("uvloop") is None:
+        raise ConfigError(
+            "--backend uvloop needs the uvloop package: pip install 'clarion[uvloop]'"
+        )
     if args.workers > 1 and config.broker.kind == "memory":
         raise ConfigError(
             f"--workers {args.workers}: the memory broker keeps channels inside one process, "

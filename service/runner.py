@@ -36,7 +36,8 @@ __all__ = (
     "serve",
 )
 
-Backend = Literal["asyncio", "trio"]
+Backend = Literal["asyncio", "trio", "uvloop"]
+"""hypercorn's worker and its event loop: uvloop is the asyncio worker on uvloop's loop."""
 logger = logging.getLogger("clarion")
 
 
@@ -159,7 +160,15 @@ async def _serve_until_signal(
 def run(app: Clarion, backend: Backend, sockets: Sockets | None = None) -> None:
     """Serve *app* until SIGINT or SIGTERM, then drain its clients (close 1001) and exit."""
     settings = hypercorn_config(app.config)
-    anyio.run(_serve_until_signal, app, settings, backend, sockets, backend=backend)
+    anyio.run(
+        _serve_until_signal,
+        app,
+        settings,
+        backend,
+        sockets,
+        backend="trio" if backend == "trio" else "asyncio",
+        backend_options={"use_uvloop": True} if backend == "uvloop" else None,
+    )
 
 
 def _worker(config: Config, backend: Backend, sockets: Sockets) -> None:

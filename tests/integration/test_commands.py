@@ -76,6 +76,16 @@ async def test_clarion_serve_drains_clients_on_a_signal(
     assert f"{signum.name} received" in log
 
 
+async def test_clarion_serve_on_uvloop_drains_clients(
+    anyio_backend: Backend, free_tcp_port: int, tmp_path: Path
+) -> None:
+    argv = [str(BIN / "clarion"), "serve", "--bind", f"127.0.0.1:{free_tcp_port}"]
+    with anyio.fail_after(30):
+        async with process([*argv, "--backend", "uvloop"], free_tcp_port, tmp_path / "log") as proc:
+            await _serve_publish_and_stop(Server("127.0.0.1", free_tcp_port), proc)
+    assert f"serving ws://127.0.0.1:{free_tcp_port}/ws on uvloop" in (tmp_path / "log").read_text()
+
+
 async def test_hypercorn_command_serves_create_app(
     anyio_backend: Backend, free_tcp_port: int, tmp_path: Path
 ) -> None:

@@ -1,4 +1,5 @@
-"""Frames written straight to hypercorn's sockets (``service.framewriter``), on both workers.
+"""Frames written straight to hypercorn's sockets (``service.framewriter``), on both workers
+and on the asyncio worker with uvloop's event loop.
 
 A small ASGI app of the test's own writes through `open_frame_writer` under a real
 hypercorn; the client (the ``websockets`` protocol) checks every frame it gets.
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 import hypercorn.asyncio
@@ -30,6 +31,20 @@ if TYPE_CHECKING:
     from channels.sender import FrameWriter
     from service.runner import Backend
     from service.types import Message, Receive, Scope, Send
+
+
+@pytest.fixture(scope="module", params=["asyncio", "trio", "uvloop"])
+def anyio_backend(request: pytest.FixtureRequest) -> str | tuple[str, dict[str, bool]]:
+    """This module runs on uvloop's event loop too (hypercorn's asyncio worker)."""
+    if request.param == "uvloop":
+        return ("asyncio", {"use_uvloop": True})
+    return str(request.param)
+
+
+@pytest.fixture
+def worker(anyio_backend: str | tuple[str, dict[str, bool]]) -> Backend:
+    """The hypercorn worker the test serves with."""
+    return "uvloop" if isinstance(anyio_backend, tuple) else cast("Backend", anyio_backend)
 
 
 class FrameApp:
@@ -99,7 +114,7 @@ def text(size: int) -> bytes:
 
 
 async def test_hypercorn_websockets_get_a_frame_writer_and_frames_of_every_size_arrive(
-    anyio_backend: Backend, free_tcp_port: int
+    worker: Backend, free_tcp_port: int
 ) -> None:
     async def script(ws: WebSocket, writer: FrameWriter) -> None:
         for size in SIZES:
@@ -110,8 +125,8 @@ async def test_hypercorn_websockets_get_a_frame_writer_and_frames_of_every_size_
 
     app = FrameApp(script)
     with anyio.fail_after(20):
-        async with serving(app, anyio_backend, free_tcp_port) as url, connect(url) as client:
-            expected = SocketFrameWriter if anyio_backend == "trio" else TransportFrameWriter
+        async with serving(app, worker, free_tcp_port) as url, connect(url) as client:
+            expected = SocketFrameWriter if worker == "trio" else TransportFrameWriter
             assert isinstance(app.writer, expected)
             for size in SIZES:
                 frame = await client.receive_frame()
@@ -119,7 +134,7 @@ async def test_hypercorn_websockets_get_a_frame_writer_and_frames_of_every_size_
 
 
 async def test_a_client_that_reads_late_gets_whole_frames_in_order_then_the_close(
-    anyio_backend: Backend, free_tcp_port: int
+    worker: Backend, free_tcp_port: int
 ) -> None:
     """Frames pile up until the socket is full; the client pings then (hypercorn must
     answer between our frames, never inside one); an ASGI send and the close follow."""
@@ -143,7 +158,7 @@ async def test_a_client_that_reads_late_gets_whole_frames_in_order_then_the_clos
 
     app = FrameApp(script)
     with anyio.fail_after(30):
-        async with serving(app, anyio_backend, free_tcp_port) as url, connect(url) as client:
+        async with serving(app, worker, free_tcp_port) as url, connect(url) as client:
             await stuck.wait()
             await client.send_ping(b"are you there")
             await anyio.wait_all_tasks_blocked()  # hypercorn has read it and waits to answer
@@ -167,9 +182,7 @@ async def frames_until_closed(client: Client) -> tuple[list[bytes], Closed]:
             return received, closed
 
 
-async def test_nothing_is_written_after_the_close(
-    anyio_backend: Backend, free_tcp_port: int
-) -> None:
+async def test_nothing_is_written_after_the_close(worker: Backend, free_tcp_port: int) -> None:
     refused = anyio.Event()
 
     async def script(ws: WebSocket, writer: FrameWriter) -> None:
@@ -181,16 +194,16 @@ async def test_nothing_is_written_after_the_close(
 
     app = FrameApp(script)
     with anyio.fail_after(20):
-        async with serving(app, anyio_backend, free_tcp_port) as url, connect(url) as client:
+        async with serving(app, worker, free_tcp_port) as url, connect(url) as client:
             await client.close(1000)
             await refused.wait()
 
 
 async def test_clarion_declines_compression_and_still_serves_the_client(
-    anyio_backend: Backend, free_tcp_port: int
+    worker: Backend, free_tcp_port: int
 ) -> None:
     with anyio.fail_after(20):
-        async with running_server(Config(), anyio_backend, free_tcp_port) as server:
+        async with running_server(Config(), worker, free_tcp_port) as server:
             async with connect(server.ws_url, compression=True) as client:
                 assert client.extensions == []
                 reply = await client.request({"type": "subscribe", "id": 1, "channel": "c"})
@@ -200,7 +213,7 @@ async def test_clarion_declines_compression_and_still_serves_the_client(
 
 
 async def test_over_tls_asyncio_writes_through_the_tls_transport_and_trio_leaves_it(
-    anyio_backend: Backend, free_tcp_port: int, tmp_path: Path
+    worker: Backend, free_tcp_port: int, tmp_path: Path
 ) -> None:
     tls = self_signed(tmp_path)
 
@@ -212,11 +225,11 @@ async def test_over_tls_asyncio_writes_through_the_tls_transport_and_trio_leaves
     app = FrameApp(script)
     with anyio.fail_after(20):
         async with (
-            serving(app, anyio_backend, free_tcp_port, tls) as url,
+            serving(app, worker, free_tcp_port, tls) as url,
             connect(url, ssl_context=tls.client_context()) as client,
         ):
             await app.accepted.wait()
-            if anyio_backend == "trio":
+            if worker == "trio":
                 # The socket carries ciphertext: the connection sends through hypercorn.
                 assert app.writer is None
                 return
