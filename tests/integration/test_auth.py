@@ -15,8 +15,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from channels.config import AuthConfig, ChannelRule, Config
-from tests.support.server import running_server
+from channels.config import AuthConfig, ChannelRule, Config, ServerConfig
+from tests.support.server import http_call, running_server
 from tests.support.wsclient import HandshakeRefused, connect, subscribe
 
 if TYPE_CHECKING:
@@ -270,3 +270,28 @@ async def test_a_query_token_from_another_site_is_refused_by_default(
             assert await refused(url, origin="https://evil.example.com") == (403, 111)
             async with connect(url):
                 pass
+
+
+async def test_the_http_api_needs_one_of_its_keys(
+    anyio_backend: Backend, free_tcp_port: int
+) -> None:
+    config = Config(server=ServerConfig(api_keys=["key-one", "key-two"]))
+    body = b'{"channel":"news","data":"hello"}'
+    with anyio.fail_after(15):
+        async with running_server(config, anyio_backend, free_tcp_port) as server:
+            async with connect(server.ws_url) as client:
+                await subscribe(client, "news")
+                for headers in [
+                    "",
+                    "authorization: Bearer key-three\r\n",
+                    "authorization: key-one\r\n",
+                ]:
+                    status, reply = await http_call(server, "POST", "/api/publish", body, headers)
+                    assert (status, reply["code"]) == (401, 106)
+                status, reply = await http_call(server, "GET", "/api/presence?channel=news")
+                assert (status, reply["code"]) == (401, 106)
+                right = "authorization: Bearer key-two\r\n"
+                status, reply = await http_call(server, "POST", "/api/publish", body, right)
+                assert status == 200
+                message = await client.receive_object()
+                assert (message["channel"], message["data"]) == ("news", "hello")

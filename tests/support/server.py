@@ -90,13 +90,16 @@ async def running_server(
 
 
 async def http_call(
-    server: Server, method: str, path: str, body: bytes = b""
+    server: Server, method: str, path: str, body: bytes = b"", headers: str = ""
 ) -> tuple[int, dict[str, Any]]:
-    """Make one HTTP/1.1 request with a raw socket; return the status and decoded JSON."""
+    """Make one HTTP/1.1 request with a raw socket; return the status and decoded JSON.
+
+    ``headers`` are extra header lines, each ending in CRLF.
+    """
     request = (
         b"%s %s HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
-        b"content-length: %d\r\nconnection: close\r\n\r\n%s"
-        % (method.encode(), path.encode(), len(body), body)
+        b"%scontent-length: %d\r\nconnection: close\r\n\r\n%s"
+        % (method.encode(), path.encode(), headers.encode(), len(body), body)
     )
     async with await anyio.connect_tcp(server.host, server.port) as stream:
         await stream.send(request)
