@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import time
 from collections import deque
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Protocol
@@ -23,6 +24,7 @@ from channels.outbox import Delivery
 from channels.publication import ClientInfo
 from channels.rules import Grant, RuleBook
 from channels.sender import Flusher
+from channels.traffic import Traffic
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -69,10 +71,17 @@ class HubStatistics(msgspec.Struct, frozen=True):
     channels: int
     subscriptions: int
     published: int
+    """Publications the broker handed to this hub: every node's, on channels it knew."""
+    accepted: int
+    """Publications this node accepted from its clients and its HTTP API."""
     dropped: int
     """Messages the ``drop_oldest`` and ``latest`` policies discarded."""
     slow_consumers: int
     """Connections given up on under the ``disconnect`` policy."""
+    broker_ready: bool
+    """Whether the broker can take publications now."""
+    broker_round_trip_seconds: float | None
+    """How long the broker's last check took there and back (None for the memory broker)."""
 
 
 class _Joining:
@@ -172,6 +181,9 @@ class Hub:
         self._channels: dict[str, _Channel] = {}
         self._subscriptions: dict[Outbox, set[str]] = {}
         self._published = 0
+        self._accepted = 0
+        self.traffic = Traffic()
+        """What this node's outboxes handed out to be sent (see `channels.traffic`)."""
         self._dropped_by_gone = 0
         self._slow_consumers_gone = 0
         self.closing = False
@@ -362,7 +374,9 @@ class Hub:
         if len(data) > rule.max_message_bytes:
             raise MessageTooLarge(channel, len(data), rule.max_message_bytes)
         self._rules.check_data(rule, channel, data)
-        return await self._broker.publish(channel, data, rule.history)
+        position = await self._broker.publish(channel, data, rule.history)
+        self._accepted += 1
+        return position
 
     async def presence(self, channel: str) -> list[ClientInfo]:
         """Return the clients subscribed to *channel*, on every node.
@@ -459,14 +473,17 @@ class Hub:
             channels=len(self._channels),
             subscriptions=sum(len(channels) for channels in self._subscriptions.values()),
             published=self._published,
+            accepted=self._accepted,
             dropped=self._dropped_by_gone + sum(outbox.dropped for outbox in self._subscriptions),
             slow_consumers=self._slow_consumers_gone
             + sum(outbox.failed for outbox in self._subscriptions),
+            broker_ready=self._broker.ready,
+            broker_round_trip_seconds=self._broker.round_trip_seconds,
         )
 
     def _delivery(self, publication: Publication, policy: SlowConsumerPolicy) -> Delivery:
         data = self._encoding.message(publication)
-        return Delivery(publication.channel, publication.offset, data, policy)
+        return Delivery(publication.channel, publication.offset, data, policy, time.monotonic())
 
     def _leave(self, outbox: Outbox, channel: str) -> None:
         # An outbox lists a channel exactly while it is a subscriber or joining there.

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 import anyio
 
 from channels.errors import SlowConsumer
+from channels.traffic import Traffic
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -19,10 +21,10 @@ __all__ = ("Delivery", "Outbox")
 class Delivery:
     """One encoded message on its way out, shared by every subscriber it is offered to.
 
-    ``channel`` is None for a reply to the connection's own request.
+    ``channel`` is None for a reply to the connection's own request or an event.
     """
 
-    __slots__ = ("channel", "data", "offset", "policy")
+    __slots__ = ("channel", "data", "offset", "policy", "published")
 
     def __init__(
         self,
@@ -30,12 +32,15 @@ class Delivery:
         offset: int,
         data: bytes,
         policy: SlowConsumerPolicy = "disconnect",
+        published: float = 0.0,
     ) -> None:
         self.channel = channel
         self.offset = offset
         self.data = data
         """The encoded message (UTF-8 JSON)."""
         self.policy: SlowConsumerPolicy = policy
+        self.published = published
+        """When a channel message reached the hub (`time.monotonic`); 0 for the rest."""
 
 
 class Outbox:
@@ -52,7 +57,8 @@ class Outbox:
     Messages a policy discarded are reported to the client by a gap notice, built by
     *encode_gap(channel, first_offset, last_offset)*, ahead of the channel's next message.
     *on_fail* is called once when the outbox fails, so that the connection can stop even
-    while a send to it is blocked; it may be set later.
+    while a send to it is blocked; it may be set later. What it hands out is counted in
+    *traffic*, the node's (by default, nowhere).
     """
 
     __slots__ = (
@@ -64,6 +70,7 @@ class Outbox:
         "_gaps",
         "_queue",
         "_refusing",
+        "_traffic",
         "_writable",
         "capacity",
         "dropped",
@@ -79,6 +86,7 @@ class Outbox:
         on_fail: Callable[[], None] | None = None,
         *,
         encode_restart: Callable[[str, str], bytes],
+        traffic: Traffic | None = None,
     ) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
@@ -97,6 +105,7 @@ class Outbox:
         self._failure: SlowConsumer | None = None
         self._closed = False
         self._refusing = False  # failed or closed: offers are refused
+        self._traffic = _UNCOUNTED if traffic is None else traffic
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -203,7 +212,15 @@ class Outbox:
         """
         queue = self._queue
         if len(queue) == 1 and not self._gaps:  # the usual case under light load
-            data = queue.pop().data
+            delivery = queue.pop()
+            data = delivery.data
+            traffic = self._traffic
+            traffic.frames += 1
+            traffic.messages += 1
+            traffic.bytes += len(data)
+            if delivery.published:
+                traffic.deliveries += 1
+                traffic.waited(time.monotonic() - delivery.published)
             if self._writable is not None:
                 self._wake_writable()
             return data
@@ -237,7 +254,8 @@ class Outbox:
             items.append(gap)
             return True
 
-        taken = 0
+        taken = deliveries = 0
+        oldest = 0.0
         for item in queue:
             channel = item.channel
             # A notice goes just before the first message after its gap (a replay of
@@ -251,10 +269,20 @@ class Outbox:
             used += size + 1
             items.append(item.data)
             taken += 1
+            if item.published:
+                deliveries += 1
+                oldest = oldest or item.published
         del queue[:taken]
         while gaps and not queue and add_gap(next(iter(gaps))):
             pass
         if items:
+            traffic = self._traffic
+            traffic.frames += 1
+            traffic.messages += len(items)
+            traffic.bytes += used if len(items) > 1 else len(items[0])
+            if deliveries:
+                traffic.deliveries += deliveries
+                traffic.waited(time.monotonic() - oldest)
             self._wake_writable()
         return items
 
@@ -287,6 +315,9 @@ class Outbox:
 
 def _nothing() -> None:
     pass
+
+
+_UNCOUNTED = Traffic()
 
 
 # The last batch joined, and its frame's payload: subscribers of a busy channel, served

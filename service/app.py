@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import msgspec
+from prometheus_client import generate_latest
 
 from channels.config import load_config
 from channels.errors import (
@@ -26,6 +27,7 @@ from channels.hub import open_hub
 from service.auth import SUBPROTOCOL, Authenticator, check_origin
 from service.datastructures import Headers, QueryParams, URLPath
 from service.framewriter import open_frame_writer
+from service.metrics import CONTENT_TYPE, NodeCollector, NodeCounters, node_registry
 from service.protocol import (
     AddressFull,
     BadMessage,
@@ -99,8 +101,9 @@ class Clarion:
     """The Clarion ASGI application for one node.
 
     Routes: the WebSocket endpoint at ``server.websocket_path``, ``POST /api/publish``,
-    ``GET /health`` (liveness) and ``GET /ready`` (readiness); everything else is a
-    JSON 404. The hub lives in the lifespan.
+    ``GET /api/presence``, ``GET /health`` (liveness), ``GET /ready`` (readiness) and
+    ``GET /metrics`` (Prometheus); everything else is a JSON 404. The hub lives in the
+    lifespan.
     """
 
     def __init__(self, config: Config) -> None:
@@ -110,12 +113,16 @@ class Clarion:
         self.auth = Authenticator(auth) if auth is not None and auth.enabled else None
         self._per_address: dict[str, int] = {}
         self.hub: Hub | None = None
+        self.counters = NodeCounters()
+        """Connections, disconnects and errors, for the metrics."""
+        self._metrics = node_registry(NodeCollector(self.counters, lambda: self.hub))
         self._routes = {
             "websocket": URLPath(config.server.websocket_path, "websocket"),
             "publish": URLPath("/api/publish", "http"),
             "health": URLPath("/health", "http"),
             "ready": URLPath("/ready", "http"),
             "presence": URLPath("/api/presence", "http"),
+            "metrics": URLPath("/metrics", "http"),
         }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -128,7 +135,8 @@ class Clarion:
             await self._lifespan(receive, send)
 
     def url_path_for(self, name: str, /, **path_params: Any) -> URLPath:
-        """Return the path of the route called ``websocket``, ``publish``, ``health`` or ``ready``.
+        """Return the path of the route called ``websocket``, ``publish``, ``presence``,
+        ``health``, ``ready`` or ``metrics``.
 
         Raises:
             NoMatchFound: for any other name, or with path parameters (no route has any).
@@ -205,6 +213,7 @@ class Clarion:
                         auth=self.auth,
                         subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None,
                         frames=open_frame_writer(send),
+                        counters=self.counters,
                     )
                 finally:
                     left = self._per_address.pop(address) - 1
@@ -222,14 +231,22 @@ class Clarion:
                 error = exc
             else:
                 return
+        self.counters.refused[_code(error)] += 1
         body = _error_body(error)
         await ws.send_denial_response(HTTP_STATUS[type(error)], body, _JSON_HEADERS)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = [*_JSON_HEADERS]
         try:
-            status, body = await self._route(scope, receive)
+            if scope["path"] == "/metrics":
+                if scope["method"] not in {"GET", "HEAD"}:
+                    raise MethodNotAllowed(scope["method"], "/metrics", ("GET", "HEAD"))
+                status, body = 200, generate_latest(self._metrics)
+                headers = [(b"content-type", CONTENT_TYPE.encode())]
+            else:
+                status, body = await self._route(scope, receive)
         except (ProtocolError, ChannelsError) as exc:
+            self.counters.errors[exc.code] += 1
             status, body = HTTP_STATUS.get(type(exc), 400), _error_body(exc)
             if isinstance(exc, MethodNotAllowed):
                 headers.append((b"allow", ", ".join(exc.allowed).encode()))
@@ -320,9 +337,12 @@ class Clarion:
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
+def _code(exc: Exception) -> int:
+    return exc.code if isinstance(exc, ProtocolError | ChannelsError) else 500
+
+
 def _error_body(exc: Exception) -> bytes:
-    code = exc.code if isinstance(exc, ProtocolError | ChannelsError) else 500
-    return encode_error(code, str(exc))
+    return encode_error(_code(exc), str(exc))
 
 
 def create_app(config: Config | None = None) -> Clarion:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import secrets
+from collections import Counter
 from contextlib import suppress
 from typing import TYPE_CHECKING
 
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
     from channels.hub import Hub, Subscribed
     from channels.sender import FrameWriter
     from service.auth import Authenticator
+    from service.metrics import NodeCounters
     from service.protocol import ClientMessage
     from service.websocket import WebSocket
 
@@ -73,6 +75,14 @@ CLOSE_TOKEN_EXPIRED = 4001
 CLOSE_NO_PONG = 4002
 
 _PING = encode(ServerPing())
+#: Why the server ended a connection, by close code, as the metrics name it.
+_REASONS = {
+    CLOSE_GOING_AWAY: "going_away",
+    CLOSE_FRAME_TOO_LARGE: "frame_too_large",
+    SlowConsumer.code: "slow_consumer",
+    CLOSE_TOKEN_EXPIRED: "token_expired",
+    CLOSE_NO_PONG: "no_pong",
+}
 
 
 class Session:
@@ -93,6 +103,7 @@ class Session:
         stop: anyio.CancelScope | None = None,
         publish_rate: float = math.inf,
         publish_burst: int = 1,
+        errors: Counter[int] | None = None,
     ) -> None:
         self.hub = hub
         self.outbox = outbox
@@ -105,6 +116,7 @@ class Session:
         self._burst = float(publish_burst)
         self._tokens = float(publish_burst)
         self._refilled = anyio.current_time()
+        self._errors: Counter[int] = Counter() if errors is None else errors
 
     async def handle(self, frame: str | bytes) -> None:
         """Run the request in *frame*; reply with its result or a coded error.
@@ -114,11 +126,13 @@ class Session:
         try:
             request = decode_request(frame)
         except ProtocolError as exc:
+            self._errors[exc.code] += 1
             await self.outbox.put(encode_error(exc.code, str(exc), exc.request_id))
         else:
             try:
                 reply = await self._run(request)
             except (ChannelsError, ProtocolError) as exc:
+                self._errors[exc.code] += 1
                 await self.outbox.put(encode_error(exc.code, str(exc), request.id))
             else:
                 if reply is not None:
@@ -219,6 +233,7 @@ async def run_session(
     auth: Authenticator | None = None,
     subprotocol: str | None = None,
     frames: FrameWriter | None = None,
+    counters: NodeCounters | None = None,
 ) -> None:
     """Serve one WebSocket until the client leaves or the node ends the connection.
 
@@ -230,20 +245,29 @@ async def run_session(
     the token of an authenticated connection expires (unless a ``refresh`` came first),
     4002 when a client quiet for ``server.ping_interval_seconds`` was sent a ``ping``
     and still sent nothing within ``server.pong_timeout_seconds``. A close is given
-    ``server.write_timeout_seconds`` to be sent.
+    ``server.write_timeout_seconds`` to be sent. The connection, its end and the
+    errors it is answered with are counted in *counters*.
 
     Raises:
         ServerClosing: if the hub is closing; the handshake was not accepted.
     """
     outbox = Outbox(
-        server.outbox_messages, server.frame_max_bytes, encode_gap, encode_restart=encode_restart
+        server.outbox_messages,
+        server.frame_max_bytes,
+        encode_gap,
+        encode_restart=encode_restart,
+        traffic=hub.traffic,
     )
     user = None if identity is None else identity.user
     grant = None if identity is None else Grant(user, identity.channels)
     hub.attach(outbox, ClientInfo(secrets.token_hex(8), user), grant)
     close: tuple[int, str] | None = None
+    accepted = False
     try:
         await ws.accept(subprotocol)
+        accepted = True
+        if counters is not None:
+            counters.accepted += 1
         # A slow consumer, a broken transport, or a closing outbox that has sent
         # everything ends the connection at once, even while a send is blocked.
         with anyio.CancelScope(deadline=_deadline(identity)) as stop:
@@ -258,6 +282,7 @@ async def run_session(
                 stop=stop,
                 publish_rate=server.publish_rate_per_second or math.inf,
                 publish_burst=server.publish_burst,
+                errors=None if counters is None else counters.errors,
             )
             try:
                 # A plain loop rather than ws.iter_frames(): an async generator per
@@ -306,6 +331,8 @@ async def run_session(
     finally:
         # Leave the hub first: nothing more is queued while the close frame is sent.
         hub.detach(outbox)
+        if counters is not None and accepted:
+            counters.disconnects["client" if close is None else _REASONS[close[0]]] += 1
         if close is not None and ws.application_state is WebSocketState.CONNECTED:
             with anyio.move_on_after(server.write_timeout_seconds, shield=True):
                 with suppress(WebSocketDisconnect):  # the client is already gone

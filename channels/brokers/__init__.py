@@ -67,6 +67,11 @@ class Broker(Protocol):
         """Whether the broker can take publications now (its last check reached it)."""
         ...
 
+    @property
+    def round_trip_seconds(self) -> float | None:
+        """How long its last check took to reach the broker and back (None: no check)."""
+        ...
+
     async def publish(self, channel: str, data: msgspec.Raw, history: History) -> Position:
         """Append *data* to *channel*'s stream and return its position.
 

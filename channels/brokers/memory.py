@@ -67,6 +67,8 @@ class MemoryBroker:
 
     ready = True
     """Always: the memory broker is part of the process."""
+    round_trip_seconds = None
+    """None: nothing to reach."""
 
     @property
     def stream_count(self) -> int:

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 import anyio
 import pytest
 
 from channels.outbox import Delivery, Outbox
+from channels.traffic import SEND_DELAY_BUCKETS_SECONDS, Traffic
 
 if TYPE_CHECKING:
     from channels.config import SlowConsumerPolicy
@@ -232,3 +234,23 @@ async def test_failure_wakes_a_waiting_reply() -> None:
 def test_capacity_must_be_positive() -> None:
     with pytest.raises(ValueError, match="capacity must be at least 1"):
         make(capacity=0)
+
+
+def test_frames_messages_bytes_and_delays_are_counted() -> None:
+    traffic = Traffic()
+    outbox = Outbox(10, 1000, gap, encode_restart=restart, traffic=traffic)
+    published = time.monotonic() - 0.003  # reached the hub 3 ms ago
+    outbox.offer(Delivery("a", 1, b"a#1", published=published))
+    assert outbox.take_frame() == b"a#1"  # alone: the fast path
+    outbox.put_nowait(b"reply")
+    assert outbox.take_frame() == b"reply"  # not a channel message: no delay
+    outbox.offer(Delivery("a", 2, b"a#2", published=published))
+    outbox.offer(Delivery("a", 3, b"a#3", published=time.monotonic()))
+    outbox.put_nowait(b"reply")
+    assert outbox.take_frame() == b"[a#2,a#3,reply]"
+    assert (traffic.frames, traffic.messages, traffic.deliveries) == (3, 5, 3)
+    assert traffic.bytes == len(b"a#1") + len(b"reply") + len(b"[a#2,a#3,reply]")
+    # One delay per frame that held a channel message, the oldest one's: 3 ms or more.
+    assert sum(traffic.delay_counts) == 2
+    assert traffic.delay_counts[: SEND_DELAY_BUCKETS_SECONDS.index(0.0025) + 1] == [0, 0, 0]
+    assert traffic.delay_sum_seconds >= 0.006

@@ -89,10 +89,10 @@ async def running_server(
             stop.set()
 
 
-async def http_call(
+async def http_exchange(
     server: Server, method: str, path: str, body: bytes = b"", headers: str = ""
-) -> tuple[int, dict[str, Any]]:
-    """Make one HTTP/1.1 request with a raw socket; return the status and decoded JSON.
+) -> tuple[int, bytes]:
+    """Make one HTTP/1.1 request with a raw socket; return the status and the body.
 
     ``headers`` are extra header lines, each ending in CRLF.
     """
@@ -110,8 +110,16 @@ async def http_call(
         except anyio.EndOfStream:
             pass
     head, _, payload = response.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), payload
+
+
+async def http_call(
+    server: Server, method: str, path: str, body: bytes = b"", headers: str = ""
+) -> tuple[int, dict[str, Any]]:
+    """Like `http_exchange`, with the body decoded from JSON."""
+    status, payload = await http_exchange(server, method, path, body, headers)
     decoded: dict[str, Any] = msgspec.json.decode(payload)
-    return int(head.split(b" ", 2)[1]), decoded
+    return status, decoded
 
 
 async def http_publish(server: Server, channel: str, data: Any) -> dict[str, Any]:
