@@ -26,6 +26,7 @@ __all__ = (
     "BrokerConfig",
     "ChannelRule",
     "Config",
+    "ConfigSource",
     "History",
     "ServerConfig",
     "Shape",
@@ -434,6 +435,35 @@ def load_config(path: Path | str | None, *, env: Mapping[str, str] | None = None
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
     return parse_config(data, env=os.environ if env is None else env, source=str(path))
+
+
+class ConfigSource(msgspec.Struct, frozen=True, kw_only=True):
+    """Where a node's configuration comes from, so that it can be read again on reload.
+
+    Attributes:
+        path: the YAML file; None for the built-in default.
+        bind: ``server.bind`` given on the command line, which overrides the file's.
+    """
+
+    path: str | None = None
+    bind: str | None = None
+
+    def load(self) -> Config:
+        """Read the configuration (blocking file I/O).
+
+        Raises:
+            ConfigError: if the file cannot be read or is invalid, or *bind* is.
+        """
+        config = load_config(self.path)
+        if self.bind is None:
+            return config
+        try:
+            parse_bind(self.bind)
+        except ValueError as exc:
+            raise ConfigError(f"--bind: {exc}") from None
+        return msgspec.structs.replace(
+            config, server=msgspec.structs.replace(config.server, bind=self.bind)
+        )
 
 
 def dump_config(config: Config) -> str:

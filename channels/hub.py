@@ -14,6 +14,7 @@ import msgspec
 from channels.brokers import open_broker
 from channels.errors import (
     AlreadySubscribed,
+    ChannelsError,
     MessageTooLarge,
     NotSubscribed,
     PresenceDisabled,
@@ -49,6 +50,10 @@ class Encoding(Protocol):
 
     def event(self, channel: str, event: Event, client: ClientInfo) -> bytes:
         """Encode a ``join`` or ``leave`` event of *client* on *channel*."""
+        ...
+
+    def ended(self, channel: str, error: ChannelsError) -> bytes:
+        """Encode the notice that the subscription to *channel* ended with *error*."""
         ...
 
 
@@ -163,7 +168,6 @@ class Hub:
         broker: Broker,
         encoding: Encoding,
     ) -> None:
-        self._rules = RuleBook(config)
         server = config.server
         self.flusher = Flusher(
             server.flush_delay_seconds,
@@ -171,8 +175,9 @@ class Hub:
             server.writer_linger_seconds,
         )
         """Sends the outboxes (see `channels.sender`); run by `open_hub`."""
-        self._recovery_max = config.server.recovery_limit
-        self._max_subscriptions = config.server.max_subscriptions
+        self._rules = RuleBook(config)
+        self._recovery_max = server.recovery_limit
+        self._max_subscriptions = server.max_subscriptions
         self._broker = broker
         self._encoding = encoding
         self._clients: dict[Outbox, ClientInfo] = {}
@@ -331,6 +336,49 @@ class Hub:
                 outbox.offer(delivery)
         if state.join_leave:
             self._broker.announce(channel, "join", self._clients[outbox])
+
+    def reconfigure(self, config: Config) -> int:
+        """Apply *config*'s channel rules and hub limits from now on; return how many
+        subscriptions they ended.
+
+        A subscription the new rules no longer allow (no rule matches its channel, or the
+        rule's access refuses the connection, or the channel became private) is ended:
+        the client is sent what a subscribe would now be refused with (see
+        `Encoding.ended`). A channel's slow-consumer policy and join/leave events change
+        at once; its presence setting when it next starts on this node. Subscriptions
+        still reading their start keep the rules they were checked against. The broker
+        settings are not changed.
+        """
+        server = config.server
+        self.flusher.reconfigure(
+            server.flush_delay_seconds, server.flush_batch_connections, server.writer_linger_seconds
+        )
+        old, rules = self._rules, RuleBook(config)
+        self._rules = rules
+        self._recovery_max = server.recovery_limit
+        self._max_subscriptions = server.max_subscriptions
+        ended = 0
+        for outbox, channels in self._subscriptions.items():
+            grant = self._grants.get(outbox, _ANONYMOUS)
+            for channel in list(channels):
+                state = self._channels[channel]
+                if outbox not in state.subscribers:
+                    continue
+                try:
+                    rule = rules.resolve(channel)
+                    # A subscription to a private channel showed its token then.
+                    private_ok = old.resolve(channel).private
+                    rules.check(rule, channel, "subscribe", grant, private_ok=private_ok)
+                except ChannelsError as exc:
+                    channels.discard(channel)
+                    self._leave(outbox, channel)
+                    outbox.put_nowait(self._encoding.ended(channel, exc))
+                    ended += 1
+        for channel, state in self._channels.items():
+            rule = rules.resolve(channel)
+            state.policy = rules.policy(rule)
+            state.join_leave = rule.join_leave
+        return ended
 
     def unsubscribe(self, outbox: Outbox, channel: str) -> None:
         """End *outbox*'s subscription to *channel*. Never blocks.

@@ -104,16 +104,22 @@ class Flusher:
     def __init__(
         self, delay_seconds: float, batch_connections: int | None, linger_seconds: float
     ) -> None:
-        self.delay_seconds = delay_seconds
-        self.writes_per_turn = batch_connections or _WRITES_PER_TURN
-        self.writers_per_turn = batch_connections or _WRITERS_PER_TURN
-        self.linger_seconds = linger_seconds
+        self.reconfigure(delay_seconds, batch_connections, linger_seconds)
         self._due: list[Sender] = []
         self._first_due: anyio.Event | None = None
         self._writers: set[Sender] = set()
         self._task_group: TaskGroup | None = None
         self._last_sweep = 0.0
         self._last_tick_end = -math.inf
+
+    def reconfigure(
+        self, delay_seconds: float, batch_connections: int | None, linger_seconds: float
+    ) -> None:
+        """Apply new settings from the next tick on (the arguments are as for the class)."""
+        self.delay_seconds = delay_seconds
+        self.writes_per_turn = batch_connections or _WRITES_PER_TURN
+        self.writers_per_turn = batch_connections or _WRITERS_PER_TURN
+        self.linger_seconds = linger_seconds
 
     def schedule(self, sender: Sender) -> None:
         """Serve *sender* at the next tick."""

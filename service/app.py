@@ -5,17 +5,18 @@ from __future__ import annotations
 import hmac
 import logging
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 import msgspec
 from prometheus_client import generate_latest
 
-from channels.config import load_config
+from channels.config import ConfigSource
 from channels.errors import (
     BrokerUnavailable,
     ChannelNotFound,
     ChannelsError,
+    ConfigError,
     InvalidChannelName,
     InvalidData,
     MessageTooLarge,
@@ -38,6 +39,7 @@ from service.protocol import (
     PresenceReply,
     ProtocolError,
     PublishReply,
+    ReloadReply,
     RequestTooLarge,
     RouteNotFound,
     TokenExpired,
@@ -58,7 +60,7 @@ if TYPE_CHECKING:
     from channels.hub import Hub
     from service.types import Receive, Scope, Send
 
-__all__ = ("Clarion", "NoMatchFound", "create_app")
+__all__ = ("RESTART_ONLY", "Clarion", "NoMatchFound", "create_app")
 
 logger = logging.getLogger("clarion")
 
@@ -84,7 +86,16 @@ HTTP_STATUS: dict[type[Exception], int] = {
     NodeFull: 503,
     AddressFull: 429,
     UpgradeRequired: 426,
+    ConfigError: 422,
 }
+#: Server settings that hypercorn took at startup: only a restart changes them.
+RESTART_ONLY: Final = (
+    "bind",
+    "max_request_bytes",
+    "handshake_timeout_seconds",
+    "write_timeout_seconds",
+    "shutdown_grace_seconds",
+)
 _HEALTH_BODY = msgspec.json.encode({"status": "ok"})
 _READY_BODY = msgspec.json.encode({"status": "ready"})
 
@@ -101,16 +112,17 @@ class Clarion:
     """The Clarion ASGI application for one node.
 
     Routes: the WebSocket endpoint at ``server.websocket_path``, ``POST /api/publish``,
-    ``GET /api/presence``, ``GET /health`` (liveness), ``GET /ready`` (readiness) and
-    ``GET /metrics`` (Prometheus); everything else is a JSON 404. The hub lives in the
-    lifespan.
+    ``GET /api/presence``, ``POST /api/reload``, ``GET /health`` (liveness),
+    ``GET /ready`` (readiness) and ``GET /metrics`` (Prometheus); everything else is a
+    JSON 404. The hub lives in the lifespan.
     """
 
-    def __init__(self, config: Config) -> None:
-        """Build the app for the node configured by *config*."""
+    def __init__(self, config: Config, source: ConfigSource | None = None) -> None:
+        """Build the app for the node configured by *config*, read from *source* (which
+        `reload` reads again; by default the built-in configuration)."""
         self.config = config
-        auth = config.auth
-        self.auth = Authenticator(auth) if auth is not None and auth.enabled else None
+        self.source = source or ConfigSource()
+        self.auth = _authenticator(config)
         self._per_address: dict[str, int] = {}
         self.hub: Hub | None = None
         self.counters = NodeCounters()
@@ -123,6 +135,7 @@ class Clarion:
             "ready": URLPath("/ready", "http"),
             "presence": URLPath("/api/presence", "http"),
             "metrics": URLPath("/metrics", "http"),
+            "reload": URLPath("/api/reload", "http"),
         }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -136,7 +149,7 @@ class Clarion:
 
     def url_path_for(self, name: str, /, **path_params: Any) -> URLPath:
         """Return the path of the route called ``websocket``, ``publish``, ``presence``,
-        ``health``, ``ready`` or ``metrics``.
+        ``reload``, ``health``, ``ready`` or ``metrics``.
 
         Raises:
             NoMatchFound: for any other name, or with path parameters (no route has any).
@@ -156,6 +169,48 @@ class Clarion:
         self.hub.close()
         with anyio.move_on_after(self.config.server.shutdown_grace_seconds):
             await self.hub.wait_no_connections()
+
+    async def reload(self) -> ReloadReply:
+        """Read the configuration from `source` again and apply it, without dropping a
+        connection.
+
+        Channel rules, auth and limits apply from now on (see `Hub.reconfigure` for the
+        subscriptions they end); a connection keeps the per-connection limits it started
+        with. What hypercorn or the broker took at startup (`RESTART_ONLY`, and the
+        ``broker`` section) keeps its running value, and is reported.
+
+        Raises:
+            ConfigError: if the configuration is invalid; the running one is kept.
+        """
+        try:
+            new = await anyio.to_thread.run_sync(self.source.load)
+            auth = _authenticator(new)  # reads key files: a bad one fails the reload
+        except ConfigError as exc:
+            logger.error("reload refused, the running configuration stays: %s", exc)
+            raise
+        old = self.config
+        restart_needed = [
+            f"server.{name}"
+            for name in RESTART_ONLY
+            if getattr(new.server, name) != getattr(old.server, name)
+        ]
+        if new.broker != old.broker:
+            restart_needed.append("broker")
+        kept = {name: getattr(old.server, name) for name in RESTART_ONLY}
+        server = msgspec.structs.replace(new.server, **kept)
+        self.config = msgspec.structs.replace(new, server=server, broker=old.broker)
+        self.auth = auth
+        ended = 0 if self.hub is None else self.hub.reconfigure(self.config)
+        logger.info(
+            "configuration reloaded from %s: %d subscriptions ended",
+            self.source.path or "the built-in default",
+            ended,
+        )
+        if restart_needed:
+            logger.warning(
+                "changed settings that apply only after a restart: %s", ", ".join(restart_needed)
+            )
+        return ReloadReply(ended=ended, restart_needed=restart_needed)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         await receive()  # lifespan.startup
@@ -275,6 +330,13 @@ class Clarion:
             if method != "POST":
                 raise MethodNotAllowed(method, path, ("POST",))
             return 200, await self._publish(scope, receive)
+        if path == "/api/reload":
+            if method != "POST":
+                raise MethodNotAllowed(method, path, ("POST",))
+            if not self.config.server.api_keys:
+                raise Unauthorized("POST /api/reload needs server.api_keys to be set")
+            self._authenticate(Headers(scope["headers"]))
+            return 200, encode(await self.reload())
         if path == "/api/presence":
             if method not in {"GET", "HEAD"}:
                 raise MethodNotAllowed(method, path, ("GET", "HEAD"))
@@ -337,6 +399,16 @@ class Clarion:
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
+def _authenticator(config: Config) -> Authenticator | None:
+    """The token checker *config* asks for, if any.
+
+    Raises:
+        ConfigError: if a key file cannot be read or holds no usable key.
+    """
+    auth = config.auth
+    return Authenticator(auth) if auth is not None and auth.enabled else None
+
+
 def _code(exc: Exception) -> int:
     return exc.code if isinstance(exc, ProtocolError | ChannelsError) else 500
 
@@ -355,6 +427,7 @@ def create_app(config: Config | None = None) -> Clarion:
     Raises:
         ConfigError: if the configuration file is invalid.
     """
-    if config is None:
-        config = load_config(os.environ.get("CLARION_CONFIG") or None)
-    return Clarion(config)
+    if config is not None:
+        return Clarion(config)
+    source = ConfigSource(path=os.environ.get("CLARION_CONFIG") or None)
+    return Clarion(source.load(), source)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from channels.config import Config, dump_config, load_config, parse_bind
+from channels.config import Config, ConfigSource, dump_config, load_config, parse_bind
 from channels.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -52,6 +52,15 @@ def _parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check", help="validate a configuration file and print it")
     check.add_argument("file", metavar="FILE")
+
+    reload = commands.add_parser(
+        "reload",
+        help="make a running server read its configuration file again",
+        description="PID: send SIGHUP to that clarion serve process (with --workers, the "
+        "main one: it tells every worker). URL (http://HOST:PORT): call POST /api/reload "
+        "on that node, with the API key in $CLARION_API_KEY, and print what it did.",
+    )
+    reload.add_argument("target", metavar="PID|URL")
     _add_bench(commands)
     return parser
 
@@ -100,14 +109,7 @@ def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _serve_config(args: argparse.Namespace) -> Config:
-    config = load_config(args.config)
-    if args.bind is not None:
-        try:
-            parse_bind(args.bind)
-        except ValueError as exc:
-            raise ConfigError(f"--bind: {exc}") from None
-        server = msgspec.structs.replace(config.server, bind=args.bind)
-        config = msgspec.structs.replace(config, server=server)
+    config = ConfigSource(path=args.config, bind=args.bind).load()
     if args.workers < 1:
         raise ConfigError("--workers must be at least 1")
     if args.backend == "uvloop" and importlib.util.find_spec("uvloop") is None:
@@ -189,6 +191,28 @@ def _bench_hop(options: Options, redis: str | None, *, json: bool) -> int:
     return 0
 
 
+def _reload(target: str) -> int:
+    import signal
+    import urllib.error
+    import urllib.request
+
+    if target.isdigit():
+        os.kill(int(target), signal.SIGHUP)
+        print(f"sent SIGHUP to {target}; the server logs what it did", file=sys.stderr)
+        return 0
+    request = urllib.request.Request(f"{target.rstrip('/')}/api/reload", b"", method="POST")
+    request.add_header("authorization", f"Bearer {os.environ.get('CLARION_API_KEY', '')}")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            print(response.read().decode())
+            return 0
+    except urllib.error.HTTPError as exc:
+        print(f"clarion: error: {exc.code} {exc.read().decode()}", file=sys.stderr)
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"clarion: error: {target}: {exc}", file=sys.stderr)
+    return 1
+
+
 def _read_key_files(config: Config) -> Config:
     """Read the key files *config* names, so that a bad one is reported before serving.
 
@@ -210,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
 
         with exit_on_sigterm():
             return _bench(args)
+    if args.command == "reload":
+        return _reload(args.target)
     try:
         if args.command == "check":
             config = _read_key_files(load_config(args.file))
@@ -230,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("clarion").info(
         "serving ws://%s%s on %s", netloc, config.server.websocket_path, args.backend
     )
+    source = ConfigSource(path=args.config, bind=args.bind)
     if args.workers > 1:
-        return run_workers(config, args.backend, args.workers)
-    run(Clarion(config), args.backend)
+        return run_workers(config, source, args.backend, args.workers)
+    run(Clarion(config, source), args.backend)
     return 0

@@ -10,9 +10,9 @@ Client to server, one JSON object per WebSocket frame (text or binary)::
     {"type": "pong"}
 
 Server to client: ``reply``, ``error``, ``message``, ``gap``, ``join``, ``leave``,
-``restart`` and ``ping`` objects (a ``ping`` asks the client for a ``pong``). A frame holds one
-object, or a JSON array of several when the writer coalesced them. The README documents
-every field and code.
+``restart``, ``unsubscribed`` and ``ping`` objects (a ``ping`` asks the client for a
+``pong``). A frame holds one object, or a JSON array of several when the writer coalesced
+them. The README documents every field and code.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import msgspec
 from channels.publication import ClientInfo  # noqa: TC001 - msgspec reads Struct annotations at runtime
 
 if TYPE_CHECKING:
+    from channels.errors import ChannelsError
     from channels.publication import Publication
 
 __all__ = (
@@ -53,6 +54,7 @@ __all__ = (
     "PublishReply",
     "PublishRequest",
     "RateLimited",
+    "ReloadReply",
     "Refresh",
     "Reply",
     "RequestTooLarge",
@@ -67,6 +69,7 @@ __all__ = (
     "Unauthorized",
     "UnknownOp",
     "Unsubscribe",
+    "Unsubscribed",
     "UpgradeRequired",
     "WireEncoding",
     "decode_publish_request",
@@ -390,6 +393,15 @@ class PresenceReply(Frame, tag="reply", frozen=True, kw_only=True):
     clients: list[ClientInfo]
 
 
+class ReloadReply(Frame, tag="reply", frozen=True, kw_only=True):
+    """The body of ``POST /api/reload``: what a configuration reload did."""
+
+    ended: int
+    """Subscriptions the new rules no longer allow, ended with an ``unsubscribed`` notice."""
+    restart_needed: list[str]
+    """Changed settings that only a restart applies (their running values are kept)."""
+
+
 class Error(Frame, tag="error", frozen=True, kw_only=True):
     """A request failed; ``code`` is stable, ``message`` is for people."""
 
@@ -439,6 +451,15 @@ class Restart(Frame, tag="restart", frozen=True, kw_only=True):
     epoch: str
 
 
+class Unsubscribed(Frame, tag="unsubscribed", frozen=True, kw_only=True):
+    """The server ended the subscription to ``channel``: a configuration reload no longer
+    allows it. ``code`` and ``message`` are what a subscribe would now be refused with."""
+
+    channel: str
+    code: int
+    message: str
+
+
 class ServerPing(Frame, tag="ping", frozen=True, kw_only=True):
     """Sent to a client that has been quiet for ``server.ping_interval_seconds``; it must
     answer (a ``pong``, or any request) within ``server.pong_timeout_seconds``."""
@@ -475,6 +496,11 @@ class WireEncoding:
 
     message = staticmethod(encode_message)
     event = staticmethod(encode_event)
+
+    @staticmethod
+    def ended(channel: str, error: ChannelsError) -> bytes:
+        """Encode an ``unsubscribed`` notice."""
+        return encode(Unsubscribed(channel=channel, code=error.code, message=str(error)))
 
 
 def encode_restart(channel: str, epoch: str) -> bytes:

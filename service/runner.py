@@ -7,8 +7,10 @@ import errno
 import logging
 import multiprocessing
 import multiprocessing.connection
+import os
 import signal
 import socket
+from contextlib import suppress
 from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -18,12 +20,14 @@ import hypercorn.config
 import hypercorn.trio.run
 import hypercorn.utils
 
+from channels.errors import ConfigError
+
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from hypercorn.config import Sockets
 
-    from channels.config import Config
+    from channels.config import Config, ConfigSource
     from service.app import Clarion
 
 __all__ = (
@@ -143,10 +147,15 @@ async def _serve_until_signal(
     # The handlers are in place before the first client is accepted, so that a signal
     # always drains: a worker signalled while it starts must not die with its clients.
     stop = anyio.Event()
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
 
         async def watch() -> None:
             async for signum in signals:
+                if signum == signal.SIGHUP:
+                    logger.info("SIGHUP received: reloading the configuration")
+                    with suppress(ConfigError):  # logged; the running configuration stays
+                        await app.reload()
+                    continue
                 logger.info("%s received: closing connections", signal.Signals(signum).name)
                 stop.set()
                 return
@@ -158,8 +167,13 @@ async def _serve_until_signal(
 
 
 def run(app: Clarion, backend: Backend, sockets: Sockets | None = None) -> None:
-    """Serve *app* until SIGINT or SIGTERM, then drain its clients (close 1001) and exit."""
+    """Serve *app* until SIGINT or SIGTERM, then drain its clients (close 1001) and exit.
+
+    SIGHUP reloads the configuration (`Clarion.reload`).
+    """
     settings = hypercorn_config(app.config)
+    # Until the signal receiver is in place, a SIGHUP must not end the process.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     anyio.run(
         _serve_until_signal,
         app,
@@ -171,11 +185,11 @@ def run(app: Clarion, backend: Backend, sockets: Sockets | None = None) -> None:
     )
 
 
-def _worker(config: Config, backend: Backend, sockets: Sockets) -> None:
+def _worker(config: Config, source: ConfigSource, backend: Backend, sockets: Sockets) -> None:
     from service.app import Clarion
 
     configure_logging()
-    run(Clarion(config), backend, sockets)
+    run(Clarion(config, source), backend, sockets)
 
 
 def configure_logging() -> None:
@@ -186,12 +200,14 @@ def configure_logging() -> None:
     logging.getLogger("coredis").setLevel(logging.WARNING)
 
 
-def run_workers(config: Config, backend: Backend, workers: int) -> int:
-    """Serve *config* with *workers* processes sharing one listening socket.
+def run_workers(config: Config, source: ConfigSource, backend: Backend, workers: int) -> int:
+    """Serve *config* (read from *source*) with *workers* processes sharing one listening
+    socket.
 
     Each process is a node of its own (a shared broker joins them). On SIGINT or SIGTERM
-    every worker drains its clients and exits; if a worker dies, the others are stopped
-    too. Returns the exit status: 0 after a signal, 1 if a worker failed.
+    every worker drains its clients and exits; on SIGHUP every worker reloads its
+    configuration; if a worker dies, the others are stopped too. Returns the exit
+    status: 0 after a signal, 1 if a worker failed.
     """
     settings = hypercorn_config(config)
     sockets = settings.create_sockets()
@@ -199,7 +215,9 @@ def run_workers(config: Config, backend: Backend, workers: int) -> int:
         sock.listen(settings.backlog)  # trio's worker takes only listening sockets
     context = multiprocessing.get_context("spawn")
     processes = [
-        context.Process(target=_worker, args=(config, backend, sockets), name=f"worker-{index}")
+        context.Process(
+            target=_worker, args=(config, source, backend, sockets), name=f"worker-{index}"
+        )
         for index in range(workers)
     ]
     stopping = False
@@ -208,7 +226,13 @@ def run_workers(config: Config, backend: Backend, workers: int) -> int:
         nonlocal stopping
         stopping = True
 
+    def reload(signum: int, frame: object) -> None:
+        for process in processes:
+            if process.is_alive() and process.pid is not None:
+                os.kill(process.pid, signal.SIGHUP)
+
     previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, reload)
     try:
         for process in processes:
             process.start()

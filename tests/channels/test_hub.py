@@ -13,6 +13,7 @@ from channels.config import ChannelRule, Config, History, ServerConfig, SlowCons
 from channels.errors import (
     AlreadySubscribed,
     ChannelNotFound,
+    ChannelsError,
     InvalidChannelName,
     MessageTooLarge,
     NotSubscribed,
@@ -23,6 +24,7 @@ from channels.errors import (
 from channels.hub import Hub, Subscribed, open_hub
 from channels.outbox import Outbox
 from channels.publication import ClientInfo, HistoryPage, Position, Publication
+from channels.rules import Grant
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -40,10 +42,13 @@ CONFIG = Config(
 
 class Encoder:
     """Encodes a publication as "channel:offset:data" (and counts the calls), an event
-    as "join:channel:client"."""
+    as "join:channel:client", an ended subscription as "ended:channel:code"."""
 
     def event(self, channel: str, event: Event, client: ClientInfo) -> bytes:
         return f"{event}:{channel}:{client.client}".encode()
+
+    def ended(self, channel: str, error: ChannelsError) -> bytes:
+        return f"ended:{channel}:{error.code}".encode()
 
     def __init__(self) -> None:
         self.calls = 0
@@ -551,3 +556,71 @@ async def test_a_loss_before_a_subscriber_started_is_not_reported_to_it() -> Non
     hub.lost("open", 1, 3)
     hub.deliver(Publication("open", 4, raw(4)))
     assert await drain(box) == ["gap:open:3-3", "open:4:4"]
+
+
+async def test_a_reload_ends_only_the_subscriptions_the_new_rules_refuse() -> None:
+    before = Config(
+        channels=[
+            ChannelRule(match="open:*"),
+            ChannelRule(match="team:*", subscribe="authenticated"),
+            ChannelRule(match="vip:*", private=True),
+            ChannelRule(match="gone:*"),
+        ]
+    )
+    after = Config(
+        server=ServerConfig(max_subscriptions=3),
+        channels=[
+            ChannelRule(match="open:*", slow_consumer="latest"),
+            ChannelRule(match="team:*", subscribe="authenticated"),
+            ChannelRule(match="vip:*", private=True),
+            ChannelRule(match="members:*", subscribe="authenticated"),
+            ChannelRule(match="now-private:*", private=True),
+        ],
+    )
+    async with open_hub(before, Encoder()) as hub:
+        anonymous, alice = outbox(), outbox()
+        hub.attach(anonymous)
+        hub.attach(alice, ClientInfo("a", "alice"), Grant("alice"))
+        for channel in ("open:1", "gone:1"):
+            await subscribe(hub, anonymous, channel)
+        for channel in ("open:1", "team:1", "gone:1"):
+            await subscribe(hub, alice, channel)
+        replies: list[Subscribed] = []
+        await hub.subscribe(
+            alice, "vip:1", since=None, on_subscribed=replies.append, private_ok=True
+        )
+        await drain(anonymous)
+        await drain(alice)
+        assert hub.reconfigure(after) == 2
+        assert await drain(anonymous) == ["ended:gone:1:201"]
+        assert await drain(alice) == ["ended:gone:1:201"]
+        await hub.publish("open:1", raw(1), trusted=True)
+        await hub.publish("vip:1", raw(2), trusted=True)
+        assert await drain(alice) == ["open:1:1:1", "vip:1:1:2"]
+        assert hub.statistics().subscriptions == 1 + 3
+        # The new limits hold for what comes next.
+        await subscribe(hub, anonymous, "open:2")
+        await subscribe(hub, anonymous, "open:3")
+        with pytest.raises(ChannelsError, match="3"):
+            await subscribe(hub, anonymous, "open:4")
+
+
+async def test_a_reload_ends_a_subscription_whose_access_narrowed() -> None:
+    before = Config(channels=[ChannelRule(match="*")])
+    after = Config(
+        channels=[
+            ChannelRule(match="members", subscribe="authenticated"),
+            ChannelRule(match="secret", private=True),
+            ChannelRule(match="*"),
+        ]
+    )
+    async with open_hub(before, Encoder()) as hub:
+        anonymous = outbox()
+        hub.attach(anonymous)
+        for channel in ("members", "secret", "open"):
+            await subscribe(hub, anonymous, channel)
+        await drain(anonymous)
+        assert hub.reconfigure(after) == 2
+        assert sorted(await drain(anonymous)) == ["ended:members:202", "ended:secret:202"]
+        await hub.publish("open", raw(1), trusted=True)
+        assert await drain(anonymous) == ["open:1:1"]

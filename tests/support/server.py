@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
     from anyio.abc import Process
 
-    from channels.config import Config
+    from channels.config import Config, ConfigSource
     from channels.hub import Hub
     from tests.support.tls import TLSFiles
 
@@ -64,15 +64,21 @@ async def wait_listening(port: int, alive: Callable[[], bool] = lambda: True) ->
 
 @asynccontextmanager
 async def running_server(
-    config: Config, backend: Backend, port: int, *, tls: TLSFiles | None = None
+    config: Config,
+    backend: Backend,
+    port: int,
+    *,
+    tls: TLSFiles | None = None,
+    source: ConfigSource | None = None,
 ) -> AsyncIterator[Server]:
     """Serve *config* with hypercorn's *backend* worker on 127.0.0.1:*port* (with *tls*,
-    over TLS, as hypercorn's ``certfile`` and ``keyfile`` settings give it).
+    over TLS, as hypercorn's ``certfile`` and ``keyfile`` settings give it); *source* is
+    where the app reloads its configuration from.
 
     On exit the server shuts down as on SIGTERM: clients are drained and closed with 1001.
     """
     server_config = msgspec.structs.replace(config.server, bind=f"127.0.0.1:{port}")
-    app = Clarion(msgspec.structs.replace(config, server=server_config))
+    app = Clarion(msgspec.structs.replace(config, server=server_config), source)
     settings = hypercorn_config(app.config)
     settings.errorlog = logging.getLogger("tests.hypercorn")
     if tls is not None:
