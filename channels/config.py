@@ -28,6 +28,7 @@ __all__ = (
     "Config",
     "ConfigSource",
     "History",
+    "LogLevel",
     "ServerConfig",
     "Shape",
     "SlowConsumerPolicy",
@@ -43,6 +44,8 @@ SECONDS = 1.0
 
 SlowConsumerPolicy = Literal["disconnect", "drop_oldest", "latest"]
 """What happens when a subscriber's outbox is full (see the README)."""
+
+LogLevel = Literal["debug", "info", "warning", "error"]
 
 Access = Literal["anyone", "authenticated", "granted", "owner"]
 """Who may subscribe (or publish): any client, one with a valid token, one whose token
@@ -206,12 +209,23 @@ class ServerConfig(_Base, frozen=True):
     ``Origin`` is neither listed nor the server's own host is refused (403)."""
     api_keys: list[str] = msgspec.field(default_factory=list)
     """Keys for the HTTP API, each written as a ``${VAR}`` reference."""
+    log_level: LogLevel = "info"
+    """The least important log lines written (``clarion serve --log-level`` overrides)."""
+    log_format: Literal["human", "json"] = "human"
+    """``human``: one readable line per event; ``json``: one JSON object per line."""
 
     def __post_init__(self) -> None:
         parse_bind(self.bind)
         if not self.websocket_path.startswith("/"):
             raise ValueError(f"websocket_path {self.websocket_path!r} must start with '/'")
-        if self.websocket_path in {"/health", "/ready", "/api/publish", "/api/presence"}:
+        if self.websocket_path in {
+            "/health",
+            "/ready",
+            "/metrics",
+            "/api/publish",
+            "/api/presence",
+            "/api/reload",
+        }:
             raise ValueError(f"websocket_path {self.websocket_path!r} is taken by the HTTP API")
         if self.recovery_max_messages is not None and (
             self.recovery_max_messages > self.outbox_messages
@@ -443,10 +457,12 @@ class ConfigSource(msgspec.Struct, frozen=True, kw_only=True):
     Attributes:
         path: the YAML file; None for the built-in default.
         bind: ``server.bind`` given on the command line, which overrides the file's.
+        log_level: ``server.log_level`` given on the command line, likewise.
     """
 
     path: str | None = None
     bind: str | None = None
+    log_level: LogLevel | None = None
 
     def load(self) -> Config:
         """Read the configuration (blocking file I/O).
@@ -455,15 +471,16 @@ class ConfigSource(msgspec.Struct, frozen=True, kw_only=True):
             ConfigError: if the file cannot be read or is invalid, or *bind* is.
         """
         config = load_config(self.path)
-        if self.bind is None:
-            return config
-        try:
-            parse_bind(self.bind)
-        except ValueError as exc:
-            raise ConfigError(f"--bind: {exc}") from None
-        return msgspec.structs.replace(
-            config, server=msgspec.structs.replace(config.server, bind=self.bind)
-        )
+        server = config.server
+        if self.bind is not None:
+            try:
+                parse_bind(self.bind)
+            except ValueError as exc:
+                raise ConfigError(f"--bind: {exc}") from None
+            server = msgspec.structs.replace(server, bind=self.bind)
+        if self.log_level is not None:
+            server = msgspec.structs.replace(server, log_level=self.log_level)
+        return msgspec.structs.replace(config, server=server)
 
 
 def dump_config(config: Config) -> str:

@@ -28,6 +28,7 @@ from channels.hub import open_hub
 from service.auth import SUBPROTOCOL, Authenticator, check_origin
 from service.datastructures import Headers, QueryParams, URLPath
 from service.framewriter import open_frame_writer
+from service.logs import fields, reconfigure_logging
 from service.metrics import CONTENT_TYPE, NodeCollector, NodeCounters, node_registry
 from service.protocol import (
     AddressFull,
@@ -166,9 +167,16 @@ class Clarion:
         """
         if self.hub is None:
             return
+        first = not self.hub.closing
         self.hub.close()
-        with anyio.move_on_after(self.config.server.shutdown_grace_seconds):
+        grace = self.config.server.shutdown_grace_seconds
+        connections = self.hub.connection_count
+        with anyio.move_on_after(grace):
             await self.hub.wait_no_connections()
+        if first:
+            left = self.hub.connection_count
+            extra = fields(connections=connections, left=left, grace_seconds=grace)
+            logger.log(logging.WARNING if left else logging.INFO, "drained", extra=extra)
 
     async def reload(self) -> ReloadReply:
         """Read the configuration from `source` again and apply it, without dropping a
@@ -200,6 +208,7 @@ class Clarion:
         server = msgspec.structs.replace(new.server, **kept)
         self.config = msgspec.structs.replace(new, server=server, broker=old.broker)
         self.auth = auth
+        reconfigure_logging(server.log_level, server.log_format)
         ended = 0 if self.hub is None else self.hub.reconfigure(self.config)
         logger.info(
             "configuration reloaded from %s: %d subscriptions ended",
@@ -287,6 +296,10 @@ class Clarion:
             else:
                 return
         self.counters.refused[_code(error)] += 1
+        address = ws.client
+        peer = None if address is None else f"{address.host}:{address.port}"
+        extra = fields(client=peer, code=_code(error), reason=str(error))
+        logger.info("handshake refused", extra=extra)
         body = _error_body(error)
         await ws.send_denial_response(HTTP_STATUS[type(error)], body, _JSON_HEADERS)
 

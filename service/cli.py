@@ -43,6 +43,11 @@ def _parser() -> argparse.ArgumentParser:
         "loop (needs the uvloop package: pip install 'clarion[uvloop]')",
     )
     serve.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        help="overrides server.log_level (default: info)",
+    )
+    serve.add_argument(
         "--workers",
         type=int,
         default=1,
@@ -108,8 +113,12 @@ def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add("--redis", metavar="URL", help="hop: this Redis instead of a private redis-server")
 
 
+def _source(args: argparse.Namespace) -> ConfigSource:
+    return ConfigSource(path=args.config, bind=args.bind, log_level=args.log_level)
+
+
 def _serve_config(args: argparse.Namespace) -> Config:
-    config = ConfigSource(path=args.config, bind=args.bind).load()
+    config = _source(args).load()
     if args.workers < 1:
         raise ConfigError("--workers must be at least 1")
     if args.backend == "uvloop" and importlib.util.find_spec("uvloop") is None:
@@ -248,15 +257,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from service.app import Clarion
-    from service.runner import configure_logging, run, run_workers
+    from service.logs import configure_logging
+    from service.runner import run, run_workers
 
-    configure_logging()
+    configure_logging(config.server.log_level, config.server.log_format)
     host, port = parse_bind(config.server.bind)
     netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     logging.getLogger("clarion").info(
         "serving ws://%s%s on %s", netloc, config.server.websocket_path, args.backend
     )
-    source = ConfigSource(path=args.config, bind=args.bind)
+    source = _source(args)
     if args.workers > 1:
         return run_workers(config, source, args.backend, args.workers)
     run(Clarion(config, source), args.backend)

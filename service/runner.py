@@ -21,6 +21,7 @@ import hypercorn.trio.run
 import hypercorn.utils
 
 from channels.errors import ConfigError
+from service.logs import configure_logging
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
 __all__ = (
     "Backend",
     "HypercornConfig",
-    "configure_logging",
     "hypercorn_config",
     "run",
     "run_workers",
@@ -188,16 +188,8 @@ def run(app: Clarion, backend: Backend, sockets: Sockets | None = None) -> None:
 def _worker(config: Config, source: ConfigSource, backend: Backend, sockets: Sockets) -> None:
     from service.app import Clarion
 
-    configure_logging()
+    configure_logging(config.server.log_level, config.server.log_format)
     run(Clarion(config, source), backend, sockets)
-
-
-def configure_logging() -> None:
-    """Log at INFO to stderr; the Redis client only from WARNING (it logs each retry)."""
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("coredis").setLevel(logging.WARNING)
 
 
 def run_workers(config: Config, source: ConfigSource, backend: Backend, workers: int) -> int:

@@ -9,6 +9,7 @@ hub in ``finally``.
 
 from __future__ import annotations
 
+import logging
 import math
 import secrets
 from collections import Counter
@@ -23,6 +24,7 @@ from channels.publication import ClientInfo, Position
 from channels.rules import Grant
 from channels.sender import Sender
 from service.auth import Identity, seconds_left
+from service.logs import fields
 from service.protocol import (
     Frame,
     History,
@@ -39,6 +41,7 @@ from service.protocol import (
     RateLimited,
     Refresh,
     Reply,
+    RequestId,
     ServerPing,
     Subscribe,
     SubscribeReply,
@@ -74,6 +77,8 @@ CLOSE_FRAME_TOO_LARGE = 1009
 CLOSE_TOKEN_EXPIRED = 4001
 CLOSE_NO_PONG = 4002
 
+logger = logging.getLogger("clarion")
+
 _PING = encode(ServerPing())
 #: Why the server ended a connection, by close code, as the metrics name it.
 _REASONS = {
@@ -104,8 +109,11 @@ class Session:
         publish_rate: float = math.inf,
         publish_burst: int = 1,
         errors: Counter[int] | None = None,
+        conn: str | None = None,
     ) -> None:
         self.hub = hub
+        self.conn = conn
+        """The connection's id, in log lines (its ``client`` in presence)."""
         self.outbox = outbox
         self.sender = sender
         self.auth = auth
@@ -126,14 +134,12 @@ class Session:
         try:
             request = decode_request(frame)
         except ProtocolError as exc:
-            self._errors[exc.code] += 1
-            await self.outbox.put(encode_error(exc.code, str(exc), exc.request_id))
+            await self._refuse(exc, exc.request_id)
         else:
             try:
                 reply = await self._run(request)
             except (ChannelsError, ProtocolError) as exc:
-                self._errors[exc.code] += 1
-                await self.outbox.put(encode_error(exc.code, str(exc), request.id))
+                await self._refuse(exc, request.id, getattr(request, "channel", None))
             else:
                 if reply is not None:
                     await self.outbox.put(encode(reply))
@@ -199,6 +205,15 @@ class Session:
             case Pong():
                 return None
 
+    async def _refuse(
+        self, exc: ChannelsError | ProtocolError, request_id: RequestId, channel: str | None = None
+    ) -> None:
+        self._errors[exc.code] += 1
+        if logger.isEnabledFor(logging.DEBUG):
+            extra = fields(conn=self.conn, channel=channel, code=exc.code, reason=str(exc))
+            logger.debug("request refused", extra=extra)
+        await self.outbox.put(encode_error(exc.code, str(exc), request_id))
+
     def _take_publish_token(self) -> None:
         now = anyio.current_time()
         elapsed, self._refilled = now - self._refilled, now
@@ -260,12 +275,16 @@ async def run_session(
     )
     user = None if identity is None else identity.user
     grant = None if identity is None else Grant(user, identity.channels)
-    hub.attach(outbox, ClientInfo(secrets.token_hex(8), user), grant)
+    conn = secrets.token_hex(8)
+    hub.attach(outbox, ClientInfo(conn, user), grant)
     close: tuple[int, str] | None = None
     accepted = False
+    address = ws.client
+    peer = None if address is None else f"{address.host}:{address.port}"
     try:
         await ws.accept(subprotocol)
         accepted = True
+        logger.info("connection opened", extra=fields(conn=conn, client=peer, user=user))
         if counters is not None:
             counters.accepted += 1
         # A slow consumer, a broken transport, or a closing outbox that has sent
@@ -283,6 +302,7 @@ async def run_session(
                 publish_rate=server.publish_rate_per_second or math.inf,
                 publish_burst=server.publish_burst,
                 errors=None if counters is None else counters.errors,
+                conn=conn,
             )
             try:
                 # A plain loop rather than ws.iter_frames(): an async generator per
@@ -331,8 +351,14 @@ async def run_session(
     finally:
         # Leave the hub first: nothing more is queued while the close frame is sent.
         hub.detach(outbox)
-        if counters is not None and accepted:
-            counters.disconnects["client" if close is None else _REASONS[close[0]]] += 1
+        if accepted:
+            reason = "client" if close is None else _REASONS[close[0]]
+            if counters is not None:
+                counters.disconnects[reason] += 1
+            code = None if close is None else close[0]
+            level = logging.WARNING if code == SlowConsumer.code else logging.INFO
+            extra = fields(conn=conn, client=peer, user=user, code=code, reason=reason)
+            logger.log(level, "connection closed", extra=extra)
         if close is not None and ws.application_state is WebSocketState.CONNECTED:
             with anyio.move_on_after(server.write_timeout_seconds, shield=True):
                 with suppress(WebSocketDisconnect):  # the client is already gone
