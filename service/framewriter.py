@@ -43,7 +43,6 @@ if TYPE_CHECKING:
 
     from hypercorn.events import Event
 
-    from channels.sender import FrameWriter
     from service.types import Send
 
 __all__ = ("SocketFrameWriter", "TransportFrameWriter", "open_frame_writer", "text_frame")
@@ -74,7 +73,7 @@ def text_frame(payload: bytes) -> bytes:
     return frame
 
 
-def open_frame_writer(send: Send) -> FrameWriter | None:
+def open_frame_writer(send: Send) -> TransportFrameWriter | SocketFrameWriter | None:
     """The frame writer of the hypercorn WebSocket behind *send*, before it is accepted.
 
     Declines permessage-deflate on that WebSocket. Returns None for anything else: another
@@ -95,7 +94,7 @@ def open_frame_writer(send: Send) -> FrameWriter | None:
     sock = getattr(getattr(server, "stream", None), "socket", None)
     lock = getattr(server, "send_lock", None)
     if sock is not None and lock is not None:
-        return SocketFrameWriter(protocol, sock.fileno(), lock)
+        return SocketFrameWriter(protocol, sock, lock)
     return None
 
 
@@ -121,6 +120,14 @@ class _Frames:
 
     async def _finish(self) -> None:
         """Write the rest of our unfinished frame (trio)."""
+
+    def abort(self) -> None:
+        """Give up on the client: close the connection now, dropping what waits to be
+        written to it.
+
+        For a connection the server is cutting off: otherwise hypercorn would wait, as it
+        closes the connection, until a client that stopped reading took the rest.
+        """
 
     def _wrap(self, send: Callable[[Event], Awaitable[None]]) -> Callable[[Event], Awaitable[None]]:
         async def send_after_ours(event: Event) -> None:
@@ -194,23 +201,27 @@ class TransportFrameWriter(_Frames):
         except Exception as exc:  # the stream's own error, whatever broke it
             raise anyio.BrokenResourceError("the connection was lost") from exc
 
+    def abort(self) -> None:
+        self._transport.abort()
+
 
 class SocketFrameWriter(_Frames):
     """Frames written to a non-blocking socket (hypercorn's trio worker, no TLS).
 
     Args:
         protocol: hypercorn's HTTP/1.1 protocol, whose ``send`` is wrapped (see `_Frames`).
-        fd: the socket.
+        sock: the socket (a trio socket: its ``close`` wakes whoever waits on it).
         lock: hypercorn's send lock, held while it sends.
 
     ``partial_writes`` counts the frames the kernel took only part of at first.
     """
 
-    __slots__ = ("_fd", "_finishing", "_lock", "partial_writes")
+    __slots__ = ("_fd", "_finishing", "_lock", "_socket", "partial_writes")
 
-    def __init__(self, protocol: H11Protocol, fd: int, lock: Any) -> None:
+    def __init__(self, protocol: H11Protocol, sock: Any, lock: Any) -> None:
         super().__init__(protocol)
-        self._fd = fd
+        self._socket = sock
+        self._fd: int = sock.fileno()
         self._lock = lock
         self._finishing = anyio.Lock()
         self.partial_writes = 0
@@ -260,6 +271,9 @@ class SocketFrameWriter(_Frames):
             else:
                 async with self._lock:  # a send begun before ours were wrapped
                     pass
+
+    def abort(self) -> None:
+        self._socket.close()
 
     async def _finish(self) -> None:
         """Write the rest of our unfinished frame, waiting for the socket as needed."""

@@ -12,7 +12,7 @@ import signal
 import socket
 from contextlib import suppress
 from functools import partial
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import anyio
 import hypercorn.asyncio.run
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from service.app import Clarion
 
 __all__ = (
+    "AFTER_DRAIN_SECONDS",
     "Backend",
     "HypercornConfig",
     "hypercorn_config",
@@ -39,6 +40,9 @@ __all__ = (
     "run_workers",
     "serve",
 )
+
+#: How long connections still open after the drain's grace get before they are cut off.
+AFTER_DRAIN_SECONDS: Final = 1.0
 
 Backend = Literal["asyncio", "trio", "uvloop"]
 """hypercorn's worker and its event loop: uvloop is the asyncio worker on uvloop's loop."""
@@ -77,9 +81,10 @@ def hypercorn_config(config: Config) -> HypercornConfig:
     # its handshake is closed when it fires. WebSocket connections are not affected.
     result.keep_alive_timeout = config.server.handshake_timeout_seconds
     result.ssl_handshake_timeout = config.server.handshake_timeout_seconds
-    # Our own drain closes clients within shutdown_grace_seconds; give hypercorn a
-    # moment more so that it never cuts a close frame short.
-    result.graceful_timeout = config.server.shutdown_grace_seconds + 1.0
+    # hypercorn's graceful timeout starts once our drain is over (`serve`): the drain
+    # gave clients shutdown_grace_seconds, so those still connected then get only a
+    # moment more for their close frames before hypercorn cancels them.
+    result.graceful_timeout = AFTER_DRAIN_SECONDS
     # Hand hypercorn our logger so that it adds no second handler of its own.
     result.errorlog = logging.getLogger("hypercorn.error")
     return result

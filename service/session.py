@@ -14,7 +14,7 @@ import math
 import secrets
 from collections import Counter
 from contextlib import suppress
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import anyio
 
@@ -57,8 +57,8 @@ from service.websocket import WebSocketDisconnect, WebSocketState
 if TYPE_CHECKING:
     from channels.config import ServerConfig
     from channels.hub import Hub, Subscribed
-    from channels.sender import FrameWriter
     from service.auth import Authenticator
+    from service.framewriter import SocketFrameWriter, TransportFrameWriter
     from service.metrics import NodeCounters
     from service.protocol import ClientMessage
     from service.websocket import WebSocket
@@ -68,6 +68,7 @@ __all__ = (
     "CLOSE_GOING_AWAY",
     "CLOSE_NO_PONG",
     "CLOSE_TOKEN_EXPIRED",
+    "CUT_OFF_CLOSE_SECONDS",
     "Session",
     "run_session",
 )
@@ -76,6 +77,8 @@ CLOSE_GOING_AWAY = 1001
 CLOSE_FRAME_TOO_LARGE = 1009
 CLOSE_TOKEN_EXPIRED = 4001
 CLOSE_NO_PONG = 4002
+#: How long a connection cut off at the end of a shutdown gets to take its close frame.
+CUT_OFF_CLOSE_SECONDS: Final = 1.0
 
 logger = logging.getLogger("clarion")
 
@@ -247,7 +250,7 @@ async def run_session(
     identity: Identity | None = None,
     auth: Authenticator | None = None,
     subprotocol: str | None = None,
-    frames: FrameWriter | None = None,
+    frames: TransportFrameWriter | SocketFrameWriter | None = None,
     counters: NodeCounters | None = None,
 ) -> None:
     """Serve one WebSocket until the client leaves or the node ends the connection.
@@ -278,7 +281,7 @@ async def run_session(
     conn = secrets.token_hex(8)
     hub.attach(outbox, ClientInfo(conn, user), grant)
     close: tuple[int, str] | None = None
-    accepted = False
+    accepted = cut_off = False
     address = ws.client
     peer = None if address is None else f"{address.host}:{address.port}"
     try:
@@ -347,6 +350,7 @@ async def run_session(
         # The server is cancelling the connection: under the plain hypercorn command it
         # does so on SIGTERM once its graceful_timeout is over. Say goodbye properly.
         close = (CLOSE_GOING_AWAY, "server shutting down")
+        cut_off = True
         raise
     finally:
         # Leave the hub first: nothing more is queued while the close frame is sent.
@@ -360,9 +364,14 @@ async def run_session(
             extra = fields(conn=conn, client=peer, user=user, code=code, reason=reason)
             logger.log(level, "connection closed", extra=extra)
         if close is not None and ws.application_state is WebSocketState.CONNECTED:
-            with anyio.move_on_after(server.write_timeout_seconds, shield=True):
+            # A connection the server cuts off had its grace already: a moment for the
+            # close frame, then it is dropped.
+            bound = CUT_OFF_CLOSE_SECONDS if cut_off else server.write_timeout_seconds
+            with anyio.move_on_after(bound, shield=True):
                 with suppress(WebSocketDisconnect):  # the client is already gone
                     await ws.close(*close)
+        if cut_off and frames is not None:
+            frames.abort()
 
 
 def _size(frame: str | bytes) -> int:
