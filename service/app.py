@@ -61,7 +61,7 @@ if TYPE_CHECKING:
     from channels.hub import Hub
     from service.types import Receive, Scope, Send
 
-__all__ = ("RESTART_ONLY", "Clarion", "NoMatchFound", "create_app")
+__all__ = ("Clarion", "NoMatchFound", "RESTART_ONLY", "create_app")
 
 logger = logging.getLogger("clarion")
 
