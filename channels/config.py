@@ -225,6 +225,7 @@ class ServerConfig(_Base, frozen=True):
             "/api/publish",
             "/api/presence",
             "/api/reload",
+            "/api/stats",
         }:
             raise ValueError(f"websocket_path {self.websocket_path!r} is taken by the HTTP API")
         if self.recovery_max_messages is not None and (

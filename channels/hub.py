@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from channels.outbox import Outbox
     from channels.publication import HistoryPage, Position, Publication
 
-__all__ = ("Encoding", "Hub", "HubStatistics", "Subscribed", "open_hub")
+__all__ = ("ChannelStatistics", "Encoding", "Hub", "HubStatistics", "Subscribed", "open_hub")
 
 
 _ANONYMOUS = Grant()
@@ -89,6 +89,16 @@ class HubStatistics(msgspec.Struct, frozen=True):
     """How long the broker's last check took there and back (None for the memory broker)."""
 
 
+class ChannelStatistics(msgspec.Struct, frozen=True):
+    """One channel of this node, as returned by `Hub.channel_statistics`."""
+
+    channel: str
+    subscribers: int
+    """Local subscribers (and subscribers still joining)."""
+    messages: int
+    """Publications delivered here since the channel started on this node."""
+
+
 class _Joining:
     """Live deliveries held for a subscriber that is still reading where it starts.
 
@@ -132,6 +142,7 @@ class _Channel:
         "join_leave",
         "joining",
         "last_offset",
+        "messages",
         "policy",
         "presence",
         "skip_until",
@@ -145,6 +156,8 @@ class _Channel:
         self.subscribers: dict[Outbox, None] = {}
         self.last_offset = 0
         """The offset of the last publication delivered here."""
+        self.messages = 0
+        """Publications delivered here since the channel started on this node."""
         # Subscribers that started at a position the broker has not delivered here yet
         # (a message still on its way from Redis): publications up to their start
         # were replayed to them, or came before it, and must not reach them again.
@@ -468,6 +481,7 @@ class Hub:
         if not state.subscribers and not state.joining:
             return
         state.last_offset = publication.offset
+        state.messages += 1
         delivery = self._delivery(publication, state.policy)
         for outbox, joining in state.joining.items():
             joining.hold(delivery, outbox)
@@ -528,6 +542,15 @@ class Hub:
             broker_ready=self._broker.ready,
             broker_round_trip_seconds=self._broker.round_trip_seconds,
         )
+
+    def channel_statistics(self, limit: int) -> list[ChannelStatistics]:
+        """Return the *limit* channels with the most local subscribers, most first."""
+        channels = [
+            ChannelStatistics(name, len(state.subscribers) + len(state.joining), state.messages)
+            for name, state in self._channels.items()
+        ]
+        channels.sort(key=lambda item: (-item.subscribers, item.channel))
+        return channels[:limit]
 
     def _delivery(self, publication: Publication, policy: SlowConsumerPolicy) -> Delivery:
         data = self._encoding.message(publication)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import importlib.resources
 import logging
 import os
 from typing import TYPE_CHECKING, Any, Final
@@ -43,6 +44,7 @@ from service.protocol import (
     ReloadReply,
     RequestTooLarge,
     RouteNotFound,
+    StatsReply,
     TokenExpired,
     Unauthenticated,
     Unauthorized,
@@ -97,6 +99,14 @@ RESTART_ONLY: Final = (
     "write_timeout_seconds",
     "shutdown_grace_seconds",
 )
+#: Content types of the static files (the browser client and the dashboard), by suffix.
+STATIC_TYPES: Final = {
+    ".html": b"text/html; charset=utf-8",
+    ".js": b"text/javascript; charset=utf-8",
+    ".css": b"text/css; charset=utf-8",
+}
+#: Channels ``GET /api/stats`` lists unless ``?limit=`` says otherwise.
+STATS_CHANNELS: Final = 100
 _HEALTH_BODY = msgspec.json.encode({"status": "ok"})
 _READY_BODY = msgspec.json.encode({"status": "ready"})
 
@@ -113,9 +123,10 @@ class Clarion:
     """The Clarion ASGI application for one node.
 
     Routes: the WebSocket endpoint at ``server.websocket_path``, ``POST /api/publish``,
-    ``GET /api/presence``, ``POST /api/reload``, ``GET /health`` (liveness),
-    ``GET /ready`` (readiness) and ``GET /metrics`` (Prometheus); everything else is a
-    JSON 404. The hub lives in the lifespan.
+    ``GET /api/presence``, ``POST /api/reload``, ``GET /api/stats``, ``GET /health``
+    (liveness), ``GET /ready`` (readiness), ``GET /metrics`` (Prometheus), and the
+    dashboard at ``GET /`` with the browser client at ``GET /client.js``; everything
+    else is a JSON 404. The hub lives in the lifespan.
     """
 
     def __init__(self, config: Config, source: ConfigSource | None = None) -> None:
@@ -126,6 +137,8 @@ class Clarion:
         self.auth = _authenticator(config)
         self._per_address: dict[str, int] = {}
         self.hub: Hub | None = None
+        self._static = _static_files()
+        self._started = 0.0
         self.counters = NodeCounters()
         """Connections, disconnects and errors, for the metrics."""
         self._metrics = node_registry(NodeCollector(self.counters, lambda: self.hub))
@@ -137,6 +150,9 @@ class Clarion:
             "presence": URLPath("/api/presence", "http"),
             "metrics": URLPath("/metrics", "http"),
             "reload": URLPath("/api/reload", "http"),
+            "stats": URLPath("/api/stats", "http"),
+            "dashboard": URLPath("/", "http"),
+            "client": URLPath("/client.js", "http"),
         }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -150,7 +166,8 @@ class Clarion:
 
     def url_path_for(self, name: str, /, **path_params: Any) -> URLPath:
         """Return the path of the route called ``websocket``, ``publish``, ``presence``,
-        ``reload``, ``health``, ``ready`` or ``metrics``.
+        ``reload``, ``stats``, ``health``, ``ready``, ``metrics``, ``dashboard`` or
+        ``client``.
 
         Raises:
             NoMatchFound: for any other name, or with path parameters (no route has any).
@@ -230,6 +247,7 @@ class Clarion:
                 claim = claim_only_worker()
             async with open_hub(self.config, WireEncoding()) as hub:
                 self.hub = hub
+                self._started = anyio.current_time()
                 await send({"type": "lifespan.startup.complete"})
                 started = True
                 await receive()  # lifespan.shutdown
@@ -306,11 +324,17 @@ class Clarion:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = [*_JSON_HEADERS]
         try:
+            static = self._static.get(scope["path"])
             if scope["path"] == "/metrics":
                 if scope["method"] not in {"GET", "HEAD"}:
                     raise MethodNotAllowed(scope["method"], "/metrics", ("GET", "HEAD"))
                 status, body = 200, generate_latest(self._metrics)
                 headers = [(b"content-type", CONTENT_TYPE.encode())]
+            elif static is not None:
+                if scope["method"] not in {"GET", "HEAD"}:
+                    raise MethodNotAllowed(scope["method"], scope["path"], ("GET", "HEAD"))
+                status, (body, headers) = 200, static
+                headers = [*headers]
             else:
                 status, body = await self._route(scope, receive)
         except (ProtocolError, ChannelsError) as exc:
@@ -350,6 +374,11 @@ class Clarion:
                 raise Unauthorized("POST /api/reload needs server.api_keys to be set")
             self._authenticate(Headers(scope["headers"]))
             return 200, encode(await self.reload())
+        if path == "/api/stats":
+            if method not in {"GET", "HEAD"}:
+                raise MethodNotAllowed(method, path, ("GET", "HEAD"))
+            self._authenticate(Headers(scope["headers"]))
+            return 200, encode(self._stats(QueryParams(scope.get("query_string", b""))))
         if path == "/api/presence":
             if method not in {"GET", "HEAD"}:
                 raise MethodNotAllowed(method, path, ("GET", "HEAD"))
@@ -376,6 +405,29 @@ class Clarion:
             raise ServerClosing
         clients = await self.hub.presence(channel)
         return encode(PresenceReply(channel=channel, clients=clients))
+
+    def _stats(self, query: QueryParams) -> StatsReply:
+        hub = self.hub
+        if hub is None:
+            raise ServerClosing
+        try:
+            limit = int(query.get("limit", STATS_CHANNELS))
+        except ValueError:
+            raise BadMessage("?limit= must be an integer") from None
+        if limit < 0:
+            raise BadMessage("?limit= must not be negative")
+        stats = hub.statistics()
+        return StatsReply(
+            ready=hub.not_ready_reason() is None,
+            reason=hub.not_ready_reason(),
+            broker=self.config.broker.kind,
+            uptime_seconds=round(anyio.current_time() - self._started, 3),
+            connections=stats.connections,
+            subscriptions=stats.subscriptions,
+            published=stats.accepted,
+            delivered=hub.traffic.deliveries,
+            channels=hub.channel_statistics(limit),
+        )
 
     def _authenticate(self, headers: Headers) -> bool:
         """Check the API key when keys are configured; return whether the caller is trusted."""
@@ -410,6 +462,31 @@ class Clarion:
 
 
 _JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+def _static_files() -> dict[str, tuple[bytes, list[tuple[bytes, bytes]]]]:
+    """The files of ``service/static`` by the path they are served at, with their headers.
+
+    ``index.html`` is the dashboard, served at ``/``; every file may be loaded from a
+    page of any origin (a module script is fetched with CORS).
+    """
+    files: dict[str, tuple[bytes, list[tuple[bytes, bytes]]]] = {}
+    folder = importlib.resources.files("service") / "static"
+    if not folder.is_dir():
+        return files
+    for item in folder.iterdir():
+        content_type = STATIC_TYPES.get(os.path.splitext(item.name)[1])
+        if content_type is None or not item.is_file():
+            continue
+        body = item.read_bytes()
+        headers = [
+            (b"content-type", content_type),
+            (b"cache-control", b"no-cache"),
+            (b"access-control-allow-origin", b"*"),
+        ]
+        path = "/" if item.name == "index.html" else f"/{item.name}"
+        files[path] = (body, headers)
+    return files
 
 
 def _authenticator(config: Config) -> Authenticator | None:

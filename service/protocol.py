@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 import msgspec
 
+from channels.hub import ChannelStatistics  # noqa: TC001 - msgspec reads Struct annotations at runtime
 from channels.publication import ClientInfo  # noqa: TC001 - msgspec reads Struct annotations at runtime
 
 if TYPE_CHECKING:
@@ -62,6 +63,7 @@ __all__ = (
     "RouteNotFound",
     "ServerPing",
     "Since",
+    "StatsReply",
     "Subscribe",
     "SubscribeReply",
     "TokenExpired",
@@ -391,6 +393,23 @@ class PresenceReply(Frame, tag="reply", frozen=True, kw_only=True):
     id: RequestId = None
     channel: str
     clients: list[ClientInfo]
+
+
+class StatsReply(Frame, tag="reply", frozen=True, kw_only=True):
+    """The body of ``GET /api/stats``: the node and its busiest channels (the dashboard's)."""
+
+    ready: bool
+    reason: str | None
+    """Why the node is not ready (as ``GET /ready`` says), or None."""
+    broker: str
+    uptime_seconds: float
+    connections: int
+    subscriptions: int
+    published: int
+    """Messages this node accepted from its clients and its HTTP API."""
+    delivered: int
+    """Channel messages handed to connections (one per subscriber)."""
+    channels: list[ChannelStatistics]
 
 
 class ReloadReply(Frame, tag="reply", frozen=True, kw_only=True):

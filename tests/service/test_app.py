@@ -429,3 +429,30 @@ async def test_a_quiet_client_is_pinged_and_one_that_never_answers_is_closed_400
             assert app.hub is not None
             await app.hub.wait_no_connections()
             assert app.hub.statistics().subscriptions == 0
+
+
+async def test_stats_list_the_node_and_its_busiest_channels() -> None:
+    async with running_app(KEYED) as app:
+        assert (await http_request(app, "GET", "/api/stats"))[0] == 401
+        auth = [(b"authorization", b"Bearer k1")]
+        async with websocket(app) as alice, websocket(app) as bob:
+            for client, channels in ((alice, ["a", "b"]), (bob, ["b"])):
+                for channel in channels:
+                    reply = await client.request({"type": "subscribe", "channel": channel})
+                    assert reply["type"] == "reply"
+            for data in (1, 2):
+                body = msgspec.json.encode({"channel": "b", "data": data})
+                assert (await http_request(app, "POST", "/api/publish", body, auth))[0] == 200
+            assert [(await bob.receive_object())["data"] for _ in range(2)] == [1, 2]
+            status, _, stats = await http_request(app, "GET", "/api/stats", headers=auth)
+            assert status == 200
+            assert (stats["ready"], stats["reason"], stats["broker"]) == (True, None, "memory")
+            assert (stats["connections"], stats["subscriptions"], stats["published"]) == (2, 3, 2)
+            assert stats["channels"] == [
+                {"channel": "b", "subscribers": 2, "messages": 2},
+                {"channel": "a", "subscribers": 1, "messages": 0},
+            ]
+            limited = await http_request(app, "GET", "/api/stats?limit=1", headers=auth)
+            assert [item["channel"] for item in limited[2]["channels"]] == ["b"]
+            bad = await http_request(app, "GET", "/api/stats?limit=x", headers=auth)
+            assert (bad[0], bad[2]["code"]) == (400, 101)

@@ -46,8 +46,10 @@ async def running_app(config: Config | None = None) -> AsyncIterator[Clarion]:
 
 
 def http_scope(
-    method: str, path: str, headers: list[tuple[bytes, bytes]] | None = None
+    method: str, target: str, headers: list[tuple[bytes, bytes]] | None = None
 ) -> dict[str, Any]:
+    """The scope of an HTTP request for *target* (a path, with ``?query`` if any)."""
+    path, _, query = target.partition("?")
     return {
         "type": "http",
         "asgi": {"version": "3.0"},
@@ -56,7 +58,7 @@ def http_scope(
         "scheme": "http",
         "path": path,
         "raw_path": path.encode(),
-        "query_string": b"",
+        "query_string": query.encode(),
         "root_path": "",
         "headers": headers or [],
         "client": ("127.0.0.1", 50000),
