@@ -66,29 +66,23 @@ class NodeCollector:
         yield _counter(
             "clarion_connections_accepted", "WebSocket connections accepted.", counters.accepted
         )
-        yield _labelled(
-            CounterMetricFamily(
-                "clarion_connections_refused",
-                "WebSocket handshakes refused, by error code.",
-                labels=["code"],
-            ),
-            {str(code): count for code, count in counters.refused.items()},
+        yield _by_label(
+            "clarion_connections_refused",
+            "WebSocket handshakes refused, by error code.",
+            "code",
+            counters.refused,
         )
-        yield _labelled(
-            CounterMetricFamily(
-                "clarion_disconnects",
-                "WebSocket connections ended, by reason.",
-                labels=["reason"],
-            ),
-            dict(counters.disconnects),
+        yield _by_label(
+            "clarion_disconnects",
+            "WebSocket connections ended, by reason.",
+            "reason",
+            counters.disconnects,
         )
-        yield _labelled(
-            CounterMetricFamily(
-                "clarion_errors",
-                "Coded errors answered to WebSocket requests and HTTP API calls, by code.",
-                labels=["code"],
-            ),
-            {str(code): count for code, count in counters.errors.items()},
+        yield _by_label(
+            "clarion_errors",
+            "Coded errors answered to WebSocket requests and HTTP API calls, by code.",
+            "code",
+            counters.errors,
         )
         hub = self._hub()
         if hub is None:
@@ -163,9 +157,12 @@ def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, documentation, value=value)
 
 
-def _labelled(family: CounterMetricFamily, values: dict[str, int]) -> CounterMetricFamily:
-    for label, value in sorted(values.items()):
-        family.add_metric([label], value)
+def _by_label(
+    name: str, documentation: str, label: str, counts: Counter[int] | Counter[str]
+) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, documentation, labels=[label])
+    for value, count in sorted((str(key), count) for key, count in counts.items()):
+        family.add_metric([value], count)
     return family
 
 

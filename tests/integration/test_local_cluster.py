@@ -20,7 +20,7 @@ import pytest
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from tests.support.redis import free_port
-from tests.support.server import Server, http_call, http_publish
+from tests.support.server import Server, http_call, http_publish, receive_all
 from tests.support.wsclient import connect, subscribe
 
 if TYPE_CHECKING:
@@ -70,12 +70,7 @@ async def sessions_per_server(stats_port: int) -> dict[str, int]:
     """The sessions HAProxy holds open now to each server of backend ``nodes``."""
     async with await anyio.connect_tcp("127.0.0.1", stats_port) as stream:
         await stream.send(b"GET /;csv HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n")
-        response = b""
-        try:
-            while True:
-                response += await stream.receive()
-        except anyio.EndOfStream:
-            pass
+        response = await receive_all(stream)
     head, _, body = response.partition(b"\r\n\r\n")
     assert head.split(b" ", 2)[1] == b"200", head
     assert b"\r\ntransfer-encoding: chunked" in head.lower(), head

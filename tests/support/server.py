@@ -17,7 +17,7 @@ from service.runner import Backend, hypercorn_config, serve
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
 
-    from anyio.abc import Process
+    from anyio.abc import ByteStream, Process
 
     from channels.config import Config, ConfigSource
     from channels.hub import Hub
@@ -109,14 +109,20 @@ async def http_exchange(
     )
     async with await anyio.connect_tcp(server.host, server.port) as stream:
         await stream.send(request)
-        response = b""
-        try:
-            while True:
-                response += await stream.receive()
-        except anyio.EndOfStream:
-            pass
+        response = await receive_all(stream)
     head, _, payload = response.partition(b"\r\n\r\n")
     return int(head.split(b" ", 2)[1]), payload
+
+
+async def receive_all(stream: ByteStream) -> bytes:
+    """Read *stream* until the peer ends it (an HTTP/1.1 ``connection: close`` response)."""
+    received = b""
+    try:
+        while True:
+            received += await stream.receive()
+    except anyio.EndOfStream:
+        pass
+    return received
 
 
 async def http_call(
