@@ -67,7 +67,50 @@ def _parser() -> argparse.ArgumentParser:
     )
     reload.add_argument("target", metavar="PID|URL")
     _add_bench(commands)
+    _add_client_commands(commands)
     return parser
+
+
+def _add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from service.client.commands import DEFAULT_URL
+
+    def connection(command: argparse.ArgumentParser) -> None:
+        command.add_argument("--url", default=DEFAULT_URL, help=f"(default: {DEFAULT_URL})")
+        command.add_argument(
+            "--token",
+            default=os.environ.get("CLARION_TOKEN") or None,
+            help="a JSON Web Token for the connection (default: $CLARION_TOKEN)",
+        )
+
+    publish = commands.add_parser(
+        "publish",
+        help="publish a message over WebSocket",
+        description="Publish DATA (JSON) on CHANNEL and print the reply's offset and "
+        'epoch as JSON: {"offset":1,"epoch":"…"}. Exit status 1 if the server refuses.',
+    )
+    publish.add_argument("channel", metavar="CHANNEL")
+    publish.add_argument("data", metavar="DATA", help="the message, as JSON")
+    connection(publish)
+    publish.add_argument(
+        "--timeout", type=float, default=30.0, metavar="SECONDS", help="(default: 30)"
+    )
+
+    subscribe = commands.add_parser(
+        "subscribe",
+        help="print the messages of channels as JSON lines",
+        description="Print each message of the CHANNELs as one JSON line on stdout, "
+        '{"channel":…,"offset":…,"epoch":…,"data":…}, reconnecting and recovering what '
+        "was missed as needed; notices go to stderr. Stops on SIGINT or SIGTERM, or "
+        "after --count messages (exit status 0); exit status 1 if the server refuses.",
+    )
+    subscribe.add_argument("channels", nargs="+", metavar="CHANNEL")
+    connection(subscribe)
+    subscribe.add_argument(
+        "--since",
+        metavar="OFFSET:EPOCH",
+        help="with one CHANNEL: first replay the messages after this position",
+    )
+    subscribe.add_argument("--count", type=int, metavar="N", help="stop after N messages")
 
 
 def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -222,6 +265,33 @@ def _reload(target: str) -> int:
     return 1
 
 
+def _client_command(args: argparse.Namespace) -> int:
+    from service.client.commands import parse_since, run_publish, run_subscribe
+    from service.client.websocket import parse_url
+
+    try:
+        parse_url(args.url)
+    except ValueError as exc:
+        print(f"clarion: error: --url: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "publish":
+        return run_publish(args.url, args.token, args.channel, args.data, args.timeout)
+    since = None
+    if args.since is not None:
+        if len(args.channels) != 1:
+            print("clarion: error: --since needs exactly one CHANNEL", file=sys.stderr)
+            return 2
+        try:
+            since = parse_since(args.since)
+        except ValueError as exc:
+            print(f"clarion: error: --since: {exc}", file=sys.stderr)
+            return 2
+    if args.count is not None and args.count < 1:
+        print("clarion: error: --count must be at least 1", file=sys.stderr)
+        return 2
+    return run_subscribe(args.url, args.token, args.channels, since, args.count)
+
+
 def _read_key_files(config: Config) -> Config:
     """Read the key files *config* names, so that a bad one is reported before serving.
 
@@ -245,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
             return _bench(args)
     if args.command == "reload":
         return _reload(args.target)
+    if args.command in ("publish", "subscribe"):
+        return _client_command(args)
     try:
         if args.command == "check":
             config = _read_key_files(load_config(args.file))
