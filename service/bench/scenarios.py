@@ -11,9 +11,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
 
+import anyio
+
 from service.bench.load import Load, Publisher, StepResult, connect_subscribers
 from service.bench.report import Summary, summarize
 from service.bench.server import ProcessStats, ServerProcess, pin
+from service.bench.wire import SETUP_SECONDS
+from service.client import ClarionError, open_client
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -78,9 +82,33 @@ def open_target(options: Options) -> Iterator[Target]:
         log = Path(folder) / "server.log"
         server = ServerProcess.clarion(options.backend, options.server_core, log, options.config)
         try:
+            anyio.run(check_round_trip, f"ws://127.0.0.1:{server.port}/ws")
             yield Target("127.0.0.1", server.port, "/ws", server.stats)
         finally:
             server.stop()
+
+
+async def check_round_trip(url: str) -> None:
+    """Make sure the server at *url* delivers a message before measuring it.
+
+    Uses the Python client (`service.client`), so that a server that refuses the bench
+    (a configuration that needs a token, or whose rules refuse ``bench:*`` channels)
+    fails the run at once with the server's error code; the measured path is the
+    generator's own minimal client (``service.bench.wire``), which costs far less per
+    message.
+
+    Raises:
+        RuntimeError: if the server refuses, or the message does not come back in time.
+    """
+    channel = f"bench:check-{secrets.token_hex(4)}"
+    try:
+        with anyio.fail_after(SETUP_SECONDS):
+            async with open_client(url, reconnect=False) as client:
+                async with client.subscribe(channel) as messages:
+                    await client.publish(channel, "check")
+                    await messages.receive()
+    except (ClarionError, TimeoutError) as exc:
+        raise RuntimeError(f"{url} did not deliver a message: {exc!r}") from None
 
 
 def _measure(
