@@ -421,6 +421,7 @@ class Clarion:
             ready=hub.not_ready_reason() is None,
             reason=hub.not_ready_reason(),
             broker=self.config.broker.kind,
+            websocket_path=self.config.server.websocket_path,
             uptime_seconds=round(anyio.current_time() - self._started, 3),
             connections=stats.connections,
             subscriptions=stats.subscriptions,

@@ -402,6 +402,7 @@ class StatsReply(Frame, tag="reply", frozen=True, kw_only=True):
     reason: str | None
     """Why the node is not ready (as ``GET /ready`` says), or None."""
     broker: str
+    websocket_path: str
     uptime_seconds: float
     connections: int
     subscriptions: int

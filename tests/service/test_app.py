@@ -447,6 +447,7 @@ async def test_stats_list_the_node_and_its_busiest_channels() -> None:
             status, _, stats = await http_request(app, "GET", "/api/stats", headers=auth)
             assert status == 200
             assert (stats["ready"], stats["reason"], stats["broker"]) == (True, None, "memory")
+            assert stats["websocket_path"] == "/ws"
             assert (stats["connections"], stats["subscriptions"], stats["published"]) == (2, 3, 2)
             assert stats["channels"] == [
                 {"channel": "b", "subscribers": 2, "messages": 2},
