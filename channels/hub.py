@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import secrets
 import time
 from collections import deque
@@ -76,7 +77,8 @@ class HubStatistics(msgspec.Struct, frozen=True):
     channels: int
     subscriptions: int
     published: int
-    """Publications the broker handed to this hub: every node's, on channels it knew."""
+    """Publications the broker handed to this hub, from any node: with the memory broker
+    every one; with Redis, those of channels with a subscriber on this node."""
     accepted: int
     """Publications this node accepted from its clients and its HTTP API."""
     dropped: int
@@ -300,9 +302,10 @@ class Hub:
         """
         if self.closing:
             raise ServerClosing
-        rule = self._rules.resolve(channel)
+        rules = self._rules
+        rule = rules.resolve(channel)
         grant = self._grants.get(outbox, _ANONYMOUS)
-        self._rules.check(rule, channel, "subscribe", grant, private_ok=private_ok)
+        rules.check(rule, channel, "subscribe", grant, private_ok=private_ok)
         channels = self._subscriptions[outbox]
         if channel in channels:
             raise AlreadySubscribed(channel)
@@ -325,6 +328,10 @@ class Hub:
                 )
             if state.presence:
                 await self._broker.add_presence(channel, self._clients[outbox])
+            if self._rules is not rules:  # a reload came meanwhile: its rules decide
+                self._rules.check(
+                    self._rules.resolve(channel), channel, "subscribe", grant, private_ok=private_ok
+                )
         except BaseException:
             channels.discard(channel)
             self._leave(outbox, channel)
@@ -358,9 +365,10 @@ class Hub:
         rule's access refuses the connection, or the channel became private) is ended:
         the client is sent what a subscribe would now be refused with (see
         `Encoding.ended`). A channel's slow-consumer policy and join/leave events change
-        at once; its presence setting when it next starts on this node. Subscriptions
-        still reading their start keep the rules they were checked against. The broker
-        settings are not changed.
+        at once; its presence setting when it next starts on this node. A subscribe still
+        under way is checked again against the new rules when it has read its start (see
+        `subscribe`). The broker settings are not changed. Never raises for a channel:
+        one no rule matches keeps its policy until it ends.
         """
         server = config.server
         self.flusher.reconfigure(
@@ -379,16 +387,19 @@ class Hub:
                     continue
                 try:
                     rule = rules.resolve(channel)
-                    # A subscription to a private channel showed its token then.
-                    private_ok = old.resolve(channel).private
-                    rules.check(rule, channel, "subscribe", grant, private_ok=private_ok)
+                    rules.check(
+                        rule, channel, "subscribe", grant, private_ok=_was_private(old, channel)
+                    )
                 except ChannelsError as exc:
                     channels.discard(channel)
                     self._leave(outbox, channel)
                     outbox.put_nowait(self._encoding.ended(channel, exc))
                     ended += 1
         for channel, state in self._channels.items():
-            rule = rules.resolve(channel)
+            try:
+                rule = rules.resolve(channel)
+            except ChannelsError:
+                continue  # only a subscribe under way holds it: it is checked again
             state.policy = rules.policy(rule)
             state.join_leave = rule.join_leave
         return ended
@@ -545,12 +556,11 @@ class Hub:
 
     def channel_statistics(self, limit: int) -> list[ChannelStatistics]:
         """Return the *limit* channels with the most local subscribers, most first."""
-        channels = [
+        channels = (
             ChannelStatistics(name, len(state.subscribers) + len(state.joining), state.messages)
             for name, state in self._channels.items()
-        ]
-        channels.sort(key=lambda item: (-item.subscribers, item.channel))
-        return channels[:limit]
+        )
+        return heapq.nsmallest(limit, channels, key=lambda item: (-item.subscribers, item.channel))
 
     def _delivery(self, publication: Publication, policy: SlowConsumerPolicy) -> Delivery:
         data = self._encoding.message(publication)
@@ -570,6 +580,15 @@ class Hub:
         if not state.subscribers and not state.joining:
             del self._channels[channel]
             self._broker.unsubscribe(channel)
+
+
+def _was_private(rules: RuleBook, channel: str) -> bool:
+    """Whether *channel* was private under *rules*: a subscription to it then showed a
+    subscription token, which a reload keeps honouring while the channel stays private."""
+    try:
+        return rules.resolve(channel).private
+    except ChannelsError:
+        return False
 
 
 class _Forward:

@@ -28,8 +28,8 @@ from channels.errors import (
 from channels.hub import open_hub
 from service.auth import SUBPROTOCOL, Authenticator, check_origin
 from service.datastructures import Headers, QueryParams, URLPath
-from service.framewriter import open_frame_writer
-from service.logs import fields, reconfigure_logging
+from service.framewriter import SocketFrameWriter, TransportFrameWriter, open_frame_writer
+from service.logs import fields, peer, reconfigure_logging
 from service.metrics import CONTENT_TYPE, NodeCollector, NodeCounters, node_registry
 from service.protocol import (
     AddressFull,
@@ -94,6 +94,7 @@ HTTP_STATUS: dict[type[Exception], int] = {
 #: Server settings that hypercorn took at startup: only a restart changes them.
 RESTART_ONLY: Final = (
     "bind",
+    "websocket_path",
     "max_request_bytes",
     "handshake_timeout_seconds",
     "write_timeout_seconds",
@@ -131,13 +132,16 @@ class Clarion:
 
     def __init__(self, config: Config, source: ConfigSource | None = None) -> None:
         """Build the app for the node configured by *config*, read from *source* (which
-        `reload` reads again; by default the built-in configuration)."""
+        `reload` reads again; without one, the app cannot reload)."""
         self.config = config
-        self.source = source or ConfigSource()
+        self.source = source
         self.auth = _authenticator(config)
         self._per_address: dict[str, int] = {}
+        self._frame_writers: set[TransportFrameWriter | SocketFrameWriter] = set()
+        """The sockets of the connections being served, to cut off when a drain ends."""
         self.hub: Hub | None = None
         self._static = _static_files()
+        self._reload_lock: anyio.Lock | None = None
         self._started = 0.0
         self.counters = NodeCounters()
         """Connections, disconnects and errors, for the metrics."""
@@ -180,7 +184,8 @@ class Clarion:
         """Close every connection with 1001 once its queued messages are sent.
 
         New connections are refused with HTTP 503. Waits at most
-        ``server.shutdown_grace_seconds`` for the connections to end.
+        ``server.shutdown_grace_seconds`` for the connections to end; the sockets of those
+        still open then (clients that stopped reading) are closed at once.
         """
         if self.hub is None:
             return
@@ -194,6 +199,8 @@ class Clarion:
             left = self.hub.connection_count
             extra = fields(connections=connections, left=left, grace_seconds=grace)
             logger.log(logging.WARNING if left else logging.INFO, "drained", extra=extra)
+        for frames in list(self._frame_writers):
+            frames.abort()
 
     async def reload(self) -> ReloadReply:
         """Read the configuration from `source` again and apply it, without dropping a
@@ -205,10 +212,20 @@ class Clarion:
         ``broker`` section) keeps its running value, and is reported.
 
         Raises:
-            ConfigError: if the configuration is invalid; the running one is kept.
+            ConfigError: if the configuration is invalid, or the app was given its
+                configuration directly (no `source`); the running one is kept.
         """
+        if self._reload_lock is None:
+            self._reload_lock = anyio.Lock()
+        async with self._reload_lock:  # one at a time, so that the last file read wins
+            return await self._reload()
+
+    async def _reload(self) -> ReloadReply:
+        source = self.source
         try:
-            new = await anyio.to_thread.run_sync(self.source.load)
+            if source is None:
+                raise ConfigError("this app was given its configuration, not a file to reload")
+            new = await anyio.to_thread.run_sync(source.load)
             auth = _authenticator(new)  # reads key files: a bad one fails the reload
         except ConfigError as exc:
             logger.error("reload refused, the running configuration stays: %s", exc)
@@ -229,7 +246,7 @@ class Clarion:
         ended = 0 if self.hub is None else self.hub.reconfigure(self.config)
         logger.info(
             "configuration reloaded from %s: %d subscriptions ended",
-            self.source.path or "the built-in default",
+            source.path or "the built-in default",
             ended,
         )
         if restart_needed:
@@ -286,18 +303,23 @@ class Clarion:
                     identity = self.auth.identify(ws.scope, allowed)
                 offered = ws.scope.get("subprotocols", [])
                 self._per_address[address] = self._per_address.get(address, 0) + 1
+                frames = open_frame_writer(send)
+                if frames is not None:
+                    self._frame_writers.add(frames)
                 try:
                     await run_session(
                         ws,
                         hub,
                         server,
                         identity=identity,
-                        auth=self.auth,
+                        auth=lambda: self.auth,
                         subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None,
-                        frames=open_frame_writer(send),
+                        frames=frames,
                         counters=self.counters,
                     )
                 finally:
+                    if frames is not None:
+                        self._frame_writers.discard(frames)
                     left = self._per_address.pop(address) - 1
                     if left:
                         self._per_address[address] = left
@@ -314,9 +336,7 @@ class Clarion:
             else:
                 return
         self.counters.refused[_code(error)] += 1
-        address = ws.client
-        peer = None if address is None else f"{address.host}:{address.port}"
-        extra = fields(client=peer, code=_code(error), reason=str(error))
+        extra = fields(client=peer(ws.client), code=_code(error), reason=str(error))
         logger.info("handshake refused", extra=extra)
         body = _error_body(error)
         await ws.send_denial_response(HTTP_STATUS[type(error)], body, _JSON_HEADERS)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import jwt
 import msgspec
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from channels.errors import ConfigError
 from service.datastructures import Headers, QueryParams
@@ -63,18 +64,22 @@ class Authenticator:
     def __init__(self, config: AuthConfig) -> None:
         self.config = config
         self.required = config.required
-        self._key: str | bytes = config.secret or ""
+        self._key: Any = config.secret or ""
         self._jwks: dict[str | None, tuple[Any, str | None]] | None = None
         try:
             if config.public_key_file is not None:
                 with open(config.public_key_file, "rb") as file:
-                    self._key = file.read()
+                    pem = file.read()
+                try:
+                    self._key = load_pem_public_key(pem)
+                except (ValueError, TypeError):
+                    raise ConfigError("auth.public_key_file: not a PEM public key") from None
             elif config.jwks_file is not None:
                 with open(config.jwks_file, "rb") as file:
                     self._jwks = _read_jwks(file.read())
         except OSError as exc:
             raise ConfigError(f"auth: cannot read the key file: {exc}") from None
-        except (jwt.PyJWTError, ValueError) as exc:
+        except ValueError as exc:
             raise ConfigError(f"auth.jwks_file: {exc}") from None
 
     def token(self, scope: Scope) -> tuple[str | None, bool]:
@@ -126,6 +131,8 @@ class Authenticator:
             raise TokenExpired(f"token not valid now: {exc}") from None
         except jwt.InvalidTokenError as exc:
             raise InvalidToken(f"invalid token: {exc}") from None
+        except jwt.PyJWTError as exc:  # a key that does not fit the token's algorithm
+            raise InvalidToken(f"invalid token: {type(exc).__name__}") from None
         expires = claims.get("exp")
         listed = claims.get("channels", [])
         if not isinstance(listed, list) or not all(isinstance(name, str) for name in listed):
@@ -199,7 +206,13 @@ def _read_jwks(data: bytes) -> dict[str | None, tuple[Any, str | None]]:
                 continue
             if entry.kid in keys:
                 raise ValueError(f"two keys have kid {entry.kid!r}")
-            keys[entry.kid] = (jwt.PyJWK.from_json(bytes(raw).decode()).key, entry.alg)
+            try:
+                key = jwt.PyJWK.from_json(bytes(raw).decode()).key
+            except jwt.PyJWTError as exc:
+                # PyJWT's message quotes the whole key, private parts included if any.
+                name = type(exc).__name__
+                raise ValueError(f"the key {entry.kid!r} is not usable ({name})") from None
+            keys[entry.kid] = (key, entry.alg)
     except msgspec.DecodeError as exc:
         raise ValueError(f"not a JSON Web Key Set: {exc}") from None
     if not keys:

@@ -142,7 +142,7 @@ class _Frames:
                 if self._rest is not None:
                     try:
                         await self._finish()
-                    except anyio.BrokenResourceError:
+                    except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                         pass  # hypercorn's own send finds the connection broken
                 await send(event)
             finally:
@@ -273,13 +273,20 @@ class SocketFrameWriter(_Frames):
                     pass
 
     def abort(self) -> None:
-        self._socket.close()
+        self._closing = True
+        self._rest = None  # nothing more goes to this socket, nor to its fd's next owner
+        self._socket.close()  # wakes whoever waits on it, with ClosedResourceError
 
     async def _finish(self) -> None:
         """Write the rest of our unfinished frame, waiting for the socket as needed."""
         async with self._finishing:  # hypercorn's send and our task may both come here
             while self._rest is not None:
-                await anyio.wait_writable(self._fd)
+                try:
+                    await anyio.wait_writable(self._fd)
+                except anyio.ClosedResourceError:
+                    raise anyio.BrokenResourceError("the connection was aborted") from None
+                if self._closing and self._rest is None:  # aborted while waiting
+                    raise anyio.BrokenResourceError("the connection was aborted")
                 try:
                     written = os.write(self._fd, self._rest)
                 except BlockingIOError:

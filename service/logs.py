@@ -23,12 +23,18 @@ __all__ = (
     "JSONFormatter",
     "configure_logging",
     "fields",
+    "peer",
     "reconfigure_logging",
 )
 
 _encoder = msgspec.json.Encoder()
 #: Loggers that only speak from WARNING on: the Redis client logs each retry.
 _QUIET = ("coredis",)
+
+
+def peer(address: tuple[str, int] | None) -> str | None:
+    """A client's address as log lines show it: ``host:port``."""
+    return None if address is None else f"{address[0]}:{address[1]}"
 
 
 def fields(**values: object) -> dict[str, Any]:
@@ -56,9 +62,12 @@ class HumanFormatter(logging.Formatter):
 
 
 def _human(value: object) -> str:
-    """*value* for a ``key=value`` pair: quoted when it holds a space or is empty."""
+    """*value* for a ``key=value`` pair: quoted (JSON) unless it is plain printable text,
+    so that a value from a client (a user id) cannot forge a field or a line."""
     text = str(value)
-    return _encoder.encode(text).decode() if " " in text or not text else text
+    if text and text.isprintable() and not any(char in text for char in ' ="'):
+        return text
+    return _encoder.encode(text).decode()
 
 
 class JSONFormatter(logging.Formatter):

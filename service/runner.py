@@ -229,10 +229,13 @@ def run_workers(config: Config, source: ConfigSource, backend: Backend, workers:
                 os.kill(process.pid, signal.SIGHUP)
 
     previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
-    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, reload)
+    # Ignored while the workers start (they inherit that until their own receiver is in
+    # place), so that a SIGHUP then cannot end one; forwarded once they all run.
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         for process in processes:
             process.start()
+        signal.signal(signal.SIGHUP, reload)
         for sock in (*sockets.secure_sockets, *sockets.insecure_sockets):
             sock.close()  # the workers hold them now
         sentinels = [process.sentinel for process in processes]

@@ -24,7 +24,7 @@ from channels.publication import ClientInfo, Position
 from channels.rules import Grant
 from channels.sender import Sender
 from service.auth import Identity, seconds_left
-from service.logs import fields
+from service.logs import fields, peer
 from service.protocol import (
     Frame,
     History,
@@ -55,6 +55,8 @@ from service.protocol import (
 from service.websocket import WebSocketDisconnect, WebSocketState
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from channels.config import ServerConfig
     from channels.hub import Hub, Subscribed
     from service.auth import Authenticator
@@ -106,7 +108,7 @@ class Session:
         outbox: Outbox,
         sender: Sender,
         *,
-        auth: Authenticator | None = None,
+        auth: Callable[[], Authenticator | None] = lambda: None,
         user: str | None = None,
         stop: anyio.CancelScope | None = None,
         publish_rate: float = math.inf,
@@ -119,7 +121,8 @@ class Session:
         """The connection's id, in log lines (its ``client`` in presence)."""
         self.outbox = outbox
         self.sender = sender
-        self.auth = auth
+        self._auth = auth
+        """The node's token checker now (a reload may replace it), None without auth."""
         self.user = user
         self.stop = stop
         # A token bucket: *publish_burst* publishes at once, then *publish_rate* a second.
@@ -160,9 +163,10 @@ class Session:
                 )
             case Subscribe(id=request_id, channel=channel, since=since, token=token):
                 if token is not None:
-                    if self.auth is None:
+                    auth = self._auth()
+                    if auth is None:
                         raise InvalidToken("this server does not use tokens")
-                    self.auth.verify_subscription(token, channel, self.user)
+                    auth.verify_subscription(token, channel, self.user)
 
                 def reply(subscribed: Subscribed) -> None:
                     # The reply must precede the channel's messages, which the hub offers
@@ -229,9 +233,10 @@ class Session:
 
     def _refresh(self, token: str) -> None:
         """Take a new token for this connection: same user, a later expiry."""
-        if self.auth is None or self.stop is None:
+        auth = self._auth()
+        if auth is None or self.stop is None:
             raise InvalidToken("this server does not use tokens")
-        identity = self.auth.verify(token)
+        identity = auth.verify(token)
         if identity.user != self.user:
             raise InvalidToken("the new token is for another user")
         self.stop.deadline = _deadline(identity)
@@ -248,7 +253,7 @@ async def run_session(
     server: ServerConfig,
     *,
     identity: Identity | None = None,
-    auth: Authenticator | None = None,
+    auth: Callable[[], Authenticator | None] = lambda: None,
     subprotocol: str | None = None,
     frames: TransportFrameWriter | SocketFrameWriter | None = None,
     counters: NodeCounters | None = None,
@@ -264,7 +269,8 @@ async def run_session(
     4002 when a client quiet for ``server.ping_interval_seconds`` was sent a ``ping``
     and still sent nothing within ``server.pong_timeout_seconds``. A close is given
     ``server.write_timeout_seconds`` to be sent. The connection, its end and the
-    errors it is answered with are counted in *counters*.
+    errors it is answered with are counted in *counters*. *auth* gives the node's token
+    checker as it is now (for ``refresh`` and subscription tokens).
 
     Raises:
         ServerClosing: if the hub is closing; the handshake was not accepted.
@@ -282,12 +288,11 @@ async def run_session(
     hub.attach(outbox, ClientInfo(conn, user), grant)
     close: tuple[int, str] | None = None
     accepted = cut_off = False
-    address = ws.client
-    peer = None if address is None else f"{address.host}:{address.port}"
+    client = peer(ws.client)
     try:
         await ws.accept(subprotocol)
         accepted = True
-        logger.info("connection opened", extra=fields(conn=conn, client=peer, user=user))
+        logger.info("connection opened", extra=fields(conn=conn, client=client, user=user))
         if counters is not None:
             counters.accepted += 1
         # A slow consumer, a broken transport, or a closing outbox that has sent
@@ -361,7 +366,7 @@ async def run_session(
                 counters.disconnects[reason] += 1
             code = None if close is None else close[0]
             level = logging.WARNING if code == SlowConsumer.code else logging.INFO
-            extra = fields(conn=conn, client=peer, user=user, code=code, reason=reason)
+            extra = fields(conn=conn, client=client, user=user, code=code, reason=reason)
             logger.log(level, "connection closed", extra=extra)
         if close is not None and ws.application_state is WebSocketState.CONNECTED:
             # A connection the server cuts off had its grace already: a moment for the

@@ -22,7 +22,16 @@ from service.client import ClarionError, open_client
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-__all__ = ("Options", "Target", "kept_up", "open_target", "run_idle", "run_max", "run_rate")
+__all__ = (
+    "Options",
+    "Target",
+    "check_round_trip",
+    "kept_up",
+    "open_target",
+    "run_idle",
+    "run_max",
+    "run_rate",
+)
 
 Scenario = Literal["rate", "max", "idle", "hop"]
 

@@ -624,3 +624,30 @@ async def test_a_reload_ends_a_subscription_whose_access_narrowed() -> None:
         assert sorted(await drain(anonymous)) == ["ended:members:202", "ended:secret:202"]
         await hub.publish("open", raw(1), trusted=True)
         assert await drain(anonymous) == ["open:1:1"]
+
+
+async def test_a_reload_during_a_subscribe_is_checked_when_it_has_read_its_start() -> None:
+    before = Config(channels=[ChannelRule(match="chat:*"), ChannelRule(match="news")])
+    after = Config(channels=[ChannelRule(match="news")])  # chat:* is gone
+    async with gated_hub(before) as (hub, broker):
+        broker.after_read = Gate()
+        box = outbox()
+        hub.attach(box)
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                failed: list[BaseException] = []
+
+                async def joining() -> None:
+                    try:
+                        await subscribe(hub, box, "chat:1")
+                    except ChannelNotFound as exc:
+                        failed.append(exc)
+
+                tg.start_soon(joining)
+                await broker.after_read.reached.wait()
+                assert hub.reconfigure(after) == 0  # the joining channel has no rule now
+                broker.after_read.opened.set()
+        assert [type(exc) for exc in failed] == [ChannelNotFound]
+        stats = hub.statistics()
+        assert (stats.channels, stats.subscriptions) == (0, 0)
+        assert await drain(box) == []

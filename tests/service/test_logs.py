@@ -32,6 +32,12 @@ def test_human_lines_end_with_the_fields_quoted_where_needed() -> None:
     assert line.endswith(' INFO clarion: closed conn=ab12 reason="no pong"')
 
 
+def test_a_client_chosen_value_cannot_forge_a_field_or_a_line() -> None:
+    line = HumanFormatter().format(record("opened", user="bob code=1000\nINFO forged"))
+    assert line.endswith(' opened user="bob code=1000\\nINFO forged"')
+    assert "\n" not in line
+
+
 def test_json_lines_are_one_object_with_the_fields() -> None:
     try:
         raise ValueError("boom")
