@@ -138,7 +138,7 @@ class Clarion:
         self.auth = _authenticator(config)
         self._per_address: dict[str, int] = {}
         self._frame_writers: set[TransportFrameWriter | SocketFrameWriter] = set()
-        """The sockets of the connections being served, to cut off when a drain ends."""
+        """The sockets of the connections in the hub, cut off if a drain's grace ends."""
         self.hub: Hub | None = None
         self._static = _static_files()
         self._reload_lock: anyio.Lock | None = None
@@ -185,7 +185,7 @@ class Clarion:
 
         New connections are refused with HTTP 503. Waits at most
         ``server.shutdown_grace_seconds`` for the connections to end; the sockets of those
-        still open then (clients that stopped reading) are closed at once.
+        still in the hub then (clients that stopped reading) are closed at once.
         """
         if self.hub is None:
             return
@@ -304,8 +304,9 @@ class Clarion:
                 offered = ws.scope.get("subprotocols", [])
                 self._per_address[address] = self._per_address.get(address, 0) + 1
                 frames = open_frame_writer(send)
+                writers = self._frame_writers
                 if frames is not None:
-                    self._frame_writers.add(frames)
+                    writers.add(frames)
                 try:
                     await run_session(
                         ws,
@@ -316,10 +317,11 @@ class Clarion:
                         subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None,
                         frames=frames,
                         counters=self.counters,
+                        on_leave=None if frames is None else lambda: writers.discard(frames),
                     )
                 finally:
                     if frames is not None:
-                        self._frame_writers.discard(frames)
+                        writers.discard(frames)
                     left = self._per_address.pop(address) - 1
                     if left:
                         self._per_address[address] = left

@@ -257,6 +257,7 @@ async def run_session(
     subprotocol: str | None = None,
     frames: TransportFrameWriter | SocketFrameWriter | None = None,
     counters: NodeCounters | None = None,
+    on_leave: Callable[[], None] | None = None,
 ) -> None:
     """Serve one WebSocket until the client leaves or the node ends the connection.
 
@@ -270,7 +271,8 @@ async def run_session(
     and still sent nothing within ``server.pong_timeout_seconds``. A close is given
     ``server.write_timeout_seconds`` to be sent. The connection, its end and the
     errors it is answered with are counted in *counters*. *auth* gives the node's token
-    checker as it is now (for ``refresh`` and subscription tokens).
+    checker as it is now (for ``refresh`` and subscription tokens). *on_leave* is called
+    once the connection has left the hub, before its close frame is sent.
 
     Raises:
         ServerClosing: if the hub is closing; the handshake was not accepted.
@@ -360,6 +362,8 @@ async def run_session(
     finally:
         # Leave the hub first: nothing more is queued while the close frame is sent.
         hub.detach(outbox)
+        if on_leave is not None:
+            on_leave()
         if accepted:
             reason = "client" if close is None else _REASONS[close[0]]
             if counters is not None:
