@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from channels.config import ConfigSource
+from service.cli import main
 from tests.integration.test_commands import BIN, process
 from tests.support.server import Server, http_call, running_server
 from tests.support.wsclient import Client, connect, subscribe
@@ -126,3 +127,27 @@ async def wait_logged(log: Path, text: str) -> None:
         if text in await anyio.Path(log).read_text():
             return
         await anyio.sleep(0.05)
+
+
+async def test_clarion_reload_url_calls_the_api(
+    anyio_backend: Backend,
+    free_tcp_port: int,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("KEY", KEY)
+    config = tmp_path / "channels.yaml"
+    config.write_text(BEFORE % free_tcp_port)
+    source = ConfigSource(path=str(config))
+    url = f"http://127.0.0.1:{free_tcp_port}"
+    with anyio.fail_after(15):
+        async with running_server(source.load(), anyio_backend, free_tcp_port, source=source):
+            monkeypatch.setenv("CLARION_API_KEY", KEY)
+            assert await anyio.to_thread.run_sync(main, ["reload", url]) == 0
+            assert '"ended":0' in capsys.readouterr().out
+            monkeypatch.setenv("CLARION_API_KEY", "wrong")
+            assert await anyio.to_thread.run_sync(main, ["reload", url]) == 1
+            assert "clarion: error: 401" in capsys.readouterr().err
+    assert await anyio.to_thread.run_sync(main, ["reload", url]) == 1
+    assert f"clarion: error: {url}" in capsys.readouterr().err

@@ -46,10 +46,33 @@ async def test_ready_until_draining() -> None:
     [
         ("GET", "/nowhere", 404, 104),
         ("POST", "/health", 405, 105),
+        ("POST", "/ready", 405, 105),
+        ("POST", "/metrics", 405, 105),
+        ("POST", "/client.js", 405, 105),
         ("GET", "/api/publish", 405, 105),
+        ("GET", "/api/reload", 405, 105),
+        ("POST", "/api/stats", 405, 105),
+        ("POST", "/api/presence", 405, 105),
+        ("GET", "/api/presence", 400, 101),
+        ("GET", "/api/stats?limit=-1", 400, 101),
+        ("POST", "/api/reload", 401, 106),
         ("GET", "/ws", 426, 107),
     ],
-    ids=["unknown-route", "post-health", "get-publish", "plain-http-on-ws"],
+    ids=[
+        "unknown-route",
+        "post-health",
+        "post-ready",
+        "post-metrics",
+        "post-client",
+        "get-publish",
+        "get-reload",
+        "post-stats",
+        "post-presence",
+        "presence-without-channel",
+        "negative-limit",
+        "reload-without-keys",
+        "plain-http-on-ws",
+    ],
 )
 async def test_http_errors_are_json(method: str, path: str, status: int, code: int) -> None:
     async with running_app() as app:
@@ -457,3 +480,22 @@ async def test_stats_list_the_node_and_its_busiest_channels() -> None:
             assert [item["channel"] for item in limited[2]["channels"]] == ["b"]
             bad = await http_request(app, "GET", "/api/stats?limit=x", headers=auth)
             assert (bad[0], bad[2]["code"]) == (400, 101)
+
+
+async def test_an_app_given_its_configuration_refuses_to_reload() -> None:
+    async with running_app(KEYED) as app:
+        auth = [(b"authorization", b"Bearer k1")]
+        status, _, body = await http_request(app, "POST", "/api/reload", headers=auth)
+    assert (status, body["code"]) == (422, 10)
+    assert "not a file to reload" in body["message"]
+
+
+async def test_the_api_answers_503_between_lifespans() -> None:
+    app = Clarion(KEYED)  # no lifespan has run: no hub
+    auth = [(b"authorization", b"Bearer k1")]
+    for method, path in [("GET", "/api/stats"), ("GET", "/api/presence?channel=x")]:
+        status, _, body = await http_request(app, method, path, headers=auth)
+        assert (status, body["code"]) == (503, 300)
+    body_bytes = b'{"channel":"c","data":1}'
+    status, _, body = await http_request(app, "POST", "/api/publish", body_bytes, auth)
+    assert (status, body["code"]) == (503, 300)
