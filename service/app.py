@@ -141,6 +141,7 @@ class Clarion:
         """The sockets of the connections in the hub, cut off if a drain's grace ends."""
         self.hub: Hub | None = None
         self._static = _static_files()
+        self._current_auth = lambda: self.auth  # one function for every session
         self._reload_lock: anyio.Lock | None = None
         self._started = 0.0
         self.counters = NodeCounters()
@@ -313,11 +314,11 @@ class Clarion:
                         hub,
                         server,
                         identity=identity,
-                        auth=lambda: self.auth,
+                        auth=self._current_auth,
                         subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None,
                         frames=frames,
                         counters=self.counters,
-                        on_leave=None if frames is None else lambda: writers.discard(frames),
+                        writers=writers,
                     )
                 finally:
                     if frames is not None:

@@ -257,7 +257,7 @@ async def run_session(
     subprotocol: str | None = None,
     frames: TransportFrameWriter | SocketFrameWriter | None = None,
     counters: NodeCounters | None = None,
-    on_leave: Callable[[], None] | None = None,
+    writers: set[TransportFrameWriter | SocketFrameWriter] | None = None,
 ) -> None:
     """Serve one WebSocket until the client leaves or the node ends the connection.
 
@@ -271,8 +271,9 @@ async def run_session(
     and still sent nothing within ``server.pong_timeout_seconds``. A close is given
     ``server.write_timeout_seconds`` to be sent. The connection, its end and the
     errors it is answered with are counted in *counters*. *auth* gives the node's token
-    checker as it is now (for ``refresh`` and subscription tokens). *on_leave* is called
-    once the connection has left the hub, before its close frame is sent.
+    checker as it is now (for ``refresh`` and subscription tokens). *frames* is taken
+    out of *writers* once the connection has left the hub, before its close frame is sent
+    (a drain cuts off the connections still in it).
 
     Raises:
         ServerClosing: if the hub is closing; the handshake was not accepted.
@@ -290,11 +291,10 @@ async def run_session(
     hub.attach(outbox, ClientInfo(conn, user), grant)
     close: tuple[int, str] | None = None
     accepted = cut_off = False
-    client = peer(ws.client)
     try:
         await ws.accept(subprotocol)
         accepted = True
-        logger.info("connection opened", extra=fields(conn=conn, client=client, user=user))
+        logger.info("connection opened", extra=fields(conn=conn, client=peer(ws.client), user=user))
         if counters is not None:
             counters.accepted += 1
         # A slow consumer, a broken transport, or a closing outbox that has sent
@@ -362,15 +362,15 @@ async def run_session(
     finally:
         # Leave the hub first: nothing more is queued while the close frame is sent.
         hub.detach(outbox)
-        if on_leave is not None:
-            on_leave()
+        if writers is not None and frames is not None:
+            writers.discard(frames)
         if accepted:
             reason = "client" if close is None else _REASONS[close[0]]
             if counters is not None:
                 counters.disconnects[reason] += 1
             code = None if close is None else close[0]
             level = logging.WARNING if code == SlowConsumer.code else logging.INFO
-            extra = fields(conn=conn, client=client, user=user, code=code, reason=reason)
+            extra = fields(conn=conn, client=peer(ws.client), user=user, code=code, reason=reason)
             logger.log(level, "connection closed", extra=extra)
         if close is not None and ws.application_state is WebSocketState.CONNECTED:
             # A connection the server cuts off had its grace already: a moment for the
