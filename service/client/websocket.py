@@ -356,23 +356,35 @@ async def _read_handshake(stream: ByteStream, protocol: WSConnection) -> AcceptC
     """
     status = 0
     body = bytearray()
+    answered = False  # the server sent something
     while True:
         try:
             data: bytes | None = await stream.receive(_RECEIVE_BYTES)
         except anyio.EndOfStream:
             data = None
-        protocol.receive_data(data)
-        for event in protocol.events():
-            match event:
-                case AcceptConnection():
-                    return event
-                case RejectConnection(status_code=status, has_body=has_body):
-                    if not has_body:
-                        raise _refusal(status, bytes(body))
-                case RejectData(data=chunk, body_finished=finished):
-                    body += chunk[: REFUSAL_BODY_MAX_BYTES - len(body)]
-                    if finished:
-                        raise _refusal(status, bytes(body))
+        try:
+            protocol.receive_data(data)
+            # Lazily: frames that came with the answer stay queued for the reader.
+            for event in protocol.events():
+                match event:
+                    case AcceptConnection():
+                        return event
+                    case RejectConnection(status_code=status, has_body=has_body):
+                        if not has_body:
+                            raise _refusal(status, bytes(body))
+                    case RejectData(data=chunk, body_finished=finished):
+                        body += chunk[: REFUSAL_BODY_MAX_BYTES - len(body)]
+                        if finished:
+                            raise _refusal(status, bytes(body))
+        except RemoteProtocolError:
+            # The stream ended inside the answer: keep a refusal's status if one came, and
+            # tell a server that closed at once from one that answered something else.
+            if data is None and status:
+                raise _refusal(status, bytes(body)) from None
+            if data is None and not answered:
+                raise anyio.EndOfStream from None
+            raise
+        answered = True
         if data is None:
             raise anyio.EndOfStream
 

@@ -18,7 +18,7 @@ from channels.config import ChannelRule, Config
 from service.bench.load import StepResult, _read_reply
 from service.bench.report import Summary, histogram_svg, median_summary, summarize, table
 from service.bench.scenarios import check_round_trip
-from service.bench.server import exit_on_sigterm
+from service.bench.server import ServerProcess, exit_on_sigterm
 from service.bench.wire import FrameParser, client_frame
 from service.cli import main
 from tests.support.server import running_server
@@ -168,6 +168,28 @@ def test_the_generator_answers_the_servers_pings(
     summary = json.loads(capsys.readouterr().out)
     assert (summary["lost"], summary["closed"]) == (0, 0)
     assert summary["delivered_per_s"] > 0
+
+
+def test_a_max_run_against_a_target_measures_that_server_and_reports_the_first_step(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A running server named by --target and --server-pid, as for another server: the
+    # bench starts none. No step keeps a p99 of 0 ms, so the run stops after the first.
+    server = ServerProcess.clarion("trio", None, tmp_path / "server.log")
+    try:
+        argv = ["bench", "max", "--target", f"ws://127.0.0.1:{server.port}/ws"]
+        argv += ["--server-pid", str(server.stats.pid), "--server-name", "running"]
+        argv += ["--subscribers", "3", "--start-rate", "20", "--p99-ms", "0"]
+        argv += ["--seconds", "0.3", "--warmup", "0.1", "--drain", "5", "--json"]
+        assert main(argv) == 0
+    finally:
+        server.stop()
+    (line,) = capsys.readouterr().out.splitlines()
+    step = json.loads(line)
+    assert (step["scenario"], step["server"], step["rate"]) == ("max", "running", 20.0)
+    assert (step["subscribers"], step["lost"]) == (3, 0)
+    assert step["p99_ms"] > 0
+    assert step["server_rss_mib"] > 0  # read from /proc/PID of the server it was given
 
 
 def test_a_small_idle_run_measures_memory(capsys: pytest.CaptureFixture[str]) -> None:

@@ -5,15 +5,20 @@ The same client against a real Clarion is in ``tests/integration/test_client.py`
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
+import os
+import socket
+import sys
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import msgspec
 import pytest
-from anyio.abc import SocketAttribute
+from anyio.abc import SocketAttribute, UNIXSocketStream
 from wsproto import ConnectionType, WSConnection
 from wsproto.connection import ConnectionState
 from wsproto.events import (
@@ -47,7 +52,7 @@ from service.client import (
 from service.client.commands import parse_since, publish_command, subscribe_command
 from service.client.connector import Connector
 from service.client.events import MessageFrame, ReplyFrame, decode_frames
-from service.client.websocket import Endpoint, parse_url
+from service.client.websocket import ClientWebSocket, Endpoint, connect_websocket, parse_url
 from service.protocol import Error, ServerPing
 
 if TYPE_CHECKING:
@@ -718,3 +723,238 @@ async def test_a_server_that_never_answers_the_upgrade_times_out(anyio_backend: 
                 async with open_client(f"ws://127.0.0.1:{port}/ws", connect_timeout_seconds=0.2):
                     pass
             tg.cancel_scope.cancel()
+
+
+# The transport on its own -----------------------------------------------------------------
+
+
+@asynccontextmanager
+async def answering_server(answer: bytes) -> AsyncIterator[str]:
+    """Serve on 127.0.0.1: read an upgrade request, send *answer*, close. Yield the URL."""
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    port = listener.extra(SocketAttribute.local_port)
+
+    async def handle(stream: SocketStream) -> None:
+        async with stream:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += await stream.receive()
+            await stream.send(answer)
+
+    async with listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, handle)
+        yield f"ws://127.0.0.1:{port}/ws"
+        tg.cancel_scope.cancel()
+
+
+async def connect(url: str) -> ClientWebSocket:
+    return await connect_websocket(url, max_message_bytes=1 << 20, write_buffer_bytes=1 << 16)
+
+
+async def test_a_refusal_whose_body_ends_with_the_connection_keeps_its_code(
+    anyio_backend: str,
+) -> None:
+    # No content-length: the body is read until the server closes (HTTP/1.1 allows it).
+    body = b'{"type":"error","code":104,"message":"no route"}'
+    with anyio.fail_after(10):
+        async with answering_server(b"HTTP/1.1 404 Not Found\r\n\r\n" + body) as url:
+            with pytest.raises(HandshakeRefused) as caught:
+                await connect(url)
+    assert (caught.value.status, caught.value.code) == (404, 104)
+    assert caught.value.message == "HTTP 404: no route"
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        (b"", r"ws://127\.0\.0\.1:\d+/ws closed the connection during the handshake"),
+        (b"HTTP/1.1 101 Switching", r"did not answer as a WebSocket server: Bad HTTP message"),
+        (b"SSH-2.0-OpenSSH_9.6\r\n", r"did not answer as a WebSocket server: Bad HTTP message"),
+        (b"garbage\r\n\r\n", r"did not answer as a WebSocket server: Bad HTTP message"),
+    ],
+    ids=["closed-without-answer", "closed-mid-answer", "ssh-server", "garbage"],
+)
+async def test_a_peer_that_does_not_answer_the_upgrade_fails_the_connection(
+    anyio_backend: str, answer: bytes, expected: str
+) -> None:
+    with anyio.fail_after(10):
+        async with answering_server(answer) as url:
+            with pytest.raises(ConnectionFailed, match=expected) as caught:
+                await connect(url)
+    assert caught.value.__cause__ is not None  # the reason is chained
+
+
+@asynccontextmanager
+async def websocket_pair(
+    *, max_message_bytes: int = 1 << 20, write_buffer_bytes: int = 1 << 16
+) -> AsyncIterator[tuple[ClientWebSocket, Peer]]:
+    """An open `ClientWebSocket` over a socketpair, and the scripted server's end; the
+    opening handshake is done in memory, sans-IO."""
+    ours, theirs = socket.socketpair()
+    client_stream = await UNIXSocketStream.from_socket(ours)
+    server_stream = await UNIXSocketStream.from_socket(theirs)
+    client, server = WSConnection(ConnectionType.CLIENT), WSConnection(ConnectionType.SERVER)
+    server.receive_data(client.send(Request(host="clarion", target="/ws")))
+    (request,) = server.events()
+    assert isinstance(request, Request)
+    client.receive_data(server.send(AcceptConnection()))
+    assert [type(event) for event in client.events()] == [AcceptConnection]
+    websocket = ClientWebSocket(
+        client_stream,
+        client,
+        subprotocol=None,
+        max_message_bytes=max_message_bytes,
+        write_buffer_bytes=write_buffer_bytes,
+    )
+    async with server_stream:
+        peer = Peer(server_stream, server, request)
+        try:
+            yield websocket, peer
+        finally:
+            with anyio.move_on_after(5, shield=True):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(answer_close, peer)
+                    await websocket.aclose()
+
+
+async def answer_close(peer: Peer) -> None:
+    """Answer the client's close, unless the test closed the server's end already."""
+    with contextlib.suppress(anyio.ClosedResourceError):
+        await peer.wait_closed()
+
+
+async def test_fragments_of_a_binary_message_are_joined_as_bytes(anyio_backend: str) -> None:
+    with anyio.fail_after(10):
+        async with websocket_pair() as (websocket, peer):
+            await peer.send_event(BytesMessage(data=b'{"a":', message_finished=False))
+            await peer.send_event(BytesMessage(data=b"[1, 2]", message_finished=False))
+            await peer.send_event(BytesMessage(data=b"}", message_finished=True))
+            assert await websocket.receive() == b'{"a":[1, 2]}'
+
+
+async def test_an_oversize_message_is_cut_off_and_closed_with_1009(anyio_backend: str) -> None:
+    with anyio.fail_after(10):
+        async with websocket_pair(max_message_bytes=10) as (websocket, peer):
+            await peer.send_event(TextMessage(data="x" * 8, message_finished=False))
+            await peer.send_event(TextMessage(data="y" * 8, message_finished=False))
+            await peer.send_event(TextMessage(data="z" * 8, message_finished=True))
+            await peer.send('"after"')
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(websocket.run_writer)
+                with pytest.raises(ConnectionClosed) as caught:
+                    await websocket.receive()  # nothing of it, nor what follows
+                assert (caught.value.code, caught.value.reason) == (
+                    1009,
+                    "a message over 10 bytes",
+                )
+                assert await peer.wait_closed() == 1009
+                tg.cancel_scope.cancel()
+            with pytest.raises(ConnectionClosed):
+                websocket.send_nowait('"late"')
+
+
+async def test_send_waits_while_the_queue_is_over_its_bound(anyio_backend: str) -> None:
+    big = "x" * 100
+    with anyio.fail_after(10):
+        async with websocket_pair(write_buffer_bytes=64) as (websocket, peer):
+            websocket.send_nowait(msgspec.json.encode(big).decode())  # over the bound
+            sent = anyio.Event()
+
+            async def send_second() -> None:
+                await websocket.send('"second"')
+                sent.set()
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(send_second)
+                await anyio.wait_all_tasks_blocked()
+                assert not sent.is_set()  # nothing drains the queue yet
+                tg.start_soon(websocket.run_writer)
+                await sent.wait()
+                assert [await peer.receive(), await peer.receive()] == [big, "second"]
+                tg.cancel_scope.cancel()
+
+
+async def test_a_socket_that_breaks_under_the_writer_ends_the_connection_with_1006(
+    anyio_backend: str,
+) -> None:
+    with anyio.fail_after(10):
+        async with websocket_pair() as (websocket, peer):
+            await peer.stream.aclose()  # the server's end is gone: sending fails (EPIPE)
+            websocket.send_nowait('"lost"')
+            await websocket.run_writer()  # returns: the loss is reported by the reader
+            assert websocket.closed is not None
+            with pytest.raises(ConnectionClosed) as caught:
+                await websocket.receive()
+            assert caught.value.code == 1006
+            assert caught.value.reason.startswith("sending failed: ")
+            with pytest.raises(ConnectionClosed) as refused:
+                await websocket.send('"after"')
+            assert refused.value.code == 1006
+
+
+# The commands, as processes ---------------------------------------------------------------
+
+CLARION = str(Path(sys.executable).parent / "clarion")
+
+
+async def test_the_subscribe_command_ends_quietly_when_its_reader_goes(anyio_backend: str) -> None:
+    # As in `clarion subscribe c | head -n 1`: the pipe closes after the first line.
+    reader_gone = anyio.Event()
+    codes: list[int] = []
+
+    async def script(peer: Peer, index: int) -> None:
+        await peer.subscribed("e1")
+        await peer.send(message(1, "first"))
+        await reader_gone.wait()
+        await peer.send(message(2, "nobody reads this"))
+        codes.append(await peer.wait_closed())
+
+    with anyio.fail_after(20):
+        async with scripted_server(script) as url:
+            argv = [CLARION, "subscribe", "c", "--url", url]
+            # A pipe of our own: closing anyio's asyncio stdout stream leaves its fd open.
+            read_end, write_end = os.pipe()
+            try:
+                async with await anyio.open_process(argv, stdout=write_end) as proc:
+                    os.close(write_end)
+                    write_end = -1
+                    line = b""
+                    while not line.endswith(b"\n"):
+                        await anyio.wait_readable(read_end)
+                        line += os.read(read_end, 65536)
+                    os.close(read_end)
+                    read_end = -1
+                    reader_gone.set()
+                    assert await proc.wait() == 0
+                    assert proc.stderr is not None
+                    errors = b"".join([chunk async for chunk in proc.stderr]).decode()
+            finally:
+                for fd in (read_end, write_end):
+                    if fd != -1:
+                        os.close(fd)
+    assert msgspec.json.decode(line)["data"] == "first"
+    assert errors == "clarion: subscribed to c at 0:e1\n"  # no BrokenPipeError traceback
+    assert codes == [1000]
+
+
+async def test_the_publish_command_gives_up_after_its_timeout(anyio_backend: str) -> None:
+    async def script(peer: Peer, index: int) -> None:
+        assert (await peer.receive())["type"] == "publish"  # never answered
+        await peer.wait_closed()
+
+    with anyio.fail_after(20):
+        async with scripted_server(script) as url:
+            argv = [CLARION, "publish", "c", "1", "--url", url, "--timeout", "0.3"]
+            done = await anyio.run_process(argv, check=False)
+    assert done.returncode == 1
+    assert done.stdout == b""
+    assert done.stderr.decode() == f"clarion: error: no reply from {url} within 0.3 seconds\n"
+
+
+async def test_a_refusal_cut_short_keeps_its_status(anyio_backend: str) -> None:
+    answer = b'HTTP/1.1 403 Forbidden\r\ncontent-length: 50\r\n\r\n{"'
+    with anyio.fail_after(10):
+        async with answering_server(answer) as url:
+            with pytest.raises(HandshakeRefused) as caught:
+                await connect(url)
+    assert caught.value.status == 403

@@ -181,6 +181,42 @@ def test_query_params_last_value_wins_and_getlist_keeps_all() -> None:
     assert dict(ws.query_params) == {"a": "2", "b": ""}
 
 
+def test_url_components_replace_and_repr() -> None:
+    url = URL("ws://example.org:8000/ws?a=1#top")
+    assert (url.netloc, url.fragment, url.is_secure) == ("example.org:8000", "top", False)
+    secure = url.replace(scheme="wss", path="/other")
+    assert secure == URL("wss://example.org:8000/other?a=1#top")
+    assert secure.is_secure
+    assert repr(url) == "URL('ws://example.org:8000/ws?a=1#top')"
+    # Equal URLs hash alike: a URL can key a dict (Starlette's cannot: it is unhashable).
+    assert {URL("ws://example.org/ws"): "route"}[URL("ws://example.org/ws")] == "route"
+
+
+def test_url_refuses_both_a_string_and_a_scope() -> None:
+    with pytest.raises(ValueError, match=exact('Cannot set both "url" and "scope".')):
+        URL("ws://example.org/ws", scope=ws_scope())
+
+
+def test_headers_compare_and_contain_only_their_own_kind() -> None:
+    headers = Headers([(b"x-one", b"1")])
+    key: object = 1
+    assert key not in headers  # a Mapping answers False for a key of another type
+    assert headers != {"x-one": "1"}
+    assert headers != Headers([(b"x-one", b"2")])
+    assert repr(headers) == "Headers({'x-one': '1'})"
+
+
+def test_query_params_count_keys_once_and_show_every_pair() -> None:
+    params = QueryParams(b"a=1&a=2&b=")
+    assert len(params) == 2
+    assert repr(params) == "QueryParams([('a', '1'), ('a', '2'), ('b', '')])"
+
+
+def test_cookies_skip_empty_chunks() -> None:
+    ws, _ = make(headers=[(b"cookie", b"a=1; ; b=2;")])
+    assert ws.cookies == {"a": "1", "b": "2"}
+
+
 def test_path_params_default_to_empty() -> None:
     assert make()[0].path_params == {}
     assert make(path_params={"room": "7"})[0].path_params == {"room": "7"}
