@@ -8,6 +8,7 @@ the Clarion server, as an application's page would, then drives it with small sc
 from __future__ import annotations
 
 import time
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
@@ -22,6 +23,7 @@ from tests.support.redis import free_port
 from tests.support.server import http_publish, running_server
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
     from pathlib import Path
 
     from playwright.sync_api import Page
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
     from channels.config import BrokerConfig
     from service.runner import Backend
     from tests.browser.driver import Browser
+    from tests.browser.scripted import ScriptedServer
 
 #: Reconnect fast: the tests wait for reconnects.
 FAST: Final = "{minReconnectDelayMs: 50, maxReconnectDelayMs: 300}"
@@ -384,6 +387,25 @@ SCRIPTED: Final = """
 """
 
 
+@asynccontextmanager
+async def client_against_a_script(
+    profile: Path, script: str
+) -> AsyncIterator[tuple[ScriptedServer, Browser, Page]]:
+    """A page that imported client.js and ran *script* (given the scripted server's URL)."""
+    files = {
+        "/": (HTML, client_page("/client.js").encode()),
+        "/client.js": (JAVASCRIPT, client_js()),
+    }
+    async with (
+        scripted_server() as server,
+        serve_files(files) as url,
+        open_browser(profile) as browser,
+    ):
+        page = await open_client_page(browser, url)
+        await browser.call(page.evaluate, script, server.url)
+        yield server, browser, page
+
+
 def message(channel: str, offset: int, data: Any) -> dict[str, Any]:
     return {"type": "message", "channel": channel, "offset": offset, "data": data}
 
@@ -391,18 +413,8 @@ def message(channel: str, offset: int, data: Any) -> dict[str, Any]:
 async def test_the_client_handles_each_server_frame_as_the_protocol_says(
     anyio_backend: Backend, profile: Path
 ) -> None:
-    files = {
-        "/": (HTML, client_page("/client.js").encode()),
-        "/client.js": (JAVASCRIPT, client_js()),
-    }
     with anyio.fail_after(30):
-        async with (
-            scripted_server() as server,
-            serve_files(files) as url,
-            open_browser(profile) as browser,
-        ):
-            page = await open_client_page(browser, url)
-            await browser.call(page.evaluate, SCRIPTED, server.url)
+        async with client_against_a_script(profile, SCRIPTED) as (server, browser, page):
             first = await server.accept()
             assert await first.receive() == {"type": "subscribe", "channel": "c", "id": 1}
             assert await first.receive() == {"type": "subscribe", "channel": "d", "id": 2}
@@ -498,18 +510,8 @@ async def test_a_quiet_connection_is_pinged_and_replaced_when_the_ping_gets_no_r
     anyio_backend: Backend, profile: Path
 ) -> None:
     # A browser may take minutes to notice a dead TCP connection: the client checks.
-    files = {
-        "/": (HTML, client_page("/client.js").encode()),
-        "/client.js": (JAVASCRIPT, client_js()),
-    }
     with anyio.fail_after(30):
-        async with (
-            scripted_server() as server,
-            serve_files(files) as url,
-            open_browser(profile) as browser,
-        ):
-            page = await open_client_page(browser, url)
-            await browser.call(page.evaluate, WATCHED, server.url)
+        async with client_against_a_script(profile, WATCHED) as (server, browser, page):
             first = await server.accept()
             assert await first.receive() == {"type": "ping", "id": 1}
             await first.send({"type": "reply", "id": 1})
