@@ -209,6 +209,13 @@ class ServerConfig(_Base, frozen=True):
     ``Origin`` is neither listed nor the server's own host is refused (403)."""
     api_keys: list[str] = msgspec.field(default_factory=list)
     """Keys for the HTTP API, each written as a ``${VAR}`` reference."""
+    api_open: bool = False
+    """Declare the HTTP API open on purpose: without keys, anyone who reaches it may
+    publish and read where anonymous clients may. Needed for an open API when
+    ``auth.required`` is set, which otherwise refuses to start without ``api_keys``."""
+    idempotency_window_seconds: Annotated[float, msgspec.Meta(gt=0)] = 300 * SECONDS
+    """How long a publish's ``idempotency_key`` is remembered on its channel: a second
+    publish with the same key within this time is not published again."""
     log_level: LogLevel = "info"
     """The least important log lines written (``clarion serve --log-level`` overrides)."""
     log_format: Literal["human", "json"] = "human"
@@ -234,6 +241,8 @@ class ServerConfig(_Base, frozen=True):
             raise ValueError("recovery_max_messages must not exceed outbox_messages")
         if any(not key for key in self.api_keys):
             raise ValueError("an API key is empty")
+        if self.api_open and self.api_keys:
+            raise ValueError("api_open: true and api_keys both set: an API with keys is not open")
 
     @property
     def recovery_limit(self) -> int:
@@ -351,6 +360,43 @@ class Config(_Base, frozen=True):
             if rule.match in seen:
                 raise ValueError(f"two channel rules match {rule.match!r}")
             seen.add(rule.match)
+        _check_shadowed(self.channels)
+        server = self.server
+        if self.auth is not None and self.auth.required and not server.api_keys:
+            if not server.api_open:
+                raise ValueError(
+                    "auth.required is set but server.api_keys is empty, so the HTTP API would "
+                    "let anyone in: set server.api_keys, or server.api_open: true to declare "
+                    "the API open on purpose"
+                )
+
+
+def _check_shadowed(rules: list[ChannelRule]) -> None:
+    """Refuse a pattern rule that an earlier pattern always wins over: it never applies.
+
+    An exact ``match`` wins over every pattern, so only patterns can be shadowed.
+
+    Raises:
+        ValueError: naming both rules.
+    """
+    patterns = [(index, rule.match) for index, rule in enumerate(rules) if "*" in rule.match]
+    for position, (index, match) in enumerate(patterns):
+        for earlier_index, earlier in patterns[:position]:
+            if _covers(earlier, match):
+                raise ValueError(
+                    f"channels[{index}] is never used: channels[{earlier_index}] "
+                    f'("{earlier}") matches every name it matches'
+                )
+
+
+def _covers(pattern: str, other: str) -> bool:
+    """Whether glob *pattern* matches every name glob *other* matches.
+
+    *other*'s ``*`` becomes a character no name has, which only a ``*`` of *pattern* can
+    take: if *pattern* then matches it, it matches whatever the ``*`` stands for.
+    """
+    regex = ".*".join(map(re.escape, pattern.split("*")))
+    return re.fullmatch(regex, other.replace("*", "\x00"), re.DOTALL) is not None
 
 
 def parse_bind(bind: str) -> tuple[str, int]:

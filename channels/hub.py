@@ -32,9 +32,10 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
 
     from channels.brokers import Broker, Event
-    from channels.config import Config, SlowConsumerPolicy
+    from channels.config import ChannelRule, Config, SlowConsumerPolicy
     from channels.outbox import Outbox
-    from channels.publication import HistoryPage, Position, Publication
+    from channels.publication import HistoryPage, Position, Publication, Published
+    from channels.rules import Action
 
 __all__ = ("ChannelStatistics", "Encoding", "Hub", "HubStatistics", "Subscribed", "open_hub")
 
@@ -193,6 +194,7 @@ class Hub:
         self._rules = RuleBook(config)
         self._recovery_max = server.recovery_limit
         self._max_subscriptions = server.max_subscriptions
+        self._idempotency_window = server.idempotency_window_seconds
         self._broker = broker
         self._encoding = encoding
         self._clients: dict[Outbox, ClientInfo] = {}
@@ -303,9 +305,7 @@ class Hub:
         if self.closing:
             raise ServerClosing
         rules = self._rules
-        rule = rules.resolve(channel)
-        grant = self._grants.get(outbox, _ANONYMOUS)
-        rules.check(rule, channel, "subscribe", grant, private_ok=private_ok)
+        rule = self._resolve(channel, "subscribe", outbox, private_ok=private_ok)
         channels = self._subscriptions[outbox]
         if channel in channels:
             raise AlreadySubscribed(channel)
@@ -329,9 +329,7 @@ class Hub:
             if state.presence:
                 await self._broker.add_presence(channel, self._clients[outbox])
             if self._rules is not rules:  # a reload came meanwhile: its rules decide
-                self._rules.check(
-                    self._rules.resolve(channel), channel, "subscribe", grant, private_ok=private_ok
-                )
+                self._resolve(channel, "subscribe", outbox, private_ok=private_ok)
         except BaseException:
             channels.discard(channel)
             self._leave(outbox, channel)
@@ -378,6 +376,7 @@ class Hub:
         self._rules = rules
         self._recovery_max = server.recovery_limit
         self._max_subscriptions = server.max_subscriptions
+        self._idempotency_window = server.idempotency_window_seconds
         ended = 0
         for outbox, channels in self._subscriptions.items():
             grant = self._grants.get(outbox, _ANONYMOUS)
@@ -417,8 +416,14 @@ class Hub:
         self._leave(outbox, channel)
 
     async def publish(
-        self, channel: str, data: msgspec.Raw, *, trusted: bool, by: Outbox | None = None
-    ) -> Position:
+        self,
+        channel: str,
+        data: msgspec.Raw,
+        *,
+        trusted: bool,
+        by: Outbox | None = None,
+        idempotency_key: str | None = None,
+    ) -> Published:
         """Publish *data* (encoded JSON) on *channel* and return its position.
 
         Args:
@@ -427,6 +432,10 @@ class Hub:
             trusted: True for the authenticated HTTP API, which may publish where
                 clients may not.
             by: the publishing connection, whose grant the rule is checked against.
+            idempotency_key: a key of the publisher's choosing: a publish with a key
+                already seen on *channel* within ``server.idempotency_window_seconds`` is
+                not published again, and returns the first one's position as a duplicate
+                (a publisher may retry after a timeout without publishing twice).
 
         Returns once the broker accepted the message.
 
@@ -439,25 +448,41 @@ class Hub:
         """
         if self.closing:
             raise ServerClosing
-        rule = self._rules.resolve(channel)
-        if not trusted:
-            grant = _ANONYMOUS if by is None else self._grants.get(by, _ANONYMOUS)
-            self._rules.check(rule, channel, "publish", grant, private_ok=True)
+        rule = self._resolve(channel, "publish", by, trusted=trusted, private_ok=True)
         if len(data) > rule.max_message_bytes:
             raise MessageTooLarge(channel, len(data), rule.max_message_bytes)
         self._rules.check_data(rule, channel, data)
-        position = await self._broker.publish(channel, data, rule.history)
-        self._accepted += 1
-        return position
+        published = await self._broker.publish(
+            channel,
+            data,
+            rule.history,
+            key=idempotency_key,
+            window_seconds=self._idempotency_window,
+        )
+        if not published.duplicate:
+            self._accepted += 1
+        return published
 
-    async def presence(self, channel: str) -> list[ClientInfo]:
+    async def presence(
+        self,
+        channel: str,
+        *,
+        by: Outbox | None = None,
+        trusted: bool = False,
+        private_ok: bool = False,
+    ) -> list[ClientInfo]:
         """Return the clients subscribed to *channel*, on every node.
+
+        Only to a caller that may subscribe to it: *by*, *trusted* and *private_ok* are
+        as for `history`.
 
         Raises:
             InvalidChannelName, ChannelNotFound: for a bad channel.
+            PermissionDenied: if the caller may not subscribe to *channel*.
             PresenceDisabled: if the channel's rule keeps no presence.
         """
-        if not self._rules.resolve(channel).presence:
+        rule = self._resolve(channel, "subscribe", by, trusted=trusted, private_ok=private_ok)
+        if not rule.presence:
             raise PresenceDisabled(channel)
         return await self._broker.presence(channel)
 
@@ -474,13 +499,35 @@ class Hub:
         for outbox in state.subscribers:
             outbox.offer(delivery)
 
-    async def history(self, channel: str, *, after: int | None, limit: int | None) -> HistoryPage:
+    async def history(
+        self,
+        channel: str,
+        *,
+        after: int | None,
+        limit: int | None,
+        by: Outbox | None = None,
+        trusted: bool = False,
+        private_ok: bool = False,
+    ) -> HistoryPage:
         """Read *channel*'s kept messages: after offset *after*, or the newest *limit*.
+
+        Only to a caller that may subscribe to *channel*: history reveals what a
+        subscription would.
+
+        Args:
+            channel: the channel to read.
+            after: read the messages after this offset; None for the newest.
+            limit: read at most this many; None for every kept message.
+            by: the reading connection, whose grant is checked; None for an anonymous
+                caller (the HTTP API without a key).
+            trusted: True for the HTTP API with a key, which may read any channel.
+            private_ok: whether the caller showed a subscription token for *channel*.
 
         Raises:
             InvalidChannelName, ChannelNotFound: for a bad channel.
+            PermissionDenied: if the caller may not subscribe to *channel*.
         """
-        self._rules.resolve(channel)
+        self._resolve(channel, "subscribe", by, trusted=trusted, private_ok=private_ok)
         return await self._broker.read(channel, after=after, epoch=None, limit=limit)
 
     def deliver(self, publication: Publication) -> None:
@@ -554,13 +601,59 @@ class Hub:
             broker_round_trip_seconds=self._broker.round_trip_seconds,
         )
 
-    def channel_statistics(self, limit: int) -> list[ChannelStatistics]:
-        """Return the *limit* channels with the most local subscribers, most first."""
+    def channel_statistics(self, limit: int, *, trusted: bool = True) -> list[ChannelStatistics]:
+        """Return the *limit* channels with the most local subscribers, most first.
+
+        Untrusted (an HTTP API caller without a key), only the channels an anonymous
+        client may subscribe to: a channel's name and subscribers are its business.
+        """
         channels = (
             ChannelStatistics(name, len(state.subscribers) + len(state.joining), state.messages)
             for name, state in self._channels.items()
+            if trusted or self._may_subscribe(name)
         )
         return heapq.nsmallest(limit, channels, key=lambda item: (-item.subscribers, item.channel))
+
+    def _resolve(
+        self,
+        channel: str,
+        action: Action,
+        by: Outbox | None,
+        *,
+        trusted: bool = False,
+        private_ok: bool = False,
+    ) -> ChannelRule:
+        """Return *channel*'s rule once the caller may *action* there.
+
+        This is the one access decision of the engine: every operation that reveals a
+        channel's content or members (subscribe, recovery, history, presence) asks it for
+        ``subscribe``, and publish for ``publish``.
+
+        Args:
+            channel: the channel's name.
+            action: ``subscribe`` (also for every read) or ``publish``.
+            by: the calling connection, whose grant is checked; None for an anonymous
+                caller.
+            trusted: True for the HTTP API with a key: no access check.
+            private_ok: whether the caller showed a subscription token for *channel*.
+
+        Raises:
+            InvalidChannelName, ChannelNotFound: for a bad channel.
+            PermissionDenied: if the caller may not.
+        """
+        rule = self._rules.resolve(channel)
+        if not trusted:
+            grant = _ANONYMOUS if by is None else self._grants.get(by, _ANONYMOUS)
+            self._rules.check(rule, channel, action, grant, private_ok=private_ok)
+        return rule
+
+    def _may_subscribe(self, channel: str) -> bool:
+        """Whether an anonymous client may subscribe to *channel* now."""
+        try:
+            self._resolve(channel, "subscribe", None)
+        except ChannelsError:
+            return False
+        return True
 
     def _delivery(self, publication: Publication, policy: SlowConsumerPolicy) -> Delivery:
         data = self._encoding.message(publication)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
-__all__ = ("ClientInfo", "HistoryPage", "Position", "Publication")
+__all__ = ("ClientInfo", "HistoryPage", "Position", "Publication", "Published")
 
 
 class Position(msgspec.Struct, frozen=True, gc=False):
@@ -17,6 +17,18 @@ class Position(msgspec.Struct, frozen=True, gc=False):
 
     offset: int
     epoch: str
+
+
+class Published(msgspec.Struct, frozen=True, gc=False):
+    """The outcome of a publish: where its message is in the stream.
+
+    ``duplicate`` is True when the publish carried an idempotency key already seen on
+    its channel within the window: nothing was published again, and ``position`` is
+    where the first publish with that key put its message.
+    """
+
+    position: Position
+    duplicate: bool = False
 
 
 class Publication(msgspec.Struct, frozen=True, gc=False):

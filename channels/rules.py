@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, TypeAlias
 
 import msgspec
 
@@ -22,7 +22,11 @@ class Grant(msgspec.Struct, frozen=True, gc=False):
     channels: frozenset[str] = frozenset()
 
 
-__all__ = ("Grant", "RuleBook")
+__all__ = ("Action", "Grant", "RuleBook")
+
+Action: TypeAlias = Literal["subscribe", "publish"]
+"""What a rule's access decides: ``subscribe`` also stands for every read of a channel's
+content or members (history, presence, recovery)."""
 
 _NAME = re.compile(f"[{CHANNEL_NAME_CHARS}]+")
 
@@ -66,7 +70,7 @@ class RuleBook:
         raise ChannelNotFound(channel)
 
     def check(
-        self, rule: ChannelRule, channel: str, action: str, grant: Grant, *, private_ok: bool
+        self, rule: ChannelRule, channel: str, action: Action, grant: Grant, *, private_ok: bool
     ) -> None:
         """Make sure *grant* may *action* (``subscribe`` or ``publish``) on *channel*.
 

@@ -42,6 +42,7 @@ from service.protocol import (
     ProtocolError,
     PublishReply,
     ReloadReply,
+    RequestTimeout,
     RequestTooLarge,
     RouteNotFound,
     StatsReply,
@@ -55,6 +56,7 @@ from service.protocol import (
     encode_error,
 )
 from service.session import run_session
+from service.slots import Slots
 from service.websocket import WebSocket
 from service.workers import claim_only_worker
 
@@ -79,6 +81,7 @@ HTTP_STATUS: dict[type[Exception], int] = {
     ServerClosing: 503,
     BrokerUnavailable: 503,
     RequestTooLarge: 413,
+    RequestTimeout: 408,
     RouteNotFound: 404,
     MethodNotAllowed: 405,
     Unauthorized: 401,
@@ -136,7 +139,7 @@ class Clarion:
         self.config = config
         self.source = source
         self.auth = _authenticator(config)
-        self._per_address: dict[str, int] = {}
+        self._slots = Slots()
         self._frame_writers: set[TransportFrameWriter | SocketFrameWriter] = set()
         """The sockets of the connections in the hub, cut off if a drain's grace ends."""
         self.hub: Hub | None = None
@@ -266,6 +269,7 @@ class Clarion:
             async with open_hub(self.config, WireEncoding()) as hub:
                 self.hub = hub
                 self._started = anyio.current_time()
+                _log_open_api(self.config)
                 await send({"type": "lifespan.startup.complete"})
                 started = True
                 await receive()  # lifespan.shutdown
@@ -290,42 +294,33 @@ class Clarion:
         else:
             try:
                 server = self.config.server
-                if hub.connection_count >= server.max_connections:
-                    raise NodeFull(f"this node holds {server.max_connections} connections")
-                address = (ws.scope.get("client") or ("", 0))[0]
-                per_address = server.max_connections_per_address
-                if per_address is not None and self._per_address.get(address, 0) >= per_address:
-                    raise AddressFull(f"{per_address} connections from your address")
-                allowed = server.allowed_origins
-                if self.auth is None:
-                    check_origin(ws.scope, allowed, query_token=False)
-                    identity = None
-                else:
-                    identity = self.auth.identify(ws.scope, allowed)
-                offered = ws.scope.get("subprotocols", [])
-                self._per_address[address] = self._per_address.get(address, 0) + 1
-                frames = open_frame_writer(send)
-                writers = self._frame_writers
-                if frames is not None:
-                    writers.add(frames)
-                try:
-                    await run_session(
-                        ws,
-                        hub,
-                        server,
-                        identity=identity,
-                        auth=self._current_auth,
-                        subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None,
-                        frames=frames,
-                        counters=self.counters,
-                        writers=writers,
-                    )
-                finally:
+                with self._slots.hold(_address(ws.scope), server):
+                    allowed = server.allowed_origins
+                    if self.auth is None:
+                        check_origin(ws.scope, allowed, query_token=False)
+                        identity = None
+                    else:
+                        identity = self.auth.identify(ws.scope, allowed)
+                    offered = ws.scope.get("subprotocols", [])
+                    frames = open_frame_writer(send)
+                    writers = self._frame_writers
                     if frames is not None:
-                        writers.discard(frames)
-                    left = self._per_address.pop(address) - 1
-                    if left:
-                        self._per_address[address] = left
+                        writers.add(frames)
+                    try:
+                        await run_session(
+                            ws,
+                            hub,
+                            server,
+                            identity=identity,
+                            auth=self._current_auth,
+                            subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None,
+                            frames=frames,
+                            counters=self.counters,
+                            writers=writers,
+                        )
+                    finally:
+                        if frames is not None:
+                            writers.discard(frames)
             except (
                 ServerClosing,
                 NodeFull,
@@ -345,35 +340,75 @@ class Clarion:
         await ws.send_denial_response(HTTP_STATUS[type(error)], body, _JSON_HEADERS)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer one HTTP request, once its whole body has arrived.
+
+        The request holds a connection slot until it is answered (see `service.slots`);
+        its body must arrive within ``server.handshake_timeout_seconds`` (408, code 115).
+        The body is read before any answer, even a refusal, so that a keep-alive
+        connection is never answered ahead of its request; a request whose body is not
+        read to the end is answered with ``connection: close``.
+        """
         headers = [*_JSON_HEADERS]
+        server = self.config.server
+        request_headers = Headers(scope["headers"])
+        # Probes, and callers with a valid API key (the backend), are served on a full node.
+        checked = scope["path"] not in _PROBES and not self._has_key(request_headers)
         try:
-            static = self._static.get(scope["path"])
-            if scope["path"] == "/metrics":
-                if scope["method"] not in {"GET", "HEAD"}:
-                    raise MethodNotAllowed(scope["method"], "/metrics", ("GET", "HEAD"))
-                status, body = 200, generate_latest(self._metrics)
-                headers = [(b"content-type", CONTENT_TYPE.encode())]
-            elif static is not None:
-                if scope["method"] not in {"GET", "HEAD"}:
-                    raise MethodNotAllowed(scope["method"], scope["path"], ("GET", "HEAD"))
-                status, (body, headers) = 200, static
-                headers = [*headers]
-            else:
-                status, body = await self._route(scope, receive)
+            with self._slots.hold(_address(scope), server, checked=checked):
+                deadline = server.handshake_timeout_seconds
+                with anyio.move_on_after(deadline) as reading:
+                    body = await self._read_body(receive, server.max_request_bytes)
+                if reading.cancelled_caught:
+                    raise RequestTimeout(f"the request body did not arrive within {deadline:g}s")
+                status, body = await self._respond(scope, request_headers, body, headers)
         except (ProtocolError, ChannelsError) as exc:
-            self.counters.errors[exc.code] += 1
-            status, body = HTTP_STATUS.get(type(exc), 400), _error_body(exc)
-            if isinstance(exc, MethodNotAllowed):
-                headers.append((b"allow", ", ".join(exc.allowed).encode()))
-            elif isinstance(exc, Unauthorized):
-                headers.append((b"www-authenticate", b"Bearer"))
-            elif isinstance(exc, UpgradeRequired):
-                headers.append((b"upgrade", b"websocket"))
+            status, body = self._refuse(exc, headers)
         headers.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
-    async def _route(self, scope: Scope, receive: Receive) -> tuple[int, bytes]:
+    async def _respond(
+        self,
+        scope: Scope,
+        request_headers: Headers,
+        body: bytes,
+        headers: list[tuple[bytes, bytes]],
+    ) -> tuple[int, bytes]:
+        """Route a request whose *body* has arrived; set the response's *headers*."""
+        path, method = scope["path"], scope["method"]
+        static = self._static.get(path)
+        if path == "/metrics":
+            if method not in {"GET", "HEAD"}:
+                raise MethodNotAllowed(method, "/metrics", ("GET", "HEAD"))
+            headers[:] = [(b"content-type", CONTENT_TYPE.encode())]
+            return 200, generate_latest(self._metrics)
+        if static is not None:
+            if method not in {"GET", "HEAD"}:
+                raise MethodNotAllowed(method, path, ("GET", "HEAD"))
+            content, headers[:] = static
+            return 200, content
+        return await self._route(scope, request_headers, body)
+
+    def _refuse(
+        self, exc: ProtocolError | ChannelsError, headers: list[tuple[bytes, bytes]]
+    ) -> tuple[int, bytes]:
+        """The status and body of an HTTP refusal with *exc*; add its *headers*."""
+        self.counters.errors[exc.code] += 1
+        headers[:] = [*_JSON_HEADERS]
+        if isinstance(exc, MethodNotAllowed):
+            headers.append((b"allow", ", ".join(exc.allowed).encode()))
+        elif isinstance(exc, Unauthorized):
+            headers.append((b"www-authenticate", b"Bearer"))
+        elif isinstance(exc, UpgradeRequired):
+            headers.append((b"upgrade", b"websocket"))
+        elif isinstance(exc, RequestTooLarge | RequestTimeout):
+            # The rest of the body was not read: the connection cannot take another request.
+            headers.append((b"connection", b"close"))
+        return HTTP_STATUS.get(type(exc), 400), _error_body(exc)
+
+    async def _route(
+        self, scope: Scope, request_headers: Headers, body: bytes
+    ) -> tuple[int, bytes]:
         path, method = scope["path"], scope["method"]
         if path == "/health":
             if method not in {"GET", "HEAD"}:
@@ -389,47 +424,57 @@ class Clarion:
         if path == "/api/publish":
             if method != "POST":
                 raise MethodNotAllowed(method, path, ("POST",))
-            return 200, await self._publish(scope, receive)
+            return 200, await self._publish(request_headers, body)
         if path == "/api/reload":
             if method != "POST":
                 raise MethodNotAllowed(method, path, ("POST",))
             if not self.config.server.api_keys:
                 raise Unauthorized("POST /api/reload needs server.api_keys to be set")
-            self._authenticate(Headers(scope["headers"]))
+            self._authenticate(request_headers)
             return 200, encode(await self.reload())
+        query = QueryParams(scope.get("query_string", b""))
         if path == "/api/stats":
             if method not in {"GET", "HEAD"}:
                 raise MethodNotAllowed(method, path, ("GET", "HEAD"))
-            self._authenticate(Headers(scope["headers"]))
-            return 200, encode(self._stats(QueryParams(scope.get("query_string", b""))))
+            trusted = self._authenticate(request_headers)
+            return 200, encode(self._stats(query, trusted=trusted))
         if path == "/api/presence":
             if method not in {"GET", "HEAD"}:
                 raise MethodNotAllowed(method, path, ("GET", "HEAD"))
-            return 200, await self._presence(scope)
+            return 200, await self._presence(request_headers, query)
         if path == self.config.server.websocket_path:
             raise UpgradeRequired(f"{path} is the WebSocket endpoint: connect with a WebSocket")
         raise RouteNotFound(f"no route at {path!r}")
 
-    async def _publish(self, scope: Scope, receive: Receive) -> bytes:
-        trusted = self._authenticate(Headers(scope["headers"]))
-        request = decode_publish_request(await self._read_body(receive))
+    async def _publish(self, request_headers: Headers, body: bytes) -> bytes:
+        trusted = self._authenticate(request_headers)
+        request = decode_publish_request(body)
         if self.hub is None:
             raise ServerClosing
-        position = await self.hub.publish(request.channel, request.data, trusted=trusted)
-        reply = PublishReply(channel=request.channel, offset=position.offset, epoch=position.epoch)
+        published = await self.hub.publish(
+            request.channel, request.data, trusted=trusted, idempotency_key=request.idempotency_key
+        )
+        position = published.position
+        reply = PublishReply(
+            channel=request.channel,
+            offset=position.offset,
+            epoch=position.epoch,
+            duplicate=published.duplicate,
+        )
         return encode(reply)
 
-    async def _presence(self, scope: Scope) -> bytes:
-        self._authenticate(Headers(scope["headers"]))
-        channel = QueryParams(scope.get("query_string", b"")).get("channel")
+    async def _presence(self, request_headers: Headers, query: QueryParams) -> bytes:
+        trusted = self._authenticate(request_headers)
+        channel = query.get("channel")
         if not channel:
             raise BadMessage("GET /api/presence needs ?channel=NAME")
         if self.hub is None:
             raise ServerClosing
-        clients = await self.hub.presence(channel)
+        # Without a key, the caller is an anonymous client: it sees what one may.
+        clients = await self.hub.presence(channel, trusted=trusted)
         return encode(PresenceReply(channel=channel, clients=clients))
 
-    def _stats(self, query: QueryParams) -> StatsReply:
+    def _stats(self, query: QueryParams, *, trusted: bool) -> StatsReply:
         hub = self.hub
         if hub is None:
             raise ServerClosing
@@ -450,25 +495,36 @@ class Clarion:
             subscriptions=stats.subscriptions,
             published=stats.accepted,
             delivered=hub.traffic.deliveries,
-            channels=hub.channel_statistics(limit),
+            channels=hub.channel_statistics(limit, trusted=trusted),
         )
 
     def _authenticate(self, headers: Headers) -> bool:
         """Check the API key when keys are configured; return whether the caller is trusted."""
-        keys = self.config.server.api_keys
-        if not keys:
+        if not self.config.server.api_keys:
             return False
-        scheme, _, given = headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not given:
+        if _bearer(headers) is None:
             raise Unauthorized("this API needs 'Authorization: Bearer <key>'")
-        # Compare with every key, in constant time, so timing tells nothing about them.
-        matches = [hmac.compare_digest(given.encode(), key.encode()) for key in keys]
-        if not any(matches):
+        if not self._has_key(headers):
             raise Unauthorized("the API key is not valid")
         return True
 
-    async def _read_body(self, receive: Receive) -> bytes:
-        limit = self.config.server.max_request_bytes
+    def _has_key(self, headers: Headers) -> bool:
+        """Whether the request carries one of the API keys."""
+        given = _bearer(headers)
+        if given is None:
+            return False
+        # Compare with every key, in constant time, so timing tells nothing about them.
+        found = False
+        for key in self.config.server.api_keys:
+            found |= hmac.compare_digest(given.encode(), key.encode())
+        return found
+
+    async def _read_body(self, receive: Receive, limit: int) -> bytes:
+        """Read the request's body to its end.
+
+        Raises:
+            RequestTooLarge: once it exceeds *limit* bytes (the rest is not read).
+        """
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -486,6 +542,31 @@ class Clarion:
 
 
 _JSON_HEADERS = [(b"content-type", b"application/json")]
+#: Routes served even on a full node: an orchestrator must still see that it lives.
+_PROBES: Final = frozenset(("/health", "/ready", "/metrics"))
+
+
+def _log_open_api(config: Config) -> None:
+    """Say so when the HTTP API is open: anyone who reaches it is an anonymous client."""
+    if config.server.api_keys:
+        return
+    how = "server.api_open is set" if config.server.api_open else "no server.api_keys are set"
+    logger.warning(
+        "the HTTP API is open (%s): anyone who reaches it may publish and read where "
+        "anonymous clients may",
+        how,
+    )
+
+
+def _bearer(headers: Headers) -> str | None:
+    """The credential of an ``Authorization: Bearer`` header, if the request has one."""
+    scheme, _, given = headers.get("authorization", "").partition(" ")
+    return given if scheme.lower() == "bearer" and given else None
+
+
+def _address(scope: Scope) -> str:
+    """The client's IP address ("" when the server does not say)."""
+    return (scope.get("client") or ("", 0))[0]
 
 
 def _static_files() -> dict[str, tuple[bytes, list[tuple[bytes, bytes]]]]:

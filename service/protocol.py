@@ -17,7 +17,7 @@ them. The README documents every field and code.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Final, Literal
 
 import msgspec
 
@@ -58,6 +58,7 @@ __all__ = (
     "Refresh",
     "ReloadReply",
     "Reply",
+    "RequestTimeout",
     "RequestTooLarge",
     "Restart",
     "RouteNotFound",
@@ -86,6 +87,9 @@ __all__ = (
 
 RequestId = int | str | None
 Offset = Annotated[int, msgspec.Meta(ge=0)]
+#: The longest ``idempotency_key`` a publish may carry, in characters.
+IDEMPOTENCY_KEY_MAX_LENGTH: Final = 128
+IdempotencyKey = Annotated[str, msgspec.Meta(min_length=1, max_length=IDEMPOTENCY_KEY_MAX_LENGTH)]
 
 
 # Errors ---------------------------------------------------------------------------------
@@ -111,7 +115,8 @@ class ProtocolError(Exception):
         ├── OriginNotAllowed  111  a browser page from another site, not allowed
         ├── NodeFull          112  the node holds server.max_connections already
         ├── AddressFull       113  this client address is at its connection limit
-        └── RateLimited       114  publishing faster than the connection's rate
+        ├── RateLimited       114  publishing faster than the connection's rate
+        └── RequestTimeout    115  an HTTP body not in within the handshake timeout
     """
 
     code: ClassVar[int] = 0
@@ -204,6 +209,13 @@ class RateLimited(ProtocolError):
     code = 114
 
 
+class RequestTimeout(ProtocolError):
+    """Raised when an HTTP request's body does not arrive within
+    ``server.handshake_timeout_seconds``."""
+
+    code = 115
+
+
 class Unauthorized(ProtocolError):
     """Raised when the HTTP API needs a key and the request has none or a wrong one."""
 
@@ -220,8 +232,15 @@ class UpgradeRequired(ProtocolError):
 
 
 class _Request(
-    msgspec.Struct, tag_field="type", forbid_unknown_fields=True, frozen=True, kw_only=True
+    msgspec.Struct,
+    tag_field="type",
+    forbid_unknown_fields=True,
+    omit_defaults=True,
+    frozen=True,
+    kw_only=True,
 ):
+    """Base of the client's requests; a client (``service.client``) leaves unset fields out."""
+
     id: RequestId = None
 
 
@@ -245,12 +264,15 @@ class Unsubscribe(_Request, tag="unsubscribe", frozen=True, kw_only=True):
 class Publish(_Request, tag="publish", frozen=True, kw_only=True):
     channel: str
     data: msgspec.Raw
+    idempotency_key: IdempotencyKey | None = None
 
 
 class History(_Request, tag="history", frozen=True, kw_only=True):
     channel: str
     limit: Annotated[int, msgspec.Meta(ge=1)] | None = None
     since: Offset | None = None
+    token: str | None = None
+    """The subscription token of a ``private`` channel."""
 
 
 class Ping(_Request, tag="ping", frozen=True, kw_only=True):
@@ -263,6 +285,8 @@ class Pong(_Request, tag="pong", frozen=True, kw_only=True):
 
 class Presence(_Request, tag="presence", frozen=True, kw_only=True):
     channel: str
+    token: str | None = None
+    """The subscription token of a ``private`` channel."""
 
 
 class Refresh(_Request, tag="refresh", frozen=True, kw_only=True):
@@ -275,11 +299,12 @@ OPS = frozenset(
 )
 
 
-class PublishRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+class PublishRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     """The body of ``POST /api/publish``."""
 
     channel: str
     data: msgspec.Raw
+    idempotency_key: IdempotencyKey | None = None
 
 
 class _Probe(msgspec.Struct):
@@ -287,6 +312,10 @@ class _Probe(msgspec.Struct):
     id: Any = None
 
 
+#: msgspec decodes nested JSON recursively, up to Python's recursion limit.
+_TOO_DEEP = (
+    "not valid JSON: nested too deeply (arrays and objects nest at most a few hundred levels)"
+)
 _request_decoder: msgspec.json.Decoder[ClientMessage] = msgspec.json.Decoder(ClientMessage)
 _publish_request_decoder = msgspec.json.Decoder(PublishRequest)
 _probe_decoder = msgspec.json.Decoder(_Probe)
@@ -300,10 +329,12 @@ def decode_request(frame: str | bytes) -> ClientMessage:
     """
     try:
         return _request_decoder.decode(frame)
+    except RecursionError:
+        raise BadJSON(_TOO_DEEP) from None
     except msgspec.ValidationError as exc:
         try:
             probe = _probe_decoder.decode(frame)
-        except msgspec.ValidationError:
+        except (msgspec.ValidationError, RecursionError):
             probe = _Probe()
         except msgspec.DecodeError as malformed:
             # The typed decoder can fail on a field before it reaches the end of a
@@ -328,6 +359,8 @@ def decode_publish_request(body: bytes) -> PublishRequest:
     """
     try:
         return _publish_request_decoder.decode(body)
+    except RecursionError:
+        raise BadJSON(_TOO_DEEP) from None
     except msgspec.ValidationError as exc:
         raise BadMessage(_describe(exc)) from None
     except msgspec.DecodeError as exc:
@@ -364,12 +397,18 @@ class SubscribeReply(Frame, tag="reply", frozen=True, kw_only=True):
 
 
 class PublishReply(Frame, tag="reply", frozen=True, kw_only=True):
-    """The answer to ``publish`` (and the body of ``POST /api/publish``)."""
+    """The answer to ``publish`` (and the body of ``POST /api/publish``).
+
+    ``duplicate`` is true when the publish's ``idempotency_key`` was seen on the channel
+    within ``server.idempotency_window_seconds``: nothing was published, and the offset
+    and epoch are the first publish's.
+    """
 
     id: RequestId = None
     channel: str
     offset: int
     epoch: str
+    duplicate: bool = False
 
 
 class HistoryEntry(msgspec.Struct, frozen=True):

@@ -155,18 +155,21 @@ class Session:
         """Run *request*; return its reply, or None when it was already queued."""
         hub, outbox = self.hub, self.outbox
         match request:
-            case Publish(id=request_id, channel=channel, data=data):
+            case Publish(id=request_id, channel=channel, data=data, idempotency_key=key):
                 self._take_publish_token()
-                position = await hub.publish(channel, data, trusted=False, by=outbox)
+                published = await hub.publish(
+                    channel, data, trusted=False, by=outbox, idempotency_key=key
+                )
+                position = published.position
                 return PublishReply(
-                    id=request_id, channel=channel, offset=position.offset, epoch=position.epoch
+                    id=request_id,
+                    channel=channel,
+                    offset=position.offset,
+                    epoch=position.epoch,
+                    duplicate=published.duplicate,
                 )
             case Subscribe(id=request_id, channel=channel, since=since, token=token):
-                if token is not None:
-                    auth = self._auth()
-                    if auth is None:
-                        raise InvalidToken("this server does not use tokens")
-                    auth.verify_subscription(token, channel, self.user)
+                private_ok = self._subscription_token(token, channel)
 
                 def reply(subscribed: Subscribed) -> None:
                     # The reply must precede the channel's messages, which the hub offers
@@ -186,14 +189,17 @@ class Session:
 
                 start = None if since is None else Position(since.offset, since.epoch)
                 await hub.subscribe(
-                    outbox, channel, since=start, on_subscribed=reply, private_ok=token is not None
+                    outbox, channel, since=start, on_subscribed=reply, private_ok=private_ok
                 )
                 return None
             case Unsubscribe(id=request_id, channel=channel):
                 hub.unsubscribe(outbox, channel)
                 return Reply(id=request_id)
-            case History(id=request_id, channel=channel, limit=limit, since=after):
-                page = await hub.history(channel, after=after, limit=limit)
+            case History(id=request_id, channel=channel, limit=limit, since=after, token=token):
+                private_ok = self._subscription_token(token, channel)
+                page = await hub.history(
+                    channel, after=after, limit=limit, by=outbox, private_ok=private_ok
+                )
                 return HistoryReply(
                     id=request_id,
                     channel=channel,
@@ -201,8 +207,9 @@ class Session:
                     epoch=page.position.epoch,
                     messages=[HistoryEntry(item.offset, item.data) for item in page.publications],
                 )
-            case Presence(id=request_id, channel=channel):
-                clients = await hub.presence(channel)
+            case Presence(id=request_id, channel=channel, token=token):
+                private_ok = self._subscription_token(token, channel)
+                clients = await hub.presence(channel, by=outbox, private_ok=private_ok)
                 return PresenceReply(id=request_id, channel=channel, clients=clients)
             case Refresh(id=request_id, token=token):
                 self._refresh(token)
@@ -220,6 +227,21 @@ class Session:
             extra = fields(conn=self.conn, channel=channel, code=exc.code, reason=str(exc))
             logger.debug("request refused", extra=extra)
         await self.outbox.put(encode_error(exc.code, str(exc), request_id))
+
+    def _subscription_token(self, token: str | None, channel: str) -> bool:
+        """Check the subscription token a request shows for *channel*, if any; return
+        whether it showed one (a ``private`` channel needs it).
+
+        Raises:
+            InvalidToken, TokenExpired: a token that is not for *channel* and this user.
+        """
+        if token is None:
+            return False
+        auth = self._auth()
+        if auth is None:
+            raise InvalidToken("this server does not use tokens")
+        auth.verify_subscription(token, channel, self.user)
+        return True
 
     def _take_publish_token(self) -> None:
         now = anyio.current_time()

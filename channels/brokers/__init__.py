@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     import msgspec
 
     from channels.config import BrokerConfig, History
-    from channels.publication import HistoryPage, Position
+    from channels.publication import HistoryPage, Published
 
 __all__ = ("Broker", "Deliver", "Event", "Receiver", "open_broker")
 
@@ -72,10 +72,21 @@ class Broker(Protocol):
         """How long its last check took to reach the broker and back (None: no check)."""
         ...
 
-    async def publish(self, channel: str, data: msgspec.Raw, history: History) -> Position:
+    async def publish(
+        self,
+        channel: str,
+        data: msgspec.Raw,
+        history: History,
+        *,
+        key: str | None = None,
+        window_seconds: float = 0.0,
+    ) -> Published:
         """Append *data* to *channel*'s stream and return its position.
 
         Returns once the broker accepted the message; keeps it in history per *history*.
+        With an idempotency *key* seen on *channel* in the last *window_seconds*, appends
+        nothing and returns the position of that first publish, as a duplicate; deciding
+        this and appending are one atomic step, across every node.
         """
         ...
 

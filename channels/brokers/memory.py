@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import secrets
-from collections import deque
+from collections import OrderedDict, deque
 from typing import TYPE_CHECKING
 
 import anyio
 import anyio.lowlevel
 
-from channels.publication import ClientInfo, HistoryPage, Position, Publication
+from channels.publication import ClientInfo, HistoryPage, Position, Publication, Published
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -64,6 +64,8 @@ class MemoryBroker:
         self._on_event = on_event
         self._streams: dict[str, _Stream] = {}
         self._presence: dict[str, dict[str, ClientInfo]] = {}
+        self._keys: OrderedDict[tuple[str, str], tuple[float, Position]] = OrderedDict()
+        """Idempotency keys by channel, with when they expire and where their publish went."""
 
     ready = True
     """Always: the memory broker is part of the process."""
@@ -75,8 +77,22 @@ class MemoryBroker:
         """How many channel streams are held in memory."""
         return len(self._streams)
 
-    async def publish(self, channel: str, data: msgspec.Raw, history: History) -> Position:
+    async def publish(
+        self,
+        channel: str,
+        data: msgspec.Raw,
+        history: History,
+        *,
+        key: str | None = None,
+        window_seconds: float = 0.0,
+    ) -> Published:
         await anyio.lowlevel.checkpoint()
+        if key is not None:
+            now = anyio.current_time()
+            self._forget_old_keys(now)
+            seen = self._keys.get((channel, key))
+            if seen is not None:
+                return Published(seen[1], duplicate=True)
         stream = self._streams.get(channel) or self._streams.setdefault(channel, _Stream())
         stream.top += 1
         if history.size:
@@ -88,9 +104,11 @@ class MemoryBroker:
         else:
             publication = Publication(channel, stream.top, data)
         position = Position(stream.top, stream.epoch)
+        if key is not None:
+            self._keys[channel, key] = (now + window_seconds, position)
         self._deliver(publication)
         self._forget_if_idle(channel, stream)
-        return position
+        return Published(position)
 
     async def read(
         self, channel: str, *, after: int | None, epoch: str | None, limit: int | None
@@ -143,6 +161,19 @@ class MemoryBroker:
     def announce(self, channel: str, event: Event, client: ClientInfo) -> None:
         if self._on_event is not None:
             self._on_event(channel, event, client)
+
+    def _forget_old_keys(self, now: float) -> None:
+        """Drop the idempotency keys whose window has passed, oldest first.
+
+        Keys are kept in the order they came, so this stops at the first live one; a key
+        given a longer window earlier (before a reload) may keep later ones a while.
+        """
+        keys = self._keys
+        while keys:
+            first = next(iter(keys))
+            if keys[first][0] > now:
+                return
+            del keys[first]
 
     def _forget_if_idle(self, channel: str, stream: _Stream) -> None:
         if not stream.subscribed and not stream.kept:

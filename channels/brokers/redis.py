@@ -6,7 +6,9 @@ For each channel, with ``P`` the configured ``prefix``:
   history's ``ttl`` in milliseconds;
 - ``P:s:CHANNEL`` is a Redis stream of the kept messages: entry ID ``OFFSET-0``, fields
   ``d`` (the data) and ``t`` (Redis's clock when it was published, in milliseconds);
-- ``P:p:CHANNEL`` is the pub/sub channel; each message reads ``EPOCH:OFFSET:DATA``.
+- ``P:p:CHANNEL`` is the pub/sub channel; each message reads ``EPOCH:OFFSET:DATA``;
+- ``P:i:CHANNEL#KEY`` holds ``OFFSET:EPOCH`` of the publish with idempotency key ``KEY``
+  for the idempotency window.
 
 A publish is one Lua script that numbers, keeps and publishes the message at once, so
 every node receives a channel's messages in one order, the order of their offsets. A
@@ -33,7 +35,7 @@ import coredis.retry
 import msgspec
 
 from channels.errors import BrokerUnavailable
-from channels.publication import ClientInfo, HistoryPage, Position, Publication
+from channels.publication import ClientInfo, HistoryPage, Position, Publication, Published
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -54,10 +56,18 @@ _RETRIED = (*_UNAVAILABLE, BrokerUnavailable)
 #: The longest pause between two attempts of background work while Redis is failing.
 MAX_RETRY_DELAY_SECONDS = 5.0
 
-# KEYS: meta, stream. ARGV: pub/sub channel, data, new epoch, history size, history ttl
-# (ms), stream idle time (ms).
+# KEYS: meta, stream, and the idempotency key if the publish has one. ARGV: pub/sub
+# channel, data, new epoch, history size, history ttl (ms), stream idle time (ms), the
+# idempotency window (ms). Returns {offset, epoch, 1 if a duplicate else 0}.
 _PUBLISH = """
-local meta, stream = KEYS[1], KEYS[2]
+local meta, stream, key = KEYS[1], KEYS[2], KEYS[3]
+if key then
+  local seen = redis.call('GET', key)
+  if seen then
+    local offset, first_epoch = string.match(seen, '^(%d+):(.*)$')
+    return {tonumber(offset), first_epoch, 1}
+  end
+end
 local epoch = redis.call('HGET', meta, 'epoch')
 if not epoch then
   epoch = ARGV[3]
@@ -77,7 +87,8 @@ else
 end
 redis.call('PEXPIRE', meta, ARGV[6])
 redis.call('PUBLISH', ARGV[1], epoch .. ':' .. top .. ':' .. ARGV[2])
-return {top, epoch}
+if key then redis.call('SET', key, top .. ':' .. epoch, 'PX', ARGV[7]) end
+return {top, epoch, 0}
 """
 
 # KEYS: meta, stream. ARGV: after (-1 for the newest), limit (-1 for all), the epoch to
@@ -226,11 +237,23 @@ class RedisBroker:
         """How many channels this node is subscribed to in Redis."""
         return len(self._listening)
 
-    async def publish(self, channel: str, data: msgspec.Raw, history: History) -> Position:
+    async def publish(
+        self,
+        channel: str,
+        data: msgspec.Raw,
+        history: History,
+        *,
+        key: str | None = None,
+        window_seconds: float = 0.0,
+    ) -> Published:
+        keys = self._keys(channel)
+        if key is not None:
+            # A channel name has no '#': the first one ends it, whatever the key holds.
+            keys.append(f"{self._prefix}:i:{channel}#{key}")
         try:
             with anyio.fail_after(self._timeout_seconds):
                 reply: Any = await self._publish_script(
-                    keys=self._keys(channel),
+                    keys=keys,
                     args=[
                         f"{self._prefix}:p:{channel}",
                         bytes(data),
@@ -238,12 +261,13 @@ class RedisBroker:
                         history.size,
                         round(history.ttl_seconds * 1000),
                         self._idle_ms,
+                        max(1, round(window_seconds * 1000)),
                     ],
                 )
         except _UNAVAILABLE as exc:
             raise BrokerUnavailable("publish", _describe(exc)) from exc
-        top, epoch = reply
-        return Position(int(top), epoch.decode())
+        top, epoch, duplicate = reply
+        return Published(Position(int(top), epoch.decode()), duplicate=bool(duplicate))
 
     async def read(
         self, channel: str, *, after: int | None, epoch: str | None, limit: int | None

@@ -19,6 +19,7 @@ from channels.config import AuthConfig, ChannelRule, Config, History, ServerConf
 from tests.browser.driver import open_browser
 from tests.browser.pages import HTML, JAVASCRIPT, client_js, client_page, serve_files, serve_page
 from tests.browser.scripted import scripted_server
+from tests.support.auth import OPEN_API, SECRET
 from tests.support.redis import free_port
 from tests.support.server import http_publish, running_server
 
@@ -269,9 +270,6 @@ async def test_a_page_of_another_origin_connects_only_when_server_allowed_origin
         assert refused >= 1
 
 
-SECRET: Final = "a-test-secret-long-enough-for-every-hs-algorithm-0123456789abcdef"
-
-
 def token(user: str, seconds: int) -> str:
     return jwt.encode({"sub": user, "exp": int(time.time()) + seconds}, SECRET, "HS256")
 
@@ -307,6 +305,7 @@ async def test_a_token_goes_in_the_handshake_and_an_expired_one_is_renewed(
     anyio_backend: Backend, free_tcp_port: int, profile: Path
 ) -> None:
     config = Config(
+        server=OPEN_API,
         auth=AuthConfig(required=True, secret=SECRET),
         channels=[ChannelRule(match="*", presence=True, history=History(size=10))],
     )

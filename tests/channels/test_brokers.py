@@ -97,7 +97,9 @@ def broker_config(request: pytest.FixtureRequest) -> BrokerConfig:
 async def test_publish_delivers_in_offset_order(broker_config: BrokerConfig) -> None:
     async with nodes(broker_config) as [node]:
         await node.broker.subscribe("c")
-        positions = [await node.broker.publish("c", raw(index), NO_HISTORY) for index in range(3)]
+        positions = [
+            (await node.broker.publish("c", raw(index), NO_HISTORY)).position for index in range(3)
+        ]
         assert [position.offset for position in positions] == [1, 2, 3]
         assert len({position.epoch for position in positions}) == 1
         await node.wait_for(3)
@@ -116,7 +118,7 @@ async def test_subscribe_fixes_the_epoch_that_later_publishes_use(
         start = await node.broker.read("c", after=None, epoch=None, limit=0)
         assert start.position.offset == 0
         assert start.position.epoch
-        published = await node.broker.publish("c", raw(1), NO_HISTORY)
+        published = (await node.broker.publish("c", raw(1), NO_HISTORY)).position
         assert published.epoch == start.position.epoch
 
 
@@ -127,7 +129,7 @@ async def test_history_is_trimmed_by_size_and_read_after_an_offset(
     async with nodes(broker_config) as [node]:
         await node.broker.subscribe("c")
         for index in range(1, 6):
-            last = await node.broker.publish("c", raw(index), history)
+            last = (await node.broker.publish("c", raw(index), history)).position
         newest = await node.broker.read("c", after=None, epoch=None, limit=None)
         assert [item.offset for item in newest.publications] == [3, 4, 5]
         assert newest.position == last
@@ -152,7 +154,7 @@ async def test_history_expires_by_age(broker_config: BrokerConfig) -> None:
         await node.broker.subscribe("c")
         await node.broker.publish("c", raw(1), History(size=10, ttl_seconds=0.05))
         await anyio.sleep(0.2)  # let the message age past its time to live
-        last = await node.broker.publish("c", raw(2), History(size=10, ttl_seconds=0.05))
+        last = (await node.broker.publish("c", raw(2), History(size=10, ttl_seconds=0.05))).position
         page = await node.broker.read("c", after=0, epoch=last.epoch, limit=None)
         assert [item.offset for item in page.publications] == [2]
         assert not page.complete
@@ -247,7 +249,7 @@ async def test_a_publish_while_redis_is_down_is_refused_then_works_again(
         with anyio.fail_after(15):
             while True:
                 try:
-                    position = await node.broker.publish("c", raw(3), NO_HISTORY)
+                    position = (await node.broker.publish("c", raw(3), NO_HISTORY)).position
                 except BrokerUnavailable:
                     await anyio.sleep(0.05)  # the client reconnects after a backoff
                 else:
@@ -368,7 +370,7 @@ async def test_redis_a_stream_restarted_while_disconnected_is_announced_and_read
         # Redis loses the stream (as in a restart without persistence), and the new
         # stream's only message is published while the listener is disconnected.
         await client.delete([f"{redis_broker.prefix}:m:c", f"{redis_broker.prefix}:s:c"])
-        new = await publisher.broker.publish("c", raw("new"), history)
+        new = (await publisher.broker.publish("c", raw("new"), history)).position
         await listener.wait_for(2)
         assert listener.restarts == [("c", new.epoch)]
         assert [(item.offset, bytes(item.data)) for item in listener.delivered] == [

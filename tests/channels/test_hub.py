@@ -93,7 +93,7 @@ async def test_publish_reaches_every_subscriber_encoded_once() -> None:
         for box in boxes:
             hub.attach(box)
             await subscribe(hub, box, "chat:1")
-        position = await hub.publish("chat:1", raw("hi"), trusted=False)
+        position = (await hub.publish("chat:1", raw("hi"), trusted=False)).position
         assert position.offset == 1
         assert encoder.calls == 1
         for box in boxes:
@@ -129,7 +129,7 @@ async def test_rules_apply_to_publish() -> None:
     async with open_hub(CONFIG, Encoder()) as hub:
         with pytest.raises(PermissionDenied, match="clients may not publish on channel 'news'"):
             await hub.publish("news", raw(1), trusted=False)
-        assert (await hub.publish("news", raw(1), trusted=True)).offset == 1
+        assert (await hub.publish("news", raw(1), trusted=True)).position.offset == 1
         with pytest.raises(MessageTooLarge, match="12 bytes exceeds the 10-byte limit"):
             await hub.publish("news", raw("x" * 10), trusted=True)
         with pytest.raises(ChannelNotFound):
@@ -338,10 +338,10 @@ async def test_a_stream_never_restarts_under_a_joining_subscriber() -> None:
                     lambda: hub.subscribe(box, "open", since=None, on_subscribed=replies.append)
                 )
                 await broker.after_subscribe.reached.wait()
-                first = await hub.publish("open", raw(1), trusted=False)
+                first = (await hub.publish("open", raw(1), trusted=False)).position
                 broker.after_subscribe.opened.set()
         assert replies[0].position == first
-        second = await hub.publish("open", raw(2), trusted=False)
+        second = (await hub.publish("open", raw(2), trusted=False)).position
         assert (second.offset, second.epoch) == (2, first.epoch)
         assert await drain(box) == ["open:2:2"]
 

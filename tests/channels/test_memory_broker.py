@@ -26,7 +26,7 @@ def broker() -> tuple[MemoryBroker, list[Publication]]:
 async def test_publish_delivers_in_offset_order() -> None:
     memory, delivered = broker()
     await memory.subscribe("c")
-    positions = [await memory.publish("c", raw(index), NO_HISTORY) for index in range(3)]
+    positions = [(await memory.publish("c", raw(index), NO_HISTORY)).position for index in range(3)]
     assert [position.offset for position in positions] == [1, 2, 3]
     assert len({position.epoch for position in positions}) == 1
     assert [(item.offset, bytes(item.data)) for item in delivered] == [
@@ -38,9 +38,9 @@ async def test_publish_delivers_in_offset_order() -> None:
 
 async def test_an_idle_stream_is_forgotten_and_restarts_with_a_new_epoch() -> None:
     memory, _ = broker()
-    first = await memory.publish("c", raw(1), NO_HISTORY)
+    first = (await memory.publish("c", raw(1), NO_HISTORY)).position
     assert memory.stream_count == 0
-    second = await memory.publish("c", raw(1), NO_HISTORY)
+    second = (await memory.publish("c", raw(1), NO_HISTORY)).position
     assert second.offset == 1
     assert second.epoch != first.epoch
 
@@ -49,7 +49,7 @@ async def test_a_subscribed_stream_keeps_counting() -> None:
     memory, _ = broker()
     await memory.subscribe("c")
     await memory.publish("c", raw(1), NO_HISTORY)
-    assert (await memory.publish("c", raw(1), NO_HISTORY)).offset == 2
+    assert (await memory.publish("c", raw(1), NO_HISTORY)).position.offset == 2
     memory.unsubscribe("c")
     assert memory.stream_count == 0
     memory.unsubscribe("never-subscribed")

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from channels.config import AuthConfig, ChannelRule, Config, ServerConfig
+from tests.support.auth import OPEN_API, SECRET
 from tests.support.server import http_call, running_server
 from tests.support.wsclient import HandshakeRefused, connect, subscribe
 
@@ -24,8 +25,8 @@ if TYPE_CHECKING:
 
     from service.runner import Backend
 
-SECRET = "a-test-secret-long-enough-for-every-hs-algorithm-0123456789abcdef"
 CONFIG = Config(
+    server=OPEN_API,
     auth=AuthConfig(required=True, secret=SECRET, audience="clarion", leeway_seconds=0),
     channels=[ChannelRule(match="*", presence=True)],
 )
@@ -119,7 +120,7 @@ async def test_rs256_with_a_public_key_file_refuses_algorithm_confusion(
     auth = AuthConfig(
         required=True, algorithms=["RS256"], public_key_file=str(tmp_path / "public.pem")
     )
-    config = Config(auth=auth)
+    config = Config(server=OPEN_API, auth=auth)
     with anyio.fail_after(15):
         async with running_server(config, anyio_backend, free_tcp_port) as server:
             good = token(private, "RS256", aud=None)
@@ -149,7 +150,9 @@ async def test_a_jwks_file_picks_the_key_by_kid(
         required=True, algorithms=["RS256", "RS512"], jwks_file=str(tmp_path / "jwks.json")
     )
     with anyio.fail_after(15):
-        async with running_server(Config(auth=auth), anyio_backend, free_tcp_port) as server:
+        async with running_server(
+            Config(server=OPEN_API, auth=auth), anyio_backend, free_tcp_port
+        ) as server:
             url = server.ws_url
             for key, kid, algorithm in [(old, "2025", "RS256"), (new, "2026", "RS512")]:
                 good = jwt.encode(

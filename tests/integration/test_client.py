@@ -38,6 +38,7 @@ from service.client import (
     open_client,
 )
 from service.protocol import InvalidToken, Unauthenticated
+from tests.support.auth import OPEN_API, SECRET
 from tests.support.redis import free_port
 from tests.support.server import Server, http_publish, running_server
 from tests.support.tls import self_signed
@@ -53,7 +54,6 @@ if TYPE_CHECKING:
 BIN = Path(sys.executable).parent
 #: A client that reconnects at once: the servers the tests wait for are local.
 open_fast_client = partial(open_client, backoff_initial_seconds=0.02, backoff_max_seconds=0.1)
-SECRET = "a-test-secret-long-enough-for-every-hs-algorithm-0123456789abcdef"
 
 
 async def take(subscription: Subscription, count: int) -> list[SubscriptionEvent]:
@@ -162,7 +162,7 @@ async def test_refusals_raise_typed_errors_with_their_codes(
 async def test_a_refused_or_failed_connection_raises_at_once(
     anyio_backend: Backend, free_tcp_port: int
 ) -> None:
-    config = Config(auth=AuthConfig(required=True, secret=SECRET))
+    config = Config(server=OPEN_API, auth=AuthConfig(required=True, secret=SECRET))
     with anyio.fail_after(15):
         async with running_server(config, anyio_backend, free_tcp_port) as server:
             with pytest.raises(HandshakeRefused) as refused:
@@ -304,6 +304,7 @@ async def test_an_expired_token_is_replaced_through_get_token_after_4001(
 ) -> None:
     # History keeps the channel's stream (and epoch) while its one subscriber is away.
     config = Config(
+        server=OPEN_API,
         auth=AuthConfig(required=True, secret=SECRET, leeway_seconds=0),
         channels=[ChannelRule(match="*", history=History(size=10))],
     )
@@ -499,7 +500,7 @@ async def test_the_commands_report_refusals_with_their_code(
 async def test_the_commands_take_a_token_from_the_environment(
     anyio_backend: Backend, free_tcp_port: int
 ) -> None:
-    config = Config(auth=AuthConfig(required=True, secret=SECRET))
+    config = Config(server=OPEN_API, auth=AuthConfig(required=True, secret=SECRET))
     with anyio.fail_after(30):
         async with running_server(config, anyio_backend, free_tcp_port) as server:
             url = ["--url", server.ws_url]

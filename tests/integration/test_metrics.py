@@ -31,7 +31,7 @@ async def scrape(server: Server) -> dict[str, float]:
 async def test_metrics_follow_connections_messages_and_errors(
     anyio_backend: Backend, free_tcp_port: int
 ) -> None:
-    config = Config(server=ServerConfig(max_connections=2, flush_delay_seconds=0))
+    config = Config(server=ServerConfig(max_connections=3, flush_delay_seconds=0))
     with anyio.fail_after(15):
         async with running_server(config, anyio_backend, free_tcp_port) as server:
             before = await scrape(server)

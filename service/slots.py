@@ -1,0 +1,62 @@
+"""Connection slots: what ``server.max_connections`` and ``max_connections_per_address``
+count.
+
+A slot is held by a WebSocket connection from its handshake to its end, and by an HTTP
+request from the moment its headers arrived until it is answered: a request whose body
+never finishes holds one until ``server.handshake_timeout_seconds`` ends it, so such
+requests cannot pile up beyond the limits.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+from service.protocol import AddressFull, NodeFull
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from channels.config import ServerConfig
+
+__all__ = ("Slots",)
+
+
+class Slots:
+    """The connection slots of one node, in all and per client address."""
+
+    def __init__(self) -> None:
+        self.held = 0
+        """Slots held now: WebSocket connections and HTTP requests in progress."""
+        self._per_address: dict[str, int] = {}
+
+    @contextmanager
+    def hold(self, address: str, server: ServerConfig, *, checked: bool = True) -> Iterator[None]:
+        """Hold a slot for a connection from *address* for the duration of the block.
+
+        Args:
+            address: the client's IP address.
+            server: the limits that apply now.
+            checked: False for requests that are served even on a full node (probes,
+                callers with an API key): they hold a slot, but are never refused one.
+
+        Raises:
+            NodeFull: the node holds ``server.max_connections`` slots.
+            AddressFull: *address* holds ``server.max_connections_per_address``.
+        """
+        held = self._per_address.get(address, 0)
+        if checked:
+            if self.held >= server.max_connections:
+                raise NodeFull(f"this node holds {server.max_connections} connections")
+            per_address = server.max_connections_per_address
+            if per_address is not None and held >= per_address:
+                raise AddressFull(f"{per_address} connections from your address")
+        self.held += 1
+        self._per_address[address] = held + 1
+        try:
+            yield
+        finally:
+            self.held -= 1
+            left = self._per_address.pop(address) - 1
+            if left:
+                self._per_address[address] = left
