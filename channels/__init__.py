@@ -44,6 +44,7 @@ from channels.publication import (
     HistoryPage as HistoryPage,
     Position as Position,
     Publication as Publication,
+    Published as Published,
 )
 from channels.rules import RuleBook as RuleBook
 
@@ -72,6 +73,7 @@ __all__ = (
     "Position",
     "PresenceDisabled",
     "Publication",
+    "Published",
     "RuleBook",
     "ServerClosing",
     "ServerConfig",

@@ -67,3 +67,12 @@ def redis_broker(redis_server: RedisServer) -> Iterator[BrokerConfig]:
     """A Redis broker configuration with a key prefix of this test's own."""
     yield BrokerConfig(kind="redis", url=redis_server.url, prefix=f"t{uuid.uuid4().hex[:12]}")
     _collect_coredis_leftovers()
+
+
+@pytest.fixture(params=["memory", "redis"])
+def broker_config(request: pytest.FixtureRequest) -> BrokerConfig:
+    """Each broker in turn: the memory broker, then Redis with a prefix of the test's own."""
+    if request.param == "memory":
+        return BrokerConfig()
+    config: BrokerConfig = request.getfixturevalue("redis_broker")
+    return config

@@ -17,7 +17,7 @@ from channels.brokers import open_broker
 from channels.brokers.redis import RedisBroker
 from channels.config import BrokerConfig, History
 from channels.errors import BrokerUnavailable
-from channels.publication import ClientInfo
+from channels.publication import ClientInfo, Published
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -86,14 +86,6 @@ async def nodes(config: BrokerConfig, count: int = 1) -> AsyncIterator[list[Node
             yield opened
 
 
-@pytest.fixture(params=["memory", "redis"])
-def broker_config(request: pytest.FixtureRequest) -> BrokerConfig:
-    if request.param == "memory":
-        return BrokerConfig()
-    config: BrokerConfig = request.getfixturevalue("redis_broker")
-    return config
-
-
 async def test_publish_delivers_in_offset_order(broker_config: BrokerConfig) -> None:
     async with nodes(broker_config) as [node]:
         await node.broker.subscribe("c")
@@ -108,6 +100,46 @@ async def test_publish_delivers_in_offset_order(broker_config: BrokerConfig) -> 
             (2, b"1"),
             (3, b"2"),
         ]
+
+
+async def test_an_idempotency_key_publishes_once_within_its_window(
+    broker_config: BrokerConfig,
+) -> None:
+    history = History(size=10)
+    async with nodes(broker_config) as [node]:
+        await node.broker.subscribe("c")
+        first = await node.broker.publish("c", raw(1), history, key="k", window_seconds=60)
+        again = await node.broker.publish("c", raw(2), history, key="k", window_seconds=60)
+        assert not first.duplicate
+        assert again == Published(first.position, duplicate=True)
+        other = await node.broker.publish("c", raw(3), history, key="other", window_seconds=60)
+        unkeyed = await node.broker.publish("c", raw(4), history)
+        elsewhere = await node.broker.publish("d", raw(5), history, key="k", window_seconds=60)
+        assert [other.position.offset, unkeyed.position.offset] == [2, 3]
+        assert (elsewhere.position.offset, elsewhere.duplicate) == (1, False)
+        await node.wait_for(3)
+        delivered = [bytes(item.data) for item in node.delivered if item.channel == "c"]
+        assert delivered == [b"1", b"3", b"4"]
+        kept = await node.broker.read("c", after=None, epoch=None, limit=None)
+        assert [bytes(item.data) for item in kept.publications] == [b"1", b"3", b"4"]
+
+
+async def test_an_idempotency_key_is_forgotten_after_its_window(
+    broker_config: BrokerConfig,
+) -> None:
+    async with nodes(broker_config) as [node]:
+        await node.broker.subscribe("c")
+        window = 0.05
+        first = await node.broker.publish("c", raw(1), NO_HISTORY, key="k", window_seconds=window)
+        while True:  # the window runs on the broker's clock: retry until it has passed
+            later = await node.broker.publish(
+                "c", raw(2), NO_HISTORY, key="k", window_seconds=window
+            )
+            if not later.duplicate:
+                break
+            assert later.position == first.position
+            await anyio.sleep(window / 5)
+        assert later.position.offset == 2
 
 
 async def test_subscribe_fixes_the_epoch_that_later_publishes_use(
@@ -166,6 +198,13 @@ async def test_read_of_an_unknown_channel_is_empty(broker_config: BrokerConfig) 
         assert (page.position.offset, page.publications, page.complete) == (0, [], True)
         since = await node.broker.read("nobody", after=3, epoch="e", limit=None)
         assert not since.complete
+
+
+async def test_an_idempotency_key_holds_across_nodes(redis_broker: BrokerConfig) -> None:
+    async with nodes(redis_broker, 2) as [a, b]:
+        first = await a.broker.publish("c", raw(1), NO_HISTORY, key="k", window_seconds=60)
+        again = await b.broker.publish("c", raw(1), NO_HISTORY, key="k", window_seconds=60)
+        assert again == Published(first.position, duplicate=True)
 
 
 async def test_redis_nodes_share_channels_in_one_order(redis_broker: BrokerConfig) -> None:

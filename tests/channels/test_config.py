@@ -119,6 +119,24 @@ BAD_DOCUMENTS = [
     ("broker: {kind: redis, url: 'http://x'}", "broker: url must start with redis://"),
     ("broker: {kind: redis, prefix: 'a b'}", "broker.prefix: Expected `str` matching"),
     ("broker: {kind: redis, timeout_seconds: 0}", "broker.timeout_seconds: Expected `float` > 0"),
+    (
+        "auth: {required: true, secret: '${LONG}'}",
+        "auth.required is set but server.api_keys is empty, so the HTTP API would let anyone "
+        "in: set server.api_keys, or server.api_open: true",
+    ),
+    ("server: {api_open: true, api_keys: ['${LONG}']}", "api_open: true and api_keys both set"),
+    (
+        "channels: [{match: '*'}, {match: news}, {match: 'user:*', subscribe: owner}]",
+        """channels[2] is never used: channels[0] ("*") matches every name it matches""",
+    ),
+    (
+        "channels: [{match: 'chat:*'}, {match: 'chat:*:typing'}]",
+        """channels[1] is never used: channels[0] ("chat:*") matches every name it matches""",
+    ),
+    (
+        "channels: [{match: '*:*'}, {match: 'a*:b*'}]",
+        """channels[1] is never used: channels[0] ("*:*")""",
+    ),
     ("nonsense: 1", "Object contains unknown field `nonsense`"),
     ("[1, 2]", "Expected `object`, got `array`"),
     ("server: {bind: [", "not valid YAML"),
@@ -136,6 +154,29 @@ def test_bad_document_names_the_path(document: str, message: str) -> None:
     assert str(caught.value).startswith("test.yaml: ")
     assert message in str(caught.value)
     assert caught.value.code == 10
+
+
+@pytest.mark.parametrize(
+    "rules",
+    [
+        "[{match: 'user:*', subscribe: owner}, {match: '*'}]",
+        "[{match: 'chat:*:typing'}, {match: 'chat:*'}]",
+        "[{match: 'a*'}, {match: '*b'}]",
+        "[{match: '*:x'}, {match: 'x:*'}]",
+        "[{match: '*'}, {match: 'user:bob'}]",
+    ],
+    ids=["catch-all-last", "narrow-first", "overlapping", "crossing", "exact-after-catch-all"],
+)
+def test_rules_that_can_apply_are_accepted(rules: str) -> None:
+    # Each later rule has a name no earlier pattern matches (an exact match always wins).
+    assert parse_config(f"channels: {rules}", env={}).channels
+
+
+def test_auth_required_with_an_api_declared_open_is_accepted() -> None:
+    document = "auth: {required: true, secret: '${LONG}'}\nserver: {api_open: true}"
+    config = parse_config(document, env={"LONG": "x" * 64})
+    assert config.server.api_open
+    assert config.server.api_keys == []
 
 
 def test_env_references_work_in_any_string() -> None:

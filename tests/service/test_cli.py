@@ -32,6 +32,37 @@ def test_check_reports_the_path_of_a_mistake(
 
 
 @pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        (
+            "channels:\n  - match: '*'\n  - match: 'user:*'\n    subscribe: owner\n",
+            'channels[1] is never used: channels[0] ("*") matches every name it matches',
+        ),
+        (
+            "auth: {required: true, secret: '${CLARION_TEST_SECRET}'}\n",
+            "auth.required is set but server.api_keys is empty, so the HTTP API would let "
+            "anyone in: set server.api_keys, or server.api_open: true to declare the API open "
+            "on purpose",
+        ),
+    ],
+    ids=["shadowed-rule", "required-auth-open-api"],
+)
+def test_check_and_serve_refuse_an_access_hole(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    document: str,
+    message: str,
+) -> None:
+    monkeypatch.setenv("CLARION_TEST_SECRET", "x" * 64)
+    path = tmp_path / "holes.yaml"
+    path.write_text(document)
+    for argv in (["check", str(path)], ["serve", "--config", str(path)]):
+        assert main(argv) == 2
+        assert capsys.readouterr().err == f"clarion: error: {path}: {message}\n"
+
+
+@pytest.mark.parametrize(
     ("content", "message"),
     [
         (None, "auth: cannot read the key file: [Errno 2] No such file or directory"),

@@ -146,7 +146,12 @@ class FakeClient:
 
 @asynccontextmanager
 async def websocket(
-    app: Clarion, path: str = "/ws", *, buffer: int = 1000, accept: bool = True
+    app: Clarion,
+    path: str = "/ws",
+    *,
+    buffer: int = 1000,
+    accept: bool = True,
+    token: str | None = None,
 ) -> AsyncIterator[FakeClient]:
     """Open an in-memory WebSocket to *app*.
 
@@ -154,13 +159,17 @@ async def websocket(
         buffer: how many frames the app may send before a send blocks, as a full
             socket would block it.
         accept: complete the handshake and check that the app accepted.
+        token: a JSON Web Token, offered as a browser would (subprotocols ``clarion``
+            and ``bearer.<token>``).
     """
     to_app, app_inbox = anyio.create_memory_object_stream[Message](100)
     app_outbox, from_app = anyio.create_memory_object_stream[Message](buffer)
-    scope = http_scope("GET", path) | {
+    subprotocols = [] if token is None else ["clarion", f"bearer.{token}"]
+    headers = [(b"sec-websocket-protocol", ", ".join(subprotocols).encode())] if token else []
+    scope = http_scope("GET", path, headers) | {
         "type": "websocket",
         "scheme": "ws",
-        "subprotocols": [],
+        "subprotocols": subprotocols,
         "extensions": {"websocket.http.response": {}},
     }
     async with anyio.create_task_group() as tg, to_app, from_app:
