@@ -227,8 +227,13 @@ class Client:
             subscription._end(None)
             subscription._receive.close()
 
-    async def publish(self, channel: str, data: object) -> Position:
+    async def publish(
+        self, channel: str, data: object, *, idempotency_key: str | None = None
+    ) -> Position:
         """Publish *data* (any value msgspec encodes as JSON) on *channel*.
+
+        With *idempotency_key*, a publish retried with the same key (after a 301 or a
+        lost connection) is published once: a retry returns the first one's position.
 
         Returns:
             The message's position. A subscriber on this client receives it first.
@@ -240,20 +245,30 @@ class Client:
                 may or may not have been published.
         """
         raw = msgspec.Raw(_encoder.encode(data))
-        reply = await self._call(lambda rid: Publish(id=rid, channel=channel, data=raw))
+        reply = await self._call(
+            lambda rid: Publish(id=rid, channel=channel, data=raw, idempotency_key=idempotency_key)
+        )
         return Position(reply.offset or 0, reply.epoch or "")
 
     async def history(
-        self, channel: str, *, limit: int | None = None, since: int | None = None
+        self,
+        channel: str,
+        *,
+        limit: int | None = None,
+        since: int | None = None,
+        token: str | None = None,
     ) -> HistoryPage:
         """Read the messages *channel* keeps: the newest *limit* (all without), or with
         *since* the first *limit* after that offset; oldest first.
+
+        Reading needs the access a subscribe needs; for a ``private`` channel, pass its
+        subscription *token*.
 
         Raises:
             ClarionError: if the server refuses (201, 202, 301...).
         """
         reply = await self._call(
-            lambda rid: History(id=rid, channel=channel, limit=limit, since=since)
+            lambda rid: History(id=rid, channel=channel, limit=limit, since=since, token=token)
         )
         epoch = reply.epoch or ""
         messages = [
@@ -261,13 +276,16 @@ class Client:
         ]
         return HistoryPage(channel, Position(reply.offset or 0, epoch), messages)
 
-    async def presence(self, channel: str) -> list[ClientInfo]:
+    async def presence(self, channel: str, *, token: str | None = None) -> list[ClientInfo]:
         """Return the clients subscribed to *channel*, on every node.
+
+        Asking needs the access a subscribe needs; for a ``private`` channel, pass its
+        subscription *token*.
 
         Raises:
             ClarionError: 206 if the channel's rule keeps no presence, 201, 202...
         """
-        reply = await self._call(lambda rid: Presence(id=rid, channel=channel))
+        reply = await self._call(lambda rid: Presence(id=rid, channel=channel, token=token))
         return list(reply.clients or ())
 
     async def refresh(self, token: str) -> None:

@@ -297,36 +297,45 @@ export class Clarion extends EventTarget {
   }
 
   /**
-   * Publish `data` (any JSON value) on `channel`.
-   * @returns {Promise<{channel: string, offset: number, epoch: string}>}
+   * Publish `data` (any JSON value) on `channel`. With `idempotencyKey`, a publish
+   * retried with the same key is published once (`duplicate: true` on a retry).
+   * @param {string} channel
+   * @param {any} data
+   * @param {{idempotencyKey?: string}} [options]
+   * @returns {Promise<{channel: string, offset: number, epoch: string, duplicate: boolean}>}
    */
-  async publish(channel, data) {
+  async publish(channel, data, { idempotencyKey } = {}) {
     checkChannel(channel);
     if (data === undefined) throw new TypeError("data is required (null is a value)");
-    const { offset, epoch } = await this.#request({ type: "publish", channel, data });
-    return { channel, offset, epoch };
+    const request = { type: "publish", channel, data, idempotency_key: idempotencyKey };
+    const { offset, epoch, duplicate = false } = await this.#request(request);
+    return { channel, offset, epoch, duplicate };
   }
 
   /**
    * The channel's kept messages, oldest first: the newest `limit`, or with `since`, the
-   * first `limit` after that offset (all of them without `limit`).
+   * first `limit` after that offset (all of them without `limit`). Reading needs the
+   * access a subscribe needs: for a private channel, pass its subscription `token`.
    * @param {string} channel
-   * @param {{limit?: number, since?: number}} [query]
+   * @param {{limit?: number, since?: number, token?: string}} [query]
    * @returns {Promise<{channel: string, offset: number, epoch: string, messages: {offset: number, data: any}[]}>}
    */
-  async history(channel, { limit, since } = {}) {
+  async history(channel, { limit, since, token } = {}) {
     checkChannel(channel);
-    const reply = await this.#request({ type: "history", channel, limit, since });
+    const reply = await this.#request({ type: "history", channel, limit, since, token });
     return { channel, offset: reply.offset, epoch: reply.epoch, messages: reply.messages };
   }
 
   /**
    * The clients subscribed to `channel`, on every node (its rule needs `presence`).
+   * Asking needs the access a subscribe needs: for a private channel, pass its `token`.
+   * @param {string} channel
+   * @param {{token?: string}} [options]
    * @returns {Promise<{client: string, user: string | null}[]>}
    */
-  async presence(channel) {
+  async presence(channel, { token } = {}) {
     checkChannel(channel);
-    return (await this.#request({ type: "presence", channel })).clients;
+    return (await this.#request({ type: "presence", channel, token })).clients;
   }
 
   /**

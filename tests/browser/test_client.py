@@ -82,6 +82,8 @@ async (url) => {
   const sub = client.subscribe("room:1", (data, message) => got.push([message.offset, data]));
   const ready = await sub.ready;
   const published = await client.publish("room:1", { text: "hi" });
+  const keyed = await client.publish("room:1", { text: "once" }, { idempotencyKey: "k-1" });
+  const retried = await client.publish("room:1", { text: "once" }, { idempotencyKey: "k-1" });
   const history = await client.history("room:1", { limit: 5 });
   const clients = await client.presence("room:1");
   const roundTrip = await client.ping();
@@ -99,7 +101,7 @@ async (url) => {
   client.close();
   errors.closed = await caught(client.publish("room:1", 1));
   return {
-    ready, published, history, clients, roundTrip, errors, afterPings, got, states,
+    ready, published, keyed, retried, history, clients, roundTrip, errors, afterPings, got, states,
     refusedActive: refused.active, codes: [ErrorCode.CHANNEL_NOT_FOUND, ErrorCode.TIMEOUT],
   };
 }
@@ -127,12 +129,18 @@ async def test_requests_resolve_with_replies_and_errors_are_typed(
             seen = await browser.call(page.evaluate, REQUESTS, server.ws_url)
     epoch = seen["ready"]["epoch"]
     assert seen["ready"] == {"channel": "room:1", "offset": 0, "epoch": epoch}
-    assert seen["published"] == {"channel": "room:1", "offset": 1, "epoch": epoch}
+    published = {"channel": "room:1", "offset": 1, "epoch": epoch, "duplicate": False}
+    assert seen["published"] == published
+    assert seen["keyed"] == {**published, "offset": 2}
+    assert seen["retried"] == {**published, "offset": 2, "duplicate": True}
     assert seen["history"] == {
         "channel": "room:1",
-        "offset": 1,
+        "offset": 2,
         "epoch": epoch,
-        "messages": [{"offset": 1, "data": {"text": "hi"}}],
+        "messages": [
+            {"offset": 1, "data": {"text": "hi"}},
+            {"offset": 2, "data": {"text": "once"}},
+        ],
     }
     assert [client["user"] for client in seen["clients"]] == [None]
     assert seen["roundTrip"] >= 0
@@ -151,8 +159,8 @@ async def test_requests_resolve_with_replies_and_errors_are_typed(
     assert seen["refusedActive"] is False
     assert seen["codes"] == [201, 900]
     # Pinged every 0.2 s for 1.5 s, the client answered each time and kept its connection.
-    assert seen["afterPings"] == ["connected", {"channel": "room:1", "offset": 2, "epoch": epoch}]
-    assert seen["got"] == [[1, {"text": "hi"}], [2, "still here"]]
+    assert seen["afterPings"] == ["connected", {**published, "offset": 3}]
+    assert seen["got"] == [[1, {"text": "hi"}], [2, {"text": "once"}], [3, "still here"]]
     assert seen["states"] == ["connecting", "connected", "closed"]
     assert server.app is not None
     assert server.app.counters.disconnects["no_pong"] == 0
@@ -270,12 +278,13 @@ async def test_a_page_of_another_origin_connects_only_when_server_allowed_origin
         assert refused >= 1
 
 
-def token(user: str, seconds: int) -> str:
-    return jwt.encode({"sub": user, "exp": int(time.time()) + seconds}, SECRET, "HS256")
+def token(user: str, seconds: int, **claims: Any) -> str:
+    payload = {"sub": user, "exp": int(time.time()) + seconds, **claims}
+    return jwt.encode(payload, SECRET, "HS256")
 
 
 TOKENS: Final = f"""
-async ([url, tokens, short, long]) => {{
+async ([url, tokens, short, long, secretToken]) => {{
   const {{ Clarion }} = window.clarion;
   window.tokensGiven = 0;
   window.states = [];
@@ -296,7 +305,16 @@ async ([url, tokens, short, long]) => {{
   refreshed.on("state", ({{ state }}) => window.refreshedStates.push(state));
   window.refreshed = refreshed;
   await refreshed.refresh(long);
-  return (await renewed.presence("inbox")).map((client) => client.user);
+  // A private channel's reads need its subscription token, as a subscribe does.
+  const code = (promise) => promise.then(() => null, (error) => error.code);
+  const privateReads = {{
+    historyWithout: await code(renewed.history("secret:1")),
+    presenceWithout: await code(renewed.presence("secret:1")),
+    history: (await renewed.history("secret:1", {{ token: secretToken }})).messages,
+    presence: await renewed.presence("secret:1", {{ token: secretToken }}),
+  }};
+  const users = (await renewed.presence("inbox")).map((client) => client.user);
+  return {{ users, privateReads }};
 }}
 """
 
@@ -307,7 +325,10 @@ async def test_a_token_goes_in_the_handshake_and_an_expired_one_is_renewed(
     config = Config(
         server=OPEN_API,
         auth=AuthConfig(required=True, secret=SECRET),
-        channels=[ChannelRule(match="*", presence=True, history=History(size=10))],
+        channels=[
+            ChannelRule(match="secret:*", private=True, presence=True, history=History(size=10)),
+            ChannelRule(match="*", presence=True, history=History(size=10)),
+        ],
     )
     with anyio.fail_after(30):
         async with (
@@ -316,13 +337,22 @@ async def test_a_token_goes_in_the_handshake_and_an_expired_one_is_renewed(
             open_browser(profile) as browser,
         ):
             page = await open_client_page(browser, url)
+            await http_publish(server, "secret:1", "classified")
             # Made now, not before the browser started: the short ones live 2 to 3 s.
             tokens = [token("alice", 3), token("alice", 60)]
             short, long = token("bob", 3), token("bob", 60)
-            arguments = [server.ws_url, tokens, short, long]
+            secret_token = token("alice", 60, channels=["secret:1"])
+            arguments = [server.ws_url, tokens, short, long, secret_token]
             # The page is of another origin: a token in the query string would be refused
             # (server.allowed_origins is empty); in a subprotocol it is not.
-            assert await browser.call(page.evaluate, TOKENS, arguments) == ["alice"]
+            first = await browser.call(page.evaluate, TOKENS, arguments)
+            assert first["users"] == ["alice"]
+            assert first["privateReads"] == {
+                "historyWithout": 202,
+                "presenceWithout": 202,
+                "history": [{"offset": 1, "data": "classified"}],
+                "presence": [],
+            }
             await http_publish(server, "inbox", "before")
             await wait_for(browser, page, "() => window.got.length === 1")
             # At the short token's exp the server closes with 4001; the client asks for a
@@ -481,7 +511,7 @@ async def test_the_client_handles_each_server_frame_as_the_protocol_says(
     assert seen["outcomes"] == {
         "refused": ["ClarionError", 301, "BROKER_UNAVAILABLE"],
         "lost": ["ClarionError", 901, "DISCONNECTED"],
-        "queued": {"channel": "c", "offset": 4, "epoch": "e2"},
+        "queued": {"channel": "c", "offset": 4, "epoch": "e2", "duplicate": False},
     }
     assert seen["states"] == [
         ["connecting", None],

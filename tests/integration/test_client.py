@@ -122,6 +122,38 @@ async def test_subscribe_publish_presence_and_history_round_trip(
             assert client.statistics().subscriptions == 0
 
 
+async def test_a_keyed_publish_is_retried_safely_and_private_reads_take_a_token(
+    anyio_backend: Backend, free_tcp_port: int
+) -> None:
+    rules = [
+        ChannelRule(match="secret:*", private=True, history=History(size=10), presence=True),
+        ChannelRule(match="*", history=History(size=10)),
+    ]
+    config = Config(server=OPEN_API, auth=AuthConfig(secret=SECRET), channels=rules)
+    alice = jwt.encode({"sub": "alice"}, SECRET, "HS256")
+    secret_token = jwt.encode({"sub": "alice", "channels": ["secret:1"]}, SECRET, "HS256")
+    with anyio.fail_after(15):
+        async with (
+            running_server(config, anyio_backend, free_tcp_port) as server,
+            open_client(server.ws_url, token=alice) as client,
+        ):
+            first = await client.publish("news", "once", idempotency_key="news-1")
+            assert await client.publish("news", "once", idempotency_key="news-1") == first
+            assert (await client.publish("news", "next")).offset == first.offset + 1
+            page = await client.history("news")
+            assert datas(list(page.messages)) == ["once", "next"]
+            await http_publish(server, "secret:1", "classified")
+            with pytest.raises(ClarionError) as caught:
+                await client.history("secret:1")
+            assert caught.value.code == PermissionDenied.code
+            with pytest.raises(ClarionError) as caught:
+                await client.presence("secret:1")
+            assert caught.value.code == PermissionDenied.code
+            page = await client.history("secret:1", token=secret_token)
+            assert datas(list(page.messages)) == ["classified"]
+            assert await client.presence("secret:1", token=secret_token) == []
+
+
 async def test_refusals_raise_typed_errors_with_their_codes(
     anyio_backend: Backend, free_tcp_port: int
 ) -> None:
