@@ -348,7 +348,6 @@ class Clarion:
         connection is never answered ahead of its request; a request whose body is not
         read to the end is answered with ``connection: close``.
         """
-        headers = [*_JSON_HEADERS]
         server = self.config.server
         request_headers = Headers(scope["headers"])
         # Probes, and callers with a valid API key (the backend), are served on a full node.
@@ -360,41 +359,37 @@ class Clarion:
                     body = await self._read_body(receive, server.max_request_bytes)
                 if reading.cancelled_caught:
                     raise RequestTimeout(f"the request body did not arrive within {deadline:g}s")
-                status, body = await self._respond(scope, request_headers, body, headers)
+                status, body, headers = await self._respond(scope, request_headers, body)
         except (ProtocolError, ChannelsError) as exc:
-            status, body = self._refuse(exc, headers)
+            status, body, headers = self._refuse(exc)
         headers.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
     async def _respond(
-        self,
-        scope: Scope,
-        request_headers: Headers,
-        body: bytes,
-        headers: list[tuple[bytes, bytes]],
-    ) -> tuple[int, bytes]:
-        """Route a request whose *body* has arrived; set the response's *headers*."""
+        self, scope: Scope, request_headers: Headers, body: bytes
+    ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        """Route a request whose *body* has arrived: its status, body and headers."""
         path, method = scope["path"], scope["method"]
         static = self._static.get(path)
         if path == "/metrics":
             if method not in {"GET", "HEAD"}:
                 raise MethodNotAllowed(method, "/metrics", ("GET", "HEAD"))
-            headers[:] = [(b"content-type", CONTENT_TYPE.encode())]
-            return 200, generate_latest(self._metrics)
+            return 200, generate_latest(self._metrics), [(b"content-type", CONTENT_TYPE.encode())]
         if static is not None:
             if method not in {"GET", "HEAD"}:
                 raise MethodNotAllowed(method, path, ("GET", "HEAD"))
-            content, headers[:] = static
-            return 200, content
-        return await self._route(scope, request_headers, body)
+            content, headers = static
+            return 200, content, [*headers]
+        status, content = await self._route(scope, request_headers, body)
+        return status, content, [*_JSON_HEADERS]
 
     def _refuse(
-        self, exc: ProtocolError | ChannelsError, headers: list[tuple[bytes, bytes]]
-    ) -> tuple[int, bytes]:
-        """The status and body of an HTTP refusal with *exc*; add its *headers*."""
+        self, exc: ProtocolError | ChannelsError
+    ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        """The status, body and headers of an HTTP refusal with *exc*."""
         self.counters.errors[exc.code] += 1
-        headers[:] = [*_JSON_HEADERS]
+        headers = [*_JSON_HEADERS]
         if isinstance(exc, MethodNotAllowed):
             headers.append((b"allow", ", ".join(exc.allowed).encode()))
         elif isinstance(exc, Unauthorized):
@@ -404,7 +399,7 @@ class Clarion:
         elif isinstance(exc, RequestTooLarge | RequestTimeout):
             # The rest of the body was not read: the connection cannot take another request.
             headers.append((b"connection", b"close"))
-        return HTTP_STATUS.get(type(exc), 400), _error_body(exc)
+        return HTTP_STATUS.get(type(exc), 400), _error_body(exc), headers
 
     async def _route(
         self, scope: Scope, request_headers: Headers, body: bytes
