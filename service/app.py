@@ -57,6 +57,7 @@ from service.protocol import (
 from service.session import run_session
 from service.websocket import WebSocket
 from service.workers import claim_only_worker
+from service.wsstream import install_closing_stream
 
 if TYPE_CHECKING:
     from channels.config import Config
@@ -304,6 +305,7 @@ class Clarion:
                     identity = self.auth.identify(ws.scope, allowed)
                 offered = ws.scope.get("subprotocols", [])
                 self._per_address[address] = self._per_address.get(address, 0) + 1
+                install_closing_stream(send)  # close frames for protocol errors, 1009
                 frames = open_frame_writer(send)
                 writers = self._frame_writers
                 if frames is not None:
