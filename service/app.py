@@ -59,6 +59,7 @@ from service.session import run_session
 from service.slots import Slots
 from service.websocket import WebSocket
 from service.workers import claim_only_worker
+from service.wsstream import install_closing_stream
 
 if TYPE_CHECKING:
     from channels.config import Config
@@ -302,6 +303,7 @@ class Clarion:
                     else:
                         identity = self.auth.identify(ws.scope, allowed)
                     offered = ws.scope.get("subprotocols", [])
+                    install_closing_stream(send)  # close frames for protocol errors, 1009
                     frames = open_frame_writer(send)
                     writers = self._frame_writers
                     if frames is not None:

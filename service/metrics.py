@@ -39,8 +39,11 @@ class NodeCounters:
     Attributes:
         accepted: WebSocket connections accepted.
         refused: handshakes refused, by error code (see the README's error table).
-        disconnects: ended connections, by reason (``client``, ``going_away``,
-            ``slow_consumer``, ``token_expired``, ``no_pong``, ``frame_too_large``).
+        disconnects: ended connections, by reason: ``client`` (the client closed or
+            went away), ``going_away`` (1001), ``slow_consumer`` (4000),
+            ``token_expired`` (4001), ``no_pong`` (4002), ``frame_too_large`` (1009),
+            ``protocol_error`` (1002: a frame RFC 6455 forbids) and ``invalid_payload``
+            (1007: text that is not UTF-8).
         errors: coded errors answered, by code: to WebSocket requests and HTTP API calls.
     """
 

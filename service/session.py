@@ -68,7 +68,9 @@ if TYPE_CHECKING:
 __all__ = (
     "CLOSE_FRAME_TOO_LARGE",
     "CLOSE_GOING_AWAY",
+    "CLOSE_INVALID_PAYLOAD",
     "CLOSE_NO_PONG",
+    "CLOSE_PROTOCOL_ERROR",
     "CLOSE_TOKEN_EXPIRED",
     "CUT_OFF_CLOSE_SECONDS",
     "Session",
@@ -76,11 +78,16 @@ __all__ = (
 )
 
 CLOSE_GOING_AWAY = 1001
+CLOSE_PROTOCOL_ERROR = 1002
+CLOSE_INVALID_PAYLOAD = 1007
 CLOSE_FRAME_TOO_LARGE = 1009
 CLOSE_TOKEN_EXPIRED = 4001
 CLOSE_NO_PONG = 4002
 #: How long a connection cut off at the end of a shutdown gets to take its close frame.
 CUT_OFF_CLOSE_SECONDS: Final = 1.0
+#: How long a connection whose transport broke waits for the server's disconnect (which
+#: is under way by then) to learn its close code.
+_DISCONNECT_WAIT_SECONDS: Final = 1.0
 
 logger = logging.getLogger("clarion")
 
@@ -88,11 +95,16 @@ _PING = encode(ServerPing())
 #: Why the server ended a connection, by close code, as the metrics name it.
 _REASONS = {
     CLOSE_GOING_AWAY: "going_away",
+    CLOSE_PROTOCOL_ERROR: "protocol_error",
+    CLOSE_INVALID_PAYLOAD: "invalid_payload",
     CLOSE_FRAME_TOO_LARGE: "frame_too_large",
     SlowConsumer.code: "slow_consumer",
     CLOSE_TOKEN_EXPIRED: "token_expired",
     CLOSE_NO_PONG: "no_pong",
 }
+#: The close codes with which the server (hypercorn, `service.wsstream`) ends a connection
+#: before the session hears of it: the session is told the code in the disconnect.
+_FAILURES = frozenset({CLOSE_PROTOCOL_ERROR, CLOSE_INVALID_PAYLOAD, CLOSE_FRAME_TOO_LARGE})
 
 
 class Session:
@@ -291,11 +303,15 @@ async def run_session(
     the token of an authenticated connection expires (unless a ``refresh`` came first),
     4002 when a client quiet for ``server.ping_interval_seconds`` was sent a ``ping``
     and still sent nothing within ``server.pong_timeout_seconds``. A close is given
-    ``server.write_timeout_seconds`` to be sent. The connection, its end and the
-    errors it is answered with are counted in *counters*. *auth* gives the node's token
-    checker as it is now (for ``refresh`` and subscription tokens). *frames* is taken
-    out of *writers* once the connection has left the hub, before its close frame is sent
-    (a drain cuts off the connections still in it).
+    ``server.write_timeout_seconds`` to be sent. Under hypercorn, the server itself
+    closes a frame over that limit (1009) and a frame that breaks RFC 6455 (1002, or
+    1007 for text that is not UTF-8; see `service.wsstream`), before the session hears
+    of it: the disconnect carries the code, which is counted and logged as if the
+    session had closed with it. The connection, its end and the errors it is answered
+    with are counted in *counters*. *auth* gives the node's token checker as it is now
+    (for ``refresh`` and subscription tokens). *frames* is taken out of *writers* once
+    the connection has left the hub, before its close frame is sent (a drain cuts off
+    the connections still in it).
 
     Raises:
         ServerClosing: if the hub is closing; the handshake was not accepted.
@@ -312,6 +328,7 @@ async def run_session(
     conn = secrets.token_hex(8)
     hub.attach(outbox, ClientInfo(conn, user), grant)
     close: tuple[int, str] | None = None
+    failed: int | None = None  # the code the server closed with before the session knew
     accepted = cut_off = False
     try:
         await ws.accept(subprotocol)
@@ -349,7 +366,9 @@ async def run_session(
                     ) as waiting:
                         try:
                             frame = await ws.receive_frame()
-                        except WebSocketDisconnect:
+                        except WebSocketDisconnect as exc:
+                            if exc.code in _FAILURES:
+                                failed = exc.code
                             break
                     if waiting.cancelled_caught:
                         if pinged:
@@ -375,6 +394,11 @@ async def run_session(
             close = (CLOSE_TOKEN_EXPIRED, "token expired")
         elif close is None and outbox.closed:
             close = (CLOSE_GOING_AWAY, "server shutting down")
+        elif close is None and failed is None and stop.cancelled_caught:
+            # The sender stopped the reader: the transport broke, or (with a frame
+            # writer) the server's close frame was seen going out. The disconnect that
+            # follows says whether the server failed the connection.
+            failed = await _failure_of(ws)
     except anyio.get_cancelled_exc_class():
         # The server is cancelling the connection: under the plain hypercorn command it
         # does so on SIGTERM once its graceful_timeout is over. Say goodbye properly.
@@ -387,10 +411,10 @@ async def run_session(
         if writers is not None and frames is not None:
             writers.discard(frames)
         if accepted:
-            reason = "client" if close is None else _REASONS[close[0]]
+            code = failed if close is None else close[0]
+            reason = "client" if code is None else _REASONS[code]
             if counters is not None:
                 counters.disconnects[reason] += 1
-            code = None if close is None else close[0]
             level = logging.WARNING if code == SlowConsumer.code else logging.INFO
             extra = fields(conn=conn, client=peer(ws.client), user=user, code=code, reason=reason)
             logger.log(level, "connection closed", extra=extra)
@@ -403,6 +427,20 @@ async def run_session(
                     await ws.close(*close)
         if cut_off and frames is not None:
             frames.abort()
+
+
+async def _failure_of(ws: WebSocket) -> int | None:
+    """The close code of the disconnect that ends *ws* if the server failed the
+    connection with it (`_FAILURES`), else None; waits for it a moment at most."""
+    with anyio.move_on_after(_DISCONNECT_WAIT_SECONDS):
+        # ws.receive rather than receive_frame: after a failed send the application
+        # side counts as disconnected, but the disconnect is still to be received.
+        while ws.client_state is WebSocketState.CONNECTED:
+            message = await ws.receive()  # a frame sent before the end: not wanted now
+            if message["type"] == "websocket.disconnect":
+                code: int = message["code"]
+                return code if code in _FAILURES else None
+    return None
 
 
 def _size(frame: str | bytes) -> int:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import anyio
 import pytest
 
+from tests.support.rawframes import FIN, TEXT, client_frame, close_of, open_raw_websocket
 from tests.support.server import Server, http_publish, wait_listening
 from tests.support.wsclient import connect, subscribe
 
@@ -103,6 +104,10 @@ async def test_hypercorn_command_serves_create_app(
     with anyio.fail_after(30):
         async with process(argv, free_tcp_port, tmp_path / "log", env) as proc:
             server = Server("127.0.0.1", free_tcp_port, "/live")
+            # The app fails a broken frame with a close frame here too (service.wsstream).
+            async with open_raw_websocket(server.host, server.port, "/live") as raw:
+                await raw.send(client_frame(FIN | TEXT, b"{}", masked=False))
+                assert close_of(await raw.frames_until_end())[0] == 1002
             await _serve_publish_and_stop(server, proc)
 
 

@@ -9,6 +9,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from channels.config import Config, ServerConfig
+from tests.support.closelog import watch_closed_connections
+from tests.support.rawframes import FIN, TEXT, client_frame, open_raw_websocket
 from tests.support.server import Server, http_exchange, http_publish, running_server
 from tests.support.wsclient import HandshakeRefused, connect, subscribe
 
@@ -94,3 +96,28 @@ async def wait_for(server: Server, name: str, value: float) -> dict[str, float]:
         if samples[name] == value:
             return samples
         await anyio.sleep(0.02)
+
+
+async def test_connections_the_server_fails_are_counted_by_reason_not_as_client(
+    anyio_backend: Backend, free_tcp_port: int
+) -> None:
+    """hypercorn closes these before the session hears of them (1002, 1007, 1009)."""
+    config = Config(server=ServerConfig(max_request_bytes=1024))
+    violations = [
+        client_frame(FIN | TEXT, b'{"type":"ping","id":1}', masked=False),  # 1002
+        client_frame(FIN | TEXT, b'"\xff"'),  # 1007
+        client_frame(FIN | TEXT, b"x" * 2000),  # 1009
+    ]
+    with anyio.fail_after(15), watch_closed_connections() as log:
+        async with running_server(config, anyio_backend, free_tcp_port) as server:
+            for frame in violations:
+                async with open_raw_websocket(
+                    server.host, server.port, server.websocket_path
+                ) as raw:
+                    await raw.send(frame)
+                    assert len(await raw.frames_until_end()) == 1  # the close frame
+            await log.wait_for(len(violations))
+            samples = await scrape(server)
+    for reason in ("protocol_error", "invalid_payload", "frame_too_large"):
+        assert samples[f'clarion_disconnects_total{{reason="{reason}"}}'] == 1, reason
+    assert 'clarion_disconnects_total{reason="client"}' not in samples

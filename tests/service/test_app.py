@@ -325,6 +325,39 @@ async def test_an_oversize_frame_closes_with_1009() -> None:
             }
 
 
+@pytest.mark.parametrize(
+    ("code", "reason"),
+    [
+        (1000, "client"),
+        (1006, "client"),
+        (1002, "protocol_error"),
+        (1007, "invalid_payload"),
+        (1009, "frame_too_large"),
+    ],
+)
+async def test_a_disconnect_with_the_code_of_a_failed_connection_is_counted_under_it(
+    code: int, reason: str
+) -> None:
+    """A server that failed the connection itself (hypercorn: service.wsstream) says so
+    in the disconnect's code."""
+    async with running_app() as app, websocket(app) as client:
+        await client.disconnect(code)
+        await anyio.wait_all_tasks_blocked()  # the session ends and counts
+        assert app.counters.disconnects == {reason: 1}
+
+
+async def test_a_failure_code_that_follows_a_broken_send_is_still_counted() -> None:
+    """The session ends as soon as a send fails; the server's disconnect comes after."""
+    async with running_app() as app, websocket(app) as client:
+        await client.stop_receiving()
+        await client.send_json({"type": "ping", "id": 1})  # its reply cannot be sent
+        await anyio.wait_all_tasks_blocked()  # the session waits for the disconnect
+        assert app.counters.disconnects == {}
+        await client.disconnect(1002)
+        await anyio.wait_all_tasks_blocked()
+        assert app.counters.disconnects == {"protocol_error": 1}
+
+
 async def test_drain_sends_what_is_queued_then_closes_1001() -> None:
     async with running_app() as app, websocket(app, buffer=0) as client:
         await client.request({"type": "subscribe", "id": 1, "channel": "c"})

@@ -119,6 +119,10 @@ class FakeClient:
     async def disconnect(self, code: int = 1000) -> None:
         await self._to_app.send({"type": "websocket.disconnect", "code": code})
 
+    async def stop_receiving(self) -> None:
+        """Receive nothing more: the app's sends fail from now on, as on a broken socket."""
+        await self._from_app.aclose()
+
     async def receive(self) -> Message:
         """Return the app's next ASGI message (a send or a close)."""
         return await self._from_app.receive()

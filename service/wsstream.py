@@ -1,0 +1,139 @@
+"""hypercorn's WebSocket stream, made to fail a connection with a close frame.
+
+RFC 6455 asks an endpoint that must *Fail the WebSocket Connection* to send a close
+frame with a status code first, when the connection still allows it (section 7.1.7):
+1002 for a protocol error (section 7.4.1), such as an unmasked client frame (section
+5.1), reserved bits or opcodes (section 5.2), a fragmented or oversized control frame
+(section 5.5) or a continuation that continues nothing (section 5.4); 1007 for a text
+message that is not UTF-8 (section 8.1); and 1009 for a message too big to process.
+
+hypercorn (0.17 and 0.18, ``hypercorn/protocol/ws_stream.py``, ``WSStream``) does not:
+
+- wsproto reports a frame it cannot parse as a ``CloseConnection`` event with the code
+  while its connection is still OPEN. hypercorn answers a ``CloseConnection`` only in
+  the REMOTE_CLOSING state, so it closes the TCP connection without a close frame: the
+  client sees 1006, and the app is told 1006, as if the client had dropped.
+- For a message over its ``websocket_max_message_size`` it sends close 1009 but tells
+  the app nothing, and keeps the connection until the client answers the close; the
+  app is then told 1006, again as if the client had left.
+
+`ClosingWSStream` sends the close frame with the code (and wsproto's short account of
+what was wrong as the reason), tells the app ``websocket.disconnect`` with that same
+code, and closes the connection. The close frame goes through hypercorn's own send,
+as its other frames do, so `service.framewriter` sees it: no frame of Clarion's is cut
+by it or written after it, and the TCP connection is closed only after it.
+
+The connection is closed at once, without waiting for the client's close frame (RFC
+6455 7.1.7): the client may still be sending (a message far over the limit), and what
+the server has not read then makes its kernel end the connection with a reset, after
+the close frame, which the client still reads (tested on Linux with a 4 MiB frame).
+
+`install_closing_stream` puts it in place for one connection, from the app, when the
+connection is hypercorn's, rather than replacing the ``WSStream`` name that hypercorn's
+HTTP/1.1 and HTTP/2 protocols look up: that would change the WebSockets of any other
+app in the process, and would have to be installed wherever Clarion is started
+(``service.runner.serve`` for ``clarion serve`` and ``--workers``, ``create_app`` for
+the hypercorn command), whereas every one of those goes through the app. The class of
+a live stream can change because `ClosingWSStream` adds no state but a class default.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Final
+
+from hypercorn.protocol.events import EndData, StreamClosed
+from hypercorn.protocol.ws_stream import FrameTooLargeError, WSStream
+from wsproto.connection import ConnectionState
+from wsproto.events import CloseConnection, Message, Ping
+from wsproto.frame_protocol import CloseReason
+
+if TYPE_CHECKING:
+    from hypercorn.protocol.events import Event
+
+    from service.types import Send
+
+__all__ = ("ClosingWSStream", "install_closing_stream")
+
+#: The reason sent with close 1009, as Clarion's own check sends it (`service.session`).
+_TOO_LARGE_REASON: Final = "frame too large"
+
+
+class ClosingWSStream(WSStream):
+    """hypercorn's WebSocket stream, which fails a connection with a close frame.
+
+    See the module docstring for what it changes, and why.
+    """
+
+    _failed_with: int | None = None
+    """The close code the connection was failed with, once it was."""
+
+    async def handle(self, event: Event) -> None:
+        """Handle *event* as hypercorn does, except the end of a failed connection: the
+        app is told the close code it was failed with, not 1006."""
+        if isinstance(event, StreamClosed) and self._failed_with is not None:
+            if not self.closed:
+                self.closed = True
+                if self.app_put is not None:
+                    await self.app_put({"type": "websocket.disconnect", "code": self._failed_with})
+            return
+        await super().handle(event)
+
+    async def _handle_events(self) -> None:
+        # hypercorn's own loop (0.17, 0.18), but for the two failures.
+        for event in self.connection.events():
+            if isinstance(event, Message):
+                try:
+                    self.buffer.extend(event)
+                except FrameTooLargeError:
+                    await self._fail(CloseReason.MESSAGE_TOO_BIG, _TOO_LARGE_REASON)
+                    return
+                if event.message_finished:
+                    await self._app_put(self.buffer.to_message())
+                    self.buffer.clear()
+            elif isinstance(event, Ping):
+                await self._send_wsproto_event(event.response())
+            elif isinstance(event, CloseConnection):
+                if self.connection.state is ConnectionState.OPEN:
+                    # Not a close frame from the client (that moves the state on), but
+                    # wsproto's report of a frame it could not parse.
+                    await self._fail(event.code, event.reason)
+                    return
+                if self.connection.state is ConnectionState.REMOTE_CLOSING:
+                    await self._send_wsproto_event(event.response())
+                await self.send(StreamClosed(stream_id=self.stream_id))
+
+    async def _app_put(self, message: dict[str, object]) -> None:
+        # hypercorn's app_put is optional until the app starts, which is before any
+        # WebSocket data can arrive (the app accepts first).
+        if self.app_put is None:
+            raise RuntimeError("a WebSocket message arrived before the app was started")
+        await self.app_put(message)
+
+    async def _fail(self, code: int, reason: str | None) -> None:
+        """Send close *code*, then close the stream: the app is told *code*, and the
+        TCP connection is closed once the close frame is out."""
+        self._failed_with = int(code)
+        await self._send_wsproto_event(CloseConnection(code=code, reason=reason))
+        await self.send(EndData(stream_id=self.stream_id))  # HTTP/2: the stream ends too
+        await self.send(StreamClosed(stream_id=self.stream_id))
+
+
+def install_closing_stream(send: Send) -> bool:
+    """Make the hypercorn WebSocket stream behind *send* a `ClosingWSStream`.
+
+    Call it before the WebSocket is accepted. Idempotent.
+
+    Returns:
+        Whether the connection now has a `ClosingWSStream`: False for another server,
+        or for a hypercorn stream of a class other than ``WSStream`` (someone else's
+        subclass is left alone).
+    """
+    stream = getattr(send, "__self__", None)
+    if isinstance(stream, ClosingWSStream):
+        return True
+    if type(stream) is not WSStream:
+        return False
+    # The subclass adds no state of its own to set up (its one attribute has a class
+    # default), so an existing stream can take it on.
+    stream.__class__ = ClosingWSStream
+    return True

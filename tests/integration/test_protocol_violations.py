@@ -1,0 +1,130 @@
+"""Frames that break RFC 6455, sent to a real hypercorn: each is answered with a close
+frame carrying its code (1002, 1007 or 1009) before the TCP connection ends, the
+disconnect is counted under its own reason, and the server goes on serving others."""
+
+from __future__ import annotations
+
+from contextlib import suppress
+from typing import TYPE_CHECKING
+
+import anyio
+import pytest
+
+from channels.config import Config, ServerConfig
+from tests.support.closelog import watch_closed_connections
+from tests.support.rawframes import (
+    BINARY,
+    CLOSE,
+    CONTINUATION,
+    FIN,
+    PING,
+    RSV1,
+    RSV2,
+    RSV3,
+    TEXT,
+    RawWebSocket,
+    client_frame,
+    close_of,
+    open_raw_websocket,
+)
+from tests.support.server import running_server
+from tests.support.wsclient import connect
+
+if TYPE_CHECKING:
+    from service.runner import Backend
+
+MAX_REQUEST_BYTES = 1024
+CONFIG = Config(server=ServerConfig(max_request_bytes=MAX_REQUEST_BYTES))
+PING_REQUEST = b'{"type":"ping","id":1}'
+
+VIOLATIONS = [
+    pytest.param(client_frame(FIN | TEXT, PING_REQUEST, masked=False), 1002, id="unmasked"),
+    pytest.param(client_frame(FIN | 0x3, b"x"), 1002, id="reserved-opcode-0x3"),
+    pytest.param(client_frame(FIN | 0xB), 1002, id="reserved-control-opcode-0xb"),
+    pytest.param(client_frame(FIN | RSV1 | TEXT, PING_REQUEST), 1002, id="rsv1"),
+    pytest.param(client_frame(FIN | RSV2 | TEXT, PING_REQUEST), 1002, id="rsv2"),
+    pytest.param(client_frame(FIN | RSV3 | TEXT, PING_REQUEST), 1002, id="rsv3"),
+    pytest.param(client_frame(PING, b"ping"), 1002, id="fragmented-ping"),
+    pytest.param(client_frame(FIN | PING, b"x" * 126), 1002, id="control-over-125-bytes"),
+    pytest.param(client_frame(FIN | CONTINUATION, b"x"), 1002, id="orphan-continuation"),
+    pytest.param(
+        client_frame(TEXT, b'{"type":') + client_frame(FIN | BINARY, b"x"),
+        1002,
+        id="new-message-inside-a-fragmented-one",
+    ),
+    pytest.param(client_frame(FIN | CLOSE, b"\x03\xed"), 1002, id="close-with-code-1005"),
+    pytest.param(client_frame(FIN | TEXT, b'"\xff\xfe"'), 1007, id="invalid-utf8"),
+    pytest.param(
+        client_frame(TEXT, b'"\xc3') + client_frame(FIN | CONTINUATION, b'("'),
+        1007,
+        id="invalid-utf8-across-fragments",
+    ),
+    pytest.param(
+        client_frame(FIN | CLOSE, b"\x03\xe8\xff"), 1007, id="invalid-utf8-in-close-reason"
+    ),
+    pytest.param(
+        client_frame(FIN | TEXT, b"x" * (MAX_REQUEST_BYTES + 1)), 1009, id="over-max-request-bytes"
+    ),
+    pytest.param(
+        client_frame(TEXT, b"x" * 1000) + client_frame(FIN | CONTINUATION, b"x" * 1000),
+        1009,
+        id="fragments-over-max-request-bytes",
+    ),
+]
+
+REASONS = {1002: "protocol_error", 1007: "invalid_payload", 1009: "frame_too_large"}
+
+
+@pytest.mark.parametrize(("frame", "code"), VIOLATIONS)
+async def test_a_protocol_violation_is_answered_with_its_close_code(
+    anyio_backend: Backend, free_tcp_port: int, frame: bytes, code: int
+) -> None:
+    with anyio.fail_after(15), watch_closed_connections() as log:
+        async with running_server(CONFIG, anyio_backend, free_tcp_port) as server:
+            assert server.app is not None
+            counters = server.app.counters
+            async with connect(server.ws_url) as bystander:
+                async with open_raw_websocket(
+                    server.host, server.port, server.websocket_path
+                ) as raw:
+                    # A valid request first: the connection works until the violation.
+                    await raw.send(client_frame(FIN | TEXT, PING_REQUEST))
+                    assert (await raw.receive_frame()).payload == b'{"type":"reply","id":1}'
+                    await raw.send(frame)
+                    frames = await raw.frames_until_end()
+                close_code, reason = close_of(frames)
+                assert (close_code, len(frames)) == (code, 1), reason
+                assert reason  # says what was wrong
+                (closed,) = await log.wait_for(1)
+                assert (closed["code"], closed["reason"]) == (code, REASONS[code])
+                assert counters.disconnects == {REASONS[code]: 1}  # not "client"
+                # The server goes on serving: the connection open all along, and a new one.
+                assert (await bystander.request({"type": "ping", "id": 2}))["id"] == 2
+                async with connect(server.ws_url) as newcomer:
+                    assert (await newcomer.request({"type": "ping", "id": 3}))["id"] == 3
+
+
+async def test_a_frame_far_over_the_limit_is_closed_with_1009_while_it_is_still_arriving(
+    anyio_backend: Backend, free_tcp_port: int
+) -> None:
+    """The server closes before it has read the whole frame: the close frame still
+    reaches the client, which is still sending, and the connection ends."""
+    frame = client_frame(FIN | BINARY, b"x" * (4 << 20))
+
+    async def send(raw: RawWebSocket) -> None:
+        with suppress(anyio.BrokenResourceError):  # the server stops reading: expected
+            await raw.send(frame)
+
+    with anyio.fail_after(15), watch_closed_connections() as log:
+        async with running_server(CONFIG, anyio_backend, free_tcp_port) as server:
+            assert server.app is not None
+            async with (
+                open_raw_websocket(server.host, server.port, server.websocket_path) as raw,
+                anyio.create_task_group() as tg,
+            ):
+                tg.start_soon(send, raw)
+                frames = await raw.frames_until_end()
+            assert close_of(frames) == (1009, "frame too large")
+            (closed,) = await log.wait_for(1)
+            assert (closed["code"], closed["reason"]) == (1009, "frame_too_large")
+            assert server.app.counters.disconnects == {"frame_too_large": 1}
