@@ -631,10 +631,11 @@ class RedisBroker:
     async def _check(self, seconds: float) -> bool:
         """Ping this node's own pub/sub channel; True once a ping comes back in time.
 
-        Any ping sent within ``timeout_seconds`` counts, not only this check's: after a
-        stall, the ping sent last before Redis resumed is the first to come back. A ping
-        sent before pub/sub (re)subscribed never comes back, so the check pings again
-        as soon as pub/sub reports the subscription.
+        Any ping sent within ``timeout_seconds`` since the last check that succeeded
+        counts, not only this check's: after a stall, the ping sent last before Redis
+        resumed is the first to come back. A ping sent before pub/sub (re)subscribed
+        never comes back, so the check pings again as soon as pub/sub reports the
+        subscription.
         """
         try:
             with anyio.fail_after(seconds):
@@ -648,6 +649,9 @@ class RedisBroker:
             self._report_unavailable(exc)
             return False
         self.round_trip_seconds, self._echo_seconds = self._echo_seconds, None
+        # The next check needs a ping sent after this one succeeded.
+        self._pings.clear()
+        self._heard = anyio.Event()
         return True
 
     async def _ping(self) -> None:
