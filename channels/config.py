@@ -274,7 +274,10 @@ class BrokerConfig(_Base, frozen=True):
 
     Each node refreshes its own clients' entries three times per period."""
     check_seconds: Annotated[float, msgspec.Meta(gt=0)] = 1 * SECONDS
-    """Redis only: how often a node checks Redis (``GET /ready``) and catches up."""
+    """Redis only: how often a node checks Redis (``GET /ready``) and catches up.
+
+    While Redis is down, also the longest pause between two reconnects of the pub/sub
+    connection (5 s at most): readiness follows Redis's recovery within about this."""
 
     def __post_init__(self) -> None:
         if self.kind == "memory" and self.url is not None:

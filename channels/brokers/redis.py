@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import secrets
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 import coredis
@@ -54,7 +54,10 @@ _UNAVAILABLE = (coredis.exceptions.RedisError, OSError, TimeoutError)
 _RETRIED = (*_UNAVAILABLE, BrokerUnavailable)
 
 #: The longest pause between two attempts of background work while Redis is failing.
-MAX_RETRY_DELAY_SECONDS = 5.0
+MAX_RETRY_DELAY_SECONDS: Final = 5.0
+
+#: The shortest pause between two attempts to reconnect the pub/sub connection.
+MIN_RECONNECT_DELAY_SECONDS: Final = 0.1
 
 # KEYS: meta, stream, and the idempotency key if the publish has one. ARGV: pub/sub
 # channel, data, new epoch, history size, history ttl (ms), stream idle time (ms), the
@@ -210,7 +213,15 @@ class RedisBroker:
         self._timeout_seconds = config.timeout_seconds
         self._check_seconds = config.check_seconds
         self._node_channel = f"{config.prefix}:n:{secrets.token_hex(8)}".encode()
-        self._echo: anyio.Event | None = None
+        self._pings: dict[bytes, float] = {}
+        """The checks' pings not yet back, each with when it was sent."""
+        self._ping_count = 0
+        self._heard = anyio.Event()
+        """Set when a ping came back in time, or pub/sub (re)subscribed this node's channel."""
+        self._echo_seconds: float | None = None
+        """The round trip of a ping that came back in time, not yet taken by a check."""
+        self._node_subscribed = False
+        self._down_reported = False
         self.ready = False
         """Whether the last check reached Redis both ways within ``timeout_seconds``."""
         self.round_trip_seconds: float | None = None
@@ -352,21 +363,24 @@ class RedisBroker:
         """Connect, receive from Redis and keep this node's subscriptions right.
 
         Ready at once: while Redis cannot be reached, the pub/sub connection keeps
-        retrying (capped exponential backoff) and the broker is not `ready`. Runs until
-        cancelled.
+        retrying (exponential backoff capped at ``check_seconds``) and the broker is not
+        `ready`. Runs until cancelled.
         """
         task_status.started()
-        # Reconnect for good, with capped exponential backoff: coredis's default gives
-        # up on the third slow resubscribe, which would end the broker.
+        # Reconnect for good: coredis's default gives up on the third slow resubscribe,
+        # which would end the broker. coredis never resets the attempt count, so after a
+        # few outages every reconnect waits about the cap: keep it near check_seconds,
+        # or readiness would lag Redis's recovery by the whole cap.
+        cap = min(MAX_RETRY_DELAY_SECONDS, self._check_seconds)
         retry = coredis.retry.ExponentialBackoffRetryPolicy(
             (coredis.exceptions.ConnectionError, TimeoutError),
             retries=None,
-            base_delay=0.1,
-            max_delay=MAX_RETRY_DELAY_SECONDS,
+            base_delay=min(MIN_RECONNECT_DELAY_SECONDS, cap),
+            max_delay=cap,
             jitter=True,
         )
         async with self._client.pubsub(
-            ignore_subscribe_messages=True, retry_policy=retry
+            ignore_subscribe_messages=False, retry_policy=retry
         ) as self._pubsub:
             self._connected.set()
             async with anyio.create_task_group() as tg:
@@ -447,11 +461,15 @@ class RedisBroker:
         start = len(self._prefix) + 3  # past "P:p:"
         while True:
             message: Any = await self._subscriber.get_message()
-            if message is None or message["type"] != "message":
+            if message is None:
                 continue
             if message["channel"] == self._node_channel:
-                if self._echo is not None:
-                    self._echo.set()
+                if message["type"] == "message":
+                    self._echo(message["data"])
+                elif message["type"] == "subscribe":
+                    self._heard.set()  # (re)subscribed: a check pings again
+                continue
+            if message["type"] != "message":
                 continue
             try:
                 channel = message["channel"][start:].decode()
@@ -594,44 +612,104 @@ class RedisBroker:
                     pipeline.pexpire(f"{self._prefix}:m:{channel}", self._idle_ms)
 
     async def _check_forever(self) -> None:
-        """Check Redis both ways every ``check_seconds``; then catch up on every channel."""
-        failures = 0
+        """Check Redis both ways every ``check_seconds``; then catch up on every channel.
+
+        While ready, a check may take up to ``timeout_seconds``: Redis slower than that
+        is unavailable, as it is to a publish. While not ready, a check gives up after
+        ``check_seconds`` and the next one starts: a ping sent while pub/sub was still
+        reconnecting never comes back, and waiting it out would hold readiness up to
+        ``timeout_seconds`` past Redis's recovery. So while Redis is down the node sends
+        one ping (a ``PUBLISH`` of a few bytes) per ``check_seconds``, and one more each
+        time pub/sub resubscribes: never a tight loop.
+        """
         while True:
-            try:
-                with anyio.fail_after(self._timeout_seconds):
-                    await self._subscriber.subscribe(self._node_channel)
-                break
-            except _RETRIED as exc:
-                failures += 1
-                logger.warning("Redis subscribe failed, retrying: %s", _describe(exc))
-                await anyio.sleep(min(MAX_RETRY_DELAY_SECONDS, 0.05 * 2**failures))
-        while True:
-            self.ready = await self._check()
+            started = anyio.current_time()
             if self.ready:
+                ready = await self._check(self._timeout_seconds)
+            elif await self._subscribe_node_channel():
+                started = anyio.current_time()
+                ready = await self._check(self._check_seconds)
+            else:
+                ready = False
+            self._set_ready(ready)
+            if ready:
                 try:
                     await self._catch_up()
                 except _RETRIED as exc:
                     logger.warning("Redis catch-up failed: %s", _describe(exc))
-            await anyio.sleep(self._check_seconds)
+            await anyio.sleep_until(started + self._check_seconds)
 
-    async def _check(self) -> bool:
-        """Publish to this node's own pub/sub channel and wait for it to come back."""
-        self._echo = echo = anyio.Event()
-        started = anyio.current_time()
+    async def _subscribe_node_channel(self) -> bool:
+        """Subscribe to this node's own channel, once: pub/sub resubscribes it after."""
+        if self._node_subscribed:
+            return True
         try:
             with anyio.fail_after(self._timeout_seconds):
-                await self._client.publish(self._node_channel, b"")
-                await echo.wait()
+                await self._subscriber.subscribe(self._node_channel)
         except _UNAVAILABLE as exc:
-            if self.ready:
-                logger.warning("Redis is unavailable: %s", _describe(exc))
+            self._report_unavailable(exc)
             return False
-        finally:
-            self._echo = None
-        self.round_trip_seconds = anyio.current_time() - started
-        if not self.ready:
-            logger.info("Redis is available")
+        self._node_subscribed = True
         return True
+
+    async def _check(self, seconds: float) -> bool:
+        """Ping this node's own pub/sub channel; True once a ping comes back in time.
+
+        Any ping sent within ``timeout_seconds`` since the last check that succeeded
+        counts, not only this check's: after a stall, the ping sent last before Redis
+        resumed is the first to come back. A ping sent before pub/sub (re)subscribed
+        never comes back, so the check pings again as soon as pub/sub reports the
+        subscription.
+        """
+        try:
+            with anyio.fail_after(seconds):
+                await self._ping()
+                while self._echo_seconds is None:
+                    await self._heard.wait()
+                    self._heard = anyio.Event()
+                    if self._echo_seconds is None:
+                        await self._ping()
+        except _UNAVAILABLE as exc:
+            self._report_unavailable(exc)
+            return False
+        self.round_trip_seconds, self._echo_seconds = self._echo_seconds, None
+        # The next check needs a ping sent after this one succeeded.
+        self._pings.clear()
+        self._heard = anyio.Event()
+        return True
+
+    async def _ping(self) -> None:
+        self._ping_count += 1
+        ping = b"%d" % self._ping_count
+        now = anyio.current_time()
+        self._pings = {
+            sent_ping: sent
+            for sent_ping, sent in self._pings.items()
+            if now - sent <= self._timeout_seconds
+        }
+        self._pings[ping] = now
+        await self._client.publish(self._node_channel, ping)
+
+    def _echo(self, ping: bytes) -> None:
+        """Take note of a ping back through this node's pub/sub."""
+        sent = self._pings.pop(ping, None)
+        if sent is None:
+            return  # from before the last check that succeeded, or not ours
+        round_trip = anyio.current_time() - sent
+        if round_trip <= self._timeout_seconds:
+            self._echo_seconds = round_trip
+            self._heard.set()
+
+    def _report_unavailable(self, exc: BaseException) -> None:
+        if not self._down_reported:
+            logger.warning("Redis is unavailable: %s", _describe(exc))
+            self._down_reported = True
+
+    def _set_ready(self, ready: bool) -> None:
+        if ready and not self.ready:
+            logger.info("Redis is available")
+            self._down_reported = False
+        self.ready = ready
 
     async def _catch_up(self) -> None:
         """Repair every channel whose stream went further than what was delivered here.

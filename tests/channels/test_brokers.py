@@ -5,6 +5,8 @@ Redis-only behaviour (several nodes, gaps in pub/sub) follows the shared tests.
 
 from __future__ import annotations
 
+import os
+import signal
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING
 
@@ -17,7 +19,7 @@ from channels.brokers import open_broker
 from channels.brokers.redis import RedisBroker
 from channels.config import BrokerConfig, History
 from channels.errors import BrokerUnavailable
-from channels.publication import ClientInfo, Published
+from channels.publication import ClientInfo, Position, Published
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -340,6 +342,28 @@ async def test_redis_readiness_follows_redis(own_redis: RedisServer) -> None:
         await wait_ready(broker, False)
         own_redis.start()
         await wait_ready(broker, True)
+
+
+async def test_redis_a_call_cut_short_by_the_timeout_leaves_no_reply_for_the_next(
+    own_redis: RedisServer,
+) -> None:
+    # coredis 6.9 keeps a cancelled command in its connection's queue of requests, so
+    # the late reply is matched to it; a cancelled pipeline drops its connection.
+    own_redis.start()
+    assert own_redis.process is not None
+    config = BrokerConfig(kind="redis", url=own_redis.url, timeout_seconds=0.5)
+    async with nodes(config) as [node]:
+        for index in range(3):
+            last = await node.broker.publish("b", raw(index), NO_HISTORY)
+        os.kill(own_redis.process.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(BrokerUnavailable):
+                await node.broker.publish("a", raw("late"), NO_HISTORY)
+        finally:
+            os.kill(own_redis.process.pid, signal.SIGCONT)
+        # Redis now runs the publish to "a" and answers it first: that reply is not this one.
+        assert await node.broker.publish("b", raw(3), NO_HISTORY) == Position(4, last.epoch)
+        assert (await node.broker.read("a", after=0, epoch=None, limit=None)).position.offset == 1
 
 
 async def test_presence_is_kept_and_events_reach_every_node(broker_config: BrokerConfig) -> None:

@@ -6,6 +6,8 @@ process on the same backend or on the other one (the mixed pair).
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -199,6 +201,89 @@ async def test_a_node_starts_while_redis_is_down(
             await subscribe(client, "c")
             await http_publish(node, "c", "hello")
             assert (await client.receive_object())["data"] == "hello"
+
+
+#: The period of the readiness checks in the recovery tests below.
+CHECK_SECONDS = 0.2
+#: Readiness must follow Redis's recovery within this many check periods: about two
+#: suffice (a pub/sub reconnect, capped at one period, then a ping), the rest is margin
+#: for a busy machine. Waiting out a check sent before pub/sub reconnected, as nodes
+#: once did, takes ``timeout_seconds`` and more.
+RECOVERY_CHECKS = 10
+
+
+async def seconds_until_ready(node: Server) -> float:
+    """Wait until ``GET /ready`` answers 200; return how long that took."""
+    started = anyio.current_time()
+    await wait_ready(node, 200)
+    return anyio.current_time() - started
+
+
+@pytest.mark.filterwarnings("ignore:Unclosed <MemoryObject:ResourceWarning")
+async def test_readiness_follows_redis_out_of_a_stall_within_a_few_checks(
+    anyio_backend: Backend, own_redis: RedisServer
+) -> None:
+    own_redis.start()
+    assert own_redis.process is not None
+    broker = BrokerConfig(
+        kind="redis", url=own_redis.url, timeout_seconds=1, check_seconds=CHECK_SECONDS
+    )
+    with anyio.fail_after(60):
+        async with (
+            running_server(Config(broker=broker), anyio_backend, free_port()) as node,
+            connect(node.ws_url) as client,
+        ):
+            await wait_ready(node, 200)
+            await subscribe(client, "news")
+            await http_publish(node, "news", "before")
+            assert (await client.receive_object())["data"] == "before"
+            os.kill(own_redis.process.pid, signal.SIGSTOP)
+            try:
+                await wait_ready(node, 503)
+                # Cut short by timeout_seconds, while checks keep pinging the stalled Redis:
+                # Redis will still run all of them, and their late replies must go to the
+                # calls that gave up on them, never to the next ones.
+                body = msgspec.json.encode({"channel": "news", "data": "during"})
+                status, refused = await http_call(node, "POST", "/api/publish", body)
+                assert (status, refused["code"]) == (503, 301)
+                assert (await http_call(node, "GET", "/ready"))[0] == 503
+            finally:
+                os.kill(own_redis.process.pid, signal.SIGCONT)
+            took = await seconds_until_ready(node)
+            assert took < RECOVERY_CHECKS * CHECK_SECONDS, f"ready {took:.2f}s after the stall"
+            after = await http_publish(node, "news", "after")
+            received = [await client.receive_object()]
+            while received[-1]["data"] != "after":
+                received.append(await client.receive_object())
+            # The refused publish may still have run once Redis resumed (README: "A publish
+            # that timed out may still have been applied"); nothing else came in between.
+            assert [message["data"] for message in received] in (["during", "after"], ["after"])
+            assert [message["offset"] for message in received] == list(
+                range(after["offset"] - len(received) + 1, after["offset"] + 1)
+            )
+
+
+@pytest.mark.filterwarnings("ignore:Unclosed <MemoryObject:ResourceWarning")
+async def test_readiness_follows_a_redis_restart_within_a_few_checks(
+    anyio_backend: Backend, own_redis: RedisServer
+) -> None:
+    own_redis.start()
+    # A long timeout: a node that waited for a check sent before pub/sub reconnected
+    # would stay not ready this long after Redis came back.
+    broker = BrokerConfig(
+        kind="redis", url=own_redis.url, timeout_seconds=5, check_seconds=CHECK_SECONDS
+    )
+    with anyio.fail_after(60):
+        async with running_server(Config(broker=broker), anyio_backend, free_port()) as node:
+            await wait_ready(node, 200)
+            for _ in range(2):  # the pub/sub's reconnect backoff only ever grows
+                await anyio.to_thread.run_sync(own_redis.stop)
+                await wait_ready(node, 503)
+                await anyio.sleep(1)  # the outage lasts: pub/sub retries and backs off
+                await anyio.to_thread.run_sync(own_redis.start)
+                took = await seconds_until_ready(node)
+                assert took < RECOVERY_CHECKS * CHECK_SECONDS, f"ready {took:.2f}s after restart"
+                await http_publish(node, "news", "after")
 
 
 def worker_pids(parent: int) -> list[int]:
