@@ -75,6 +75,7 @@ def hypercorn_config(config: Config) -> HypercornConfig:
     result = HypercornConfig()
     result.write_timeout_seconds = config.server.write_timeout_seconds
     result.bind = [config.server.bind]
+    result.backlog = config.server.listen_backlog
     result.websocket_max_message_size = config.server.max_request_bytes
     # hypercorn's keep-alive timer runs from the moment a connection opens until a whole
     # request has arrived (and again between requests): a client that never finishes
