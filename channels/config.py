@@ -152,6 +152,12 @@ class ServerConfig(_Base, frozen=True):
 
     bind: str = "127.0.0.1:8000"
     """HOST:PORT to listen on (``[::1]:8000`` for IPv6)."""
+    listen_backlog: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 4096
+    """Connections the kernel holds for the server to accept (``listen()``'s backlog).
+
+    A connection that finds the queue full is dropped and retried by the client's TCP
+    after 1 s, 3 s, 7 s...; under a burst of connections the server then seems not to
+    answer. Linux caps the value at ``net.core.somaxconn`` (4096 since Linux 5.4)."""
     websocket_path: str = "/ws"
     outbox_messages: PositiveCount = 1024
     """Messages (and replies) queued per connection before the slow-consumer policy applies."""

@@ -98,6 +98,7 @@ HTTP_STATUS: dict[type[Exception], int] = {
 #: Server settings that hypercorn took at startup: only a restart changes them.
 RESTART_ONLY: Final = (
     "bind",
+    "listen_backlog",
     "websocket_path",
     "max_request_bytes",
     "handshake_timeout_seconds",

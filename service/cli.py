@@ -330,9 +330,16 @@ def main(argv: list[str] | None = None) -> int:
 
     from service.app import Clarion
     from service.logs import configure_logging
-    from service.runner import run, run_workers
+    from service.runner import hypercorn_config, run, run_workers
+    from service.sockets import BindError, bind_sockets
 
     configure_logging(config.server.log_level, config.server.log_format)
+    try:
+        sockets = bind_sockets(hypercorn_config(config))
+    except BindError as exc:
+        setting = "server.bind" if args.bind is None else "--bind"
+        print(f"clarion: error: {setting}: {exc}", file=sys.stderr)
+        return 2
     host, port = parse_bind(config.server.bind)
     netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     logging.getLogger("clarion").info(
@@ -340,6 +347,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     source = _source(args)
     if args.workers > 1:
-        return run_workers(config, source, args.backend, args.workers)
-    run(Clarion(config, source), args.backend)
+        return run_workers(config, source, args.backend, args.workers, sockets)
+    run(Clarion(config, source), args.backend, sockets)
     return 0

@@ -75,6 +75,7 @@ def hypercorn_config(config: Config) -> HypercornConfig:
     result = HypercornConfig()
     result.write_timeout_seconds = config.server.write_timeout_seconds
     result.bind = [config.server.bind]
+    result.backlog = config.server.listen_backlog
     result.websocket_max_message_size = config.server.max_request_bytes
     # hypercorn's keep-alive timer runs from the moment a connection opens until a whole
     # request has arrived (and again between requests): a client that never finishes
@@ -174,7 +175,8 @@ async def _serve_until_signal(
 def run(app: Clarion, backend: Backend, sockets: Sockets | None = None) -> None:
     """Serve *app* until SIGINT or SIGTERM, then drain its clients (close 1001) and exit.
 
-    SIGHUP reloads the configuration (`Clarion.reload`).
+    SIGHUP reloads the configuration (`Clarion.reload`). *sockets* are the listening
+    sockets (`service.sockets.bind_sockets`); by default hypercorn binds its own.
     """
     settings = hypercorn_config(app.config)
     # Until the signal receiver is in place, a SIGHUP must not end the process.
@@ -197,19 +199,17 @@ def _worker(config: Config, source: ConfigSource, backend: Backend, sockets: Soc
     run(Clarion(config, source), backend, sockets)
 
 
-def run_workers(config: Config, source: ConfigSource, backend: Backend, workers: int) -> int:
-    """Serve *config* (read from *source*) with *workers* processes sharing one listening
-    socket.
+def run_workers(
+    config: Config, source: ConfigSource, backend: Backend, workers: int, sockets: Sockets
+) -> int:
+    """Serve *config* (read from *source*) with *workers* processes sharing the listening
+    *sockets* (`service.sockets.bind_sockets`), which are theirs from then on.
 
     Each process is a node of its own (a shared broker joins them). On SIGINT or SIGTERM
     every worker drains its clients and exits; on SIGHUP every worker reloads its
     configuration; if a worker dies, the others are stopped too. Returns the exit
     status: 0 after a signal, 1 if a worker failed.
     """
-    settings = hypercorn_config(config)
-    sockets = settings.create_sockets()
-    for sock in (*sockets.secure_sockets, *sockets.insecure_sockets):
-        sock.listen(settings.backlog)  # trio's worker takes only listening sockets
     context = multiprocessing.get_context("spawn")
     processes = [
         context.Process(

@@ -25,7 +25,7 @@ __all__ = (
     "find_redis_server",
     "free_port",
     "pin",
-    "wait_listening",
+    "wait_serving",
 )
 
 _TICKS = os.sysconf("SC_CLK_TCK")
@@ -45,8 +45,10 @@ def pin(pid: int, core: int | None) -> None:
         os.sched_setaffinity(pid, {core})
 
 
-def wait_listening(port: int, seconds: float = 20.0) -> None:
-    """Block until 127.0.0.1:*port* accepts a connection.
+def wait_serving(port: int, seconds: float = 20.0) -> None:
+    """Block until the Clarion server on 127.0.0.1:*port* answers ``GET /health``.
+
+    A listening port is not enough: ``clarion serve`` binds it before its app starts.
 
     Raises:
         TimeoutError: if it does not within *seconds*.
@@ -54,12 +56,17 @@ def wait_listening(port: int, seconds: float = 20.0) -> None:
     deadline = time.monotonic() + seconds
     while True:
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as probe:
+                probe.sendall(
+                    b"GET /health HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n"
+                )
+                if probe.recv(64).startswith(b"HTTP/1.1 200 "):
+                    return
         except OSError:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"nothing listens on 127.0.0.1:{port}") from None
-            time.sleep(0.05)
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no Clarion server answers on 127.0.0.1:{port}") from None
+        time.sleep(0.05)
 
 
 class ProcessStats:
@@ -107,7 +114,7 @@ class ServerProcess:
         pin(self._process.pid, core)
         self.stats = ProcessStats(self._process.pid)
         try:
-            wait_listening(port)
+            wait_serving(port)
         except TimeoutError:
             self.stop()
             raise

@@ -80,6 +80,8 @@ BAD_DOCUMENTS = [
         "channels[0].slow_consumer: Invalid enum value 'never'",
     ),
     ("server: {outbox_messages: 0}", "server.outbox_messages: Expected `int` >= 1"),
+    ("server: {listen_backlog: 0}", "server.listen_backlog: Expected `int` >= 1"),
+    ("server: {listen_backlog: 65536}", "server.listen_backlog: Expected `int` <= 65535"),
     ("server: {bind: localhost}", "server: bind 'localhost' must look like HOST:PORT"),
     ("server: {bind: '127.0.0.1:70000'}", "must look like HOST:PORT"),
     ("server: {websocket_path: ws}", "server: websocket_path 'ws' must start with '/'"),

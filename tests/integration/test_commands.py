@@ -13,7 +13,7 @@ import anyio
 import pytest
 
 from tests.support.rawframes import FIN, TEXT, client_frame, close_of, open_raw_websocket
-from tests.support.server import Server, http_publish, wait_listening
+from tests.support.server import Server, http_publish, wait_serving
 from tests.support.wsclient import connect, subscribe
 
 if TYPE_CHECKING:
@@ -30,14 +30,14 @@ BIN = Path(sys.executable).parent
 async def process(
     argv: Sequence[str], port: int, log: Path, env: dict[str, str] | None = None
 ) -> AsyncIterator[Process]:
-    """Run *argv* until the block ends; wait for it to listen on 127.0.0.1:*port*."""
+    """Run *argv* until the block ends; wait for it to serve on 127.0.0.1:*port*."""
     with log.open("wb") as output:
         proc = await anyio.open_process(
             argv, stdout=output, stderr=output, env={**os.environ, **(env or {})}
         )
     try:
         with anyio.fail_after(20):
-            await wait_listening(port, alive=lambda: proc.returncode is None)
+            await wait_serving(port, alive=lambda: proc.returncode is None)
         yield proc
     finally:
         if proc.returncode is None:

@@ -104,11 +104,18 @@ async def test_the_reload_api_needs_a_key_and_reports_what_it_did(
         ) as server:
             status, reply = await http_call(server, "POST", "/api/reload")
             assert (status, reply["code"]) == (401, 106)
-            config.write_text((AFTER % free_tcp_port).replace("127.0.0.1", "localhost"))
+            changed = (AFTER % free_tcp_port).replace("127.0.0.1", "localhost")
+            config.write_text(
+                changed.replace("max_subscriptions: 2", "max_subscriptions: 2, listen_backlog: 50")
+            )
             status, reply = await http_call(server, "POST", "/api/reload", headers=key)
             assert (status, reply) == (
                 200,
-                {"type": "reply", "ended": 0, "restart_needed": ["server.bind"]},
+                {
+                    "type": "reply",
+                    "ended": 0,
+                    "restart_needed": ["server.bind", "server.listen_backlog"],
+                },
             )
             config.write_text(INVALID % free_tcp_port)
             status, reply = await http_call(server, "POST", "/api/reload", headers=key)

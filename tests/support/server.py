@@ -62,6 +62,26 @@ async def wait_listening(port: int, alive: Callable[[], bool] = lambda: True) ->
             return
 
 
+async def wait_serving(port: int, alive: Callable[[], bool] = lambda: True) -> None:
+    """Return once a Clarion server on 127.0.0.1:*port* answers ``GET /health`` (while
+    *alive* holds).
+
+    A listening port is not enough: ``clarion serve`` binds it before its app starts, and
+    the kernel accepts connections meanwhile.
+    """
+    while True:
+        if not alive():
+            raise AssertionError(f"the server for port {port} stopped before serving")
+        try:
+            status, _ = await http_exchange(Server("127.0.0.1", port), "GET", "/health")
+        except (OSError, anyio.BrokenResourceError, IndexError, ValueError):
+            await anyio.sleep(0.02)  # not listening yet, or gone: poll the port
+        else:
+            if status == 200:
+                return
+            await anyio.sleep(0.02)
+
+
 @asynccontextmanager
 async def running_server(
     config: Config,
