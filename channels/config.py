@@ -7,9 +7,10 @@ Everything is checked before the event loop starts; a mistake is reported as a
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 
 import msgspec
 
@@ -56,6 +57,7 @@ CHANNEL_NAME_CHARS = r"A-Za-z0-9_\-:.@/=+"
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _PATTERN_CHARS = re.compile(rf"[{CHANNEL_NAME_CHARS}*]+")
 _PASSWORD_IN_URL = re.compile(r"^([a-z]+://[^:@/]*:)[^@/]*@")
+_BROADCAST: Final = ipaddress.IPv4Address("255.255.255.255")
 _BIND = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[^:\[\]]+):(?P<port>[0-9]{1,5})")
 
 Count = Annotated[int, msgspec.Meta(ge=0)]
@@ -371,6 +373,13 @@ class Config(_Base, frozen=True):
             seen.add(rule.match)
         _check_shadowed(self.channels)
         server = self.server
+        longest = server.channel_name_max_length
+        for index, rule in enumerate(self.channels):
+            if len(rule.match.replace("*", "")) > longest:
+                raise ValueError(
+                    f"channels[{index}] is never used: it matches only names longer than "
+                    f"server.channel_name_max_length ({longest})"
+                )
         if self.auth is not None and self.auth.required and not server.api_keys:
             if not server.api_open:
                 raise ValueError(
@@ -417,7 +426,17 @@ def parse_bind(bind: str) -> tuple[str, int]:
     found = _BIND.fullmatch(bind)
     if found is None or int(found["port"]) > 65535:
         raise ValueError(f"bind {bind!r} must look like HOST:PORT, e.g. 127.0.0.1:8000")
-    return found["host"].strip("[]"), int(found["port"])
+    host = found["host"].strip("[]")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host, int(found["port"])  # a host name: it resolves when the server binds
+    if address.is_multicast or address == _BROADCAST:
+        kind = "multicast" if address.is_multicast else "broadcast"
+        raise ValueError(
+            f"bind {bind!r}: {host} is a {kind} address; a server listens on one of its own"
+        )
+    return host, int(found["port"])
 
 
 def _substitute(value: Any, path: str, env: Mapping[str, str]) -> Any:

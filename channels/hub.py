@@ -481,10 +481,19 @@ class Hub:
             PermissionDenied: if the caller may not subscribe to *channel*.
             PresenceDisabled: if the channel's rule keeps no presence.
         """
+        self._presence_rule(channel, by, trusted=trusted, private_ok=private_ok)
+        clients = await self._broker.presence(channel)
+        # A reload (or a refreshed token) may have changed the answer while the broker
+        # read: the rules in force now decide, as for a subscription.
+        self._presence_rule(channel, by, trusted=trusted, private_ok=private_ok)
+        return clients
+
+    def _presence_rule(
+        self, channel: str, by: Outbox | None, *, trusted: bool, private_ok: bool
+    ) -> None:
         rule = self._resolve(channel, "subscribe", by, trusted=trusted, private_ok=private_ok)
         if not rule.presence:
             raise PresenceDisabled(channel)
-        return await self._broker.presence(channel)
 
     def event(self, channel: str, event: Event, client: ClientInfo) -> None:
         """Send a join or leave event to *channel*'s local subscribers (broker callback).
@@ -517,7 +526,8 @@ class Hub:
         Args:
             channel: the channel to read.
             after: read the messages after this offset; None for the newest.
-            limit: read at most this many; None for every kept message.
+            limit: read at most this many (at most the channel's ``history.size``); None
+                for every kept message.
             by: the reading connection, whose grant is checked; None for an anonymous
                 caller (the HTTP API without a key).
             trusted: True for the HTTP API with a key, which may read any channel.
@@ -527,8 +537,15 @@ class Hub:
             InvalidChannelName, ChannelNotFound: for a bad channel.
             PermissionDenied: if the caller may not subscribe to *channel*.
         """
+        rule = self._resolve(channel, "subscribe", by, trusted=trusted, private_ok=private_ok)
+        # No page holds more than the channel keeps (a Redis stream trims approximately).
+        size = rule.history.size
+        page = await self._broker.read(
+            channel, after=after, epoch=None, limit=size if limit is None else min(limit, size)
+        )
+        # As for presence: the rules in force when the page is read decide.
         self._resolve(channel, "subscribe", by, trusted=trusted, private_ok=private_ok)
-        return await self._broker.read(channel, after=after, epoch=None, limit=limit)
+        return page
 
     def deliver(self, publication: Publication) -> None:
         """Offer *publication* to every local subscriber of its channel (broker callback)."""

@@ -353,8 +353,10 @@ class Clarion:
         """
         server = self.config.server
         request_headers = Headers(scope["headers"])
-        # Probes, and callers with a valid API key (the backend), are served on a full node.
-        checked = scope["path"] not in _PROBES and not self._has_key(request_headers)
+        # Probes, and callers with a valid API key (the backend), are served on a full
+        # node; a probe only when it announces no body, which could arrive slowly.
+        probe = scope["path"] in _PROBES and _bodiless(scope, request_headers)
+        checked = not probe and not self._has_key(request_headers)
         try:
             with self._slots.hold(_address(scope), server, checked=checked):
                 body = await self._read_body(scope, request_headers, receive)

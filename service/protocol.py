@@ -327,6 +327,8 @@ def decode_request(frame: str | bytes) -> ClientMessage:
     Raises:
         BadJSON, BadMessage, UnknownOp: with the request's ``id`` when it could be read.
     """
+    if isinstance(frame, bytes):
+        _require_utf8(frame)
     try:
         return _request_decoder.decode(frame)
     except RecursionError:
@@ -357,6 +359,7 @@ def decode_publish_request(body: bytes) -> PublishRequest:
     Raises:
         BadJSON, BadMessage: for a body that is not a valid publish request.
     """
+    _require_utf8(body)
     try:
         return _publish_request_decoder.decode(body)
     except RecursionError:
@@ -365,6 +368,20 @@ def decode_publish_request(body: bytes) -> PublishRequest:
         raise BadMessage(_describe(exc)) from None
     except msgspec.DecodeError as exc:
         raise BadJSON(f"not valid JSON: {exc}") from None
+
+
+def _require_utf8(data: bytes) -> None:
+    """Refuse bytes that are not UTF-8, as JSON requires.
+
+    msgspec checks the strings it decodes, but not a value it keeps as ``Raw``: without
+    this, a binary frame or an HTTP body could publish ``data`` that no subscriber can
+    decode (a text frame must be UTF-8) and that history would replay.
+    """
+    if not data.isascii():
+        try:
+            data.decode()
+        except UnicodeDecodeError as exc:
+            raise BadJSON(f"not valid JSON: invalid UTF-8 at byte {exc.start}") from None
 
 
 def _describe(exc: msgspec.ValidationError) -> str:

@@ -19,6 +19,7 @@ import hypercorn.asyncio.run
 import hypercorn.config
 import hypercorn.trio.run
 import hypercorn.utils
+import trio
 
 from channels.errors import ConfigError
 from service.logs import configure_logging
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 
     from channels.config import Config, ConfigSource
     from service.app import Clarion
+    from service.types import Message, Receive, Scope, Send
 
 __all__ = (
     "AFTER_DRAIN_SECONDS",
@@ -111,12 +113,14 @@ async def serve(
         await shutdown_trigger()
         await app.drain()
 
-    wrapped = hypercorn.utils.wrap_app(app, config.wsgi_max_body_size, "asgi")  # type: ignore[arg-type]  # hypercorn's Framework type is narrower than ASGI
     if backend == "trio":
+        guarded = partial(_answer_or_drop, app)
+        wrapped = hypercorn.utils.wrap_app(guarded, config.wsgi_max_body_size, "asgi")
         await hypercorn.trio.run.worker_serve(
             wrapped, config, sockets=sockets, shutdown_trigger=drain_then_stop
         )
         return
+    wrapped = hypercorn.utils.wrap_app(app, config.wsgi_max_body_size, "asgi")  # type: ignore[arg-type]  # hypercorn's Framework type is narrower than ASGI
     loop = asyncio.get_running_loop()
     previous = loop.get_exception_handler()
     loop.set_exception_handler(partial(_quiet_dropped_clients, previous))
@@ -126,6 +130,28 @@ async def serve(
         )
     finally:
         loop.set_exception_handler(previous)
+
+
+async def _answer_or_drop(app: Clarion, scope: Scope, receive: Receive, send: Send) -> None:
+    """Run *app*; an HTTP answer whose connection hypercorn is closing is dropped quietly.
+
+    When a client sends more bytes after a ``connection: close`` answer (the rest of a
+    body over ``max_request_bytes``), hypercorn's trio worker (0.18, ``TCPServer._close``)
+    sends EOF outside its send lock while the answer is written, and the write raises
+    ``trio.BusyResourceError``, logged as a traceback for each such request. The client
+    is going away and cannot get the answer; there is nothing to report.
+    """
+    if scope["type"] != "http":
+        await app(scope, receive, send)
+        return
+
+    async def send_or_drop(message: Message) -> None:
+        try:
+            await send(message)
+        except trio.BusyResourceError:
+            logger.debug("dropped an answer to a client whose connection is closing")
+
+    await app(scope, receive, send_or_drop)
 
 
 def _quiet_dropped_clients(

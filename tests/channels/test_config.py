@@ -84,6 +84,9 @@ BAD_DOCUMENTS = [
     ("server: {listen_backlog: 65536}", "server.listen_backlog: Expected `int` <= 65535"),
     ("server: {bind: localhost}", "server: bind 'localhost' must look like HOST:PORT"),
     ("server: {bind: '127.0.0.1:70000'}", "must look like HOST:PORT"),
+    ("server: {bind: '224.0.0.1:8000'}", "224.0.0.1 is a multicast address"),
+    ("server: {bind: '[ff02::1]:8000'}", "ff02::1 is a multicast address"),
+    ("server: {bind: '255.255.255.255:8000'}", "255.255.255.255 is a broadcast address"),
     ("server: {websocket_path: ws}", "server: websocket_path 'ws' must start with '/'"),
     ("server: {websocket_path: /health}", "is taken by the HTTP API"),
     ("server: {outbox_messages: 10, recovery_max_messages: 11}", "must not exceed outbox_messages"),
@@ -138,6 +141,11 @@ BAD_DOCUMENTS = [
     (
         "channels: [{match: '*:*'}, {match: 'a*:b*'}]",
         """channels[1] is never used: channels[0] ("*:*")""",
+    ),
+    (
+        "server: {channel_name_max_length: 8}\nchannels: [{match: 'short'}, {match: 'user:abcd*'}]",
+        "channels[1] is never used: it matches only names longer than "
+        "server.channel_name_max_length (8)",
     ),
     ("nonsense: 1", "Object contains unknown field `nonsense`"),
     ("[1, 2]", "Expected `object`, got `array`"),

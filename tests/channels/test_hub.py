@@ -234,11 +234,18 @@ class Gate:
 
 
 class GatedBroker(MemoryBroker):
-    """A memory broker that can stop after `subscribe` and after `read`, so that tests
-    publish at exactly those points of a subscribe."""
+    """A memory broker that can stop after `subscribe`, `read` and `presence`, so that
+    tests publish (or reload) at exactly those points of a subscribe or a read."""
 
     after_subscribe: Gate | None = None
     after_read: Gate | None = None
+    after_presence: Gate | None = None
+
+    async def presence(self, channel: str) -> list[ClientInfo]:
+        clients = await super().presence(channel)
+        if self.after_presence is not None:
+            await self.after_presence.pass_through()
+        return clients
 
     async def read(
         self, channel: str, *, after: int | None, epoch: str | None, limit: int | None
@@ -651,3 +658,35 @@ async def test_a_reload_during_a_subscribe_is_checked_when_it_has_read_its_start
         stats = hub.statistics()
         assert (stats.channels, stats.subscriptions) == (0, 0)
         assert await drain(box) == []
+
+
+@pytest.mark.parametrize("read", ["history", "presence"])
+async def test_a_reload_during_a_read_decides_its_answer(read: str) -> None:
+    # The broker answered under the old rules; the answer goes out under the new ones.
+    before = Config(channels=[ChannelRule(match="*", presence=True, history=History(size=5))])
+    after = Config(channels=[ChannelRule(match="*", subscribe="authenticated", presence=True)])
+    async with gated_hub(before) as (hub, broker):
+        member, anonymous = outbox(), outbox()
+        hub.attach(member, ClientInfo(client="m1", user="alice"))
+        hub.attach(anonymous)
+        await subscribe(hub, member, "room")
+        await hub.publish("room", raw("secret"), trusted=True)
+        gate = broker.after_read = broker.after_presence = Gate()
+        refused: list[BaseException] = []
+
+        async def reading() -> None:
+            try:
+                if read == "history":
+                    await hub.history("room", after=None, limit=None, by=anonymous)
+                else:
+                    await hub.presence("room", by=anonymous)
+            except PermissionDenied as exc:
+                refused.append(exc)
+
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(reading)
+                await gate.reached.wait()
+                hub.reconfigure(after)
+                gate.opened.set()
+        assert [type(exc) for exc in refused] == [PermissionDenied]

@@ -4,13 +4,14 @@ held slot, or a keep-alive connection that drops the next request."""
 from __future__ import annotations
 
 import logging
+import socket
 from typing import TYPE_CHECKING
 
 import anyio
 import msgspec
 import pytest
 
-from channels.config import Config, ServerConfig
+from channels.config import BrokerConfig, ChannelRule, Config, History, ServerConfig
 from tests.integration.test_limits import refusal
 from tests.support.server import http_call, running_server
 from tests.support.wsclient import connect
@@ -159,3 +160,80 @@ async def test_deeply_nested_json_gets_a_coded_error_and_no_traceback(
             assert (status, reply["type"], reply["code"]) == (400, "error", 100)
     assert not [record for record in caplog.records if record.exc_info]
     assert "RecursionError" not in caplog.text
+
+
+async def test_data_that_is_not_utf8_is_refused_before_anyone_sees_it(
+    anyio_backend: Backend, free_tcp_port: int, broker_config: BrokerConfig
+) -> None:
+    # A text frame must be UTF-8: bytes that a binary frame or an HTTP body slipped into
+    # data would close every subscriber (1007) and be replayed by history.
+    rules = [ChannelRule(match="*", history=History(size=10))]
+    config = Config(broker=broker_config, channels=rules)
+    poison = b'{"type":"publish","id":1,"channel":"c","data":"\xc3("}'
+    with anyio.fail_after(20):
+        async with running_server(config, anyio_backend, free_tcp_port) as server:
+            async with connect(server.ws_url) as subscriber, connect(server.ws_url) as publisher:
+                assert (await subscriber.request({"type": "subscribe", "id": 1, "channel": "c"}))[
+                    "type"
+                ] == "reply"
+                await publisher.send_bytes(poison)
+                error = await publisher.receive_object()
+                assert (error["type"], error["code"]) == ("error", 100)
+                assert "UTF-8" in error["message"]
+                status, reply = await http_call(
+                    server, "POST", "/api/publish", b'{"channel":"c","data":["\xff"]}'
+                )
+                assert (status, reply["code"]) == (400, 100)
+                published = {"type": "publish", "id": 2, "channel": "c", "data": "ok é"}
+                assert (await publisher.request(published))["offset"] == 1
+                message = await subscriber.receive_object()
+                assert (message["offset"], message["data"]) == (1, "ok é")
+                page = await subscriber.request({"type": "history", "id": 3, "channel": "c"})
+                assert [item["data"] for item in page["messages"]] == ["ok é"]
+
+
+@pytest.mark.parametrize("limit", [10**17, 2**64, 10**30])
+async def test_a_huge_history_limit_reads_what_is_kept(
+    anyio_backend: Backend, free_tcp_port: int, broker_config: BrokerConfig, limit: int
+) -> None:
+    # Redis's Lua reads a number this size as a float, which XRANGE's COUNT refuses.
+    config = Config(
+        broker=broker_config, channels=[ChannelRule(match="*", history=History(size=3))]
+    )
+    with anyio.fail_after(20):
+        async with running_server(config, anyio_backend, free_tcp_port) as server:
+            async with connect(server.ws_url) as client:
+                for n in range(5):
+                    message = {"type": "publish", "id": n, "channel": "c", "data": n}
+                    assert (await client.request(message))["type"] == "reply"
+                for since in (None, 0):
+                    request = {"type": "history", "id": 9, "channel": "c", "limit": limit}
+                    if since is not None:
+                        request["since"] = since
+                    page = await client.request(request)
+                    assert [item["data"] for item in page["messages"]] == [2, 3, 4], page
+
+
+async def test_a_client_that_sends_on_after_a_413_leaves_no_traceback(
+    anyio_backend: Backend, free_tcp_port: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The client writes on while the server answers 413 and closes: hypercorn's trio
+    # worker would log a BusyResourceError traceback for many such requests.
+    config = Config(server=ServerConfig(max_request_bytes=1000))
+    head = PUBLISH_HEAD + b"content-length: 100000\r\n\r\n"
+
+    def send_on() -> None:  # from a thread: a client that does not wait for the server
+        for _ in range(50):
+            with socket.create_connection(("127.0.0.1", free_tcp_port)) as client:
+                try:
+                    client.sendall(head + b"x" * 5000)
+                    for _ in range(20):
+                        client.sendall(b"y" * 5000)
+                except OSError:
+                    pass  # the server closed: as expected, sooner or later
+
+    with anyio.fail_after(30), caplog.at_level(logging.DEBUG):
+        async with running_server(config, anyio_backend, free_tcp_port) as server:
+            await anyio.to_thread.run_sync(send_on)
+            assert (await http_call(server, "GET", "/health"))[0] == 200
+    assert not [record for record in caplog.records if record.exc_info]

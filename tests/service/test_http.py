@@ -156,6 +156,29 @@ async def test_requests_in_progress_hold_connection_slots() -> None:
             assert await client.request({"type": "ping", "id": 1}) == {"type": "reply", "id": 1}
 
 
+async def test_a_probe_that_sends_a_body_holds_a_slot_like_any_request() -> None:
+    # Probes are served on a full node, but a body could arrive a byte at a time: a
+    # probe that announces one must not pile up past the limit.
+    config = Config(server=ServerConfig(max_connections=2))
+    async with running_app(config) as app, anyio.create_task_group() as tg:
+        finish = anyio.Event()
+        slow = [Exchange([b"x", b"y"], finish) for _ in range(2)]
+        for exchange, path in zip(slow, ["/health", "/metrics"], strict=True):
+            tg.start_soon(exchange.run, app, "GET", path)
+        await anyio.wait_all_tasks_blocked()
+        async with websocket(app, accept=False) as client:
+            denial = await client.handshake()
+        assert (denial["type"], denial["status"]) == ("websocket.http.response.start", 503)
+        third = Exchange([b"x", b"y"])
+        await third.run(app, "GET", "/ready")
+        assert (third.status, third.body["code"]) == (503, 112)
+        assert (await http_request(app, "GET", "/health"))[0] == 200
+        finish.set()
+        for exchange in slow:
+            await exchange.answered.wait()
+        assert [exchange.status for exchange in slow] == [200, 200]
+
+
 async def test_requests_in_progress_count_towards_the_per_address_limit() -> None:
     config = Config(server=ServerConfig(max_connections_per_address=1))
     async with running_app(config) as app, anyio.create_task_group() as tg:

@@ -63,6 +63,9 @@ INVALID: list[tuple[str | bytes, type[ProtocolError], Any, str]] = [
     (b"\xff\xfe", BadJSON, None, "not valid JSON"),
     ('{"type":"ping"', BadJSON, None, "truncated"),
     ('{"type":0', BadJSON, None, "truncated"),  # found by tests/service/test_fuzz.py
+    # data is kept raw, unchecked by the decoder: a subscriber could not read it.
+    (b'{"type":"publish","channel":"c","data":"\xc3("}', BadJSON, None, "invalid UTF-8 at byte 40"),
+    (b'{"type":"publish","channel":"c","data":["\xed\xa0\x80"]}', BadJSON, None, "UTF-8"),
     ("[1,2]", BadMessage, None, "Expected `object`, got `array`"),
     ('{"id":1}', BadMessage, 1, "missing required field `type`"),
     ('{"type":"jump","id":2}', UnknownOp, 2, "unknown operation 'jump'"),
@@ -122,6 +125,8 @@ def test_publish_request_body() -> None:
         decode_publish_request(b'{"channel":"c"}')
     with pytest.raises(BadJSON):
         decode_publish_request(b"{")
+    with pytest.raises(BadJSON, match="invalid UTF-8 at byte 23"):
+        decode_publish_request(b'{"channel":"c","data":"\xff"}')
 
 
 def test_server_frames_encode_compactly_with_type_first() -> None:
