@@ -29,7 +29,6 @@ from channels.errors import (
     PermissionDenied as PermissionDenied,
     PresenceDisabled as PresenceDisabled,
     ServerClosing as ServerClosing,
-    SlowConsumer as SlowConsumer,
     TooManySubscriptions as TooManySubscriptions,
 )
 from channels.hub import (
@@ -77,7 +76,6 @@ __all__ = (
     "RuleBook",
     "ServerClosing",
     "ServerConfig",
-    "SlowConsumer",
     "Subscribed",
     "TooManySubscriptions",
     "dump_config",

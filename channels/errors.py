@@ -14,12 +14,13 @@ Exception hierarchy::
     ├── TooManySubscriptions   207   a connection is at server.max_subscriptions
     ├── InvalidData            208   a message's data does not have its rule's shape
     ├── ServerClosing          300   the node is shutting down
-    ├── BrokerUnavailable      301   the broker (Redis) cannot be reached
-    └── SlowConsumer          4000   a subscriber's outbox overflowed (a close code)
+    └── BrokerUnavailable      301   the broker (Redis) cannot be reached
 
-Codes below 4000 are sent to clients in ``error`` replies and never reused; codes from
-4000 are WebSocket close codes. ``service.protocol`` owns the wire-format errors (1xx).
-The README lists every code.
+The codes are sent to clients in ``error`` replies and never reused; ``http_status`` is
+the status the HTTP API answers with (None: the error happens only on a WebSocket).
+``service.errors`` holds the wire's errors (1xx); ``service.closecodes`` the WebSocket
+close codes (a slow consumer is closed with 4000). The README lists every code, and a
+test checks that its tables match.
 """
 
 from __future__ import annotations
@@ -39,7 +40,6 @@ __all__ = (
     "PermissionDenied",
     "PresenceDisabled",
     "ServerClosing",
-    "SlowConsumer",
     "TooManySubscriptions",
 )
 
@@ -48,18 +48,22 @@ class ChannelsError(Exception):
     """Base class of every error the engine raises on purpose."""
 
     code: ClassVar[int] = 0
+    http_status: ClassVar[int | None] = None
+    """The HTTP API's status for it; None for an error only a WebSocket gets."""
 
 
 class ConfigError(ChannelsError):
     """Raised when a configuration file cannot be read, parsed or validated."""
 
     code = 10
+    http_status = 422
 
 
 class InvalidChannelName(ChannelsError):
     """Raised when a channel name is empty, too long or has a character outside the set."""
 
     code = 200
+    http_status = 400
 
     def __init__(self, channel: str, reason: str) -> None:
         super().__init__(f"invalid channel name {channel[:300]!r}: {reason}")
@@ -71,6 +75,7 @@ class ChannelNotFound(ChannelsError):
     """Raised when no declared channel rule (exact name or pattern) matches a name."""
 
     code = 201
+    http_status = 404
 
     def __init__(self, channel: str) -> None:
         super().__init__(f"no channel rule matches {channel!r}")
@@ -81,6 +86,7 @@ class PermissionDenied(ChannelsError):
     """Raised when a channel's rule does not let clients perform *action* on it."""
 
     code = 202
+    http_status = 403
 
     def __init__(self, channel: str, action: str, reason: str | None = None) -> None:
         because = f": {reason}" if reason else ""
@@ -114,6 +120,7 @@ class MessageTooLarge(ChannelsError):
     """Raised when a message's data is larger than its channel rule allows."""
 
     code = 205
+    http_status = 413
 
     def __init__(self, channel: str, size: int, limit: int) -> None:
         super().__init__(
@@ -128,6 +135,7 @@ class PresenceDisabled(ChannelsError):
     """Raised when presence is asked of a channel whose rule has ``presence: false``."""
 
     code = 206
+    http_status = 409
 
     def __init__(self, channel: str) -> None:
         super().__init__(f"channel {channel!r} keeps no presence (its rule has presence: false)")
@@ -138,6 +146,7 @@ class InvalidData(ChannelsError):
     """Raised when a published message's ``data`` does not have its rule's shape."""
 
     code = 208
+    http_status = 422
 
     def __init__(self, channel: str, field: str, reason: str) -> None:
         super().__init__(f"{field}: {reason} (the shape of channel {channel!r})")
@@ -160,6 +169,7 @@ class ServerClosing(ChannelsError):
     """Raised when an operation arrives while the node is shutting down."""
 
     code = 300
+    http_status = 503
 
     def __init__(self) -> None:
         super().__init__("the server is shutting down; reconnect to another node")
@@ -172,24 +182,9 @@ class BrokerUnavailable(ChannelsError):
     """
 
     code = 301
+    http_status = 503
 
     def __init__(self, operation: str, reason: str) -> None:
         super().__init__(f"the broker is unavailable, {operation} failed: {reason}; retry later")
         self.operation = operation
         self.reason = reason
-
-
-class SlowConsumer(ChannelsError):
-    """Raised by ``Outbox.get_batch`` once the outbox overflowed under ``disconnect``.
-
-    Its code is the WebSocket close code the connection is closed with.
-    """
-
-    code = 4000
-
-    def __init__(self, channel: str, capacity: int) -> None:
-        super().__init__(
-            f"outbox full ({capacity} messages) while delivering on {channel!r}: slow consumer"
-        )
-        self.channel = channel
-        self.capacity = capacity

@@ -119,7 +119,7 @@ class _Joining:
         held = self.deliveries
         if len(held) >= outbox.capacity:
             if delivery.policy == "disconnect":
-                outbox.fail(delivery.channel or "")
+                outbox.fail()
                 return
             # Everything held is of this one channel: drop its oldest, or all for latest.
             first = held[0].offset

@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from channels.errors import SlowConsumer
 from channels.traffic import Traffic
 
 if TYPE_CHECKING:
@@ -65,7 +64,7 @@ class Outbox:
         "_closed",
         "_encode_gap",
         "_encode_restart",
-        "_failure",
+        "_failed",
         "_frame_max_bytes",
         "_gaps",
         "_queue",
@@ -102,7 +101,7 @@ class Outbox:
         self._queue: list[Delivery] = []
         self._gaps: dict[str, tuple[int, int]] = {}
         self._writable: anyio.Event | None = None
-        self._failure: SlowConsumer | None = None
+        self._failed = False
         self._closed = False
         self._refusing = False  # failed or closed: offers are refused
         self._traffic = _UNCOUNTED if traffic is None else traffic
@@ -118,7 +117,7 @@ class Outbox:
     @property
     def failed(self) -> bool:
         """Whether the outbox overflowed under ``disconnect`` and accepts nothing more."""
-        return self._failure is not None
+        return self._failed
 
     @property
     def pending(self) -> bool:
@@ -143,15 +142,14 @@ class Outbox:
             self.notify()
         return True
 
-    def fail(self, channel: str) -> None:
-        """Give up on this connection as a slow consumer of *channel*.
+    def fail(self) -> None:
+        """Give up on this connection as a slow consumer.
 
         What is queued is discarded; `offer` and `put` accept nothing more. A closed
         outbox is not failed: it is already sending what it holds before ending.
         """
-        if self._failure is None and not self._closed:
-            self._failure = SlowConsumer(channel, self.capacity)
-            self._refusing = True
+        if not self._failed and not self._closed:
+            self._failed = self._refusing = True
             self._queue.clear()
             self._gaps.clear()
             self._wake_writable()
@@ -171,7 +169,7 @@ class Outbox:
         A reply to a connection that is failing or closing is discarded: the connection
         is about to be closed.
         """
-        while len(self._queue) >= self.capacity and self._failure is None and not self._closed:
+        while len(self._queue) >= self.capacity and not self._failed and not self._closed:
             if self._writable is not None:
                 raise RuntimeError("another task is already waiting to put a reply")
             self._writable = anyio.Event()
@@ -183,7 +181,7 @@ class Outbox:
 
         Used where a reply must precede messages that are offered right after it.
         """
-        if self._failure is None and not self._closed:
+        if not self._failed and not self._closed:
             self._queue.append(Delivery(None, 0, data))
             self.notify()
 
@@ -289,7 +287,7 @@ class Outbox:
     def _make_room(self, delivery: Delivery) -> bool:
         channel = delivery.channel
         if delivery.policy == "disconnect" or channel is None:
-            self.fail(channel or "")
+            self.fail()
             return False
         queue = self._queue
         if delivery.policy == "drop_oldest":

@@ -1,14 +1,24 @@
-"""Clarion's ASGI side: the WebSocket API, the wire protocol, sessions and the app."""
+"""Clarion's ASGI side: the WebSocket API, the wire protocol, sessions and the app.
+
+The app is imported when first asked for (``from service import create_app``), so that
+``import service.client`` loads the client and the wire definitions only, not the
+server (hypercorn, prometheus-client, PyJWT).
+"""
 
 from __future__ import annotations
 
-from service.app import Clarion as Clarion, create_app as create_app
+import importlib
+from typing import TYPE_CHECKING
+
 from service.websocket import (
     HTTPConnection as HTTPConnection,
     WebSocket as WebSocket,
     WebSocketDisconnect as WebSocketDisconnect,
     WebSocketState as WebSocketState,
 )
+
+if TYPE_CHECKING:
+    from service.app import Clarion as Clarion, create_app as create_app
 
 __all__ = (
     "Clarion",
@@ -18,3 +28,12 @@ __all__ = (
     "WebSocketState",
     "create_app",
 )
+
+
+def __getattr__(name: str) -> object:
+    """Import the app on first use (PEP 562)."""
+    if name in {"Clarion", "create_app"}:
+        value = getattr(importlib.import_module("service.app"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'service' has no attribute {name!r}")

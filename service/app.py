@@ -14,42 +14,37 @@ from prometheus_client import generate_latest
 
 from channels.config import ConfigSource
 from channels.errors import (
-    BrokerUnavailable,
-    ChannelNotFound,
     ChannelsError,
     ConfigError,
-    InvalidChannelName,
-    InvalidData,
-    MessageTooLarge,
-    PermissionDenied,
-    PresenceDisabled,
     ServerClosing,
 )
 from channels.hub import open_hub
 from service.auth import SUBPROTOCOL, Authenticator, check_origin
 from service.datastructures import Headers, QueryParams, URLPath
-from service.framewriter import SocketFrameWriter, TransportFrameWriter, open_frame_writer
-from service.logs import fields, peer, reconfigure_logging
-from service.metrics import CONTENT_TYPE, NodeCollector, NodeCounters, node_registry
-from service.protocol import (
+from service.errors import (
     AddressFull,
     BadMessage,
     InvalidToken,
     MethodNotAllowed,
     NodeFull,
     OriginNotAllowed,
-    PresenceReply,
     ProtocolError,
-    PublishReply,
-    ReloadReply,
     RequestTimeout,
     RequestTooLarge,
     RouteNotFound,
-    StatsReply,
     TokenExpired,
     Unauthenticated,
     Unauthorized,
     UpgradeRequired,
+)
+from service.framewriter import SocketFrameWriter, TransportFrameWriter, open_frame_writer
+from service.logs import fields, peer, reconfigure_logging
+from service.metrics import CONTENT_TYPE, NodeCollector, NodeCounters, node_registry
+from service.protocol import (
+    PresenceReply,
+    PublishReply,
+    ReloadReply,
+    StatsReply,
     WireEncoding,
     decode_publish_request,
     encode,
@@ -71,30 +66,6 @@ __all__ = ("Clarion", "NoMatchFound", "RESTART_ONLY", "create_app")
 logger = logging.getLogger("clarion")
 
 #: The HTTP status of each error an HTTP API call can end with.
-HTTP_STATUS: dict[type[Exception], int] = {
-    InvalidChannelName: 400,
-    ChannelNotFound: 404,
-    PermissionDenied: 403,
-    MessageTooLarge: 413,
-    InvalidData: 422,
-    PresenceDisabled: 409,
-    BadMessage: 400,
-    ServerClosing: 503,
-    BrokerUnavailable: 503,
-    RequestTooLarge: 413,
-    RequestTimeout: 408,
-    RouteNotFound: 404,
-    MethodNotAllowed: 405,
-    Unauthorized: 401,
-    Unauthenticated: 401,
-    InvalidToken: 401,
-    TokenExpired: 401,
-    OriginNotAllowed: 403,
-    NodeFull: 503,
-    AddressFull: 429,
-    UpgradeRequired: 426,
-    ConfigError: 422,
-}
 #: Server settings that hypercorn took at startup: only a restart changes them.
 RESTART_ONLY: Final = (
     "bind",
@@ -290,7 +261,9 @@ class Clarion:
     async def _websocket(self, ws: WebSocket, send: Send) -> None:
         hub = self.hub
         if ws.scope["path"] != self.config.server.websocket_path:
-            error: Exception = RouteNotFound(f"no WebSocket endpoint at {ws.scope['path']!r}")
+            error: ProtocolError | ChannelsError = RouteNotFound(
+                f"no WebSocket endpoint at {ws.scope['path']!r}"
+            )
         elif hub is None or hub.closing:
             error = ServerClosing()
         else:
@@ -340,7 +313,7 @@ class Clarion:
         extra = fields(client=peer(ws.client), code=_code(error), reason=str(error))
         logger.info("handshake refused", extra=extra)
         body = _error_body(error)
-        await ws.send_denial_response(HTTP_STATUS[type(error)], body, _JSON_HEADERS)
+        await ws.send_denial_response(error.http_status or 400, body, _JSON_HEADERS)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Answer one HTTP request, once its whole body has arrived.
@@ -400,7 +373,7 @@ class Clarion:
         elif isinstance(exc, RequestTooLarge | RequestTimeout):
             # The rest of the body was not read: the connection cannot take another request.
             headers.append((b"connection", b"close"))
-        return HTTP_STATUS.get(type(exc), 400), _error_body(exc), headers
+        return exc.http_status or 400, _error_body(exc), headers
 
     async def _route(
         self, scope: Scope, request_headers: Headers, body: bytes

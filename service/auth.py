@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from channels.errors import ConfigError
 from service.datastructures import Headers, QueryParams
-from service.protocol import InvalidToken, OriginNotAllowed, TokenExpired, Unauthenticated
+from service.errors import InvalidToken, OriginNotAllowed, TokenExpired, Unauthenticated
 
 if TYPE_CHECKING:
     from channels.config import AuthConfig

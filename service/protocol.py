@@ -17,21 +17,19 @@ them. The README documents every field and code.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Final, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 
 import msgspec
 
 from channels.hub import ChannelStatistics  # noqa: TC001 - msgspec reads Struct annotations at runtime
 from channels.publication import ClientInfo  # noqa: TC001 - msgspec reads Struct annotations at runtime
+from service.errors import BadJSON, BadMessage, RequestId, UnknownOp
 
 if TYPE_CHECKING:
     from channels.errors import ChannelsError
     from channels.publication import Publication
 
 __all__ = (
-    "AddressFull",
-    "BadJSON",
-    "BadMessage",
     "ClientMessage",
     "Error",
     "Frame",
@@ -39,41 +37,27 @@ __all__ = (
     "History",
     "HistoryEntry",
     "HistoryReply",
-    "InvalidToken",
     "Join",
     "Leave",
     "Message",
-    "MethodNotAllowed",
-    "NodeFull",
-    "OriginNotAllowed",
     "Ping",
     "Pong",
     "Presence",
     "PresenceReply",
-    "ProtocolError",
     "Publish",
     "PublishReply",
     "PublishRequest",
-    "RateLimited",
     "Refresh",
     "ReloadReply",
     "Reply",
-    "RequestTimeout",
-    "RequestTooLarge",
     "Restart",
-    "RouteNotFound",
     "ServerPing",
     "Since",
     "StatsReply",
     "Subscribe",
     "SubscribeReply",
-    "TokenExpired",
-    "Unauthenticated",
-    "Unauthorized",
-    "UnknownOp",
     "Unsubscribe",
     "Unsubscribed",
-    "UpgradeRequired",
     "WireEncoding",
     "decode_publish_request",
     "decode_request",
@@ -85,147 +69,10 @@ __all__ = (
     "encode_restart",
 )
 
-RequestId = int | str | None
 Offset = Annotated[int, msgspec.Meta(ge=0)]
 #: The longest ``idempotency_key`` a publish may carry, in characters.
 IDEMPOTENCY_KEY_MAX_LENGTH: Final = 128
 IdempotencyKey = Annotated[str, msgspec.Meta(min_length=1, max_length=IDEMPOTENCY_KEY_MAX_LENGTH)]
-
-
-# Errors ---------------------------------------------------------------------------------
-
-
-class ProtocolError(Exception):
-    """Base class of the wire-format errors; the request that caused it keeps its ``id``.
-
-    Exception hierarchy (codes are stable and listed in the README)::
-
-        ProtocolError
-        ├── BadJSON           100  the frame or body is not JSON
-        ├── BadMessage        101  JSON, but not a valid request (field missing, wrong type)
-        ├── UnknownOp         102  the "type" names no operation
-        ├── RequestTooLarge   103  an HTTP body over server.max_request_bytes
-        ├── RouteNotFound     104  no HTTP route at this path
-        ├── MethodNotAllowed  105  the route exists, the HTTP method does not
-        ├── Unauthorized      106  the HTTP API key is missing or wrong
-        ├── UpgradeRequired   107  a plain HTTP request to the WebSocket endpoint
-        ├── Unauthenticated   108  a connection that needs a token came without one
-        ├── InvalidToken      109  the token is malformed, wrongly signed or not for us
-        ├── TokenExpired      110  the token's exp has passed (or its nbf not come)
-        ├── OriginNotAllowed  111  a browser page from another site, not allowed
-        ├── NodeFull          112  the node holds server.max_connections already
-        ├── AddressFull       113  this client address is at its connection limit
-        ├── RateLimited       114  publishing faster than the connection's rate
-        └── RequestTimeout    115  an HTTP body not in within the handshake timeout
-    """
-
-    code: ClassVar[int] = 0
-
-    def __init__(self, message: str, request_id: RequestId = None) -> None:
-        super().__init__(message)
-        self.request_id = request_id
-
-
-class BadJSON(ProtocolError):
-    """Raised when a frame or request body is not valid JSON (or not UTF-8)."""
-
-    code = 100
-
-
-class BadMessage(ProtocolError):
-    """Raised when valid JSON is not a valid request: a field is missing, unknown or mistyped."""
-
-    code = 101
-
-
-class UnknownOp(ProtocolError):
-    """Raised when a request's ``type`` is not one of the operations."""
-
-    code = 102
-
-
-class RequestTooLarge(ProtocolError):
-    """Raised when an HTTP request body exceeds ``server.max_request_bytes``."""
-
-    code = 103
-
-
-class RouteNotFound(ProtocolError):
-    """Raised when no HTTP route or WebSocket endpoint exists at a path."""
-
-    code = 104
-
-
-class MethodNotAllowed(ProtocolError):
-    """Raised when an HTTP route is asked with a method it does not serve."""
-
-    code = 105
-
-    def __init__(self, method: str, path: str, allowed: tuple[str, ...]) -> None:
-        super().__init__(f"{method} is not allowed on {path}; use {' or '.join(allowed)}")
-        self.allowed = allowed
-
-
-class Unauthenticated(ProtocolError):
-    """Raised when ``auth.required`` is set and a connection brings no token."""
-
-    code = 108
-
-
-class InvalidToken(ProtocolError):
-    """Raised when a token does not verify: malformed, wrong signature or algorithm,
-    wrong audience or issuer."""
-
-    code = 109
-
-
-class TokenExpired(ProtocolError):
-    """Raised when a token's ``exp`` has passed or its ``nbf`` has not come yet."""
-
-    code = 110
-
-
-class OriginNotAllowed(ProtocolError):
-    """Raised when a WebSocket handshake comes from a browser origin that is not allowed."""
-
-    code = 111
-
-
-class NodeFull(ProtocolError):
-    """Raised when a handshake comes while the node holds ``server.max_connections``."""
-
-    code = 112
-
-
-class AddressFull(ProtocolError):
-    """Raised when a client address already holds ``server.max_connections_per_address``."""
-
-    code = 113
-
-
-class RateLimited(ProtocolError):
-    """Raised when a connection publishes faster than ``server.publish_rate_per_second``."""
-
-    code = 114
-
-
-class RequestTimeout(ProtocolError):
-    """Raised when an HTTP request's body does not arrive within
-    ``server.handshake_timeout_seconds``."""
-
-    code = 115
-
-
-class Unauthorized(ProtocolError):
-    """Raised when the HTTP API needs a key and the request has none or a wrong one."""
-
-    code = 106
-
-
-class UpgradeRequired(ProtocolError):
-    """Raised when the WebSocket endpoint is asked with plain HTTP."""
-
-    code = 107
 
 
 # Client -> server -----------------------------------------------------------------------

@@ -18,30 +18,28 @@ from typing import TYPE_CHECKING, Final
 
 import anyio
 
-from channels.errors import ChannelsError, SlowConsumer
+from channels.errors import ChannelsError
 from channels.outbox import Outbox
 from channels.publication import ClientInfo, Position
 from channels.rules import Grant
 from channels.sender import Sender
 from service.auth import Identity, seconds_left
+from service.closecodes import CloseCode
+from service.errors import InvalidToken, ProtocolError, RateLimited, RequestId
 from service.logs import fields, peer
 from service.protocol import (
     Frame,
     History,
     HistoryEntry,
     HistoryReply,
-    InvalidToken,
     Ping,
     Pong,
     Presence,
     PresenceReply,
-    ProtocolError,
     Publish,
     PublishReply,
-    RateLimited,
     Refresh,
     Reply,
-    RequestId,
     ServerPing,
     Subscribe,
     SubscribeReply,
@@ -66,23 +64,11 @@ if TYPE_CHECKING:
     from service.websocket import WebSocket
 
 __all__ = (
-    "CLOSE_FRAME_TOO_LARGE",
-    "CLOSE_GOING_AWAY",
-    "CLOSE_INVALID_PAYLOAD",
-    "CLOSE_NO_PONG",
-    "CLOSE_PROTOCOL_ERROR",
-    "CLOSE_TOKEN_EXPIRED",
     "CUT_OFF_CLOSE_SECONDS",
     "Session",
     "run_session",
 )
 
-CLOSE_GOING_AWAY = 1001
-CLOSE_PROTOCOL_ERROR = 1002
-CLOSE_INVALID_PAYLOAD = 1007
-CLOSE_FRAME_TOO_LARGE = 1009
-CLOSE_TOKEN_EXPIRED = 4001
-CLOSE_NO_PONG = 4002
 #: How long a connection cut off at the end of a shutdown gets to take its close frame.
 CUT_OFF_CLOSE_SECONDS: Final = 1.0
 #: How long a connection whose transport broke waits for the server's disconnect (which
@@ -92,19 +78,11 @@ _DISCONNECT_WAIT_SECONDS: Final = 1.0
 logger = logging.getLogger("clarion")
 
 _PING = encode(ServerPing())
-#: Why the server ended a connection, by close code, as the metrics name it.
-_REASONS = {
-    CLOSE_GOING_AWAY: "going_away",
-    CLOSE_PROTOCOL_ERROR: "protocol_error",
-    CLOSE_INVALID_PAYLOAD: "invalid_payload",
-    CLOSE_FRAME_TOO_LARGE: "frame_too_large",
-    SlowConsumer.code: "slow_consumer",
-    CLOSE_TOKEN_EXPIRED: "token_expired",
-    CLOSE_NO_PONG: "no_pong",
-}
 #: The close codes with which the server (hypercorn, `service.wsstream`) ends a connection
 #: before the session hears of it: the session is told the code in the disconnect.
-_FAILURES = frozenset({CLOSE_PROTOCOL_ERROR, CLOSE_INVALID_PAYLOAD, CLOSE_FRAME_TOO_LARGE})
+_FAILURES = frozenset(
+    {CloseCode.PROTOCOL_ERROR, CloseCode.INVALID_PAYLOAD, CloseCode.FRAME_TOO_LARGE}
+)
 
 
 class Session:
@@ -327,8 +305,8 @@ async def run_session(
     grant = None if identity is None else Grant(user, identity.channels)
     conn = secrets.token_hex(8)
     hub.attach(outbox, ClientInfo(conn, user), grant)
-    close: tuple[int, str] | None = None
-    failed: int | None = None  # the code the server closed with before the session knew
+    close: tuple[CloseCode, str] | None = None
+    failed: CloseCode | None = None  # the code the server closed with before the session knew
     accepted = cut_off = False
     try:
         await ws.accept(subprotocol)
@@ -368,11 +346,11 @@ async def run_session(
                             frame = await ws.receive_frame()
                         except WebSocketDisconnect as exc:
                             if exc.code in _FAILURES:
-                                failed = exc.code
+                                failed = CloseCode(exc.code)
                             break
                     if waiting.cancelled_caught:
                         if pinged:
-                            close = (CLOSE_NO_PONG, "no pong")
+                            close = (CloseCode.NO_PONG, "no pong")
                             break
                         # One ping at most is outstanding: it may go beyond the
                         # outbox's capacity, as a reply may.
@@ -383,17 +361,17 @@ async def run_session(
                     pinged = False
                     # hypercorn enforces its own limit; this one holds under any server.
                     if _size(frame) > server.max_request_bytes:
-                        close = (CLOSE_FRAME_TOO_LARGE, "frame too large")
+                        close = (CloseCode.FRAME_TOO_LARGE, "frame too large")
                         break
                     await session.handle(frame)
             finally:
                 sender.stop()
         if close is None and outbox.failed:
-            close = (SlowConsumer.code, "slow consumer")
+            close = (CloseCode.SLOW_CONSUMER, "slow consumer")
         elif close is None and stop.cancelled_caught and anyio.current_time() >= stop.deadline:
-            close = (CLOSE_TOKEN_EXPIRED, "token expired")
+            close = (CloseCode.TOKEN_EXPIRED, "token expired")
         elif close is None and outbox.closed:
-            close = (CLOSE_GOING_AWAY, "server shutting down")
+            close = (CloseCode.GOING_AWAY, "server shutting down")
         elif close is None and failed is None and stop.cancelled_caught:
             # The sender stopped the reader: the transport broke, or (with a frame
             # writer) the server's close frame was seen going out. The disconnect that
@@ -402,7 +380,7 @@ async def run_session(
     except anyio.get_cancelled_exc_class():
         # The server is cancelling the connection: under the plain hypercorn command it
         # does so on SIGTERM once its graceful_timeout is over. Say goodbye properly.
-        close = (CLOSE_GOING_AWAY, "server shutting down")
+        close = (CloseCode.GOING_AWAY, "server shutting down")
         cut_off = True
         raise
     finally:
@@ -412,10 +390,10 @@ async def run_session(
             writers.discard(frames)
         if accepted:
             code = failed if close is None else close[0]
-            reason = "client" if code is None else _REASONS[code]
+            reason = "client" if code is None else code.reason
             if counters is not None:
                 counters.disconnects[reason] += 1
-            level = logging.WARNING if code == SlowConsumer.code else logging.INFO
+            level = logging.WARNING if code is CloseCode.SLOW_CONSUMER else logging.INFO
             extra = fields(conn=conn, client=peer(ws.client), user=user, code=code, reason=reason)
             logger.log(level, "connection closed", extra=extra)
         if close is not None and ws.application_state is WebSocketState.CONNECTED:
@@ -429,7 +407,7 @@ async def run_session(
             frames.abort()
 
 
-async def _failure_of(ws: WebSocket) -> int | None:
+async def _failure_of(ws: WebSocket) -> CloseCode | None:
     """The close code of the disconnect that ends *ws* if the server failed the
     connection with it (`_FAILURES`), else None; waits for it a moment at most."""
     with anyio.move_on_after(_DISCONNECT_WAIT_SECONDS):
@@ -439,7 +417,7 @@ async def _failure_of(ws: WebSocket) -> int | None:
             message = await ws.receive()  # a frame sent before the end: not wanted now
             if message["type"] == "websocket.disconnect":
                 code: int = message["code"]
-                return code if code in _FAILURES else None
+                return CloseCode(code) if code in _FAILURES else None
     return None
 
 

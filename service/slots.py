@@ -12,7 +12,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from service.protocol import AddressFull, NodeFull
+from service.errors import AddressFull, NodeFull
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

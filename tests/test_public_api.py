@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib
 import inspect
 import pkgutil
+import subprocess
+import sys
 from typing import TYPE_CHECKING
 
 import pytest
@@ -61,3 +63,17 @@ def test_channels_never_imports_service() -> None:
         source = inspect.getsource(module)
         assert "import service" not in source
         assert "from service" not in source
+
+
+#: What the server needs and a client must not load: an application that only talks to
+#: Clarion installs the client, not the server's stack.
+SERVER_ONLY = ("hypercorn", "prometheus_client", "jwt", "service.app", "service.session")
+
+
+def test_the_python_client_loads_nothing_of_the_server() -> None:
+    probe = "import sys, service.client; print('\\n'.join(sorted(sys.modules)))"
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    ).stdout.split()
+    assert "service.client" in loaded
+    assert [name for name in loaded if name.startswith(SERVER_ONLY)] == []

@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Final
 import anyio
 import msgspec
 
-from channels.errors import AlreadySubscribed, SlowConsumer
+from channels.errors import AlreadySubscribed
 from channels.publication import ClientInfo, Position
 from service.client.connector import (
     DEFAULT_BACKOFF_INITIAL_SECONDS,
@@ -57,7 +57,6 @@ from service.client.connector import (
     Connector,
 )
 from service.client.errors import (
-    ABNORMAL_CLOSURE,
     ClarionError,
     ConnectionClosed,
     SlowSubscriber,
@@ -76,6 +75,7 @@ from service.client.events import (
     decode_frames,
 )
 from service.client.subscription import Subscription
+from service.closecodes import CloseCode
 from service.protocol import (
     Error,
     Gap as GapFrame,
@@ -92,7 +92,6 @@ from service.protocol import (
     Unsubscribe,
     Unsubscribed,
 )
-from service.session import CLOSE_GOING_AWAY, CLOSE_NO_PONG, CLOSE_TOKEN_EXPIRED
 
 if TYPE_CHECKING:
     import ssl
@@ -117,7 +116,13 @@ DEFAULT_BUFFER_EVENTS: Final = 1024
 CLOSE_TIMEOUT_SECONDS: Final = 5.0
 #: Close codes after which the client reconnects (4001 only with ``get_token``).
 RECONNECT_CLOSE_CODES: Final = frozenset(
-    (CLOSE_GOING_AWAY, ABNORMAL_CLOSURE, SlowConsumer.code, CLOSE_TOKEN_EXPIRED, CLOSE_NO_PONG)
+    (
+        CloseCode.GOING_AWAY,
+        CloseCode.ABNORMAL,
+        CloseCode.SLOW_CONSUMER,
+        CloseCode.TOKEN_EXPIRED,
+        CloseCode.NO_PONG,
+    )
 )
 
 _encoder = msgspec.json.Encoder()
@@ -408,7 +413,7 @@ class Client:
                     closed = await self._serve(websocket)
                     if not self._reconnect or closed.code not in RECONNECT_CLOSE_CODES:
                         raise closed
-                    expired = closed.code == CLOSE_TOKEN_EXPIRED
+                    expired = closed.code == CloseCode.TOKEN_EXPIRED
                     if expired and not self._connector.fetches_tokens:
                         raise closed
                     logger.info("connection closed (%s); reconnecting", closed)
@@ -441,7 +446,7 @@ class Client:
                 subscription._active = False
             with anyio.move_on_after(CLOSE_TIMEOUT_SECONDS, shield=True):
                 await websocket.aclose()
-            ended = websocket.closed or ConnectionClosed(ABNORMAL_CLOSURE, "the client stopped")
+            ended = websocket.closed or ConnectionClosed(CloseCode.ABNORMAL, "the client stopped")
             for call in () if self._closing else self._calls.values():
                 call.settle(None, ConnectionClosed(ended.code, ended.reason))
         return closed

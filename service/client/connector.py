@@ -19,7 +19,7 @@ import anyio
 from channels.errors import BrokerUnavailable, ServerClosing
 from service.client.errors import ConnectionFailed, HandshakeRefused
 from service.client.websocket import connect_websocket, parse_url
-from service.protocol import AddressFull, InvalidToken, NodeFull, TokenExpired, Unauthenticated
+from service.errors import AddressFull, InvalidToken, NodeFull, TokenExpired, Unauthenticated
 
 if TYPE_CHECKING:
     import ssl

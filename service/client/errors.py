@@ -18,12 +18,9 @@ opened, without one). Using a client after it was closed raises anyio's
 
 from __future__ import annotations
 
-from typing import Final
-
-from channels.errors import SlowConsumer
+from service.closecodes import CloseCode
 
 __all__ = (
-    "ABNORMAL_CLOSURE",
     "ClarionError",
     "ConnectionClosed",
     "ConnectionFailed",
@@ -32,9 +29,6 @@ __all__ = (
     "SubscriptionEnded",
     "clone_error",
 )
-
-#: The close code for a connection that ended (or never opened) without a close frame.
-ABNORMAL_CLOSURE: Final = 1006
 
 
 class ClarionError(Exception):
@@ -65,7 +59,7 @@ class ConnectionFailed(ClarionError):
     out, TLS failed, or the peer does not speak WebSocket. The cause is chained."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(ABNORMAL_CLOSURE, message)
+        super().__init__(CloseCode.ABNORMAL, message)
 
 
 class ConnectionClosed(ClarionError):
@@ -97,7 +91,7 @@ class SlowSubscriber(SubscriptionEnded):
 
     def __init__(self, channel: str, buffer_events: int) -> None:
         message = f"its buffer of {buffer_events} events overflowed"
-        super().__init__(channel, SlowConsumer.code, message)
+        super().__init__(channel, CloseCode.SLOW_CONSUMER, message)
         self.buffer_events = buffer_events
 
 

@@ -33,11 +33,11 @@ from wsproto.events import (
 from wsproto.utilities import RemoteProtocolError
 
 from service.client.errors import (
-    ABNORMAL_CLOSURE,
     ConnectionClosed,
     ConnectionFailed,
     HandshakeRefused,
 )
+from service.closecodes import CloseCode
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -46,16 +46,12 @@ if TYPE_CHECKING:
     from wsproto.events import Event
 
 __all__ = (
-    "CLOSE_MESSAGE_TOO_BIG",
-    "CLOSE_NORMAL",
     "ClientWebSocket",
     "Endpoint",
     "connect_websocket",
     "parse_url",
 )
 
-CLOSE_NORMAL: Final = 1000
-CLOSE_MESSAGE_TOO_BIG: Final = 1009
 #: The most of an HTTP error body kept, to report why the upgrade was refused.
 REFUSAL_BODY_MAX_BYTES: Final = 64 * 1024
 _RECEIVE_BYTES: Final = 65536
@@ -218,8 +214,8 @@ class ClientWebSocket:
                 if self._size > self._max_message_bytes:
                     reason = f"a message over {self._max_message_bytes} bytes"
                     if self._protocol.state is ConnectionState.OPEN:
-                        self._queue(CloseConnection(CLOSE_MESSAGE_TOO_BIG, reason))
-                    self._closed = ConnectionClosed(CLOSE_MESSAGE_TOO_BIG, reason)
+                        self._queue(CloseConnection(CloseCode.FRAME_TOO_LARGE, reason))
+                    self._closed = ConnectionClosed(CloseCode.FRAME_TOO_LARGE, reason)
                     return None
                 self._parts.append(part)
                 if not event.message_finished:
@@ -248,15 +244,15 @@ class ClientWebSocket:
     def _ending(self) -> tuple[int, str]:
         if self._closed is not None:
             return self._closed.code, self._closed.reason
-        return ABNORMAL_CLOSURE, "the connection is closing"
+        return CloseCode.ABNORMAL, "the connection is closing"
 
     async def _lose(self, reason: str) -> None:
         if self._closed is None:
-            self._closed = ConnectionClosed(ABNORMAL_CLOSURE, reason)
+            self._closed = ConnectionClosed(CloseCode.ABNORMAL, reason)
         self._room.set()
         await anyio.aclose_forcefully(self._stream)  # wakes the reader
 
-    async def aclose(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
+    async def aclose(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """Send what is queued and a close frame (unless the server closed first), wait
         for the server's close frame, and close the socket. Idempotent.
 

@@ -7,19 +7,17 @@ the Clarion server, as an application's page would, then drives it with small sc
 
 from __future__ import annotations
 
-import time
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
-import jwt
 import pytest
 
 from channels.config import AuthConfig, ChannelRule, Config, History, ServerConfig
 from tests.browser.driver import open_browser
 from tests.browser.pages import HTML, JAVASCRIPT, client_js, client_page, serve_files, serve_page
 from tests.browser.scripted import scripted_server
-from tests.support.auth import OPEN_API, SECRET
+from tests.support.auth import OPEN_API, SECRET, token
 from tests.support.redis import free_port
 from tests.support.server import http_publish, running_server
 
@@ -278,11 +276,6 @@ async def test_a_page_of_another_origin_connects_only_when_server_allowed_origin
         assert refused >= 1
 
 
-def token(user: str, seconds: int, **claims: Any) -> str:
-    payload = {"sub": user, "exp": int(time.time()) + seconds, **claims}
-    return jwt.encode(payload, SECRET, "HS256")
-
-
 TOKENS: Final = f"""
 async ([url, tokens, short, long, secretToken]) => {{
   const {{ Clarion }} = window.clarion;
@@ -339,9 +332,9 @@ async def test_a_token_goes_in_the_handshake_and_an_expired_one_is_renewed(
             page = await open_client_page(browser, url)
             await http_publish(server, "secret:1", "classified")
             # Made now, not before the browser started: the short ones live 2 to 3 s.
-            tokens = [token("alice", 3), token("alice", 60)]
-            short, long = token("bob", 3), token("bob", 60)
-            secret_token = token("alice", 60, channels=["secret:1"])
+            tokens = [token("alice", seconds=3), token("alice", seconds=60)]
+            short, long = token("bob", seconds=3), token("bob", seconds=60)
+            secret_token = token("alice", channels=["secret:1"])
             arguments = [server.ws_url, tokens, short, long, secret_token]
             # The page is of another origin: a token in the query string would be refused
             # (server.allowed_origins is empty); in a subprotocol it is not.

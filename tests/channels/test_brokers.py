@@ -20,6 +20,7 @@ from channels.brokers.redis import RedisBroker
 from channels.config import BrokerConfig, History
 from channels.errors import BrokerUnavailable
 from channels.publication import ClientInfo, Position, Published
+from tests.support.data import raw
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -29,10 +30,6 @@ if TYPE_CHECKING:
     from tests.support.redis import RedisServer
 
 NO_HISTORY = History()
-
-
-def raw(value: object) -> msgspec.Raw:
-    return msgspec.Raw(msgspec.json.encode(value))
 
 
 class Node:

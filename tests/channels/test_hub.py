@@ -5,7 +5,6 @@ from typing import TYPE_CHECKING
 
 import anyio
 import anyio.lowlevel
-import msgspec
 import pytest
 
 from channels.brokers.memory import MemoryBroker
@@ -25,6 +24,7 @@ from channels.hub import Hub, Subscribed, open_hub
 from channels.outbox import Outbox
 from channels.publication import ClientInfo, HistoryPage, Position, Publication
 from channels.rules import Grant
+from tests.support.data import raw
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -57,10 +57,6 @@ class Encoder:
         self.calls += 1
         data = bytes(publication.data).decode()
         return f"{publication.channel}:{publication.offset}:{data}".encode()
-
-
-def raw(value: object) -> msgspec.Raw:
-    return msgspec.Raw(msgspec.json.encode(value))
 
 
 def outbox(capacity: int = 100) -> Outbox:

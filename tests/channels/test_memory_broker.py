@@ -3,19 +3,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import anyio
-import msgspec
 
 from channels.brokers.memory import MemoryBroker
 from channels.config import History
+from tests.support.data import raw
 
 if TYPE_CHECKING:
     from channels.publication import Publication
 
 NO_HISTORY = History()
-
-
-def raw(value: object) -> msgspec.Raw:
-    return msgspec.Raw(msgspec.json.encode(value))
 
 
 def broker() -> tuple[MemoryBroker, list[Publication]]:

@@ -204,7 +204,7 @@ def test_a_closed_outbox_is_not_failed() -> None:
     outbox = make(capacity=1)
     outbox.offer(message("a", 1))
     outbox.close()
-    outbox.fail("a")
+    outbox.fail()
     assert not outbox.failed
     assert outbox.take_batch() == [b"a#1"]
 
@@ -227,7 +227,7 @@ async def test_failure_wakes_a_waiting_reply() -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(outbox.put, b"reply")
             await anyio.wait_all_tasks_blocked()
-            outbox.fail("a")
+            outbox.fail()
     assert outbox.failed
 
 

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from channels.config import AuthConfig, ChannelRule, Config, ServerConfig
-from tests.support.auth import OPEN_API, SECRET
+from tests.support.auth import OPEN_API, SECRET, token as signed
 from tests.support.server import http_call, running_server
 from tests.support.wsclient import HandshakeRefused, connect, subscribe
 
@@ -32,10 +32,9 @@ CONFIG = Config(
 )
 
 
-def token(key: Any = SECRET, algorithm: str = "HS256", **claims: Any) -> str:
-    now = int(time.time())
-    payload = {"sub": "alice", "aud": "clarion", "exp": now + 60, **claims}
-    return jwt.encode({k: v for k, v in payload.items() if v is not None}, key, algorithm)
+def token(**claims: Any) -> str:
+    """Alice's token for this module's server, whose ``auth.audience`` is clarion."""
+    return signed(**{"aud": "clarion", **claims})
 
 
 def part(value: bytes) -> bytes:
@@ -123,7 +122,7 @@ async def test_rs256_with_a_public_key_file_refuses_algorithm_confusion(
     config = Config(server=OPEN_API, auth=auth)
     with anyio.fail_after(15):
         async with running_server(config, anyio_backend, free_tcp_port) as server:
-            good = token(private, "RS256", aud=None)
+            good = token(key=private, algorithm="RS256", aud=None)
             async with connect(server.ws_url, subprotocols=["clarion", f"bearer.{good}"]):
                 pass
             # The public key used as an HMAC secret: the classic confusion attack.
@@ -208,12 +207,6 @@ PERMISSIONS = Config(
 )
 
 
-async def code_of(client: Any, request: dict[str, Any]) -> int | None:
-    """Send *request*; None for a reply, the error code otherwise."""
-    reply = await client.request(request)
-    return None if reply["type"] == "reply" else int(reply["code"])
-
-
 async def test_channel_permissions_follow_the_token(
     anyio_backend: Backend, free_tcp_port: int
 ) -> None:
@@ -227,24 +220,24 @@ async def test_channel_permissions_follow_the_token(
                 connect(server.ws_url, subprotocols=["clarion", f"bearer.{alice_token}"]) as alice,
                 connect(server.ws_url) as anonymous,
             ):
-                assert await code_of(alice, sub("user:alice")) is None
-                assert await code_of(alice, sub("user:bob")) == 202
-                assert await code_of(alice, sub("vip:1")) is None
-                assert await code_of(alice, sub("vip:2")) == 202
-                assert await code_of(anonymous, sub("members")) == 202
-                assert await code_of(alice, sub("members")) is None
+                assert await alice.code_of(sub("user:alice")) is None
+                assert await alice.code_of(sub("user:bob")) == 202
+                assert await alice.code_of(sub("vip:1")) is None
+                assert await alice.code_of(sub("vip:2")) == 202
+                assert await anonymous.code_of(sub("members")) == 202
+                assert await alice.code_of(sub("members")) is None
                 publish = {"type": "publish", "id": 1, "channel": "members", "data": 1}
-                assert await code_of(anonymous, publish) == 202
-                assert await code_of(alice, {**publish, "channel": "user:alice"}) == 202
-                assert await code_of(alice, sub("secret:x")) == 202
+                assert await anonymous.code_of(publish) == 202
+                assert await alice.code_of({**publish, "channel": "user:alice"}) == 202
+                assert await alice.code_of(sub("secret:x")) == 202
                 wrong = token(channels=["secret:y"])
-                assert await code_of(alice, sub("secret:x", token=wrong)) == 109
+                assert await alice.code_of(sub("secret:x", token=wrong)) == 109
                 other_user = token(sub="bob", channels=["secret:x"])
-                assert await code_of(alice, sub("secret:x", token=other_user)) == 109
+                assert await alice.code_of(sub("secret:x", token=other_user)) == 109
                 right = token(channels=["secret:x"])
-                assert await code_of(alice, sub("secret:x", token=right)) is None
-                assert await code_of(anonymous, sub("secret:x", token=right)) == 109
-                assert await code_of(anonymous, sub("open")) is None
+                assert await alice.code_of(sub("secret:x", token=right)) is None
+                assert await anonymous.code_of(sub("secret:x", token=right)) == 109
+                assert await anonymous.code_of(sub("open")) is None
 
 
 async def test_a_foreign_origin_is_refused(anyio_backend: Backend, free_tcp_port: int) -> None:

@@ -8,13 +8,11 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import time
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import jwt
 import msgspec
 import pytest
 
@@ -37,8 +35,9 @@ from service.client import (
     SubscriptionEnded,
     open_client,
 )
-from service.protocol import InvalidToken, Unauthenticated
-from tests.support.auth import OPEN_API, SECRET
+from service.errors import InvalidToken, Unauthenticated
+from tests.support.auth import OPEN_API, SECRET, token
+from tests.support.data import take
 from tests.support.redis import free_port
 from tests.support.server import Server, http_publish, running_server
 from tests.support.tls import self_signed
@@ -48,16 +47,12 @@ if TYPE_CHECKING:
     from anyio.abc import TaskStatus
 
     from channels.config import BrokerConfig
-    from service.client import Subscription, SubscriptionEvent
+    from service.client import SubscriptionEvent
     from service.runner import Backend
 
 BIN = Path(sys.executable).parent
 #: A client that reconnects at once: the servers the tests wait for are local.
 open_fast_client = partial(open_client, backoff_initial_seconds=0.02, backoff_max_seconds=0.1)
-
-
-async def take(subscription: Subscription, count: int) -> list[SubscriptionEvent]:
-    return [await subscription.receive() for _ in range(count)]
 
 
 def datas(events: list[SubscriptionEvent]) -> list[Any]:
@@ -130,8 +125,8 @@ async def test_a_keyed_publish_is_retried_safely_and_private_reads_take_a_token(
         ChannelRule(match="*", history=History(size=10)),
     ]
     config = Config(server=OPEN_API, auth=AuthConfig(secret=SECRET), channels=rules)
-    alice = jwt.encode({"sub": "alice"}, SECRET, "HS256")
-    secret_token = jwt.encode({"sub": "alice", "channels": ["secret:1"]}, SECRET, "HS256")
+    alice = token()
+    secret_token = token(channels=["secret:1"])
     with anyio.fail_after(15):
         async with (
             running_server(config, anyio_backend, free_tcp_port) as server,
@@ -326,11 +321,6 @@ async def test_not_recovered_is_surfaced_when_history_cannot_cover_the_gap(
             await again.stop()
 
 
-def token(seconds: int, sub: str = "alice") -> str:
-    claims = {"sub": sub, "exp": int(time.time()) + seconds}
-    return jwt.encode(claims, SECRET, "HS256")
-
-
 async def test_an_expired_token_is_replaced_through_get_token_after_4001(
     anyio_backend: Backend, free_tcp_port: int
 ) -> None:
@@ -347,12 +337,12 @@ async def test_an_expired_token_is_replaced_through_get_token_after_4001(
         nonlocal calls
         calls += 1
         fetched.set()
-        return token(60)
+        return token(seconds=60)
 
     with anyio.fail_after(20):
         async with (
             running_server(config, anyio_backend, free_tcp_port) as server,
-            open_fast_client(server.ws_url, token=token(2), get_token=get_token) as client,
+            open_fast_client(server.ws_url, token=token(seconds=2), get_token=get_token) as client,
             client.subscribe("room") as room,
         ):
             await client.publish("room", "before")
@@ -537,7 +527,7 @@ async def test_the_commands_take_a_token_from_the_environment(
         async with running_server(config, anyio_backend, free_tcp_port) as server:
             url = ["--url", server.ws_url]
             status, out, _ = await run_command(
-                "publish", "news", "1", *url, env={"CLARION_TOKEN": token(60)}
+                "publish", "news", "1", *url, env={"CLARION_TOKEN": token(seconds=60)}
             )
             assert (status, msgspec.json.decode(out)["offset"]) == (0, 1)
             status, _, err = await run_command("publish", "news", "1", *url)

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import signal
-import time
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import jwt
 import pytest
 
 from tests.integration.test_commands import BIN, process
+from tests.support.auth import token as signed
 from tests.support.server import Server, http_call
 from tests.support.wsclient import HandshakeRefused, connect, subscribe
 
@@ -38,7 +37,7 @@ async def test_json_logs_name_the_connection_and_never_a_secret(
 ) -> None:
     config = tmp_path / "channels.yaml"
     config.write_text(CONFIG % free_tcp_port)
-    token = jwt.encode({"sub": "alice", "exp": int(time.time()) + 60}, SECRET, "HS256")
+    token = signed(key=SECRET)
     argv = [str(BIN / "clarion"), "serve", "--config", str(config), "--backend", anyio_backend]
     log = tmp_path / "log"
     env = {"SECRET": SECRET, "API_KEY": API_KEY}

@@ -11,7 +11,7 @@ from channels.config import ConfigSource
 from service.cli import main
 from tests.integration.test_commands import BIN, process
 from tests.support.server import Server, http_call, running_server
-from tests.support.wsclient import Client, connect, subscribe
+from tests.support.wsclient import connect, subscribe
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -39,11 +39,6 @@ KEY = "reload-test-key"
 AUTH = f"authorization: Bearer {KEY}"
 
 
-async def code_of(client: Client, request: dict[str, object]) -> int | None:
-    reply = await client.request(request)
-    return None if reply["type"] == "reply" else int(reply["code"])
-
-
 async def test_sighup_applies_new_rules_and_keeps_the_connections(
     anyio_backend: Backend, free_tcp_port: int, tmp_path: Path
 ) -> None:
@@ -57,7 +52,7 @@ async def test_sighup_applies_new_rules_and_keeps_the_connections(
             async with connect(server.ws_url) as client:
                 await subscribe(client, "open:1")
                 await subscribe(client, "old:1")
-                assert await code_of(client, {"type": "subscribe", "channel": "new:1"}) == 201
+                assert await client.code_of({"type": "subscribe", "channel": "new:1"}) == 201
                 config.write_text(AFTER % free_tcp_port)
                 proc.send_signal(signal.SIGHUP)
                 ended = await client.receive_object()
@@ -72,16 +67,16 @@ async def test_sighup_applies_new_rules_and_keeps_the_connections(
                 await http_call(server, "POST", "/api/publish", body, f"{AUTH}\r\n")
                 assert (await client.receive_object())["data"] == "still here"
                 # The new limit: two subscriptions now.
-                assert await code_of(client, {"type": "subscribe", "channel": "open:2"}) == 207
+                assert await client.code_of({"type": "subscribe", "channel": "open:2"}) == 207
 
                 # An invalid file is refused; the running configuration stays.
                 config.write_text(INVALID % free_tcp_port)
                 result = await anyio.run_process([str(BIN / "clarion"), "reload", str(proc.pid)])
                 assert result.returncode == 0
                 await wait_logged(log, "reload refused")
-                assert await code_of(client, {"type": "unsubscribe", "channel": "new:1"}) is None
-                assert await code_of(client, {"type": "subscribe", "channel": "new:2"}) is None
-                assert await code_of(client, {"type": "subscribe", "channel": "old:1"}) == 201
+                assert await client.code_of({"type": "unsubscribe", "channel": "new:1"}) is None
+                assert await client.code_of({"type": "subscribe", "channel": "new:2"}) is None
+                assert await client.code_of({"type": "subscribe", "channel": "old:1"}) == 201
             proc.send_signal(signal.SIGTERM)
             assert await proc.wait() == 0
     text = log.read_text()

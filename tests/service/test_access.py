@@ -12,13 +12,12 @@ from __future__ import annotations
 from typing import Any
 
 import anyio
-import jwt
 import msgspec
 import pytest
 
 from channels.config import AuthConfig, BrokerConfig, ChannelRule, Config, History, ServerConfig
 from tests.support.asgi import FakeClient, http_request, running_app, websocket
-from tests.support.auth import SECRET
+from tests.support.auth import SECRET, token
 
 
 def rule(match: str, **access: Any) -> ChannelRule:
@@ -34,15 +33,15 @@ RULES = [
 ]
 
 
-def token(**claims: Any) -> str:
+def alice(**claims: Any) -> str:
     """A token for Alice; without ``exp``, as it is made when the tests are collected."""
-    return jwt.encode({"sub": "alice", **claims}, SECRET, "HS256")
+    return token(seconds=None, **claims)
 
 
 #: Alice's connection token: her channels claim lists vip:1.
-ALICE = token(channels=["vip:1"])
+ALICE = alice(channels=["vip:1"])
 #: A subscription token for secret:1, signed by the backend for Alice.
-SECRET_1 = token(channels=["secret:1"])
+SECRET_1 = alice(channels=["secret:1"])
 
 #: (channel, subscription token, what a subscribe gets: anonymous, Alice); None allows.
 CASES = [

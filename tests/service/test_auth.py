@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from channels.config import AuthConfig
 from channels.errors import ConfigError
 from service.auth import Authenticator
-from service.protocol import InvalidToken
+from service.errors import InvalidToken
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -54,6 +54,7 @@ from service.client.connector import Connector
 from service.client.events import MessageFrame, ReplyFrame, decode_frames
 from service.client.websocket import ClientWebSocket, Endpoint, connect_websocket, parse_url
 from service.protocol import Error, ServerPing
+from tests.support.data import take
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
@@ -61,7 +62,7 @@ if TYPE_CHECKING:
     from anyio.abc import SocketStream
     from wsproto.events import Event
 
-    from service.client import Subscription, SubscriptionEvent
+    from service.client import SubscriptionEvent
 
 
 # Decoding and parsing ---------------------------------------------------------------------
@@ -248,10 +249,6 @@ CONNECTOR: dict[str, Any] = {
     "max_message_bytes": 1 << 20,
     "write_buffer_bytes": 1 << 16,
 }
-
-
-async def take(subscription: Subscription, count: int) -> list[SubscriptionEvent]:
-    return [await subscription.receive() for _ in range(count)]
 
 
 def message(offset: int, data: Any = None, channel: str = "c") -> dict[str, Any]:

@@ -23,10 +23,11 @@ import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from channels import errors as channel_errors
 from channels.config import ChannelRule, Config, History, ServerConfig, Shape
 from service import protocol
+from service.closecodes import CloseCode
 from tests.support.asgi import http_request, running_app, websocket
+from tests.support.codes import error_classes
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -60,15 +61,8 @@ CONFIG = Config(
     ],
 )
 #: Every error code a client may be sent, and every close code the server may use.
-ERROR_CODES = frozenset(
-    cls.code
-    for module in (protocol, channel_errors)
-    for cls in vars(module).values()
-    if isinstance(cls, type)
-    and issubclass(cls, protocol.ProtocolError | channel_errors.ChannelsError)
-    and cls.code >= 100
-)
-CLOSE_CODES = frozenset({1009, 4000})
+ERROR_CODES = frozenset(cls.code for cls in error_classes() if cls.code >= 100)
+CLOSE_CODES = frozenset({CloseCode.FRAME_TOO_LARGE, CloseCode.SLOW_CONSUMER})
 EVENTS = frozenset({"message", "gap", "join", "leave", "restart", "ping"})
 EXAMPLES = int(os.environ.get("CLARION_FUZZ_EXAMPLES", "0"))
 

@@ -7,13 +7,12 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import jwt
 import msgspec
 import pytest
 
 from channels.config import AuthConfig, ChannelRule, Config, ServerConfig
 from tests.support.asgi import http_request, http_scope, running_app, websocket
-from tests.support.auth import SECRET
+from tests.support.auth import SECRET, token
 
 if TYPE_CHECKING:
     from service.app import Clarion
@@ -218,7 +217,7 @@ async def test_deeply_nested_json_is_a_coded_error_not_a_crash(
 
 async def test_an_open_api_shows_only_what_anonymous_clients_may_see() -> None:
     rules = [ChannelRule(match="user:*", subscribe="owner"), ChannelRule(match="*")]
-    bob = jwt.encode({"sub": "bob"}, SECRET, "HS256")
+    bob = token("bob")
     async with running_app(Config(auth=AuthConfig(secret=SECRET), channels=rules)) as app:
         async with websocket(app) as anonymous, websocket(app, token=bob) as owner:
             await anonymous.request({"type": "subscribe", "id": 1, "channel": "news"})

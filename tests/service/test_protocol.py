@@ -6,21 +6,18 @@ import msgspec
 import pytest
 
 from channels.publication import Publication
+from service.errors import BadJSON, BadMessage, ProtocolError, UnknownOp
 from service.protocol import (
-    BadJSON,
-    BadMessage,
     ClientMessage,
     History as HistoryRequest,
     HistoryEntry,
     HistoryReply,
     Ping,
-    ProtocolError,
     Publish,
     PublishReply,
     Since,
     Subscribe,
     SubscribeReply,
-    UnknownOp,
     Unsubscribe,
     decode_publish_request,
     decode_request,

@@ -133,6 +133,11 @@ class Client:
         await self.send_json(obj)
         return await self.receive_object()
 
+    async def code_of(self, obj: Any) -> int | None:
+        """Send request *obj*: None if it is answered with a reply, else the error's code."""
+        reply = await self.request(obj)
+        return None if reply["type"] == "reply" else int(reply["code"])
+
     async def wait_closed(self) -> Closed:
         """Read (and discard) until the server closes; return how it closed."""
         return (await self.receive_until_closed())[1]
