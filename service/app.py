@@ -50,6 +50,7 @@ from service.protocol import (
     encode,
     encode_error,
 )
+from service.responses import Response
 from service.session import run_session
 from service.slots import Slots
 from service.websocket import WebSocket
@@ -313,7 +314,7 @@ class Clarion:
         extra = fields(client=peer(ws.client), code=_code(error), reason=str(error))
         logger.info("handshake refused", extra=extra)
         body = _error_body(error)
-        await ws.send_denial_response(error.http_status or 400, body, _JSON_HEADERS)
+        await ws.send_denial_response(Response(error.http_status or 400, body, _JSON_HEADERS))
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Answer one HTTP request, once its whole body has arrived.
@@ -336,9 +337,7 @@ class Clarion:
                 status, body, headers = await self._respond(scope, request_headers, body)
         except (ProtocolError, ChannelsError) as exc:
             status, body, headers = self._refuse(exc)
-        headers.append((b"content-length", str(len(body)).encode()))
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await Response(status, body, headers)(scope, receive, send)
 
     async def _respond(
         self, scope: Scope, request_headers: Headers, body: bytes

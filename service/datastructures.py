@@ -204,7 +204,7 @@ class QueryParams(Mapping[str, str]):
 
 
 class State:
-    """An object whose attributes are the keys of a scope's ``state`` dict."""
+    """An object whose attributes (and items) are the keys of a scope's ``state`` dict."""
 
     _state: dict[str, Any]
 
@@ -223,6 +223,19 @@ class State:
 
     def __delattr__(self, key: str) -> None:
         del self._state[key]
+
+    # Item access as well, for lifespan state used as a mapping (``state["client"]``).
+    def __getitem__(self, key: str) -> Any:
+        return self._state[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._state[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        del self._state[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._state
 
 
 def parse_cookies(cookie_string: str) -> dict[str, str]:

@@ -10,7 +10,6 @@ Differences, each deliberate:
   and NaN or infinity encode as ``null`` (``json.dumps`` writes ``NaN``, which is not
   JSON). ``receive_json`` raises ``msgspec.DecodeError`` on bad input.
 - A scope of the wrong type raises ``ValueError`` instead of failing an ``assert``.
-- `send_denial_response` takes a status, body and headers instead of a Response object.
 - `iter_frames` yields text and binary frames alike.
 """
 
@@ -25,7 +24,7 @@ import msgspec
 from service.datastructures import URL, Address, Headers, QueryParams, State, parse_cookies
 
 if TYPE_CHECKING:
-    from service.types import Message, Receive, Scope, Send
+    from service.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ("HTTPConnection", "WebSocket", "WebSocketDisconnect", "WebSocketState")
 
@@ -126,6 +125,24 @@ class HTTPConnection(Mapping[str, Any]):
         if host_port is not None:
             return Address(*host_port)
         return None
+
+    @property
+    def auth(self) -> Any:
+        """The credentials an authentication middleware put in the scope."""
+        if "auth" not in self.scope:
+            raise AssertionError(
+                "AuthenticationMiddleware must be installed to access request.auth"
+            )
+        return self.scope["auth"]
+
+    @property
+    def user(self) -> Any:
+        """The user an authentication middleware put in the scope."""
+        if "user" not in self.scope:
+            raise AssertionError(
+                "AuthenticationMiddleware must be installed to access request.user"
+            )
+        return self.scope["user"]
 
     @property
     def state(self) -> State:
@@ -340,13 +357,12 @@ class WebSocket(HTTPConnection):
     async def close(self, code: int = 1000, reason: str | None = None) -> None:
         await self.send({"type": "websocket.close", "code": code, "reason": reason or ""})
 
-    async def send_denial_response(
-        self,
-        status_code: int,
-        body: bytes = b"",
-        headers: Iterable[tuple[bytes, bytes]] = (),
-    ) -> None:
+    async def send_denial_response(self, response: ASGIApp) -> None:
         """Refuse the handshake with an HTTP response instead of a WebSocket.
+
+        *response* is any ASGI response callable: `service.responses.Response`, or a
+        Starlette or FastAPI ``Response``, ``StreamingResponse`` or ``FileResponse``.
+        It is called with this connection's scope, receive and send.
 
         Raises:
             RuntimeError: if the server lacks the ``websocket.http.response`` extension.
@@ -355,11 +371,4 @@ class WebSocket(HTTPConnection):
             raise RuntimeError(
                 "The server doesn't support the Websocket Denial Response extension."
             )
-        await self.send(
-            {
-                "type": "websocket.http.response.start",
-                "status": status_code,
-                "headers": [(b"content-length", str(len(body)).encode()), *headers],
-            }
-        )
-        await self.send({"type": "websocket.http.response.body", "body": body})
+        await response(self.scope, self.receive, self.send)

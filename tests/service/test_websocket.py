@@ -12,11 +12,12 @@ import pytest
 from channels.config import Config
 from service.app import Clarion, NoMatchFound
 from service.datastructures import URL, Address, Headers, QueryParams
+from service.responses import Response
 from service.websocket import HTTPConnection, WebSocket, WebSocketDisconnect, WebSocketState
 from tests.support.asgi import http_scope
 
 if TYPE_CHECKING:
-    from service.types import Message, Scope
+    from service.types import Message, Receive, Scope, Send
 
 CONNECT = {"type": "websocket.connect"}
 RECEIVING = ["receive_text", "receive_bytes", "receive_json", "receive_frame"]
@@ -246,6 +247,31 @@ def test_state_is_the_scope_state_dict() -> None:
     assert "user" not in shared
     with pytest.raises(AttributeError, match="'State' object has no attribute 'missing'"):
         _ = ws.state.missing
+
+
+def test_state_items_are_its_attributes() -> None:
+    # Lifespan state is often used as a mapping: state["client"] as well as state.client.
+    shared: dict[str, Any] = {"count": 1}
+    ws, _ = make(state=shared)
+    assert ws.state["count"] == 1
+    ws.state["count"] += 1
+    assert (ws.state.count, shared["count"]) == (2, 2)
+    assert "count" in ws.state
+    del ws.state["count"]
+    assert "count" not in ws.state
+    with pytest.raises(KeyError):
+        _ = ws.state["count"]
+
+
+@pytest.mark.parametrize("name", ["user", "auth"])
+def test_user_and_auth_come_from_the_scope_or_name_the_missing_middleware(name: str) -> None:
+    marker = object()
+    ws, _ = make()
+    ws.scope[name] = marker
+    assert getattr(ws, name) is marker
+    message = f"AuthenticationMiddleware must be installed to access request.{name}"
+    with pytest.raises(AssertionError, match=exact(message)):
+        getattr(make()[0], name)
 
 
 def test_state_is_created_when_the_scope_has_none() -> None:
@@ -602,7 +628,8 @@ async def test_send_json_rejects_a_bad_mode() -> None:
 
 async def test_denial_response_sends_status_body_and_headers() -> None:
     ws, transport = make()
-    await ws.send_denial_response(403, b'{"no":1}', [(b"content-type", b"application/json")])
+    headers = [(b"content-type", b"application/json")]
+    await ws.send_denial_response(Response(403, b'{"no":1}', headers))
     assert transport.sent == [
         {
             "type": "websocket.http.response.start",
@@ -614,11 +641,31 @@ async def test_denial_response_sends_status_body_and_headers() -> None:
     assert ws.application_state is WebSocketState.DISCONNECTED
 
 
+async def test_denial_response_takes_any_asgi_response() -> None:
+    # As a Starlette StreamingResponse would: the body in parts, the prefix from the scope.
+    async def streaming(scope: Scope, receive: Receive, send: Send) -> None:
+        prefix = "websocket." if scope["type"] == "websocket" else ""
+        start = {"type": f"{prefix}http.response.start", "status": 401, "headers": []}
+        await send(start)
+        for part in (b"go ", b"away"):
+            await send({"type": f"{prefix}http.response.body", "body": part, "more_body": True})
+        await send({"type": f"{prefix}http.response.body", "body": b""})
+
+    ws, transport = make()
+    await ws.send_denial_response(streaming)
+    assert [message["type"] for message in transport.sent] == [
+        "websocket.http.response.start",
+        *["websocket.http.response.body"] * 3,
+    ]
+    assert b"".join(message.get("body", b"") for message in transport.sent) == b"go away"
+    assert ws.application_state is WebSocketState.DISCONNECTED
+
+
 async def test_denial_response_needs_the_server_extension() -> None:
     ws, transport = make(extensions={})
     with pytest.raises(
         RuntimeError,
         match=exact("The server doesn't support the Websocket Denial Response extension."),
     ):
-        await ws.send_denial_response(403)
+        await ws.send_denial_response(Response(403))
     assert transport.sent == []
