@@ -1,29 +1,27 @@
-"""The ASGI application: lifespan, the WebSocket endpoint and the HTTP API."""
+"""The ASGI application: its lifespan (the hub), reload and drain, and the dispatch of
+WebSocket handshakes and HTTP requests.
+
+Who is let in is decided in `service.admission`; the HTTP routes and their handlers are
+in `service.httpapi`; a WebSocket connection is served by `service.session`.
+"""
 
 from __future__ import annotations
 
-import hmac
-import importlib.resources
 import logging
 import os
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 import msgspec
-from prometheus_client import generate_latest
 
 from channels.config import ConfigSource
-from channels.errors import (
-    ChannelsError,
-    ConfigError,
-    ServerClosing,
-)
+from channels.errors import ChannelsError, ConfigError, ServerClosing
 from channels.hub import open_hub
-from service.auth import SUBPROTOCOL, Authenticator, check_origin
+from service.admission import address, identify, read_body, served_when_full
+from service.auth import SUBPROTOCOL, Authenticator
 from service.datastructures import Headers, QueryParams, URLPath
 from service.errors import (
     AddressFull,
-    BadMessage,
     InvalidToken,
     MethodNotAllowed,
     NodeFull,
@@ -38,18 +36,10 @@ from service.errors import (
     UpgradeRequired,
 )
 from service.framewriter import SocketFrameWriter, TransportFrameWriter, open_frame_writer
+from service.httpapi import JSON_HEADERS, Answer, Request, routes
 from service.logs import fields, peer, reconfigure_logging
-from service.metrics import CONTENT_TYPE, NodeCollector, NodeCounters, node_registry
-from service.protocol import (
-    PresenceReply,
-    PublishReply,
-    ReloadReply,
-    StatsReply,
-    WireEncoding,
-    decode_publish_request,
-    encode,
-    encode_error,
-)
+from service.metrics import NodeCollector, NodeCounters, node_registry
+from service.protocol import ReloadReply, WireEncoding, encode_error
 from service.responses import Response
 from service.session import run_session
 from service.slots import Slots
@@ -66,7 +56,6 @@ __all__ = ("Clarion", "NoMatchFound", "RESTART_ONLY", "create_app")
 
 logger = logging.getLogger("clarion")
 
-#: The HTTP status of each error an HTTP API call can end with.
 #: Server settings that hypercorn took at startup: only a restart changes them.
 RESTART_ONLY: Final = (
     "bind",
@@ -77,16 +66,6 @@ RESTART_ONLY: Final = (
     "write_timeout_seconds",
     "shutdown_grace_seconds",
 )
-#: Content types of the static files (the browser client and the dashboard), by suffix.
-STATIC_TYPES: Final = {
-    ".html": b"text/html; charset=utf-8",
-    ".js": b"text/javascript; charset=utf-8",
-    ".css": b"text/css; charset=utf-8",
-}
-#: Channels ``GET /api/stats`` lists unless ``?limit=`` says otherwise.
-STATS_CHANNELS: Final = 100
-_HEALTH_BODY = msgspec.json.encode({"status": "ok"})
-_READY_BODY = msgspec.json.encode({"status": "ready"})
 
 
 class NoMatchFound(Exception):
@@ -117,24 +96,18 @@ class Clarion:
         self._frame_writers: set[TransportFrameWriter | SocketFrameWriter] = set()
         """The sockets of the connections in the hub, cut off if a drain's grace ends."""
         self.hub: Hub | None = None
-        self._static = _static_files()
         self._current_auth = lambda: self.auth  # one function for every session
         self._reload_lock: anyio.Lock | None = None
-        self._started = 0.0
+        self.started = 0.0
+        """When the hub started (`anyio.current_time`), for the uptime in the stats."""
         self.counters = NodeCounters()
         """Connections, disconnects and errors, for the metrics."""
-        self._metrics = node_registry(NodeCollector(self.counters, lambda: self.hub))
+        self.metrics = node_registry(NodeCollector(self.counters, lambda: self.hub))
+        """The node's Prometheus registry, served at ``/metrics``."""
+        self._http_routes = routes()
         self._routes = {
             "websocket": URLPath(config.server.websocket_path, "websocket"),
-            "publish": URLPath("/api/publish", "http"),
-            "health": URLPath("/health", "http"),
-            "ready": URLPath("/ready", "http"),
-            "presence": URLPath("/api/presence", "http"),
-            "metrics": URLPath("/metrics", "http"),
-            "reload": URLPath("/api/reload", "http"),
-            "stats": URLPath("/api/stats", "http"),
-            "dashboard": URLPath("/", "http"),
-            "client": URLPath("/client.js", "http"),
+            **{route.name: URLPath(route.path, "http") for route in self._http_routes.values()},
         }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -242,7 +215,7 @@ class Clarion:
                 claim = claim_only_worker()
             async with open_hub(self.config, WireEncoding()) as hub:
                 self.hub = hub
-                self._started = anyio.current_time()
+                self.started = anyio.current_time()
                 _log_open_api(self.config)
                 await send({"type": "lifespan.startup.complete"})
                 started = True
@@ -270,13 +243,8 @@ class Clarion:
         else:
             try:
                 server = self.config.server
-                with self._slots.hold(_address(ws.scope), server):
-                    allowed = server.allowed_origins
-                    if self.auth is None:
-                        check_origin(ws.scope, allowed, query_token=False)
-                        identity = None
-                    else:
-                        identity = self.auth.identify(ws.scope, allowed)
+                with self._slots.hold(address(ws.scope), server):
+                    identity = identify(ws.scope, self.auth, server)
                     offered = ws.scope.get("subprotocols", [])
                     install_closing_stream(send)  # close frames for protocol errors, 1009
                     frames = open_frame_writer(send)
@@ -314,7 +282,7 @@ class Clarion:
         extra = fields(client=peer(ws.client), code=_code(error), reason=str(error))
         logger.info("handshake refused", extra=extra)
         body = _error_body(error)
-        await ws.send_denial_response(Response(error.http_status or 400, body, _JSON_HEADERS))
+        await ws.send_denial_response(Response(error.http_status or 400, body, JSON_HEADERS))
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Answer one HTTP request, once its whole body has arrived.
@@ -326,43 +294,33 @@ class Clarion:
         read to the end is answered with ``connection: close``.
         """
         server = self.config.server
-        request_headers = Headers(scope["headers"])
-        # Probes, and callers with a valid API key (the backend), are served on a full
-        # node; a probe only when it announces no body, which could arrive slowly.
-        probe = scope["path"] in _PROBES and _bodiless(scope, request_headers)
-        checked = not probe and not self._has_key(request_headers)
+        headers = Headers(scope["headers"])
+        checked = not served_when_full(scope, headers, server.api_keys)
         try:
-            with self._slots.hold(_address(scope), server, checked=checked):
-                body = await self._read_body(scope, request_headers, receive)
-                status, body, headers = await self._respond(scope, request_headers, body)
+            with self._slots.hold(address(scope), server, checked=checked):
+                body = await read_body(scope, headers, receive, server)
+                status, body, answer_headers = await self._route(scope, headers, body)
         except (ProtocolError, ChannelsError) as exc:
-            status, body, headers = self._refuse(exc)
-        await Response(status, body, headers)(scope, receive, send)
+            status, body, answer_headers = self._refuse(exc)
+        await Response(status, body, answer_headers)(scope, receive, send)
 
-    async def _respond(
-        self, scope: Scope, request_headers: Headers, body: bytes
-    ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
-        """Route a request whose *body* has arrived: its status, body and headers."""
+    async def _route(self, scope: Scope, headers: Headers, body: bytes) -> Answer:
+        """Find the route of a request whose *body* has arrived, and run its handler."""
         path, method = scope["path"], scope["method"]
-        static = self._static.get(path)
-        if path == "/metrics":
-            if method not in {"GET", "HEAD"}:
-                raise MethodNotAllowed(method, "/metrics", ("GET", "HEAD"))
-            return 200, generate_latest(self._metrics), [(b"content-type", CONTENT_TYPE.encode())]
-        if static is not None:
-            if method not in {"GET", "HEAD"}:
-                raise MethodNotAllowed(method, path, ("GET", "HEAD"))
-            content, headers = static
-            return 200, content, [*headers]
-        status, content = await self._route(scope, request_headers, body)
-        return status, content, [*_JSON_HEADERS]
+        route = self._http_routes.get(path)
+        if route is None:
+            if path == self.config.server.websocket_path:
+                raise UpgradeRequired(f"{path} is the WebSocket endpoint: connect with a WebSocket")
+            raise RouteNotFound(f"no route at {path!r}")
+        if method not in route.methods:
+            raise MethodNotAllowed(method, path, route.methods)
+        query = QueryParams(scope.get("query_string", b""))
+        return await route.handler(self, Request(path, headers, query, body))
 
-    def _refuse(
-        self, exc: ProtocolError | ChannelsError
-    ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    def _refuse(self, exc: ProtocolError | ChannelsError) -> Answer:
         """The status, body and headers of an HTTP refusal with *exc*."""
         self.counters.errors[exc.code] += 1
-        headers = [*_JSON_HEADERS]
+        headers = [*JSON_HEADERS]
         if isinstance(exc, MethodNotAllowed):
             headers.append((b"allow", ", ".join(exc.allowed).encode()))
         elif isinstance(exc, Unauthorized):
@@ -373,158 +331,6 @@ class Clarion:
             # The rest of the body was not read: the connection cannot take another request.
             headers.append((b"connection", b"close"))
         return exc.http_status or 400, _error_body(exc), headers
-
-    async def _route(
-        self, scope: Scope, request_headers: Headers, body: bytes
-    ) -> tuple[int, bytes]:
-        path, method = scope["path"], scope["method"]
-        if path == "/health":
-            if method not in {"GET", "HEAD"}:
-                raise MethodNotAllowed(method, path, ("GET", "HEAD"))
-            return 200, _HEALTH_BODY
-        if path == "/ready":
-            if method not in {"GET", "HEAD"}:
-                raise MethodNotAllowed(method, path, ("GET", "HEAD"))
-            reason = "starting" if self.hub is None else self.hub.not_ready_reason()
-            if reason is not None:
-                return 503, msgspec.json.encode({"status": "not ready", "reason": reason})
-            return 200, _READY_BODY
-        if path == "/api/publish":
-            if method != "POST":
-                raise MethodNotAllowed(method, path, ("POST",))
-            return 200, await self._publish(request_headers, body)
-        if path == "/api/reload":
-            if method != "POST":
-                raise MethodNotAllowed(method, path, ("POST",))
-            if not self.config.server.api_keys:
-                raise Unauthorized("POST /api/reload needs server.api_keys to be set")
-            self._authenticate(request_headers)
-            return 200, encode(await self.reload())
-        query = QueryParams(scope.get("query_string", b""))
-        if path == "/api/stats":
-            if method not in {"GET", "HEAD"}:
-                raise MethodNotAllowed(method, path, ("GET", "HEAD"))
-            trusted = self._authenticate(request_headers)
-            return 200, encode(self._stats(query, trusted=trusted))
-        if path == "/api/presence":
-            if method not in {"GET", "HEAD"}:
-                raise MethodNotAllowed(method, path, ("GET", "HEAD"))
-            return 200, await self._presence(request_headers, query)
-        if path == self.config.server.websocket_path:
-            raise UpgradeRequired(f"{path} is the WebSocket endpoint: connect with a WebSocket")
-        raise RouteNotFound(f"no route at {path!r}")
-
-    async def _publish(self, request_headers: Headers, body: bytes) -> bytes:
-        trusted = self._authenticate(request_headers)
-        request = decode_publish_request(body)
-        if self.hub is None:
-            raise ServerClosing
-        published = await self.hub.publish(
-            request.channel, request.data, trusted=trusted, idempotency_key=request.idempotency_key
-        )
-        position = published.position
-        reply = PublishReply(
-            channel=request.channel,
-            offset=position.offset,
-            epoch=position.epoch,
-            duplicate=published.duplicate,
-        )
-        return encode(reply)
-
-    async def _presence(self, request_headers: Headers, query: QueryParams) -> bytes:
-        trusted = self._authenticate(request_headers)
-        channel = query.get("channel")
-        if not channel:
-            raise BadMessage("GET /api/presence needs ?channel=NAME")
-        if self.hub is None:
-            raise ServerClosing
-        # Without a key, the caller is an anonymous client: it sees what one may.
-        clients = await self.hub.presence(channel, trusted=trusted)
-        return encode(PresenceReply(channel=channel, clients=clients))
-
-    def _stats(self, query: QueryParams, *, trusted: bool) -> StatsReply:
-        hub = self.hub
-        if hub is None:
-            raise ServerClosing
-        try:
-            limit = int(query.get("limit", STATS_CHANNELS))
-        except ValueError:
-            raise BadMessage("?limit= must be an integer") from None
-        if limit < 0:
-            raise BadMessage("?limit= must not be negative")
-        stats = hub.statistics()
-        return StatsReply(
-            ready=hub.not_ready_reason() is None,
-            reason=hub.not_ready_reason(),
-            broker=self.config.broker.kind,
-            websocket_path=self.config.server.websocket_path,
-            uptime_seconds=round(anyio.current_time() - self._started, 3),
-            connections=stats.connections,
-            subscriptions=stats.subscriptions,
-            published=stats.accepted,
-            delivered=hub.traffic.deliveries,
-            channels=hub.channel_statistics(limit, trusted=trusted),
-        )
-
-    def _authenticate(self, headers: Headers) -> bool:
-        """Check the API key when keys are configured; return whether the caller is trusted."""
-        if not self.config.server.api_keys:
-            return False
-        if _bearer(headers) is None:
-            raise Unauthorized("this API needs 'Authorization: Bearer <key>'")
-        if not self._has_key(headers):
-            raise Unauthorized("the API key is not valid")
-        return True
-
-    def _has_key(self, headers: Headers) -> bool:
-        """Whether the request carries one of the API keys."""
-        given = _bearer(headers)
-        if given is None:
-            return False
-        # Compare with every key, in constant time, so timing tells nothing about them.
-        found = False
-        for key in self.config.server.api_keys:
-            found |= hmac.compare_digest(given.encode(), key.encode())
-        return found
-
-    async def _read_body(self, scope: Scope, headers: Headers, receive: Receive) -> bytes:
-        """Read the request's body to its end, within ``server.handshake_timeout_seconds``.
-
-        Raises:
-            RequestTooLarge: once it exceeds ``server.max_request_bytes`` (the rest is
-                not read).
-            RequestTimeout: if it does not end in time.
-        """
-        server = self.config.server
-        if _bodiless(scope, headers):
-            # The server hands the empty body over at once: no deadline, whose timer
-            # would cost as much as the rest of a GET.
-            return await self._read_chunks(receive, server.max_request_bytes)
-        deadline = server.handshake_timeout_seconds
-        with anyio.move_on_after(deadline):
-            return await self._read_chunks(receive, server.max_request_bytes)
-        raise RequestTimeout(f"the request body did not arrive within {deadline:g}s")
-
-    async def _read_chunks(self, receive: Receive, limit: int) -> bytes:
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                break
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise RequestTooLarge(f"the request body exceeds {limit} bytes")
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        return b"".join(chunks)
-
-
-_JSON_HEADERS = [(b"content-type", b"application/json")]
-#: Routes served even on a full node: an orchestrator must still see that it lives.
-_PROBES: Final = frozenset(("/health", "/ready", "/metrics"))
 
 
 def _log_open_api(config: Config) -> None:
@@ -537,49 +343,6 @@ def _log_open_api(config: Config) -> None:
         "anonymous clients may",
         how,
     )
-
-
-def _bodiless(scope: Scope, headers: Headers) -> bool:
-    """Whether an HTTP/1 request has no body (HTTP/2 sends one without announcing it)."""
-    if scope.get("http_version") not in {"1.0", "1.1"}:
-        return False
-    return headers.get("content-length", "0") == "0" and "transfer-encoding" not in headers
-
-
-def _bearer(headers: Headers) -> str | None:
-    """The credential of an ``Authorization: Bearer`` header, if the request has one."""
-    scheme, _, given = headers.get("authorization", "").partition(" ")
-    return given if scheme.lower() == "bearer" and given else None
-
-
-def _address(scope: Scope) -> str:
-    """The client's IP address ("" when the server does not say)."""
-    return (scope.get("client") or ("", 0))[0]
-
-
-def _static_files() -> dict[str, tuple[bytes, list[tuple[bytes, bytes]]]]:
-    """The files of ``service/static`` by the path they are served at, with their headers.
-
-    ``index.html`` is the dashboard, served at ``/``; every file may be loaded from a
-    page of any origin (a module script is fetched with CORS).
-    """
-    files: dict[str, tuple[bytes, list[tuple[bytes, bytes]]]] = {}
-    folder = importlib.resources.files("service") / "static"
-    if not folder.is_dir():
-        return files
-    for item in folder.iterdir():
-        content_type = STATIC_TYPES.get(os.path.splitext(item.name)[1])
-        if content_type is None or not item.is_file():
-            continue
-        body = item.read_bytes()
-        headers = [
-            (b"content-type", content_type),
-            (b"cache-control", b"no-cache"),
-            (b"access-control-allow-origin", b"*"),
-        ]
-        path = "/" if item.name == "index.html" else f"/{item.name}"
-        files[path] = (body, headers)
-    return files
 
 
 def _authenticator(config: Config) -> Authenticator | None:

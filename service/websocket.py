@@ -129,20 +129,19 @@ class HTTPConnection(Mapping[str, Any]):
     @property
     def auth(self) -> Any:
         """The credentials an authentication middleware put in the scope."""
-        if "auth" not in self.scope:
-            raise AssertionError(
-                "AuthenticationMiddleware must be installed to access request.auth"
-            )
-        return self.scope["auth"]
+        return self._from_middleware("auth")
 
     @property
     def user(self) -> Any:
         """The user an authentication middleware put in the scope."""
-        if "user" not in self.scope:
+        return self._from_middleware("user")
+
+    def _from_middleware(self, key: str) -> Any:
+        if key not in self.scope:
             raise AssertionError(
-                "AuthenticationMiddleware must be installed to access request.user"
+                f"AuthenticationMiddleware must be installed to access request.{key}"
             )
-        return self.scope["user"]
+        return self.scope[key]
 
     @property
     def state(self) -> State:

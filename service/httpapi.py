@@ -1,0 +1,214 @@
+"""The HTTP routes, as a table: probes, metrics, the static files and the HTTP API.
+
+Each route names its methods and its handler; `Clarion` looks the path up, refuses a
+method the route does not take (405), and calls the handler once the request's whole
+body has arrived. A handler returns its status, body and headers, or raises a coded
+error that the app answers with (see ``http_status`` on the error classes).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.resources
+import os
+from typing import TYPE_CHECKING, Final, NamedTuple
+
+import anyio
+import msgspec
+from prometheus_client import generate_latest
+
+from channels.errors import ServerClosing
+from service.admission import trusted
+from service.errors import BadMessage, Unauthorized
+from service.metrics import CONTENT_TYPE
+from service.protocol import (
+    PresenceReply,
+    PublishReply,
+    StatsReply,
+    decode_publish_request,
+    encode,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from channels.hub import Hub
+    from service.app import Clarion
+    from service.datastructures import Headers, QueryParams
+
+__all__ = (
+    "Answer",
+    "JSON_HEADERS",
+    "Request",
+    "Route",
+    "STATIC_TYPES",
+    "STATS_CHANNELS",
+    "routes",
+)
+
+#: A handler's answer: the status, the body and the headers (``content-length`` aside).
+Answer = tuple[int, bytes, list[tuple[bytes, bytes]]]
+
+JSON_HEADERS: Final = [(b"content-type", b"application/json")]
+#: Content types of the static files (the browser client and the dashboard), by suffix.
+STATIC_TYPES: Final = {
+    ".html": b"text/html; charset=utf-8",
+    ".js": b"text/javascript; charset=utf-8",
+    ".css": b"text/css; charset=utf-8",
+}
+#: Channels ``GET /api/stats`` lists unless ``?limit=`` says otherwise.
+STATS_CHANNELS: Final = 100
+_READ: Final = ("GET", "HEAD")
+_WRITE: Final = ("POST",)
+_HEALTH_BODY: Final = msgspec.json.encode({"status": "ok"})
+_READY_BODY: Final = msgspec.json.encode({"status": "ready"})
+
+
+class Request(NamedTuple):
+    """An HTTP request whose body has arrived."""
+
+    path: str
+    headers: Headers
+    query: QueryParams
+    body: bytes
+
+
+class Route(NamedTuple):
+    """One HTTP route: its name (for ``url_path_for``), path, methods and handler."""
+
+    name: str
+    path: str
+    methods: tuple[str, ...]
+    handler: Callable[[Clarion, Request], Awaitable[Answer]]
+
+
+def routes() -> dict[str, Route]:
+    """Every HTTP route by its path, the static files included."""
+    table = [
+        Route("health", "/health", _READ, _health),
+        Route("ready", "/ready", _READ, _ready),
+        Route("metrics", "/metrics", _READ, _metrics),
+        Route("publish", "/api/publish", _WRITE, _publish),
+        Route("presence", "/api/presence", _READ, _presence),
+        Route("stats", "/api/stats", _READ, _stats),
+        Route("reload", "/api/reload", _WRITE, _reload),
+    ]
+    for path in _static_files():
+        name = {"/": "dashboard", "/client.js": "client"}.get(path, path.lstrip("/"))
+        table.append(Route(name, path, _READ, _static))
+    return {route.path: route for route in table}
+
+
+async def _health(app: Clarion, request: Request) -> Answer:
+    return 200, _HEALTH_BODY, [*JSON_HEADERS]
+
+
+async def _ready(app: Clarion, request: Request) -> Answer:
+    reason = "starting" if app.hub is None else app.hub.not_ready_reason()
+    if reason is not None:
+        body = msgspec.json.encode({"status": "not ready", "reason": reason})
+        return 503, body, [*JSON_HEADERS]
+    return 200, _READY_BODY, [*JSON_HEADERS]
+
+
+async def _metrics(app: Clarion, request: Request) -> Answer:
+    return 200, generate_latest(app.metrics), [(b"content-type", CONTENT_TYPE.encode())]
+
+
+async def _static(app: Clarion, request: Request) -> Answer:
+    content, headers = _static_files()[request.path]
+    return 200, content, [*headers]
+
+
+async def _publish(app: Clarion, request: Request) -> Answer:
+    caller_trusted = trusted(request.headers, app.config.server.api_keys)
+    publish = decode_publish_request(request.body)
+    published = await _hub(app).publish(
+        publish.channel,
+        publish.data,
+        trusted=caller_trusted,
+        idempotency_key=publish.idempotency_key,
+    )
+    position = published.position
+    reply = PublishReply(
+        channel=publish.channel,
+        offset=position.offset,
+        epoch=position.epoch,
+        duplicate=published.duplicate,
+    )
+    return 200, encode(reply), [*JSON_HEADERS]
+
+
+async def _presence(app: Clarion, request: Request) -> Answer:
+    caller_trusted = trusted(request.headers, app.config.server.api_keys)
+    channel = request.query.get("channel")
+    if not channel:
+        raise BadMessage("GET /api/presence needs ?channel=NAME")
+    # Without a key, the caller is an anonymous client: it sees what one may.
+    clients = await _hub(app).presence(channel, trusted=caller_trusted)
+    return 200, encode(PresenceReply(channel=channel, clients=clients)), [*JSON_HEADERS]
+
+
+async def _stats(app: Clarion, request: Request) -> Answer:
+    caller_trusted = trusted(request.headers, app.config.server.api_keys)
+    hub = _hub(app)
+    try:
+        limit = int(request.query.get("limit", STATS_CHANNELS))
+    except ValueError:
+        raise BadMessage("?limit= must be an integer") from None
+    if limit < 0:
+        raise BadMessage("?limit= must not be negative")
+    stats = hub.statistics()
+    reply = StatsReply(
+        ready=hub.not_ready_reason() is None,
+        reason=hub.not_ready_reason(),
+        broker=app.config.broker.kind,
+        websocket_path=app.config.server.websocket_path,
+        uptime_seconds=round(anyio.current_time() - app.started, 3),
+        connections=stats.connections,
+        subscriptions=stats.subscriptions,
+        published=stats.accepted,
+        delivered=hub.traffic.deliveries,
+        channels=hub.channel_statistics(limit, trusted=caller_trusted),
+    )
+    return 200, encode(reply), [*JSON_HEADERS]
+
+
+async def _reload(app: Clarion, request: Request) -> Answer:
+    if not app.config.server.api_keys:
+        raise Unauthorized("POST /api/reload needs server.api_keys to be set")
+    trusted(request.headers, app.config.server.api_keys)
+    return 200, encode(await app.reload()), [*JSON_HEADERS]
+
+
+def _hub(app: Clarion) -> Hub:
+    """The app's hub, which exists from startup to shutdown.
+
+    Raises:
+        ServerClosing: outside that time.
+    """
+    if app.hub is None:
+        raise ServerClosing
+    return app.hub
+
+
+@functools.cache
+def _static_files() -> dict[str, tuple[bytes, list[tuple[bytes, bytes]]]]:
+    """The files of ``service/static`` by the path they are served at, with their headers.
+
+    ``index.html`` is the dashboard, served at ``/``; every file may be loaded from a
+    page of any origin (a module script is fetched with CORS). Read once per process.
+    """
+    files: dict[str, tuple[bytes, list[tuple[bytes, bytes]]]] = {}
+    folder = importlib.resources.files("service") / "static"
+    for item in folder.iterdir() if folder.is_dir() else ():
+        content_type = STATIC_TYPES.get(os.path.splitext(item.name)[1])
+        if content_type is None or not item.is_file():
+            continue
+        headers = [
+            (b"content-type", content_type),
+            (b"cache-control", b"no-cache"),
+            (b"access-control-allow-origin", b"*"),
+        ]
+        files["/" if item.name == "index.html" else f"/{item.name}"] = (item.read_bytes(), headers)
+    return files
