@@ -1,14 +1,7 @@
 """The Redis broker: channels shared by every node connected to one Redis server.
 
-For each channel, with ``P`` the configured ``prefix``:
-
-- ``P:m:CHANNEL`` is a hash with the stream's ``epoch``, its ``top`` offset and the
-  history's ``ttl`` in milliseconds;
-- ``P:s:CHANNEL`` is a Redis stream of the kept messages: entry ID ``OFFSET-0``, fields
-  ``d`` (the data) and ``t`` (Redis's clock when it was published, in milliseconds);
-- ``P:p:CHANNEL`` is the pub/sub channel; each message reads ``EPOCH:OFFSET:DATA``;
-- ``P:i:CHANNEL#KEY`` holds ``OFFSET:EPOCH`` of the publish with idempotency key ``KEY``
-  for the idempotency window.
+Each channel has a meta hash, a stream of its kept messages, a pub/sub channel and
+presence keys in Redis (`channels.brokers.redis_keys`).
 
 A publish is one Lua script that numbers, keeps and publishes the message at once, so
 every node receives a channel's messages in one order, the order of their offsets. A
@@ -19,13 +12,15 @@ Redis pub/sub delivers at most once: a node whose pub/sub connection broke misse
 was published meanwhile. The node notices when a message does not follow the last one
 it delivered, reads the missing ones from the stream, and reports those no longer kept
 as lost (the hub tells the subscribers with a ``gap``), so no loss goes unannounced.
+Those decisions are made without I/O in `channels.brokers.ordering`; the Lua scripts
+are in `channels.brokers.redis_scripts`.
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
@@ -34,11 +29,14 @@ import coredis.exceptions
 import coredis.retry
 import msgspec
 
+from channels.brokers import redis_scripts
+from channels.brokers.ordering import ChannelOrder, Check, Lost
+from channels.brokers.redis_keys import Keys
 from channels.errors import BrokerUnavailable
 from channels.publication import ClientInfo, HistoryPage, Position, Publication, Published
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Iterator
 
     from channels.brokers import Event, Receiver
     from channels.config import BrokerConfig, History
@@ -59,136 +57,10 @@ MAX_RETRY_DELAY_SECONDS: Final = 5.0
 #: The shortest pause between two attempts to reconnect the pub/sub connection.
 MIN_RECONNECT_DELAY_SECONDS: Final = 0.1
 
-# KEYS: meta, stream, and the idempotency key if the publish has one. ARGV: pub/sub
-# channel, data, new epoch, history size, history ttl (ms), stream idle time (ms), the
-# idempotency window (ms). Returns {offset, epoch, 1 if a duplicate else 0}.
-_PUBLISH = """
-local meta, stream, key = KEYS[1], KEYS[2], KEYS[3]
-if key then
-  local seen = redis.call('GET', key)
-  if seen then
-    local offset, first_epoch = string.match(seen, '^(%d+):(.*)$')
-    return {tonumber(offset), first_epoch, 1}
-  end
-end
-local epoch = redis.call('HGET', meta, 'epoch')
-if not epoch then
-  epoch = ARGV[3]
-  redis.call('DEL', stream)
-  redis.call('HSET', meta, 'epoch', epoch)
-end
-local top = redis.call('HINCRBY', meta, 'top', 1)
-local size, ttl = tonumber(ARGV[4]), tonumber(ARGV[5])
-redis.call('HSET', meta, 'ttl', ttl)
-if size > 0 then
-  local now = redis.call('TIME')
-  local ms = now[1] * 1000 + math.floor(now[2] / 1000)
-  redis.call('XADD', stream, 'MAXLEN', size, top .. '-0', 'd', ARGV[2], 't', ms)
-  if ttl > 0 then redis.call('PEXPIRE', stream, ttl) else redis.call('PEXPIRE', stream, ARGV[6]) end
-else
-  redis.call('DEL', stream)
-end
-redis.call('PEXPIRE', meta, ARGV[6])
-redis.call('PUBLISH', ARGV[1], epoch .. ':' .. top .. ':' .. ARGV[2])
-if key then redis.call('SET', key, top .. ':' .. epoch, 'PX', ARGV[7]) end
-return {top, epoch, 0}
-"""
-
-# KEYS: meta, stream. ARGV: after (-1 for the newest), limit (-1 for all), the epoch to
-# start the stream with if it has none ('' to leave it be), stream idle time (ms).
-# Returns {epoch, top, {id, data, id, data, ...}}, without the expired entries.
-_READ = """
-local meta, stream = KEYS[1], KEYS[2]
-local found = redis.call('HMGET', meta, 'epoch', 'top', 'ttl')
-local epoch = found[1]
-if not epoch then
-  if ARGV[3] == '' then return {'', 0, {}} end
-  epoch = ARGV[3]
-  redis.call('DEL', stream)
-  redis.call('HSET', meta, 'epoch', epoch, 'top', 0)
-  found[2] = 0
-end
-if ARGV[3] ~= '' then redis.call('PEXPIRE', meta, ARGV[4]) end
-local top, ttl = tonumber(found[2] or 0), tonumber(found[3] or 0)
-local after, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
-local entries = {}
-if limit ~= 0 then
-  if after < 0 then
-    if limit < 0 then
-      entries = redis.call('XRANGE', stream, '-', '+')
-    else
-      local newest = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', limit)
-      for index = #newest, 1, -1 do entries[#entries + 1] = newest[index] end
-    end
-  elseif after < top then
-    if limit < 0 then
-      entries = redis.call('XRANGE', stream, (after + 1) .. '-0', '+')
-    else
-      entries = redis.call('XRANGE', stream, (after + 1) .. '-0', '+', 'COUNT', limit)
-    end
-  end
-end
-local oldest_allowed = -1
-if ttl > 0 then
-  local now = redis.call('TIME')
-  oldest_allowed = now[1] * 1000 + math.floor(now[2] / 1000) - ttl
-end
-local kept = {}
-for _, entry in ipairs(entries) do
-  local fields = entry[2]
-  if tonumber(fields[4]) > oldest_allowed then
-    kept[#kept + 1] = entry[1]
-    kept[#kept + 1] = fields[2]
-  end
-end
-return {epoch, top, kept}
-"""
-
-
-# KEYS: presence hash, expiry sorted set. ARGV: client id, info, time to live (ms).
-_PRESENCE_ADD = """
-local now = redis.call('TIME')
-local ms = now[1] * 1000 + math.floor(now[2] / 1000)
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('ZADD', KEYS[2], ms + tonumber(ARGV[3]), ARGV[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
-return 1
-"""
-
-# KEYS: presence hash, expiry sorted set. Drops the expired entries, returns the others.
-_PRESENCE_READ = """
-local now = redis.call('TIME')
-local ms = now[1] * 1000 + math.floor(now[2] / 1000)
-local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ms)
-for _, client in ipairs(expired) do redis.call('HDEL', KEYS[1], client) end
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ms)
-return redis.call('HVALS', KEYS[1])
-"""
-
 _EVENT_MARKS: dict[Event, bytes] = {"join": b"!j", "leave": b"!l"}
 _EVENTS: dict[bytes, Event] = {b"j": "join", b"l": "leave"}
 _client_info = msgspec.json.Decoder(ClientInfo)
 _encoder = msgspec.json.Encoder()
-
-
-class _Listening:
-    """A channel this node is subscribed to in Redis."""
-
-    __slots__ = ("checked_top", "epoch", "held", "last", "repair_to", "wanted")
-
-    def __init__(self) -> None:
-        self.epoch = b""
-        self.last = 0
-        """The offset of the last publication delivered."""
-        self.wanted = True
-        """False once the last local subscriber left; the node then unsubscribes."""
-        self.held: list[bytes] | None = []
-        """Messages received while the start is read or missing ones are fetched."""
-        self.repair_to = 0
-        """With nothing held, the offset a repair reads up to (the stream's top)."""
-        self.checked_top = 0
-        """The stream's top at the previous check."""
 
 
 class RedisBroker:
@@ -207,12 +79,11 @@ class RedisBroker:
         self._client = client
         self._pubsub: coredis.patterns.pubsub.PubSub[bytes] | None = None
         self._connected = anyio.Event()
-        self._prefix = config.prefix
+        self._keys = Keys(config.prefix)
         self._idle_ms = max(1, round(config.stream_idle_seconds * 1000))
         self._refresh_seconds = config.stream_idle_seconds / 3
         self._timeout_seconds = config.timeout_seconds
         self._check_seconds = config.check_seconds
-        self._node_channel = f"{config.prefix}:n:{secrets.token_hex(8)}".encode()
         self._pings: dict[bytes, float] = {}
         """The checks' pings not yet back, each with when it was sent."""
         self._ping_count = 0
@@ -226,10 +97,10 @@ class RedisBroker:
         """Whether the last check reached Redis both ways within ``timeout_seconds``."""
         self.round_trip_seconds: float | None = None
         """How long the last check took: a publish, back through this node's pub/sub."""
-        self._publish_script = client.register_script(_PUBLISH)
-        self._read_script = client.register_script(_READ)
-        self._presence_add = client.register_script(_PRESENCE_ADD)
-        self._presence_read = client.register_script(_PRESENCE_READ)
+        self._publish_script = client.register_script(redis_scripts.PUBLISH)
+        self._read_script = client.register_script(redis_scripts.READ)
+        self._presence_add = client.register_script(redis_scripts.PRESENCE_ADD)
+        self._presence_read = client.register_script(redis_scripts.PRESENCE_READ)
         self._presence_ttl_ms = max(1, round(config.presence_ttl_seconds * 1000))
         self._presence_refresh_seconds = config.presence_ttl_seconds / 3
         self._present: dict[str, dict[str, ClientInfo]] = {}
@@ -237,7 +108,7 @@ class RedisBroker:
         self._to_forget: list[tuple[str, str]] = []
         self._to_announce: list[tuple[str, bytes]] = []
         self._receiver = receiver
-        self._listening: dict[str, _Listening] = {}
+        self._listening: dict[str, ChannelOrder] = {}
         self._changing = anyio.Lock()
         self._to_repair: set[str] = set()
         self._to_leave: set[str] = set()
@@ -257,26 +128,22 @@ class RedisBroker:
         key: str | None = None,
         window_seconds: float = 0.0,
     ) -> Published:
-        keys = self._keys(channel)
+        keys = self._keys.stream(channel)
         if key is not None:
-            # A channel name has no '#': the first one ends it, whatever the key holds.
-            keys.append(f"{self._prefix}:i:{channel}#{key}")
-        try:
-            with anyio.fail_after(self._timeout_seconds):
-                reply: Any = await self._publish_script(
-                    keys=keys,
-                    args=[
-                        f"{self._prefix}:p:{channel}",
-                        bytes(data),
-                        secrets.token_hex(6),
-                        history.size,
-                        round(history.ttl_seconds * 1000),
-                        self._idle_ms,
-                        max(1, round(window_seconds * 1000)),
-                    ],
-                )
-        except _UNAVAILABLE as exc:
-            raise BrokerUnavailable("publish", _describe(exc)) from exc
+            keys.append(self._keys.idempotency(channel, key))
+        with self._calling("publish"):
+            reply: Any = await self._publish_script(
+                keys=keys,
+                args=[
+                    self._keys.pubsub(channel),
+                    bytes(data),
+                    secrets.token_hex(6),
+                    history.size,
+                    round(history.ttl_seconds * 1000),
+                    self._idle_ms,
+                    max(1, round(window_seconds * 1000)),
+                ],
+            )
         top, epoch, duplicate = reply
         return Published(Position(int(top), epoch.decode()), duplicate=bool(duplicate))
 
@@ -299,11 +166,11 @@ class RedisBroker:
             if listening is not None:
                 listening.wanted = True
                 return
-            listening = self._listening[channel] = _Listening()
+            listening = self._listening[channel] = ChannelOrder()
             try:
                 with anyio.fail_after(self._timeout_seconds):
                     await self._connected.wait()
-                    await self._subscriber.subscribe(f"{self._prefix}:p:{channel}")
+                    await self._subscriber.subscribe(self._keys.pubsub(channel))
                 position, _ = await self._read(
                     channel, after=None, limit=0, start=secrets.token_hex(6)
                 )
@@ -314,9 +181,7 @@ class RedisBroker:
                 if isinstance(exc, _UNAVAILABLE):
                     raise BrokerUnavailable("subscribe", _describe(exc)) from exc
                 raise
-            listening.epoch, listening.last = position.epoch.encode(), position.offset
-            held, listening.held = listening.held or [], None
-            for message in held:
+            for message in listening.start(position.epoch.encode(), position.offset):
                 self._receive(channel, listening, message)
 
     def unsubscribe(self, channel: str) -> None:
@@ -328,14 +193,14 @@ class RedisBroker:
     async def add_presence(self, channel: str, client: ClientInfo) -> None:
         self._present.setdefault(channel, {})[client.client] = client
         try:
-            with anyio.fail_after(self._timeout_seconds):
+            with self._calling("presence"):
                 await self._presence_add(
-                    keys=self._presence_keys(channel),
+                    keys=self._keys.presence(channel),
                     args=[client.client, _encoder.encode(client), self._presence_ttl_ms],
                 )
-        except _UNAVAILABLE as exc:
+        except BrokerUnavailable:
             self.remove_presence(channel, client)
-            raise BrokerUnavailable("presence", _describe(exc)) from exc
+            raise
 
     def remove_presence(self, channel: str, client: ClientInfo) -> None:
         clients = self._present.get(channel)
@@ -346,11 +211,8 @@ class RedisBroker:
             self._work.set()
 
     async def presence(self, channel: str) -> list[ClientInfo]:
-        try:
-            with anyio.fail_after(self._timeout_seconds):
-                found: Any = await self._presence_read(keys=self._presence_keys(channel))
-        except _UNAVAILABLE as exc:
-            raise BrokerUnavailable("presence", _describe(exc)) from exc
+        with self._calling("presence"):
+            found: Any = await self._presence_read(keys=self._keys.presence(channel))
         return [_client_info.decode(info) for info in found]
 
     def announce(self, channel: str, event: Event, client: ClientInfo) -> None:
@@ -394,29 +256,33 @@ class RedisBroker:
             raise RuntimeError("the pub/sub connection is not open yet")
         return self._pubsub
 
-    def _presence_keys(self, channel: str) -> list[str]:
-        return [f"{self._prefix}:pr:{channel}", f"{self._prefix}:pz:{channel}"]
+    @contextmanager
+    def _calling(self, operation: str) -> Iterator[None]:
+        """Bound a call to Redis by ``timeout_seconds``.
 
-    def _keys(self, channel: str) -> list[str]:
-        return [f"{self._prefix}:m:{channel}", f"{self._prefix}:s:{channel}"]
+        Raises:
+            BrokerUnavailable: if Redis is down, restarting, or slower than that.
+        """
+        try:
+            with anyio.fail_after(self._timeout_seconds):
+                yield
+        except _UNAVAILABLE as exc:
+            raise BrokerUnavailable(operation, _describe(exc)) from exc
 
     async def _read(
         self, channel: str, *, after: int | None, limit: int | None, start: str
     ) -> tuple[Position, list[Publication]]:
         """Run the read script; with *start*, a missing stream begins with that epoch."""
-        try:
-            with anyio.fail_after(self._timeout_seconds):
-                reply: Any = await self._read_script(
-                    keys=self._keys(channel),
-                    args=[
-                        -1 if after is None else after,
-                        -1 if limit is None else limit,
-                        start,
-                        self._idle_ms,
-                    ],
-                )
-        except _UNAVAILABLE as exc:
-            raise BrokerUnavailable("read", _describe(exc)) from exc
+        with self._calling("read"):
+            reply: Any = await self._read_script(
+                keys=self._keys.stream(channel),
+                args=[
+                    -1 if after is None else after,
+                    -1 if limit is None else limit,
+                    start,
+                    self._idle_ms,
+                ],
+            )
         epoch, top, found = reply
         publications = [
             Publication(
@@ -426,31 +292,26 @@ class RedisBroker:
         ]
         return Position(int(top), epoch.decode()), publications
 
-    def _receive(self, channel: str, listening: _Listening, message: bytes) -> None:
-        """Deliver one pub/sub *message* in order, or hold it until the gap is filled."""
-        if listening.held is not None:
-            listening.held.append(message)
-            return
-        epoch, _, rest = message.partition(b":")
-        offset_text, _, data = rest.partition(b":")
-        offset = int(offset_text)
-        if epoch != listening.epoch:
-            self._restart(channel, listening, epoch)
-        if offset <= listening.last:
-            return  # already delivered, from the stream
-        if offset > listening.last + 1:
-            listening.held = [message]
+    def _receive(self, channel: str, listening: ChannelOrder, message: bytes) -> None:
+        """Deliver one pub/sub *message* in order, or hold it until the gap is filled.
+
+        Raises:
+            ValueError: for a message that is not ``EPOCH:OFFSET:DATA``.
+        """
+        step = listening.receive(message)
+        if step.restarted is not None:
+            self._announce_restart(channel, step.restarted)
+        if step.repair:
             self._to_repair.add(channel)
             self._work.set()
-            return
-        listening.last = offset
-        self._receiver.deliver(Publication(channel, offset, msgspec.Raw(data)))
+        elif step.deliver is not None:
+            offset, data = step.deliver
+            self._receiver.deliver(Publication(channel, offset, msgspec.Raw(data)))
 
-    def _restart(self, channel: str, listening: _Listening, epoch: bytes) -> None:
-        """Follow *channel* into a new stream: Redis lost the old one (restarted without
-        persistence, or it idled out), so offsets start again at 1 in *epoch*."""
+    def _announce_restart(self, channel: str, epoch: bytes) -> None:
+        """Tell the hub that *channel* follows a new stream: Redis lost the old one
+        (restarted without persistence, or it idled out), so offsets start again at 1."""
         logger.warning("channel %r restarted with a new epoch in Redis", channel)
-        listening.epoch, listening.last, listening.checked_top = epoch, 0, 0
         self._receiver.restarted(channel, epoch.decode())
 
     def _leave_soon(self, channel: str) -> None:
@@ -458,12 +319,11 @@ class RedisBroker:
         self._work.set()
 
     async def _listen(self) -> None:
-        start = len(self._prefix) + 3  # past "P:p:"
         while True:
             message: Any = await self._subscriber.get_message()
             if message is None:
                 continue
-            if message["channel"] == self._node_channel:
+            if message["channel"] == self._keys.node:
                 if message["type"] == "message":
                     self._echo(message["data"])
                 elif message["type"] == "subscribe":
@@ -472,7 +332,7 @@ class RedisBroker:
             if message["type"] != "message":
                 continue
             try:
-                channel = message["channel"][start:].decode()
+                channel = self._keys.channel_of(message["channel"])
                 data: bytes = message["data"]
                 if data[:1] == b"!":  # a presence event, outside the numbered stream
                     event = _EVENTS[data[1:2]]
@@ -528,29 +388,17 @@ class RedisBroker:
     async def _repair(self, channel: str) -> None:
         """Deliver what *channel* missed before its first held message, or report it lost."""
         listening = self._listening.get(channel)
-        if listening is None or listening.held is None:
+        wanted = None if listening is None else listening.repair_range()
+        if listening is None or wanted is None:
             return
-        if listening.held:
-            first_held = int(listening.held[0].split(b":", 2)[1])
-        else:
-            first_held = listening.repair_to + 1
-        expected = listening.last + 1
-        position, publications = await self._read(
-            channel, after=listening.last, limit=first_held - expected, start=""
-        )
-        if position.epoch.encode() != listening.epoch:
-            publications = []  # the stream restarted: what was missed is gone
-        for publication in publications:
-            if publication.offset >= first_held:
-                break
-            if publication.offset > expected:
-                self._receiver.lost(channel, expected, publication.offset - 1)
-            self._receiver.deliver(publication)
-            expected = publication.offset + 1
-        if expected < first_held:
-            self._receiver.lost(channel, expected, first_held - 1)
-        listening.last = first_held - 1
-        held, listening.held = listening.held, None
+        after, limit = wanted
+        position, publications = await self._read(channel, after=after, limit=limit, start="")
+        found, held = listening.repaired(position.epoch.encode(), publications)
+        for item in found:
+            if isinstance(item, Lost):
+                self._receiver.lost(channel, item.first, item.last)
+            else:
+                self._receiver.deliver(item)
         for message in held:
             self._receive(channel, listening, message)
 
@@ -560,7 +408,7 @@ class RedisBroker:
             return  # subscribed again meanwhile
         self._listening.pop(channel, None)
         with anyio.fail_after(self._timeout_seconds):
-            await self._subscriber.unsubscribe(f"{self._prefix}:p:{channel}")
+            await self._subscriber.unsubscribe(self._keys.pubsub(channel))
 
     async def _send_announcements(self) -> None:
         while self._to_announce:
@@ -568,7 +416,7 @@ class RedisBroker:
             with anyio.fail_after(self._timeout_seconds):
                 async with self._client.pipeline(transaction=False) as pipeline:
                     for channel, payload in batch:
-                        pipeline.publish(f"{self._prefix}:p:{channel}", payload)
+                        pipeline.publish(self._keys.pubsub(channel), payload)
 
     async def _forget_presence(self) -> None:
         while self._to_forget:
@@ -578,7 +426,7 @@ class RedisBroker:
                     for channel, client in batch:
                         if client in self._present.get(channel, {}):
                             continue  # subscribed again meanwhile: keep it
-                        hash_key, expiry_key = self._presence_keys(channel)
+                        hash_key, expiry_key = self._keys.presence(channel)
                         pipeline.hdel(hash_key, [client])
                         pipeline.zrem(expiry_key, [client])
             del self._to_forget[: len(batch)]
@@ -596,7 +444,7 @@ class RedisBroker:
             async with self._client.pipeline(transaction=False) as pipeline:
                 for channel, client in entries:
                     self._presence_add(
-                        keys=self._presence_keys(channel),
+                        keys=self._keys.presence(channel),
                         args=[client.client, _encoder.encode(client), self._presence_ttl_ms],
                         client=pipeline,
                     )
@@ -609,7 +457,7 @@ class RedisBroker:
         with anyio.fail_after(self._timeout_seconds):
             async with self._client.pipeline(transaction=False) as pipeline:
                 for channel in channels:
-                    pipeline.pexpire(f"{self._prefix}:m:{channel}", self._idle_ms)
+                    pipeline.pexpire(self._keys.meta(channel), self._idle_ms)
 
     async def _check_forever(self) -> None:
         """Check Redis both ways every ``check_seconds``; then catch up on every channel.
@@ -645,7 +493,7 @@ class RedisBroker:
             return True
         try:
             with anyio.fail_after(self._timeout_seconds):
-                await self._subscriber.subscribe(self._node_channel)
+                await self._subscriber.subscribe(self._keys.node)
         except _UNAVAILABLE as exc:
             self._report_unavailable(exc)
             return False
@@ -688,7 +536,7 @@ class RedisBroker:
             if now - sent <= self._timeout_seconds
         }
         self._pings[ping] = now
-        await self._client.publish(self._node_channel, ping)
+        await self._client.publish(self._keys.node, ping)
 
     def _echo(self, ping: bytes) -> None:
         """Take note of a ping back through this node's pub/sub."""
@@ -723,27 +571,22 @@ class RedisBroker:
         with anyio.fail_after(self._timeout_seconds):
             async with self._client.pipeline(transaction=False) as pipeline:
                 requests = [
-                    pipeline.hmget(f"{self._prefix}:m:{channel}", ["epoch", "top"])
+                    pipeline.hmget(self._keys.meta(channel), ["epoch", "top"])
                     for channel in channels
                 ]
             replies = [await request for request in requests]
         for channel, (epoch, top) in zip(channels, replies, strict=True):
             listening = self._listening.get(channel)
-            if listening is None or listening.held is not None or epoch is None or top is None:
+            if listening is None or epoch is None or top is None:
                 continue
-            if epoch != listening.epoch:
+            verdict = listening.check(epoch, int(top))
+            if verdict is Check.RESTARTED:
                 # A new stream whose messages all came while pub/sub was down: nothing
-                # arrived to show the restart, so announce it and read the new stream.
-                self._restart(channel, listening, epoch)
-                listening.checked_top = int(top)  # the next check reads what is still missing
-                continue
-            # Messages published just before this check may still be on their way: only
-            # what was already published at the previous check must have arrived.
-            if listening.checked_top > listening.last:
-                listening.held, listening.repair_to = [], listening.checked_top
+                # arrived to show the restart.
+                self._announce_restart(channel, epoch)
+            elif verdict is Check.REPAIR:
                 self._to_repair.add(channel)
                 self._work.set()
-            listening.checked_top = int(top)
 
 
 def _describe(exc: BaseException) -> str:

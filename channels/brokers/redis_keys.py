@@ -1,0 +1,54 @@
+"""Where the Redis broker keeps each channel, under the configured ``prefix`` ``P``.
+
+- ``P:m:CHANNEL`` is a hash with the stream's ``epoch``, its ``top`` offset and the
+  history's ``ttl`` in milliseconds;
+- ``P:s:CHANNEL`` is a Redis stream of the kept messages: entry ID ``OFFSET-0``, fields
+  ``d`` (the data) and ``t`` (Redis's clock when it was published, in milliseconds);
+- ``P:p:CHANNEL`` is the pub/sub channel; each message reads ``EPOCH:OFFSET:DATA``, or
+  ``!j``/``!l`` and a client's JSON for a join or leave event;
+- ``P:i:CHANNEL#KEY`` holds ``OFFSET:EPOCH`` of the publish with idempotency key ``KEY``
+  for the idempotency window;
+- ``P:pr:CHANNEL`` (a hash) and ``P:pz:CHANNEL`` (a sorted set of expiry times) hold
+  the channel's presence, client by client;
+- ``P:n:NODE`` is one node's own pub/sub channel, for its readiness checks.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+__all__ = ("Keys",)
+
+
+class Keys:
+    """The Redis keys of one broker, built in one place."""
+
+    __slots__ = ("_pubsub_start", "node", "prefix")
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.node = f"{prefix}:n:{secrets.token_hex(8)}".encode()
+        """This node's own pub/sub channel."""
+        self._pubsub_start = len(prefix) + 3  # past "P:p:"
+
+    def stream(self, channel: str) -> list[str]:
+        """The stream's meta hash and the stream itself, as the scripts take them."""
+        return [f"{self.prefix}:m:{channel}", f"{self.prefix}:s:{channel}"]
+
+    def meta(self, channel: str) -> str:
+        return f"{self.prefix}:m:{channel}"
+
+    def pubsub(self, channel: str) -> str:
+        return f"{self.prefix}:p:{channel}"
+
+    def channel_of(self, pubsub: bytes) -> str:
+        """The channel whose pub/sub channel is *pubsub* (see `pubsub`)."""
+        return pubsub[self._pubsub_start :].decode()
+
+    def idempotency(self, channel: str, key: str) -> str:
+        # A channel name has no '#': the first one ends it, whatever the key holds.
+        return f"{self.prefix}:i:{channel}#{key}"
+
+    def presence(self, channel: str) -> list[str]:
+        """The presence hash and its expiry sorted set."""
+        return [f"{self.prefix}:pr:{channel}", f"{self.prefix}:pz:{channel}"]

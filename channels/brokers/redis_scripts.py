@@ -1,0 +1,117 @@
+"""The Lua scripts of the Redis broker: each runs atomically in Redis.
+
+The keys they take are built by `channels.brokers.redis_keys.Keys`.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = ("PRESENCE_ADD", "PRESENCE_READ", "PUBLISH", "READ")
+
+# KEYS: meta, stream, and the idempotency key if the publish has one. ARGV: pub/sub
+# channel, data, new epoch, history size, history ttl (ms), stream idle time (ms), the
+# idempotency window (ms). Returns {offset, epoch, 1 if a duplicate else 0}.
+PUBLISH: Final = """
+local meta, stream, key = KEYS[1], KEYS[2], KEYS[3]
+if key then
+  local seen = redis.call('GET', key)
+  if seen then
+    local offset, first_epoch = string.match(seen, '^(%d+):(.*)$')
+    return {tonumber(offset), first_epoch, 1}
+  end
+end
+local epoch = redis.call('HGET', meta, 'epoch')
+if not epoch then
+  epoch = ARGV[3]
+  redis.call('DEL', stream)
+  redis.call('HSET', meta, 'epoch', epoch)
+end
+local top = redis.call('HINCRBY', meta, 'top', 1)
+local size, ttl = tonumber(ARGV[4]), tonumber(ARGV[5])
+redis.call('HSET', meta, 'ttl', ttl)
+if size > 0 then
+  local now = redis.call('TIME')
+  local ms = now[1] * 1000 + math.floor(now[2] / 1000)
+  redis.call('XADD', stream, 'MAXLEN', size, top .. '-0', 'd', ARGV[2], 't', ms)
+  if ttl > 0 then redis.call('PEXPIRE', stream, ttl) else redis.call('PEXPIRE', stream, ARGV[6]) end
+else
+  redis.call('DEL', stream)
+end
+redis.call('PEXPIRE', meta, ARGV[6])
+redis.call('PUBLISH', ARGV[1], epoch .. ':' .. top .. ':' .. ARGV[2])
+if key then redis.call('SET', key, top .. ':' .. epoch, 'PX', ARGV[7]) end
+return {top, epoch, 0}
+"""
+
+# KEYS: meta, stream. ARGV: after (-1 for the newest), limit (-1 for all), the epoch to
+# start the stream with if it has none ('' to leave it be), stream idle time (ms).
+# Returns {epoch, top, {id, data, id, data, ...}}, without the expired entries.
+READ: Final = """
+local meta, stream = KEYS[1], KEYS[2]
+local found = redis.call('HMGET', meta, 'epoch', 'top', 'ttl')
+local epoch = found[1]
+if not epoch then
+  if ARGV[3] == '' then return {'', 0, {}} end
+  epoch = ARGV[3]
+  redis.call('DEL', stream)
+  redis.call('HSET', meta, 'epoch', epoch, 'top', 0)
+  found[2] = 0
+end
+if ARGV[3] ~= '' then redis.call('PEXPIRE', meta, ARGV[4]) end
+local top, ttl = tonumber(found[2] or 0), tonumber(found[3] or 0)
+local after, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
+local entries = {}
+if limit ~= 0 then
+  if after < 0 then
+    if limit < 0 then
+      entries = redis.call('XRANGE', stream, '-', '+')
+    else
+      local newest = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', limit)
+      for index = #newest, 1, -1 do entries[#entries + 1] = newest[index] end
+    end
+  elseif after < top then
+    if limit < 0 then
+      entries = redis.call('XRANGE', stream, (after + 1) .. '-0', '+')
+    else
+      entries = redis.call('XRANGE', stream, (after + 1) .. '-0', '+', 'COUNT', limit)
+    end
+  end
+end
+local oldest_allowed = -1
+if ttl > 0 then
+  local now = redis.call('TIME')
+  oldest_allowed = now[1] * 1000 + math.floor(now[2] / 1000) - ttl
+end
+local kept = {}
+for _, entry in ipairs(entries) do
+  local fields = entry[2]
+  if tonumber(fields[4]) > oldest_allowed then
+    kept[#kept + 1] = entry[1]
+    kept[#kept + 1] = fields[2]
+  end
+end
+return {epoch, top, kept}
+"""
+
+
+# KEYS: presence hash, expiry sorted set. ARGV: client id, info, time to live (ms).
+PRESENCE_ADD: Final = """
+local now = redis.call('TIME')
+local ms = now[1] * 1000 + math.floor(now[2] / 1000)
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[2], ms + tonumber(ARGV[3]), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+return 1
+"""
+
+# KEYS: presence hash, expiry sorted set. Drops the expired entries, returns the others.
+PRESENCE_READ: Final = """
+local now = redis.call('TIME')
+local ms = now[1] * 1000 + math.floor(now[2] / 1000)
+local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ms)
+for _, client in ipairs(expired) do redis.call('HDEL', KEYS[1], client) end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ms)
+return redis.call('HVALS', KEYS[1])
+"""
