@@ -1,6 +1,8 @@
 """Clarion's pub/sub engine: channel rules, the hub, outboxes and brokers.
 
-It knows nothing of ASGI, HTTP or WebSockets; ``service`` builds on it.
+It knows nothing of ASGI, HTTP or WebSockets; ``service`` builds on it. A wire protocol
+opens a `Connection` per client with `Hub.connect` (the hub from `open_hub`, with the
+wire's `Encoding`), decodes the client's requests and calls the connection.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from channels.config import (
     load_config as load_config,
     parse_config as parse_config,
 )
+from channels.connection import Connection as Connection
+from channels.encoding import Encoding as Encoding
 from channels.errors import (
     AlreadySubscribed as AlreadySubscribed,
     BrokerUnavailable as BrokerUnavailable,
@@ -58,7 +62,9 @@ __all__ = (
     "ClientInfo",
     "Config",
     "ConfigError",
+    "Connection",
     "Delivery",
+    "Encoding",
     "History",
     "HistoryPage",
     "Hub",

@@ -6,13 +6,14 @@ import heapq
 import secrets
 import time
 from collections import deque
-from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Protocol
+from contextlib import asynccontextmanager, contextmanager
+from typing import TYPE_CHECKING
 
 import anyio
 import msgspec
 
 from channels.brokers import open_broker
+from channels.connection import Connection
 from channels.errors import (
     AlreadySubscribed,
     ChannelsError,
@@ -22,41 +23,26 @@ from channels.errors import (
     ServerClosing,
     TooManySubscriptions,
 )
-from channels.outbox import Delivery
+from channels.outbox import Delivery, Outbox
 from channels.publication import ClientInfo
 from channels.rules import Grant, RuleBook
-from channels.sender import Flusher
+from channels.sender import Flusher, Sender
 from channels.traffic import Traffic
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable
+    from collections.abc import AsyncIterator, Callable, Iterator
 
     from channels.brokers import Broker, Event
     from channels.config import ChannelRule, Config, SlowConsumerPolicy
-    from channels.outbox import Outbox
+    from channels.encoding import Encoding
     from channels.publication import HistoryPage, Position, Publication, Published
     from channels.rules import Action
+    from channels.sender import FrameWriter, Transport
 
-__all__ = ("ChannelStatistics", "Encoding", "Hub", "HubStatistics", "Subscribed", "open_hub")
+__all__ = ("ChannelStatistics", "Hub", "HubStatistics", "Subscribed", "open_hub")
 
 
 _ANONYMOUS = Grant()
-
-
-class Encoding(Protocol):
-    """How the hub turns what it fans out into what subscribers are sent."""
-
-    def message(self, publication: Publication) -> bytes:
-        """Encode a publication; called once per publication, whatever the subscribers."""
-        ...
-
-    def event(self, channel: str, event: Event, client: ClientInfo) -> bytes:
-        """Encode a ``join`` or ``leave`` event of *client* on *channel*."""
-        ...
-
-    def ended(self, channel: str, error: ChannelsError) -> bytes:
-        """Encode the notice that the subscription to *channel* ended with *error*."""
-        ...
 
 
 class Subscribed(msgspec.Struct, frozen=True):
@@ -178,12 +164,7 @@ class Hub:
     Open one with `open_hub`.
     """
 
-    def __init__(
-        self,
-        config: Config,
-        broker: Broker,
-        encoding: Encoding,
-    ) -> None:
+    def __init__(self, config: Config, encoding: Encoding) -> None:
         server = config.server
         self.flusher = Flusher(
             server.flush_delay_seconds,
@@ -195,7 +176,8 @@ class Hub:
         self._recovery_max = server.recovery_limit
         self._max_subscriptions = server.max_subscriptions
         self._idempotency_window = server.idempotency_window_seconds
-        self._broker = broker
+        self._outbox_limits = (server.outbox_messages, server.frame_max_bytes)
+        self._broker: Broker | None = None
         self._encoding = encoding
         self._clients: dict[Outbox, ClientInfo] = {}
         self._grants: dict[Outbox, Grant] = {}
@@ -212,6 +194,26 @@ class Hub:
         self._no_connections: anyio.Event | None = None
 
     @property
+    def broker(self) -> Broker:
+        """The broker that carries this hub's channels (see `open_hub`).
+
+        Raises:
+            RuntimeError: before one is set.
+        """
+        if self._broker is None:
+            raise RuntimeError("the hub has no broker: open one with open_hub")
+        return self._broker
+
+    @broker.setter
+    def broker(self, broker: Broker) -> None:
+        self._broker = broker
+
+    @property
+    def encoding(self) -> Encoding:
+        """How this hub's messages are encoded for its connections."""
+        return self._encoding
+
+    @property
     def connection_count(self) -> int:
         """How many connections are attached."""
         return len(self._subscriptions)
@@ -220,14 +222,59 @@ class Hub:
         """Why the node should get no new clients now (None when it is ready)."""
         if self.closing:
             return "draining"
-        if not self._broker.ready:
+        if not self.broker.ready:
             return "broker unavailable"
         return None
+
+    @contextmanager
+    def connect(
+        self,
+        transport: Transport,
+        *,
+        on_end: Callable[[], None],
+        client: ClientInfo | None = None,
+        grant: Grant | None = None,
+        frames: FrameWriter | None = None,
+    ) -> Iterator[Connection]:
+        """Attach a connection for the duration of the block: the one way in.
+
+        The connection gets an outbox (``server.outbox_messages`` and
+        ``server.frame_max_bytes`` as they are now) and a sender that writes it to
+        *frames* or *transport* (see `channels.sender.Sender`). Leaving the block stops
+        the sender and leaves every channel; it never blocks.
+
+        Args:
+            transport: where the connection's frames go when a send may have to wait.
+            on_end: called once when the connection should end: it is a slow consumer
+                (`Connection.failed`), its transport broke, or the hub closed it and it
+                sent everything it held (`Connection.closed`).
+            client: who it is in presence and events; a new client id by default.
+            grant: what its token allows (see `channels.rules.Grant`); anonymous by
+                default.
+            frames: its socket, when frames can be written without waiting.
+
+        Raises:
+            ServerClosing: if the hub is closing.
+        """
+        capacity, frame_max_bytes = self._outbox_limits
+        outbox = Outbox(
+            capacity, frame_max_bytes, self._encoding, on_fail=on_end, traffic=self.traffic
+        )
+        client = self.attach(outbox, client, grant)
+        sender = Sender(outbox, transport, self.flusher, on_end, frames)
+        try:
+            yield Connection(self, outbox, sender, client)
+        finally:
+            sender.stop()
+            self.detach(outbox)
 
     def attach(
         self, outbox: Outbox, client: ClientInfo | None = None, grant: Grant | None = None
     ) -> ClientInfo:
-        """Register a new connection's outbox; return who it is in presence and events.
+        """Register a connection's outbox; return who it is in presence and events.
+
+        `connect` does this, and `detach`, for a connection; a caller that sends the
+        outbox itself (the engine's tests) may attach one directly.
 
         Args:
             outbox: the connection's outbox.
@@ -319,15 +366,15 @@ class Hub:
         channels.add(channel)
         joining = state.joining[outbox] = _Joining()
         try:
-            await self._broker.subscribe(channel)
+            await self.broker.subscribe(channel)
             if since is None:
-                page = await self._broker.read(channel, after=None, epoch=None, limit=0)
+                page = await self.broker.read(channel, after=None, epoch=None, limit=0)
             else:
-                page = await self._broker.read(
+                page = await self.broker.read(
                     channel, after=since.offset, epoch=since.epoch, limit=self._recovery_max
                 )
             if state.presence:
-                await self._broker.add_presence(channel, self._clients[outbox])
+                await self.broker.add_presence(channel, self._clients[outbox])
             if self._rules is not rules:  # a reload came meanwhile: its rules decide
                 self._resolve(channel, "subscribe", outbox, private_ok=private_ok)
         except BaseException:
@@ -353,7 +400,7 @@ class Hub:
             if delivery.offset > start:
                 outbox.offer(delivery)
         if state.join_leave:
-            self._broker.announce(channel, "join", self._clients[outbox])
+            self.broker.announce(channel, "join", self._clients[outbox])
 
     def reconfigure(self, config: Config) -> int:
         """Apply *config*'s channel rules and hub limits from now on; return how many
@@ -362,8 +409,9 @@ class Hub:
         A subscription the new rules no longer allow (no rule matches its channel, or the
         rule's access refuses the connection, or the channel became private) is ended:
         the client is sent what a subscribe would now be refused with (see
-        `Encoding.ended`). A channel's slow-consumer policy and join/leave events change
-        at once; its presence setting when it next starts on this node. A subscribe still
+        `channels.encoding.Encoding.ended`). A channel's slow-consumer policy and
+        join/leave events change at once; its presence setting when it next starts on
+        this node. A subscribe still
         under way is checked again against the new rules when it has read its start (see
         `subscribe`). The broker settings are not changed. Never raises for a channel:
         one no rule matches keeps its policy until it ends.
@@ -377,6 +425,7 @@ class Hub:
         self._recovery_max = server.recovery_limit
         self._max_subscriptions = server.max_subscriptions
         self._idempotency_window = server.idempotency_window_seconds
+        self._outbox_limits = (server.outbox_messages, server.frame_max_bytes)
         ended = 0
         for outbox, channels in self._subscriptions.items():
             grant = self._grants.get(outbox, _ANONYMOUS)
@@ -452,7 +501,7 @@ class Hub:
         if len(data) > rule.max_message_bytes:
             raise MessageTooLarge(channel, len(data), rule.max_message_bytes)
         self._rules.check_data(rule, channel, data)
-        published = await self._broker.publish(
+        published = await self.broker.publish(
             channel,
             data,
             rule.history,
@@ -482,7 +531,7 @@ class Hub:
             PresenceDisabled: if the channel's rule keeps no presence.
         """
         self._presence_rule(channel, by, trusted=trusted, private_ok=private_ok)
-        clients = await self._broker.presence(channel)
+        clients = await self.broker.presence(channel)
         # A reload (or a refreshed token) may have changed the answer while the broker
         # read: the rules in force now decide, as for a subscription.
         self._presence_rule(channel, by, trusted=trusted, private_ok=private_ok)
@@ -540,7 +589,7 @@ class Hub:
         rule = self._resolve(channel, "subscribe", by, trusted=trusted, private_ok=private_ok)
         # No page holds more than the channel keeps (a Redis stream trims approximately).
         size = rule.history.size
-        page = await self._broker.read(
+        page = await self.broker.read(
             channel, after=after, epoch=None, limit=size if limit is None else min(limit, size)
         )
         # As for presence: the rules in force when the page is read decide.
@@ -614,8 +663,8 @@ class Hub:
             dropped=self._dropped_by_gone + sum(outbox.dropped for outbox in self._subscriptions),
             slow_consumers=self._slow_consumers_gone
             + sum(outbox.failed for outbox in self._subscriptions),
-            broker_ready=self._broker.ready,
-            broker_round_trip_seconds=self._broker.round_trip_seconds,
+            broker_ready=self.broker.ready,
+            broker_round_trip_seconds=self.broker.round_trip_seconds,
         )
 
     def channel_statistics(self, limit: int, *, trusted: bool = True) -> list[ChannelStatistics]:
@@ -684,12 +733,12 @@ class Hub:
         state.skip_until.pop(outbox, None)
         client = self._clients[outbox]
         if state.presence:
-            self._broker.remove_presence(channel, client)
+            self.broker.remove_presence(channel, client)
         if live and state.join_leave:
-            self._broker.announce(channel, "leave", client)
+            self.broker.announce(channel, "leave", client)
         if not state.subscribers and not state.joining:
             del self._channels[channel]
-            self._broker.unsubscribe(channel)
+            self.broker.unsubscribe(channel)
 
 
 def _was_private(rules: RuleBook, channel: str) -> bool:
@@ -701,28 +750,6 @@ def _was_private(rules: RuleBook, channel: str) -> bool:
         return False
 
 
-class _Forward:
-    """The broker's receiver: the hub, once it exists (it needs the broker first)."""
-
-    hub: Hub | None = None
-
-    def deliver(self, publication: Publication) -> None:
-        if self.hub is not None:
-            self.hub.deliver(publication)
-
-    def lost(self, channel: str, first: int, last: int) -> None:
-        if self.hub is not None:
-            self.hub.lost(channel, first, last)
-
-    def restarted(self, channel: str, epoch: str) -> None:
-        if self.hub is not None:
-            self.hub.restarted(channel, epoch)
-
-    def event(self, channel: str, event: Event, client: ClientInfo) -> None:
-        if self.hub is not None:
-            self.hub.event(channel, event, client)
-
-
 @asynccontextmanager
 async def open_hub(config: Config, encoding: Encoding) -> AsyncIterator[Hub]:
     """Open the broker *config* names and a hub on top of it, with its flusher running.
@@ -732,9 +759,10 @@ async def open_hub(config: Config, encoding: Encoding) -> AsyncIterator[Hub]:
         encoding: turns publications and events into what subscribers are sent; a
             publication is encoded once, whatever the number of subscribers.
     """
-    receiver = _Forward()
-    async with open_broker(config.broker, receiver) as broker, anyio.create_task_group() as tg:
-        hub = receiver.hub = Hub(config, broker, encoding)
+    # The hub first: it is what the broker reports to.
+    hub = Hub(config, encoding)
+    async with open_broker(config.broker, hub) as broker, anyio.create_task_group() as tg:
+        hub.broker = broker
         await tg.start(hub.flusher.run)
         try:
             yield hub

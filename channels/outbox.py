@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from channels.config import SlowConsumerPolicy
+    from channels.encoding import Encoding
 
 __all__ = ("Delivery", "Outbox")
 
@@ -53,8 +54,8 @@ class Outbox:
     comes back for them by itself: one call per message would cost a thousand calls per
     message on a channel of a thousand subscribers.)
 
-    Messages a policy discarded are reported to the client by a gap notice, built by
-    *encode_gap(channel, first_offset, last_offset)*, ahead of the channel's next message.
+    Messages a policy discarded are reported to the client by a gap notice (encoded by
+    *encoding*, as is a restart notice), ahead of the channel's next message.
     *on_fail* is called once when the outbox fails, so that the connection can stop even
     while a send to it is blocked; it may be set later. What it hands out is counted in
     *traffic*, the node's (by default, nowhere).
@@ -62,8 +63,7 @@ class Outbox:
 
     __slots__ = (
         "_closed",
-        "_encode_gap",
-        "_encode_restart",
+        "_encoding",
         "_failed",
         "_frame_max_bytes",
         "_gaps",
@@ -81,10 +81,9 @@ class Outbox:
         self,
         capacity: int,
         frame_max_bytes: int,
-        encode_gap: Callable[[str, int, int], bytes],
+        encoding: Encoding,
         on_fail: Callable[[], None] | None = None,
         *,
-        encode_restart: Callable[[str, str], bytes],
         traffic: Traffic | None = None,
     ) -> None:
         if capacity < 1:
@@ -94,8 +93,7 @@ class Outbox:
         self.notify: Callable[[], None] = _nothing
         self.on_fail = on_fail
         self._frame_max_bytes = frame_max_bytes
-        self._encode_gap = encode_gap
-        self._encode_restart = encode_restart
+        self._encoding = encoding
         # A list, not a deque: an idle connection's empty list costs 56 bytes, an empty
         # deque 600; batches are cut from the front with one slice.
         self._queue: list[Delivery] = []
@@ -192,7 +190,7 @@ class Outbox:
         the old stream is dropped, since its offsets mean nothing in the new one.
         """
         self._gaps.pop(channel, None)
-        self.put_nowait(self._encode_restart(channel, epoch))
+        self.put_nowait(self._encoding.restart(channel, epoch))
 
     def record_gap(self, channel: str, first: int, last: int) -> None:
         """Report that offsets *first* to *last* of *channel* will not be delivered."""
@@ -244,7 +242,7 @@ class Outbox:
 
         def add_gap(channel: str) -> bool:
             nonlocal used
-            gap = self._encode_gap(channel, *gaps[channel])
+            gap = self._encoding.gap(channel, *gaps[channel])
             if items and used + len(gap) + 1 > limit:
                 return False
             del gaps[channel]

@@ -66,7 +66,6 @@ __all__ = (
     "encode_event",
     "encode_gap",
     "encode_message",
-    "encode_restart",
 )
 
 Offset = Annotated[int, msgspec.Meta(ge=0)]
@@ -415,20 +414,21 @@ def encode_event(channel: str, event: Literal["join", "leave"], client: ClientIn
 
 
 class WireEncoding:
-    """The hub's `channels.hub.Encoding`: publications and events as server frames."""
+    """The engine's `channels.encoding.Encoding` for Clarion's protocol."""
 
     message = staticmethod(encode_message)
     event = staticmethod(encode_event)
+    gap = staticmethod(encode_gap)
 
     @staticmethod
     def ended(channel: str, error: ChannelsError) -> bytes:
         """Encode an ``unsubscribed`` notice."""
         return encode(Unsubscribed(channel=channel, code=error.code, message=str(error)))
 
-
-def encode_restart(channel: str, epoch: str) -> bytes:
-    """Encode a ``restart`` notice."""
-    return encode(Restart(channel=channel, epoch=epoch))
+    @staticmethod
+    def restart(channel: str, epoch: str) -> bytes:
+        """Encode a ``restart`` notice."""
+        return encode(Restart(channel=channel, epoch=epoch))
 
 
 def encode_error(code: int, message: str, request_id: RequestId = None) -> bytes:

@@ -1,10 +1,11 @@
-"""One client connection: its reader, its `Outbox` and its `Sender`.
+"""Clarion's protocol on one WebSocket: its reader, on the engine's `Connection`.
 
-The reader (the ASGI task itself) decodes each frame and runs the request; the
-connection's outbox is written by the hub's flusher or, when needed, by a task the
-flusher runs for it (see `channels.sender`). A connection holds no task of its own but
-its reader. When it ends, for any reason, its sending task is cancelled and it leaves the
-hub in ``finally``.
+The reader (the ASGI task itself) decodes each frame, runs the request on the
+connection (`channels.connection.Connection`, from `Hub.connect`) and queues the reply;
+the engine writes the connection's outbox from the hub's flusher or, when needed, from
+a task the flusher runs for it (see `channels.sender`). A connection holds no task of
+its own but its reader. When it ends, for any reason, it leaves the hub before its close
+frame is sent.
 """
 
 from __future__ import annotations
@@ -18,11 +19,9 @@ from typing import TYPE_CHECKING, Final
 
 import anyio
 
-from channels.errors import ChannelsError
-from channels.outbox import Outbox
+from channels.errors import ChannelsError, ServerClosing
 from channels.publication import ClientInfo, Position
 from channels.rules import Grant
-from channels.sender import Sender
 from service.auth import Identity, seconds_left
 from service.closecodes import CloseCode
 from service.errors import InvalidToken, ProtocolError, RateLimited, RequestId
@@ -47,8 +46,6 @@ from service.protocol import (
     decode_request,
     encode,
     encode_error,
-    encode_gap,
-    encode_restart,
 )
 from service.websocket import WebSocketDisconnect, WebSocketState
 
@@ -56,6 +53,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from channels.config import ServerConfig
+    from channels.connection import Connection
     from channels.hub import Hub, Subscribed
     from service.auth import Authenticator
     from service.framewriter import SocketFrameWriter, TransportFrameWriter
@@ -86,17 +84,28 @@ _FAILURES = frozenset(
 
 
 class Session:
-    """The protocol state of one connection: runs each request against the hub.
+    """The protocol state of one connection: runs each request on its `Connection`.
 
     Replies and errors go into the same outbox as the channel messages, so a client sees
     them in the order they happened.
     """
 
+    __slots__ = (
+        "_auth",
+        "_burst",
+        "_errors",
+        "_rate",
+        "_refilled",
+        "_tokens",
+        "conn",
+        "connection",
+        "stop",
+        "user",
+    )
+
     def __init__(
         self,
-        hub: Hub,
-        outbox: Outbox,
-        sender: Sender,
+        connection: Connection,
         *,
         auth: Callable[[], Authenticator | None] = lambda: None,
         user: str | None = None,
@@ -106,11 +115,9 @@ class Session:
         errors: Counter[int] | None = None,
         conn: str | None = None,
     ) -> None:
-        self.hub = hub
+        self.connection = connection
         self.conn = conn
         """The connection's id, in log lines (its ``client`` in presence)."""
-        self.outbox = outbox
-        self.sender = sender
         self._auth = auth
         """The node's token checker now (a reload may replace it), None without auth."""
         self.user = user
@@ -138,18 +145,16 @@ class Session:
                 await self._refuse(exc, request.id, getattr(request, "channel", None))
             else:
                 if reply is not None:
-                    await self.outbox.put(encode(reply))
-        self.sender.flush()
+                    await self.connection.send(encode(reply))
+        self.connection.flush()
 
     async def _run(self, request: ClientMessage) -> Frame | None:
         """Run *request*; return its reply, or None when it was already queued."""
-        hub, outbox = self.hub, self.outbox
+        connection = self.connection
         match request:
             case Publish(id=request_id, channel=channel, data=data, idempotency_key=key):
                 self._take_publish_token()
-                published = await hub.publish(
-                    channel, data, trusted=False, by=outbox, idempotency_key=key
-                )
+                published = await connection.publish(channel, data, idempotency_key=key)
                 position = published.position
                 return PublishReply(
                     id=request_id,
@@ -165,7 +170,7 @@ class Session:
                     # The reply must precede the channel's messages, which the hub offers
                     # right after this returns: queue it now, even on a full outbox.
                     position = subscribed.position
-                    outbox.put_nowait(
+                    connection.send_now(
                         encode(
                             SubscribeReply(
                                 id=request_id,
@@ -178,17 +183,17 @@ class Session:
                     )
 
                 start = None if since is None else Position(since.offset, since.epoch)
-                await hub.subscribe(
-                    outbox, channel, since=start, on_subscribed=reply, private_ok=private_ok
+                await connection.subscribe(
+                    channel, since=start, on_subscribed=reply, private_ok=private_ok
                 )
                 return None
             case Unsubscribe(id=request_id, channel=channel):
-                hub.unsubscribe(outbox, channel)
+                connection.unsubscribe(channel)
                 return Reply(id=request_id)
             case History(id=request_id, channel=channel, limit=limit, since=after, token=token):
                 private_ok = self._subscription_token(token, channel)
-                page = await hub.history(
-                    channel, after=after, limit=limit, by=outbox, private_ok=private_ok
+                page = await connection.history(
+                    channel, after=after, limit=limit, private_ok=private_ok
                 )
                 return HistoryReply(
                     id=request_id,
@@ -199,7 +204,7 @@ class Session:
                 )
             case Presence(id=request_id, channel=channel, token=token):
                 private_ok = self._subscription_token(token, channel)
-                clients = await hub.presence(channel, by=outbox, private_ok=private_ok)
+                clients = await connection.presence(channel, private_ok=private_ok)
                 return PresenceReply(id=request_id, channel=channel, clients=clients)
             case Refresh(id=request_id, token=token):
                 self._refresh(token)
@@ -216,7 +221,7 @@ class Session:
         if logger.isEnabledFor(logging.DEBUG):
             extra = fields(conn=self.conn, channel=channel, code=exc.code, reason=str(exc))
             logger.debug("request refused", extra=extra)
-        await self.outbox.put(encode_error(exc.code, str(exc), request_id))
+        await self.connection.send(encode_error(exc.code, str(exc), request_id))
 
     def _subscription_token(self, token: str | None, channel: str) -> bool:
         """Check the subscription token a request shows for *channel*, if any; return
@@ -294,35 +299,27 @@ async def run_session(
     Raises:
         ServerClosing: if the hub is closing; the handshake was not accepted.
     """
-    outbox = Outbox(
-        server.outbox_messages,
-        server.frame_max_bytes,
-        encode_gap,
-        encode_restart=encode_restart,
-        traffic=hub.traffic,
-    )
+    if hub.closing:
+        raise ServerClosing
     user = None if identity is None else identity.user
     grant = None if identity is None else Grant(user, identity.channels)
     conn = secrets.token_hex(8)
-    hub.attach(outbox, ClientInfo(conn, user), grant)
     close: tuple[CloseCode, str] | None = None
     failed: CloseCode | None = None  # the code the server closed with before the session knew
-    accepted = cut_off = False
+    cut_off = False
+    await ws.accept(subprotocol)
+    logger.info("connection opened", extra=fields(conn=conn, client=peer(ws.client), user=user))
+    if counters is not None:
+        counters.accepted += 1
+    # A slow consumer, a broken transport, or a closed connection that has sent
+    # everything ends the connection at once, even while a send is blocked.
+    stop = anyio.CancelScope(deadline=_deadline(identity))
     try:
-        await ws.accept(subprotocol)
-        accepted = True
-        logger.info("connection opened", extra=fields(conn=conn, client=peer(ws.client), user=user))
-        if counters is not None:
-            counters.accepted += 1
-        # A slow consumer, a broken transport, or a closing outbox that has sent
-        # everything ends the connection at once, even while a send is blocked.
-        with anyio.CancelScope(deadline=_deadline(identity)) as stop:
-            outbox.on_fail = stop.cancel
-            sender = Sender(outbox, ws, hub.flusher, stop.cancel, frames)
+        with hub.connect(
+            ws, on_end=stop.cancel, client=ClientInfo(conn, user), grant=grant, frames=frames
+        ) as connection:
             session = Session(
-                hub,
-                outbox,
-                sender,
+                connection,
                 auth=auth,
                 user=user,
                 stop=stop,
@@ -331,52 +328,22 @@ async def run_session(
                 errors=None if counters is None else counters.errors,
                 conn=conn,
             )
-            try:
-                # A plain loop rather than ws.iter_frames(): an async generator per
-                # connection costs memory that an idle connection should not hold.
-                # The reader is also the connection's ping timer, so that an idle
-                # connection holds no task of its own for it.
-                quiet = server.ping_interval_seconds or math.inf
-                pinged = False
-                while True:
-                    with anyio.move_on_after(
-                        server.pong_timeout_seconds if pinged else quiet
-                    ) as waiting:
-                        try:
-                            frame = await ws.receive_frame()
-                        except WebSocketDisconnect as exc:
-                            if exc.code in _FAILURES:
-                                failed = CloseCode(exc.code)
-                            break
-                    if waiting.cancelled_caught:
-                        if pinged:
-                            close = (CloseCode.NO_PONG, "no pong")
-                            break
-                        # One ping at most is outstanding: it may go beyond the
-                        # outbox's capacity, as a reply may.
-                        pinged = True
-                        outbox.put_nowait(_PING)
-                        sender.flush()
-                        continue
-                    pinged = False
-                    # hypercorn enforces its own limit; this one holds under any server.
-                    if _size(frame) > server.max_request_bytes:
-                        close = (CloseCode.FRAME_TOO_LARGE, "frame too large")
-                        break
-                    await session.handle(frame)
-            finally:
-                sender.stop()
-        if close is None and outbox.failed:
+            with stop:
+                failed, close = await _read(ws, session, server)
+        if close is None and connection.failed:
             close = (CloseCode.SLOW_CONSUMER, "slow consumer")
         elif close is None and stop.cancelled_caught and anyio.current_time() >= stop.deadline:
             close = (CloseCode.TOKEN_EXPIRED, "token expired")
-        elif close is None and outbox.closed:
+        elif close is None and connection.closed:
             close = (CloseCode.GOING_AWAY, "server shutting down")
         elif close is None and failed is None and stop.cancelled_caught:
             # The sender stopped the reader: the transport broke, or (with a frame
             # writer) the server's close frame was seen going out. The disconnect that
             # follows says whether the server failed the connection.
             failed = await _failure_of(ws)
+    except ServerClosing:
+        # The hub closed while the handshake was accepted: nothing was queued.
+        close = (CloseCode.GOING_AWAY, "server shutting down")
     except anyio.get_cancelled_exc_class():
         # The server is cancelling the connection: under the plain hypercorn command it
         # does so on SIGTERM once its graceful_timeout is over. Say goodbye properly.
@@ -384,18 +351,17 @@ async def run_session(
         cut_off = True
         raise
     finally:
-        # Leave the hub first: nothing more is queued while the close frame is sent.
-        hub.detach(outbox)
+        # The connection has left the hub: nothing more is queued while the close frame
+        # is sent.
         if writers is not None and frames is not None:
             writers.discard(frames)
-        if accepted:
-            code = failed if close is None else close[0]
-            reason = "client" if code is None else code.reason
-            if counters is not None:
-                counters.disconnects[reason] += 1
-            level = logging.WARNING if code is CloseCode.SLOW_CONSUMER else logging.INFO
-            extra = fields(conn=conn, client=peer(ws.client), user=user, code=code, reason=reason)
-            logger.log(level, "connection closed", extra=extra)
+        code = failed if close is None else close[0]
+        reason = "client" if code is None else code.reason
+        if counters is not None:
+            counters.disconnects[reason] += 1
+        level = logging.WARNING if code is CloseCode.SLOW_CONSUMER else logging.INFO
+        extra = fields(conn=conn, client=peer(ws.client), user=user, code=code, reason=reason)
+        logger.log(level, "connection closed", extra=extra)
         if close is not None and ws.application_state is WebSocketState.CONNECTED:
             # A connection the server cuts off had its grace already: a moment for the
             # close frame, then it is dropped.
@@ -405,6 +371,43 @@ async def run_session(
                     await ws.close(*close)
         if cut_off and frames is not None:
             frames.abort()
+
+
+async def _read(
+    ws: WebSocket, session: Session, server: ServerConfig
+) -> tuple[CloseCode | None, tuple[CloseCode, str] | None]:
+    """Read and handle the client's frames until the connection ends.
+
+    Returns the close code the server already failed the connection with (hypercorn,
+    `service.wsstream`), or the close the session ends it with; both None when the
+    client left (or the reader was stopped).
+    """
+    connection = session.connection
+    # A plain loop rather than ws.iter_frames(): an async generator per connection
+    # costs memory that an idle connection should not hold. The reader is also the
+    # connection's ping timer, so that an idle connection holds no task of its own for it.
+    quiet = server.ping_interval_seconds or math.inf
+    pinged = False
+    while True:
+        with anyio.move_on_after(server.pong_timeout_seconds if pinged else quiet) as waiting:
+            try:
+                frame = await ws.receive_frame()
+            except WebSocketDisconnect as exc:
+                return (CloseCode(exc.code) if exc.code in _FAILURES else None), None
+        if waiting.cancelled_caught:
+            if pinged:
+                return None, (CloseCode.NO_PONG, "no pong")
+            # One ping at most is outstanding: it may go beyond the outbox's capacity,
+            # as a reply may.
+            pinged = True
+            connection.send_now(_PING)
+            connection.flush()
+            continue
+        pinged = False
+        # hypercorn enforces its own limit; this one holds under any server.
+        if _size(frame) > server.max_request_bytes:
+            return None, (CloseCode.FRAME_TOO_LARGE, "frame too large")
+        await session.handle(frame)
 
 
 async def _failure_of(ws: WebSocket) -> CloseCode | None:

@@ -25,11 +25,11 @@ from channels.outbox import Outbox
 from channels.publication import ClientInfo, HistoryPage, Position, Publication
 from channels.rules import Grant
 from tests.support.data import raw
+from tests.support.encoding import TextEncoding
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-    from channels.brokers import Event
 
 CONFIG = Config(
     channels=[
@@ -40,32 +40,8 @@ CONFIG = Config(
 )
 
 
-class Encoder:
-    """Encodes a publication as "channel:offset:data" (and counts the calls), an event
-    as "join:channel:client", an ended subscription as "ended:channel:code"."""
-
-    def event(self, channel: str, event: Event, client: ClientInfo) -> bytes:
-        return f"{event}:{channel}:{client.client}".encode()
-
-    def ended(self, channel: str, error: ChannelsError) -> bytes:
-        return f"ended:{channel}:{error.code}".encode()
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def message(self, publication: Publication) -> bytes:
-        self.calls += 1
-        data = bytes(publication.data).decode()
-        return f"{publication.channel}:{publication.offset}:{data}".encode()
-
-
 def outbox(capacity: int = 100) -> Outbox:
-    return Outbox(
-        capacity,
-        1 << 20,
-        lambda channel, first, last: f"gap:{channel}:{first}-{last}".encode(),
-        encode_restart=lambda channel, epoch: f"restart:{channel}:{epoch}".encode(),
-    )
+    return Outbox(capacity, 1 << 20, TextEncoding())
 
 
 async def drain(box: Outbox) -> list[str]:
@@ -83,7 +59,7 @@ async def subscribe(
 
 
 async def test_publish_reaches_every_subscriber_encoded_once() -> None:
-    encoder = Encoder()
+    encoder = TextEncoding()
     async with open_hub(CONFIG, encoder) as hub:
         boxes = [outbox() for _ in range(50)]
         for box in boxes:
@@ -97,7 +73,7 @@ async def test_publish_reaches_every_subscriber_encoded_once() -> None:
 
 
 async def test_channels_are_isolated_and_order_is_kept() -> None:
-    async with open_hub(CONFIG, Encoder()) as hub:
+    async with open_hub(CONFIG, TextEncoding()) as hub:
         one, two = outbox(), outbox()
         hub.attach(one)
         hub.attach(two)
@@ -111,7 +87,7 @@ async def test_channels_are_isolated_and_order_is_kept() -> None:
 
 
 async def test_subscribe_reports_the_current_position() -> None:
-    async with open_hub(CONFIG, Encoder()) as hub:
+    async with open_hub(CONFIG, TextEncoding()) as hub:
         await hub.publish("chat:1", raw(1), trusted=False)
         box = outbox()
         hub.attach(box)
@@ -122,7 +98,7 @@ async def test_subscribe_reports_the_current_position() -> None:
 
 
 async def test_rules_apply_to_publish() -> None:
-    async with open_hub(CONFIG, Encoder()) as hub:
+    async with open_hub(CONFIG, TextEncoding()) as hub:
         with pytest.raises(PermissionDenied, match="clients may not publish on channel 'news'"):
             await hub.publish("news", raw(1), trusted=False)
         assert (await hub.publish("news", raw(1), trusted=True)).position.offset == 1
@@ -135,7 +111,7 @@ async def test_rules_apply_to_publish() -> None:
 
 
 async def test_subscription_errors() -> None:
-    async with open_hub(CONFIG, Encoder()) as hub:
+    async with open_hub(CONFIG, TextEncoding()) as hub:
         box = outbox()
         hub.attach(box)
         await subscribe(hub, box, "chat:1")
@@ -151,7 +127,7 @@ async def test_subscription_errors() -> None:
 
 
 async def test_recovery_replays_exactly_what_was_missed() -> None:
-    async with open_hub(CONFIG, Encoder()) as hub:
+    async with open_hub(CONFIG, TextEncoding()) as hub:
         box = outbox()
         hub.attach(box)
         first = await subscribe(hub, box, "chat:1")
@@ -181,7 +157,7 @@ async def test_recovery_replays_exactly_what_was_missed() -> None:
 async def test_recovery_impossible_is_reported_and_replays_nothing(
     since: object, published: int
 ) -> None:
-    async with open_hub(CONFIG, Encoder()) as hub:
+    async with open_hub(CONFIG, TextEncoding()) as hub:
         box = outbox()
         hub.attach(box)
         epoch = (await subscribe(hub, box, "chat:1")).position.epoch
@@ -201,7 +177,7 @@ async def test_recovery_of_more_than_the_limit_is_refused() -> None:
         server=ServerConfig(recovery_max_messages=2),
         channels=[ChannelRule(match="*", history=History(size=10))],
     )
-    async with open_hub(config, Encoder()) as hub:
+    async with open_hub(config, TextEncoding()) as hub:
         await hub.publish("c", raw(0), trusted=False)
         box = outbox()
         hub.attach(box)
@@ -259,14 +235,8 @@ class GatedBroker(MemoryBroker):
 
 @asynccontextmanager
 async def gated_hub(config: Config) -> AsyncIterator[tuple[Hub, GatedBroker]]:
-    hub: Hub | None = None
-
-    def deliver(publication: Publication) -> None:
-        if hub is not None:
-            hub.deliver(publication)
-
-    broker = GatedBroker(deliver)
-    hub = Hub(config, broker, Encoder())
+    hub = Hub(config, TextEncoding())
+    broker = hub.broker = GatedBroker(hub.deliver)
     yield hub, broker
 
 
@@ -406,7 +376,7 @@ async def test_a_joining_subscriber_overflowing_under_a_lossy_policy_gets_a_gap(
 
 
 async def test_detach_cleans_up_and_statistics_count() -> None:
-    async with open_hub(CONFIG, Encoder()) as hub:
+    async with open_hub(CONFIG, TextEncoding()) as hub:
         boxes = [outbox() for _ in range(3)]
         for box in boxes:
             hub.attach(box)
@@ -425,7 +395,7 @@ async def test_detach_cleans_up_and_statistics_count() -> None:
 
 async def test_policy_drops_are_counted_in_statistics() -> None:
     config = Config(channels=[ChannelRule(match="*", slow_consumer="latest")])
-    async with open_hub(config, Encoder()) as hub:
+    async with open_hub(config, TextEncoding()) as hub:
         box = outbox(capacity=1)
         hub.attach(box)
         await subscribe(hub, box, "p")
@@ -437,7 +407,7 @@ async def test_policy_drops_are_counted_in_statistics() -> None:
 
 
 async def test_close_refuses_new_work_and_closes_outboxes() -> None:
-    async with open_hub(CONFIG, Encoder()) as hub:
+    async with open_hub(CONFIG, TextEncoding()) as hub:
         box = outbox()
         hub.attach(box)
         with anyio.fail_after(5):
@@ -455,7 +425,7 @@ async def test_close_refuses_new_work_and_closes_outboxes() -> None:
 
 
 async def test_history_reads_newest_or_after_an_offset() -> None:
-    async with open_hub(CONFIG, Encoder()) as hub:
+    async with open_hub(CONFIG, TextEncoding()) as hub:
         for index in range(8):
             await hub.publish("chat:1", raw(index), trusted=False)
         page = await hub.history("chat:1", after=None, limit=None)
@@ -490,8 +460,8 @@ class RemoteBroker(MemoryBroker):
 
 
 async def test_live_copies_of_replayed_messages_are_not_delivered_again() -> None:
-    broker = RemoteBroker()
-    hub = Hub(CONFIG, broker, Encoder())
+    hub = Hub(CONFIG, TextEncoding())
+    broker = hub.broker = RemoteBroker()
     recovering, fresh = outbox(), outbox()
     for box in (recovering, fresh):
         hub.attach(box)
@@ -504,7 +474,8 @@ async def test_live_copies_of_replayed_messages_are_not_delivered_again() -> Non
 
 
 async def test_messages_the_broker_lost_reach_subscribers_as_a_gap() -> None:
-    hub = Hub(CONFIG, RemoteBroker(), Encoder())
+    hub = Hub(CONFIG, TextEncoding())
+    hub.broker = RemoteBroker()
     box = outbox()
     hub.attach(box)
     await subscribe(hub, box, "open")
@@ -514,7 +485,8 @@ async def test_messages_the_broker_lost_reach_subscribers_as_a_gap() -> None:
 
 
 async def test_a_restarted_stream_is_announced_before_its_messages() -> None:
-    hub = Hub(CONFIG, RemoteBroker(), Encoder())
+    hub = Hub(CONFIG, TextEncoding())
+    hub.broker = RemoteBroker()
     box = outbox()
     hub.attach(box)
     await subscribe(hub, box, "open", since=Position(0, "e"))
@@ -530,7 +502,7 @@ PRESENCE = Config(
 
 
 async def test_presence_and_join_leave_events() -> None:
-    async with open_hub(PRESENCE, Encoder()) as hub:
+    async with open_hub(PRESENCE, TextEncoding()) as hub:
         alice, bob = outbox(), outbox()
         alice_info = hub.attach(alice)
         bob_info = hub.attach(bob, ClientInfo("bob", user="u-bob"))
@@ -552,7 +524,8 @@ async def test_presence_and_join_leave_events() -> None:
 
 
 async def test_a_loss_before_a_subscriber_started_is_not_reported_to_it() -> None:
-    hub = Hub(CONFIG, RemoteBroker(), Encoder())
+    hub = Hub(CONFIG, TextEncoding())
+    hub.broker = RemoteBroker()
     box = outbox()
     hub.attach(box)
     await subscribe(hub, box, "open")  # starts at offset 2, not yet delivered here
@@ -580,7 +553,7 @@ async def test_a_reload_ends_only_the_subscriptions_the_new_rules_refuse() -> No
             ChannelRule(match="now-private:*", private=True),
         ],
     )
-    async with open_hub(before, Encoder()) as hub:
+    async with open_hub(before, TextEncoding()) as hub:
         anonymous, alice = outbox(), outbox()
         hub.attach(anonymous)
         hub.attach(alice, ClientInfo("a", "alice"), Grant("alice"))
@@ -617,7 +590,7 @@ async def test_a_reload_ends_a_subscription_whose_access_narrowed() -> None:
             ChannelRule(match="*"),
         ]
     )
-    async with open_hub(before, Encoder()) as hub:
+    async with open_hub(before, TextEncoding()) as hub:
         anonymous = outbox()
         hub.attach(anonymous)
         for channel in ("members", "secret", "open"):

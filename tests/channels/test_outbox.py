@@ -8,17 +8,10 @@ import pytest
 
 from channels.outbox import Delivery, Outbox
 from channels.traffic import SEND_DELAY_BUCKETS_SECONDS, Traffic
+from tests.support.encoding import TextEncoding
 
 if TYPE_CHECKING:
     from channels.config import SlowConsumerPolicy
-
-
-def gap(channel: str, first: int, last: int) -> bytes:
-    return f"gap {channel} {first}-{last}".encode()
-
-
-def restart(channel: str, epoch: str) -> bytes:
-    return f"restart {channel} {epoch}".encode()
 
 
 def message(channel: str, offset: int, policy: SlowConsumerPolicy = "disconnect") -> Delivery:
@@ -26,7 +19,7 @@ def message(channel: str, offset: int, policy: SlowConsumerPolicy = "disconnect"
 
 
 def make(capacity: int = 3, frame_max_bytes: int = 1000) -> Outbox:
-    return Outbox(capacity, frame_max_bytes, gap, encode_restart=restart)
+    return Outbox(capacity, frame_max_bytes, TextEncoding())
 
 
 def test_batch_returns_everything_waiting_in_order() -> None:
@@ -87,7 +80,7 @@ def test_take_frame_joins_a_batch() -> None:
 
 def test_disconnect_policy_fails_the_outbox() -> None:
     failures: list[bool] = []
-    outbox = Outbox(2, 1000, gap, on_fail=lambda: failures.append(True), encode_restart=restart)
+    outbox = Outbox(2, 1000, TextEncoding(), on_fail=lambda: failures.append(True))
     assert outbox.offer(message("a", 1))
     assert outbox.offer(message("a", 2))
     assert not outbox.offer(message("a", 3))
@@ -106,7 +99,7 @@ def test_drop_oldest_discards_the_oldest_of_the_same_channel() -> None:
     assert outbox.offer(message("a", 4, "drop_oldest"))
     assert not outbox.failed
     assert outbox.dropped == 2
-    assert outbox.take_batch() == [b"b#1", b"gap a 1-2", b"a#3", b"a#4"]
+    assert outbox.take_batch() == [b"b#1", b"gap:a:1-2", b"a#3", b"a#4"]
 
 
 def test_latest_keeps_only_the_newest_of_the_same_channel() -> None:
@@ -115,7 +108,7 @@ def test_latest_keeps_only_the_newest_of_the_same_channel() -> None:
     outbox.offer(message("q", 1, "latest"))
     outbox.offer(message("p", 2, "latest"))
     assert outbox.offer(message("p", 3, "latest"))
-    assert outbox.take_batch() == [b"q#1", b"gap p 1-2", b"p#3"]
+    assert outbox.take_batch() == [b"q#1", b"gap:p:1-2", b"p#3"]
 
 
 @pytest.mark.parametrize("policy", ["drop_oldest", "latest"])
@@ -129,7 +122,7 @@ def test_lossy_policy_drops_the_new_message_when_its_channel_has_none_queued(
     assert not outbox.offer(message("a", 8, policy))
     assert not outbox.failed
     # The gap is reported once the messages queued before it are sent.
-    assert outbox.take_batch() == [b"b#1", b"b#2", b"gap a 7-8"]
+    assert outbox.take_batch() == [b"b#1", b"b#2", b"gap:a:7-8"]
     assert outbox.offer(message("a", 9, policy))
     assert outbox.take_batch() == [b"a#9"]
 
@@ -147,7 +140,7 @@ async def test_replies_wait_for_room_and_are_never_dropped() -> None:
     # With the queue full of replies, a lossy message is the one dropped, not a reply.
     outbox.put_nowait(b"reply 2")
     assert not outbox.offer(message("a", 3, "drop_oldest"))
-    assert outbox.take_batch() == [b"reply", b"reply 2", b"gap a 3-3"]
+    assert outbox.take_batch() == [b"reply", b"reply 2", b"gap:a:3-3"]
 
 
 def test_a_gap_never_precedes_an_earlier_reply() -> None:
@@ -157,7 +150,7 @@ def test_a_gap_never_precedes_an_earlier_reply() -> None:
     outbox.put_nowait(b"reply p")  # a subscribe reply, then its channel's messages
     assert not outbox.offer(message("p", 1, "latest"))  # full: nothing of p to drop
     assert not outbox.offer(message("p", 2, "latest"))
-    assert outbox.take_batch() == [b"reply q", b"q#1", b"reply p", b"gap p 1-2"]
+    assert outbox.take_batch() == [b"reply q", b"q#1", b"reply p", b"gap:p:1-2"]
 
 
 def test_a_gap_after_a_replay_goes_after_the_replayed_messages() -> None:
@@ -166,7 +159,7 @@ def test_a_gap_after_a_replay_goes_after_the_replayed_messages() -> None:
     outbox.offer(message("c", 4))
     outbox.record_gap("c", 5, 6)  # held live messages dropped while the replay was read
     outbox.offer(message("c", 7))
-    assert outbox.take_batch() == [b"c#3", b"c#4", b"gap c 5-6", b"c#7"]
+    assert outbox.take_batch() == [b"c#3", b"c#4", b"gap:c:5-6", b"c#7"]
     assert outbox.dropped == 2
 
 
@@ -238,7 +231,7 @@ def test_capacity_must_be_positive() -> None:
 
 def test_frames_messages_bytes_and_delays_are_counted() -> None:
     traffic = Traffic()
-    outbox = Outbox(10, 1000, gap, encode_restart=restart, traffic=traffic)
+    outbox = Outbox(10, 1000, TextEncoding(), traffic=traffic)
     published = time.monotonic() - 0.003  # reached the hub 3 ms ago
     outbox.offer(Delivery("a", 1, b"a#1", published=published))
     assert outbox.take_frame() == b"a#1"  # alone: the fast path

@@ -14,6 +14,7 @@ import pytest
 
 from channels.outbox import Delivery, Outbox
 from channels.sender import Flusher, Sender
+from tests.support.encoding import TextEncoding
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -84,12 +85,7 @@ class Connection:
     def __init__(self, flusher: Flusher, *, direct: bool) -> None:
         self.transport = Transport()
         self.socket = Socket(self.transport) if direct else None
-        self.outbox = Outbox(
-            100,
-            1000,
-            lambda channel, first, last: f"gap {first}-{last}".encode(),
-            encode_restart=lambda channel, epoch: f"restart {epoch}".encode(),
-        )
+        self.outbox = Outbox(100, 1000, TextEncoding())
         self.done = 0
         self.sender = Sender(self.outbox, self.transport, flusher, self._done, self.socket)
 
@@ -317,7 +313,7 @@ async def test_an_outbox_closed_before_its_sender_existed_still_ends(direct: boo
     # A drain that comes while the connection is still being accepted.
     async with flushing() as flusher:
         transport = Transport()
-        box = Outbox(10, 1000, lambda channel, first, last: b"", encode_restart=lambda c, e: b"")
+        box = Outbox(10, 1000, TextEncoding())
         box.close()
         ended = anyio.Event()
         Sender(box, transport, flusher, ended.set, Socket(transport) if direct else None)
