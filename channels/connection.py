@@ -27,7 +27,9 @@ __all__ = ("Connection",)
 class Connection:
     """A connection attached to a hub: its outbox, its sender and its subscriptions.
 
-    ``client`` is who it is in presence and events.
+    ``client`` is who it is in presence and events. Use it as a context manager:
+    leaving the block stops its sender and leaves the hub (every channel), without
+    blocking.
     """
 
     __slots__ = ("_hub", "_outbox", "_sender", "client")
@@ -37,6 +39,13 @@ class Connection:
         self._outbox = outbox
         self._sender = sender
         self.client = client
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._sender.stop()
+        self._hub.detach(self._outbox)
 
     @property
     def failed(self) -> bool:

@@ -6,7 +6,7 @@ import heapq
 import secrets
 import time
 from collections import deque
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 import anyio
@@ -30,7 +30,7 @@ from channels.sender import Flusher, Sender
 from channels.traffic import Traffic
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Iterator
+    from collections.abc import AsyncIterator, Callable
 
     from channels.brokers import Broker, Event
     from channels.config import ChannelRule, Config, SlowConsumerPolicy
@@ -226,7 +226,6 @@ class Hub:
             return "broker unavailable"
         return None
 
-    @contextmanager
     def connect(
         self,
         transport: Transport,
@@ -235,13 +234,14 @@ class Hub:
         client: ClientInfo | None = None,
         grant: Grant | None = None,
         frames: FrameWriter | None = None,
-    ) -> Iterator[Connection]:
-        """Attach a connection for the duration of the block: the one way in.
+    ) -> Connection:
+        """Attach a connection, for a ``with`` block: the one way in.
 
         The connection gets an outbox (``server.outbox_messages`` and
         ``server.frame_max_bytes`` as they are now) and a sender that writes it to
         *frames* or *transport* (see `channels.sender.Sender`). Leaving the block stops
-        the sender and leaves every channel; it never blocks.
+        the sender and leaves every channel; it never blocks. (A class rather than a
+        generator-based context manager: an idle connection should not hold a frame.)
 
         Args:
             transport: where the connection's frames go when a send may have to wait.
@@ -262,11 +262,7 @@ class Hub:
         )
         client = self.attach(outbox, client, grant)
         sender = Sender(outbox, transport, self.flusher, on_end, frames)
-        try:
-            yield Connection(self, outbox, sender, client)
-        finally:
-            sender.stop()
-            self.detach(outbox)
+        return Connection(self, outbox, sender, client)
 
     def attach(
         self, outbox: Outbox, client: ClientInfo | None = None, grant: Grant | None = None
