@@ -44,7 +44,7 @@ MIB = 1024 * KIB
 SECONDS = 1.0
 
 SlowConsumerPolicy = Literal["disconnect", "drop_oldest", "latest"]
-"""What happens when a subscriber's outbox is full (see the README)."""
+"""What happens when a subscriber's outbox is full (see docs/configuration.md)."""
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 
@@ -304,7 +304,7 @@ Algorithm = Literal["HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256
 
 
 class AuthConfig(_Base, frozen=True):
-    """Connection authentication with JSON Web Tokens (see the README's "Security")."""
+    """Connection authentication with JSON Web Tokens (see docs/security.md)."""
 
     required: bool = False
     """Refuse WebSocket connections without a valid token (HTTP 401)."""

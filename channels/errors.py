@@ -19,8 +19,8 @@ Exception hierarchy::
 The codes are sent to clients in ``error`` replies and never reused; ``http_status`` is
 the status the HTTP API answers with (None: the error happens only on a WebSocket).
 ``service.errors`` holds the wire's errors (1xx); ``service.closecodes`` the WebSocket
-close codes (a slow consumer is closed with 4000). The README lists every code, and a
-test checks that its tables match.
+close codes (a slow consumer is closed with 4000). docs/protocol.md lists every code, and
+a test checks that its tables match.
 """
 
 from __future__ import annotations

@@ -105,7 +105,7 @@ class Authenticator:
         check_origin(scope, allowed_origins, query_token=from_query)
         if token is None:
             if self.required:
-                raise Unauthenticated("this server needs a token: see the README's Security")
+                raise Unauthenticated("this server needs a token: see the docs' Security page")
             return None
         return self.verify(token)
 

@@ -1,7 +1,7 @@
 """The WebSocket close codes Clarion sends, and the ones its clients report.
 
 One table for the server (`service.session`, `service.wsstream`), the Python client
-(`service.client`) and the README's "Close codes", which a test compares with it. Error
+(`service.client`) and "Close codes" in docs/protocol.md, which a test compares with it. Error
 codes (the ``error`` frame's ``code``) are on the error classes: `channels.errors` for
 the engine's, `service.errors` for the wire's.
 """

@@ -1,8 +1,8 @@
 """The wire's errors: a request that cannot be read, or a connection that may not be.
 
 Each class has a stable ``code`` (the ``error`` frame's) and the ``http_status`` the HTTP
-API answers with. The engine's errors are in `channels.errors`; the README lists both,
-and a test checks that its table matches them.
+API answers with. The engine's errors are in `channels.errors`; docs/protocol.md lists
+both, and a test checks that its table matches them.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ RequestId = int | str | None
 class ProtocolError(Exception):
     """Base class of the wire-format errors; the request that caused it keeps its ``id``.
 
-    Exception hierarchy (codes are stable and listed in the README)::
+    Exception hierarchy (codes are stable and listed in docs/protocol.md)::
 
         ProtocolError
         ├── BadJSON           100  the frame or body is not JSON

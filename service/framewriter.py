@@ -23,8 +23,8 @@ sends through ASGI as any app would. Frames stay whole and in order:
 
 Compression: hypercorn would agree to permessage-deflate with any client that offers it
 (every browser does), and then every message would be compressed once per subscriber,
-which costs more than the fan-out itself. `open_frame_writer` declines it; the README
-says so.
+which costs more than the fan-out itself. `open_frame_writer` declines it;
+docs/concepts.md says so.
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ class NodeCounters:
 
     Attributes:
         accepted: WebSocket connections accepted.
-        refused: handshakes refused, by error code (see the README's error table).
+        refused: handshakes refused, by error code (see the error table in docs/protocol.md).
         disconnects: ended connections, by reason: ``client`` (the client closed or
             went away), ``going_away`` (1001), ``slow_consumer`` (4000),
             ``token_expired`` (4001), ``no_pong`` (4002), ``frame_too_large`` (1009),

@@ -12,7 +12,7 @@ Client to server, one JSON object per WebSocket frame (text or binary)::
 Server to client: ``reply``, ``error``, ``message``, ``gap``, ``join``, ``leave``,
 ``restart``, ``unsubscribed`` and ``ping`` objects (a ``ping`` asks the client for a
 ``pong``). A frame holds one object, or a JSON array of several when the writer coalesced
-them. The README documents every field and code.
+them. docs/protocol.md documents every field and code.
 """
 
 from __future__ import annotations

@@ -9,9 +9,9 @@ Exception hierarchy::
     └── SubscriptionEnded       a subscription ended while the connection stayed
         └── SlowSubscriber      its buffer overflowed: the consumer fell behind
 
-Every error has a stable numeric ``code``: below 1000 one of the README's error codes
+Every error has a stable numeric ``code``: below 1000 one of the error codes in docs/protocol.md
 (compare with the server's classes, ``exc.code == ChannelNotFound.code``), from 1000 a
-WebSocket close code (README, "Close codes"; 1006 when the connection dropped, or never
+WebSocket close code (docs/protocol.md, "Close codes"; 1006 when the connection dropped, or never
 opened, without one). Using a client after it was closed raises anyio's
 ``ClosedResourceError`` instead: the Closed/Broken split of the style guide.
 """

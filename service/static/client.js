@@ -5,7 +5,7 @@
 //   client.subscribe("news", (data) => console.log(data));
 //   const { offset } = await client.publish("news", { text: "hi" });
 //
-// What it does for you (the README's "The protocol" is the reference):
+// What it does for you (docs/protocol.md is the reference):
 //
 // - Requests carry ids; every call returns a promise of its reply, and a refusal is a
 //   `ClarionError` with the server's numeric `code` and its `message`.
@@ -39,7 +39,7 @@ const TOKEN_MARGIN_MS = 5_000;
 const SUBPROTOCOL = "clarion";
 
 /**
- * Error codes: the server's (the README's "Error codes" table), then the client's own
+ * Error codes: the server's (the "Error codes" table of docs/protocol.md), then the client's own
  * (900 and up, never sent by a server).
  */
 export const ErrorCode = Object.freeze({

@@ -255,8 +255,9 @@ async def test_readiness_follows_redis_out_of_a_stall_within_a_few_checks(
             received = [await client.receive_object()]
             while received[-1]["data"] != "after":
                 received.append(await client.receive_object())
-            # The refused publish may still have run once Redis resumed (README: "A publish
-            # that timed out may still have been applied"); nothing else came in between.
+            # The refused publish may still have run once Redis resumed (docs/deployment.md:
+            # "A publish that timed out may still have been applied"); nothing else came in
+            # between.
             assert [message["data"] for message in received] in (["during", "after"], ["after"])
             assert [message["offset"] for message in received] == list(
                 range(after["offset"] - len(received) + 1, after["offset"] + 1)

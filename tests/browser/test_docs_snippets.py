@@ -1,26 +1,28 @@
-"""The README's client snippets, run as written, so that the docs cannot drift from the code.
+"""The client snippets of the docs' Clients page, run as written, so that the docs
+cannot drift from the code.
 
-The blocks are read from README.md by heading: the first ``html`` block under "From a
-browser", the first ``python`` and ``sh`` blocks under "From Python". The only change
-made to them is the server's address: ``127.0.0.1:8000`` becomes the test server's free
-port (and the shell commands get ``--url``, which the README says they take, and the
-subscribe line stops after one message: ``--count 1`` for its ``--count 10``).
+The blocks are read from docs/clients.md by heading: the first ``html`` block under
+"From a browser", the first ``python`` block under "From Python" and the first ``sh``
+block under "From the shell". The only change made to them is the server's address:
+``127.0.0.1:8000`` becomes the test server's free port (and the shell commands get
+``--url``, which the page says they take, and the subscribe line stops after one
+message: ``--count 1`` for its ``--count 10``).
 
 - The browser snippet is a page of another origin in a headless Chromium; what it logs
   on the console is checked.
 - The Python snippet runs as a script with this virtualenv's Python, once as written
   (``anyio.run(main)``, asyncio) and once as its comment says (``backend="trio"``); its
-  stdout must be what the README says it prints.
+  stdout must be what the page says it prints.
 - The shell lines run ``clarion subscribe`` and ``clarion publish`` as processes; their
   JSON lines are checked, and the publish line against its ``# prints`` comment.
+
+The README's "Try it" is run by tests/integration/test_readme.py.
 """
 
 from __future__ import annotations
 
 import re
-import shlex
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
@@ -31,19 +33,21 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from channels.config import Config
 from tests.browser.driver import open_browser
 from tests.browser.pages import serve_page
+from tests.support.commands import CLARION, wait_subscribed
+from tests.support.docs import DOCS, code_block, on_port, section, shell_line
 from tests.support.server import http_call, running_server
 
 if TYPE_CHECKING:
-    from anyio.abc import ByteReceiveStream
+    from pathlib import Path
+
     from playwright.sync_api import ConsoleMessage, Page
 
     from service.runner import Backend
 
-README: Final = Path(__file__).resolve().parents[2] / "README.md"
-BROWSER: Final = "### From a browser"
-PYTHON: Final = "### From Python"
-#: The address the snippets connect to; the only text the test changes in them.
-DOCUMENTED_ADDRESS: Final = "127.0.0.1:8000"
+CLIENTS: Final = DOCS / "clients.md"
+BROWSER: Final = "## From a browser"
+PYTHON: Final = "## From Python"
+SHELL: Final = "## From the shell"
 #: The Python snippet's last line; its comment offers the trio variant (group 1).
 RUN_LINE: Final = re.compile(
     r'^anyio\.run\(main\) +# or (anyio\.run\(main, backend="trio"\))$', re.M
@@ -52,69 +56,6 @@ RUN_LINE: Final = re.compile(
 PRINTED: Final = re.compile(
     r"Message\(channel='chat:lobby', offset=1, epoch='[0-9a-f]+', data=\{'text': 'hello'\}\)"
 )
-#: ``clarion`` in this virtualenv.
-CLARION: Final = str(Path(sys.executable).parent / "clarion")
-#: The stderr line ``clarion subscribe`` writes once a channel is subscribed.
-SUBSCRIBED: Final = re.compile(r"clarion: subscribed to (\S+)")
-#: The longest stderr line ``clarion subscribe`` is expected to write.
-MAX_LINE_BYTES: Final = 4096
-HEADING: Final = re.compile(r"(#{1,6}) ")
-
-
-def readme_section(heading: str) -> str:
-    """The README's text under the line *heading* (``### From Python``), up to the next
-    heading of the same level or above; headings inside code blocks do not count.
-
-    Raises:
-        AssertionError: if the README has no such heading.
-    """
-    level = len(heading) - len(heading.lstrip("#"))
-    section: list[str] | None = None
-    fenced = False
-    for line in README.read_text(encoding="utf-8").splitlines():
-        if line.startswith("```"):
-            fenced = not fenced
-        elif not fenced and (found := HEADING.match(line)) is not None:
-            if section is not None and len(found[1]) <= level:
-                break
-            if line == heading:
-                section = []
-                continue
-        if section is not None:
-            section.append(line)
-    if section is None:
-        raise AssertionError(f"README.md has no {heading!r} heading")
-    return "\n".join(section) + "\n"
-
-
-def readme_block(heading: str, language: str) -> str:
-    """The first ```` ```language ```` block under *heading* in the README.
-
-    Raises:
-        AssertionError: if there is none.
-    """
-    pattern = rf"^```{re.escape(language)}\n(.*?)^```$"
-    found = re.search(pattern, readme_section(heading), re.MULTILINE | re.DOTALL)
-    if found is None:
-        raise AssertionError(f"README.md has no ```{language} block under {heading!r}")
-    return found[1]
-
-
-def on_port(snippet: str, port: int) -> str:
-    """*snippet* with `DOCUMENTED_ADDRESS` pointed at 127.0.0.1:*port*, and nothing else
-    changed."""
-    assert DOCUMENTED_ADDRESS in snippet, f"no {DOCUMENTED_ADDRESS} in the snippet:\n{snippet}"
-    return snippet.replace(DOCUMENTED_ADDRESS, f"127.0.0.1:{port}")
-
-
-def shell_line(block: str, start: str) -> tuple[list[str], str]:
-    """The line of the shell *block* that begins with *start*: its first command's argv
-    (what comes before a ``|``) and its comment."""
-    for line in block.splitlines():
-        if line.startswith(start):
-            command, _, comment = line.partition("  #")
-            return shlex.split(command.partition(" | ")[0]), comment.strip()
-    raise AssertionError(f"README.md has no line starting {start!r} in:\n{block}")
 
 
 # The browser snippet ------------------------------------------------------------------
@@ -148,7 +89,7 @@ def load_and_collect_logs(page: Page, url: str, wanted: list[list[Any]]) -> list
 async def test_the_browser_snippet_works_as_written(
     anyio_backend: Backend, free_tcp_port: int, profile: Path
 ) -> None:
-    snippet = on_port(readme_block(BROWSER, "html"), free_tcp_port)
+    snippet = on_port(code_block(CLIENTS, BROWSER, "html"), free_tcp_port)
     wanted: list[list[Any]] = [["received", {"text": "hello"}], ["published at offset", 1]]
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
@@ -165,7 +106,7 @@ async def test_the_browser_snippet_works_as_written(
             except PlaywrightTimeout as exc:
                 console = "\n".join(browser.console)
                 raise AssertionError(
-                    f"the README's browser snippet did not log {wanted}; the page logged:\n"
+                    f"the docs' browser snippet did not log {wanted}; the page logged:\n"
                     f"{console}\nThe page was:\n{snippet}"
                 ) from exc
     assert sorted(logged, key=repr) == sorted(wanted, key=repr), browser.console
@@ -175,10 +116,10 @@ async def test_the_browser_snippet_works_as_written(
 # The Python snippet -------------------------------------------------------------------
 
 
-def test_the_readme_says_what_the_python_snippet_prints() -> None:
-    section = " ".join(readme_section(PYTHON).split())
-    found = re.search(r"It prints `([^`]+)`", section)
-    assert found is not None, "README.md no longer says what the Python snippet prints"
+def test_the_docs_say_what_the_python_snippet_prints() -> None:
+    text = " ".join(section(CLIENTS, PYTHON).split())
+    found = re.search(r"It prints `([^`]+)`", text)
+    assert found is not None, "docs/clients.md no longer says what the Python snippet prints"
     assert PRINTED.fullmatch(found[1]), found[1]
 
 
@@ -186,7 +127,7 @@ def test_the_readme_says_what_the_python_snippet_prints() -> None:
 async def test_the_python_snippet_works_as_written(
     anyio_backend: Backend, free_tcp_port: int, tmp_path: Path, runner: str
 ) -> None:
-    snippet = on_port(readme_block(PYTHON, "python"), free_tcp_port)
+    snippet = on_port(code_block(CLIENTS, PYTHON, "python"), free_tcp_port)
     run_line = RUN_LINE.search(snippet)
     assert run_line is not None, f"no line matching {RUN_LINE.pattern!r} in:\n{snippet}"
     if runner != "as written":
@@ -204,27 +145,12 @@ async def test_the_python_snippet_works_as_written(
 # The shell lines ----------------------------------------------------------------------
 
 
-async def wait_subscribed(stderr: ByteReceiveStream, channels: set[str]) -> None:
-    """Read ``clarion subscribe``'s stderr until it says it subscribed to *channels*."""
-    lines = BufferedByteReceiveStream(stderr)
-    subscribed: set[str] = set()
-    read: list[str] = []
-    while subscribed != channels:
-        try:
-            line = (await lines.receive_until(b"\n", MAX_LINE_BYTES)).decode()
-        except (anyio.IncompleteRead, anyio.EndOfStream):
-            raise AssertionError(f"clarion subscribe ended its stderr early: {read}") from None
-        read.append(line)
-        if (found := SUBSCRIBED.match(line)) is not None:
-            subscribed.add(found[1])
-
-
 async def test_the_shell_lines_work_as_written(anyio_backend: Backend, free_tcp_port: int) -> None:
-    block = readme_block(PYTHON, "sh")
+    block = code_block(CLIENTS, SHELL, "sh")
     subscribe, _ = shell_line(block, "clarion subscribe ")
     publish, prints = shell_line(block, "clarion publish ")
     assert publish == ["clarion", "publish", "chat:lobby", '{"text": "hello"}'], publish
-    # Subscribe as the README does, but stop after the one message published here.
+    # Subscribe as the page does, but stop after the one message published here.
     assert subscribe[:3] == ["clarion", "subscribe", "chat:lobby"], subscribe
     count = subscribe.index("--count") + 1
     subscribe[count] = "1"
@@ -238,7 +164,7 @@ async def test_the_shell_lines_work_as_written(anyio_backend: Backend, free_tcp_
             async with await anyio.open_process([CLARION, *subscribe[1:], *url]) as subscriber:
                 assert subscriber.stdout is not None
                 assert subscriber.stderr is not None
-                await wait_subscribed(subscriber.stderr, channels)
+                await wait_subscribed(BufferedByteReceiveStream(subscriber.stderr), channels)
                 status, stats = await http_call(server, "GET", "/api/stats")
                 assert (status, stats["subscriptions"]) == (200, len(channels)), stats
                 published = await anyio.run_process([CLARION, *publish[1:], *url], check=False)
