@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import socket
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 
 import msgspec
@@ -62,7 +63,11 @@ _BIND = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[^:\[\]]+):(?P<port>[0-9]{1,5})
 
 Count = Annotated[int, msgspec.Meta(ge=0)]
 PositiveCount = Annotated[int, msgspec.Meta(ge=1)]
-Seconds = Annotated[float, msgspec.Meta(ge=0)]
+#: The longest time a setting may name (ten years): far past any use, and it keeps
+#: infinity out (Redis takes times as whole milliseconds).
+MAX_SECONDS: Final = 10 * 365 * 24 * 3600 * SECONDS
+Seconds = Annotated[float, msgspec.Meta(ge=0, le=MAX_SECONDS)]
+PositiveSeconds = Annotated[float, msgspec.Meta(gt=0, le=MAX_SECONDS)]
 
 
 class _Base(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -198,15 +203,15 @@ class ServerConfig(_Base, frozen=True):
     second. Set it for browser-facing deployments (the production checklist does)."""
     publish_burst: PositiveCount = 50
     """Publishes one connection may make at once before the rate applies."""
-    write_timeout_seconds: Annotated[float, msgspec.Meta(gt=0)] = 30 * SECONDS
+    write_timeout_seconds: PositiveSeconds = 30 * SECONDS
     """A client that accepts no data for this long is disconnected (TCP_USER_TIMEOUT)."""
-    handshake_timeout_seconds: Annotated[float, msgspec.Meta(gt=0)] = 10 * SECONDS
+    handshake_timeout_seconds: PositiveSeconds = 10 * SECONDS
     """A connection must send a whole HTTP request (the WebSocket handshake, or an API
     call) within this long of opening, or of its previous request, or it is closed."""
-    ping_interval_seconds: Annotated[float, msgspec.Meta(gt=0)] | None = 25 * SECONDS
+    ping_interval_seconds: PositiveSeconds | None = 25 * SECONDS
     """After this long without a frame from a client, the server sends it a ``ping``;
     null: no pings, and a quiet client is never closed."""
-    pong_timeout_seconds: Annotated[float, msgspec.Meta(gt=0)] = 10 * SECONDS
+    pong_timeout_seconds: PositiveSeconds = 10 * SECONDS
     """A client that sends nothing (a ``pong``, or any request) for this long after a
     ping is taken for dead and closed with 4002."""
     shutdown_grace_seconds: Seconds = 5 * SECONDS
@@ -221,7 +226,7 @@ class ServerConfig(_Base, frozen=True):
     """Declare the HTTP API open on purpose: without keys, anyone who reaches it may
     publish and read where anonymous clients may. Needed for an open API when
     ``auth.required`` is set, which otherwise refuses to start without ``api_keys``."""
-    idempotency_window_seconds: Annotated[float, msgspec.Meta(gt=0)] = 300 * SECONDS
+    idempotency_window_seconds: PositiveSeconds = 300 * SECONDS
     """How long a publish's ``idempotency_key`` is remembered on its channel: a second
     publish with the same key within this time is not published again."""
     log_level: LogLevel = "info"
@@ -270,18 +275,18 @@ class BrokerConfig(_Base, frozen=True):
     The default is ``redis://127.0.0.1:6379/0``; write a password as a ``${VAR}``."""
     prefix: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] = "clarion"
     """Redis only: starts every key and pub/sub name, so deployments can share a Redis."""
-    stream_idle_seconds: Annotated[float, msgspec.Meta(gt=0)] = 3600 * SECONDS
+    stream_idle_seconds: PositiveSeconds = 3600 * SECONDS
     """Redis only: how long a channel's epoch and offsets outlive its last activity.
 
     Activity is a publish, or a node holding subscribers (nodes refresh it); kept
     messages live no longer than this either."""
-    timeout_seconds: Annotated[float, msgspec.Meta(gt=0)] = 5 * SECONDS
+    timeout_seconds: PositiveSeconds = 5 * SECONDS
     """Redis only: a Redis call that takes longer fails (a publish with error 301)."""
-    presence_ttl_seconds: Annotated[float, msgspec.Meta(gt=0)] = 30 * SECONDS
+    presence_ttl_seconds: PositiveSeconds = 30 * SECONDS
     """Redis only: the clients of a node that died leave presence after at most this.
 
     Each node refreshes its own clients' entries three times per period."""
-    check_seconds: Annotated[float, msgspec.Meta(gt=0)] = 1 * SECONDS
+    check_seconds: PositiveSeconds = 1 * SECONDS
     """Redis only: how often a node checks Redis (``GET /ready``) and catches up.
 
     While Redis is down, also the longest pause between two reconnects of the pub/sub
@@ -427,16 +432,32 @@ def parse_bind(bind: str) -> tuple[str, int]:
     if found is None or int(found["port"]) > 65535:
         raise ValueError(f"bind {bind!r} must look like HOST:PORT, e.g. 127.0.0.1:8000")
     host = found["host"].strip("[]")
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return host, int(found["port"])  # a host name: it resolves when the server binds
-    if address.is_multicast or address == _BROADCAST:
+    address = _address_of(host)
+    if address is not None and (address.is_multicast or address == _BROADCAST):
         kind = "multicast" if address.is_multicast else "broadcast"
         raise ValueError(
             f"bind {bind!r}: {host} is a {kind} address; a server listens on one of its own"
         )
     return host, int(found["port"])
+
+
+def _address_of(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The IP address *host* names literally; None for a host name (it resolves when
+    the server binds).
+
+    The shorthand IPv4 forms that resolvers accept (``224.1``, ``0xe0000001``,
+    ``3758096385``) count as addresses, and an IPv4-mapped IPv6 address as its IPv4 one.
+    """
+    try:
+        address: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(host)
+    except ValueError:
+        try:
+            address = ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:
+            return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
 
 
 def _substitute(value: Any, path: str, env: Mapping[str, str]) -> Any:

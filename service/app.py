@@ -233,6 +233,9 @@ class Clarion:
         await send({"type": "lifespan.shutdown.complete"})
 
     async def _websocket(self, ws: WebSocket, send: Send) -> None:
+        # First: close frames for protocol errors and 1009, and no second answer to a
+        # handshake whose client sent bytes before the first (see service.wsstream).
+        install_closing_stream(send)
         hub = self.hub
         if ws.scope["path"] != self.config.server.websocket_path:
             error: ProtocolError | ChannelsError = RouteNotFound(
@@ -246,7 +249,6 @@ class Clarion:
                 with self._slots.hold(address(ws.scope), server):
                     identity = identify(ws.scope, self.auth, server)
                     offered = ws.scope.get("subprotocols", [])
-                    install_closing_stream(send)  # close frames for protocol errors, 1009
                     frames = open_frame_writer(send)
                     writers = self._frame_writers
                     if frames is not None:

@@ -18,6 +18,7 @@ import anyio
 import hypercorn.asyncio.run
 import hypercorn.config
 import hypercorn.trio.run
+import hypercorn.trio.tcp_server
 import hypercorn.utils
 import trio
 
@@ -114,6 +115,8 @@ async def serve(
         await app.drain()
 
     if backend == "trio":
+        # hypercorn's trio worker looks its connection handler up here at each serve.
+        hypercorn.trio.run.TCPServer = _ContainedTCPServer  # type: ignore[attr-defined]  # imported there, not exported
         guarded = partial(_answer_or_drop, app)
         wrapped = hypercorn.utils.wrap_app(guarded, config.wsgi_max_body_size, "asgi")
         await hypercorn.trio.run.worker_serve(
@@ -132,16 +135,35 @@ async def serve(
         loop.set_exception_handler(previous)
 
 
+class _ContainedTCPServer(hypercorn.trio.tcp_server.TCPServer):
+    """hypercorn's trio connection handler, whose errors end only its connection.
+
+    In hypercorn (0.18) an error that escapes one connection's handler ends the whole
+    trio server (asyncio only logs it), and some hostile packets cause one (see
+    `service.wsstream` for those known, and fixed there). Whatever hypercorn fails on
+    next, one client must not take the node down.
+    """
+
+    async def run(self) -> None:
+        try:
+            await super().run()  # which closes the connection in any case
+        except Exception as exc:
+            logger.warning("closed a connection after an error in hypercorn: %r", exc)
+
+
 async def _answer_or_drop(app: Clarion, scope: Scope, receive: Receive, send: Send) -> None:
-    """Run *app*; an HTTP answer whose connection hypercorn is closing is dropped quietly.
+    """Run *app*; an answer whose connection hypercorn is closing is dropped quietly.
 
     When a client sends more bytes after a ``connection: close`` answer (the rest of a
-    body over ``max_request_bytes``), hypercorn's trio worker (0.18, ``TCPServer._close``)
-    sends EOF outside its send lock while the answer is written, and the write raises
+    body over ``max_request_bytes``), hypercorn's trio worker (0.18,
+    ``TCPServer._close``) sends EOF outside its send lock while the answer is written,
+    and the write raises
     ``trio.BusyResourceError``, logged as a traceback for each such request. The client
     is going away and cannot get the answer; there is nothing to report.
     """
     if scope["type"] != "http":
+        # A WebSocket's send stays hypercorn's own: `service.framewriter` and
+        # `service.wsstream` find the connection through it.
         await app(scope, receive, send)
         return
 

@@ -28,6 +28,22 @@ The connection is closed at once, without waiting for the client's close frame (
 the server has not read then makes its kernel end the connection with a reset, after
 the close frame, which the client still reads (tested on Linux with a 4 MiB frame).
 
+Two more hypercorn 0.18 defects let a single hostile packet end a trio server (an error
+escapes its connection handler; asyncio only logs it):
+
+- Bytes that follow an upgrade request before its answer (RFC 6455 4.1: a client waits
+  for the handshake's answer) get a 400, and the app's accept under way then raises
+  (h11's ``LocalProtocolError``), as does a second 400 for the next bytes.
+  `ClosingWSStream` answers them once, tells the app ``websocket.disconnect`` with 1002,
+  and ignores what follows.
+- A ``Sec-WebSocket-Protocol``, ``-Extensions`` or ``Connection`` header with a byte
+  beyond ASCII makes hypercorn's handshake parser raise ``UnicodeDecodeError`` before
+  any app runs. This module makes that parser keep such a value as Latin-1 (as HTTP/1.1
+  header values are), for every hypercorn WebSocket in the process: the app then judges
+  the handshake (a token that does not verify gets 401).
+
+`service.runner` also keeps any error of one connection from ending a trio server.
+
 `install_closing_stream` puts it in place for one connection, from the app, when the
 connection is hypercorn's, rather than replacing the ``WSStream`` name that hypercorn's
 HTTP/1.1 and HTTP/2 protocols look up: that would change the WebSockets of any other
@@ -39,16 +55,20 @@ a live stream can change because `ClosingWSStream` adds no state but a class def
 
 from __future__ import annotations
 
+from contextlib import suppress
 from typing import TYPE_CHECKING, Final
 
-from hypercorn.protocol.events import EndData, StreamClosed
-from hypercorn.protocol.ws_stream import FrameTooLargeError, WSStream
+import h11
+from hypercorn.protocol import ws_stream
+from hypercorn.protocol.events import Body, Data, EndData, StreamClosed
+from hypercorn.protocol.ws_stream import ASGIWebsocketState, FrameTooLargeError, WSStream
 from wsproto.connection import ConnectionState
 from wsproto.events import CloseConnection, Message, Ping
 from wsproto.frame_protocol import CloseReason
 
 if TYPE_CHECKING:
     from hypercorn.protocol.events import Event
+    from hypercorn.typing import WebsocketAcceptEvent, WebsocketResponseBodyEvent
 
     from service.types import Send
 
@@ -68,8 +88,13 @@ class ClosingWSStream(WSStream):
     """The close code the connection was failed with, once it was."""
 
     async def handle(self, event: Event) -> None:
-        """Handle *event* as hypercorn does, except the end of a failed connection: the
-        app is told the close code it was failed with, not 1006."""
+        """Handle *event* as hypercorn does, except the end of a failed connection (the
+        app is told the close code it was failed with, not 1006) and bytes before the
+        handshake's answer."""
+        if isinstance(event, Body | Data) and not self.handshake.accepted:
+            if not self.closed:
+                await self._refuse_early_data()
+            return
         if isinstance(event, StreamClosed) and self._failed_with is not None:
             if not self.closed:
                 self.closed = True
@@ -77,6 +102,59 @@ class ClosingWSStream(WSStream):
                     await self.app_put({"type": "websocket.disconnect", "code": self._failed_with})
             return
         await super().handle(event)
+
+    # The app's answer to the handshake (hypercorn's app_send calls these): hypercorn
+    # may have answered bytes that came before it with a 400 already, before this class
+    # was in place. The connection is over then: a second answer would fail in h11, or
+    # write to the socket while the 400 is written.
+    async def _accept(self, message: WebsocketAcceptEvent) -> None:
+        if self._answer_begun():
+            await self._end_answered()
+            return
+        try:
+            await super()._accept(message)
+        except h11.LocalProtocolError:
+            await self._end_answered()
+
+    async def _send_rejection(self, message: WebsocketResponseBodyEvent) -> None:
+        if self.state is ASGIWebsocketState.HANDSHAKE and self._answer_begun():
+            await self._end_answered()
+            return
+        try:
+            await super()._send_rejection(message)
+        except h11.LocalProtocolError:
+            await self._end_answered()
+
+    def _answer_begun(self) -> bool:
+        """Whether an answer to this HTTP/1.1 handshake began (hypercorn's or the app's)."""
+        protocol = getattr(self.send, "__self__", None)
+        connection = getattr(getattr(protocol, "connection", None), "h11_connection", None)
+        return isinstance(connection, h11.Connection) and connection.our_state is not (
+            h11.SEND_RESPONSE
+        )
+
+    async def _end_answered(self) -> None:
+        if not self.closed:
+            self.closed = True
+            await self._tell_app(CloseReason.PROTOCOL_ERROR)
+
+    async def _refuse_early_data(self) -> None:
+        if self._answer_begun():
+            # The app's refusal is being written: it ends the exchange, and these bytes
+            # are dropped (closing the connection now would cut it off mid-write).
+            return
+        # Closed first: an accept under way in the app then sends nothing.
+        self.closed = True
+        self.state = ASGIWebsocketState.HTTPCLOSED
+        await self._tell_app(CloseReason.PROTOCOL_ERROR)
+        with suppress(h11.LocalProtocolError):  # the app's own answer is under way
+            await self._send_error_response(400)
+        await self.send(StreamClosed(stream_id=self.stream_id))
+
+    async def _tell_app(self, code: int) -> None:
+        self._failed_with = int(code)
+        if self.app_put is not None:
+            await self.app_put({"type": "websocket.disconnect", "code": int(code)})
 
     async def _handle_events(self) -> None:
         # hypercorn's own loop (0.17, 0.18), but for the two failures.
@@ -116,6 +194,15 @@ class ClosingWSStream(WSStream):
         await self._send_wsproto_event(CloseConnection(code=code, reason=reason))
         await self.send(EndData(stream_id=self.stream_id))  # HTTP/2: the stream ends too
         await self.send(StreamClosed(stream_id=self.stream_id))
+
+
+def _split_comma_header(value: bytes) -> list[str]:
+    """wsproto's ``split_comma_header``, keeping bytes beyond ASCII as Latin-1."""
+    return [piece.decode("latin-1").strip() for piece in value.split(b",")]
+
+
+# hypercorn's handshake parser looks the name up in its module at each call.
+ws_stream.split_comma_header = _split_comma_header  # type: ignore[attr-defined]  # imported there from wsproto, not exported
 
 
 def install_closing_stream(send: Send) -> bool:

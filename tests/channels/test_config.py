@@ -87,6 +87,10 @@ BAD_DOCUMENTS = [
     ("server: {bind: '224.0.0.1:8000'}", "224.0.0.1 is a multicast address"),
     ("server: {bind: '[ff02::1]:8000'}", "ff02::1 is a multicast address"),
     ("server: {bind: '255.255.255.255:8000'}", "255.255.255.255 is a broadcast address"),
+    ("server: {bind: '0xe0000001:8000'}", "0xe0000001 is a multicast address"),
+    ("server: {bind: '224.1:8000'}", "224.1 is a multicast address"),
+    ("server: {bind: '4294967295:8000'}", "4294967295 is a broadcast address"),
+    ("server: {bind: '[::ffff:224.0.0.1]:8000'}", "::ffff:224.0.0.1 is a multicast address"),
     ("server: {websocket_path: ws}", "server: websocket_path 'ws' must start with '/'"),
     ("server: {websocket_path: /health}", "is taken by the HTTP API"),
     ("server: {outbox_messages: 10, recovery_max_messages: 11}", "must not exceed outbox_messages"),
@@ -146,6 +150,15 @@ BAD_DOCUMENTS = [
         "server: {channel_name_max_length: 8}\nchannels: [{match: 'short'}, {match: 'user:abcd*'}]",
         "channels[1] is never used: it matches only names longer than "
         "server.channel_name_max_length (8)",
+    ),
+    # Redis takes times as whole milliseconds: infinity would fail every publish.
+    (
+        "server: {idempotency_window_seconds: .inf}",
+        "server.idempotency_window_seconds: Expected `float` <= 315360000.0",
+    ),
+    (
+        "channels: [{match: '*', history: {size: 1, ttl_seconds: .inf}}]",
+        "channels[0].history.ttl_seconds: Expected `float` <= 315360000.0",
     ),
     ("nonsense: 1", "Object contains unknown field `nonsense`"),
     ("[1, 2]", "Expected `object`, got `array`"),

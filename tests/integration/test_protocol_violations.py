@@ -4,13 +4,15 @@ disconnect is counted under its own reason, and the server goes on serving other
 
 from __future__ import annotations
 
+import logging
 from contextlib import suppress
 from typing import TYPE_CHECKING
 
 import anyio
 import pytest
 
-from channels.config import Config, ServerConfig
+from channels.config import AuthConfig, Config, ServerConfig
+from tests.support.auth import OPEN_API, SECRET
 from tests.support.closelog import watch_closed_connections
 from tests.support.rawframes import (
     BINARY,
@@ -128,3 +130,50 @@ async def test_a_frame_far_over_the_limit_is_closed_with_1009_while_it_is_still_
             (closed,) = await log.wait_for(1)
             assert (closed["code"], closed["reason"]) == (1009, "frame_too_large")
             assert server.app.counters.disconnects == {"frame_too_large": 1}
+
+
+UPGRADE = (
+    b"GET /ws HTTP/1.1\r\nhost: 127.0.0.1\r\nupgrade: websocket\r\nconnection: Upgrade\r\n"
+    b"sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n"
+)
+HOSTILE_HANDSHAKES = [
+    # RFC 6455 4.1: a client waits for the handshake's answer before it sends more.
+    pytest.param(UPGRADE + b"\r\nxxxxxxxxxxxxxxxx\r\n\r\n", (400,), id="bytes-before-the-answer"),
+    pytest.param(
+        UPGRADE + b"\r\nGET /health HTTP/1.1\r\nhost: x\r\n\r\n", (400,), id="pipelined-request"
+    ),
+    pytest.param(
+        UPGRADE + b"sec-websocket-protocol: bearer.bad\r\n\r\nGET /health HTTP/1.1\r\n\r\n",
+        (400, 401),  # whichever answer goes out first
+        id="refused-token-then-a-request",
+    ),
+    pytest.param(
+        UPGRADE + b"sec-websocket-protocol: clarion, bearer.\xff\r\n\r\n",
+        (401,),
+        id="protocol-header-beyond-ascii",
+    ),
+    pytest.param(UPGRADE + b"sec-websocket-extensions: x\xff\r\n\r\n", (101,), id="extensions"),
+]
+
+
+@pytest.mark.parametrize(("request_bytes", "statuses"), HOSTILE_HANDSHAKES)
+async def test_a_hostile_handshake_is_answered_and_the_server_serves_on(
+    anyio_backend: Backend,
+    free_tcp_port: int,
+    caplog: pytest.LogCaptureFixture,
+    request_bytes: bytes,
+    statuses: tuple[int, ...],
+) -> None:
+    # Each once ended a trio server through a hypercorn error (one packet, no account).
+    config = Config(auth=AuthConfig(secret=SECRET), server=OPEN_API)
+    with anyio.fail_after(20), caplog.at_level(logging.INFO):
+        async with running_server(config, anyio_backend, free_tcp_port) as server:
+            for _ in range(5):
+                async with await anyio.connect_tcp("127.0.0.1", free_tcp_port) as stream:
+                    await stream.send(request_bytes)
+                    answer = await stream.receive()
+                    assert int(answer.split(b" ", 2)[1]) in statuses, answer[:200]
+            async with connect(server.ws_url) as client:
+                assert await client.request({"type": "ping", "id": 1}) == {"type": "reply", "id": 1}
+    assert not [record for record in caplog.records if record.exc_info]
+    assert "error in hypercorn" not in caplog.text
