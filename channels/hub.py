@@ -193,25 +193,19 @@ class Hub:
         self.closing = False
         self._no_connections: anyio.Event | None = None
 
-    @property
-    def broker(self) -> Broker:
-        """The broker that carries this hub's channels (see `open_hub`).
+    def run_on(self, broker: Broker) -> None:
+        """Carry this hub's channels on *broker* (`open_hub` does it).
 
-        Raises:
-            RuntimeError: before one is set.
+        The broker is not readable from outside: every read of a channel goes through
+        the hub's access decision.
         """
-        if self._broker is None:
-            raise RuntimeError("the hub has no broker: open one with open_hub")
-        return self._broker
-
-    @broker.setter
-    def broker(self, broker: Broker) -> None:
         self._broker = broker
 
     @property
-    def encoding(self) -> Encoding:
-        """How this hub's messages are encoded for its connections."""
-        return self._encoding
+    def _carrier(self) -> Broker:
+        if self._broker is None:
+            raise RuntimeError("the hub has no broker: open one with open_hub")
+        return self._broker
 
     @property
     def connection_count(self) -> int:
@@ -222,7 +216,7 @@ class Hub:
         """Why the node should get no new clients now (None when it is ready)."""
         if self.closing:
             return "draining"
-        if not self.broker.ready:
+        if not self._carrier.ready:
             return "broker unavailable"
         return None
 
@@ -362,15 +356,15 @@ class Hub:
         channels.add(channel)
         joining = state.joining[outbox] = _Joining()
         try:
-            await self.broker.subscribe(channel)
+            await self._carrier.subscribe(channel)
             if since is None:
-                page = await self.broker.read(channel, after=None, epoch=None, limit=0)
+                page = await self._carrier.read(channel, after=None, epoch=None, limit=0)
             else:
-                page = await self.broker.read(
+                page = await self._carrier.read(
                     channel, after=since.offset, epoch=since.epoch, limit=self._recovery_max
                 )
             if state.presence:
-                await self.broker.add_presence(channel, self._clients[outbox])
+                await self._carrier.add_presence(channel, self._clients[outbox])
             if self._rules is not rules:  # a reload came meanwhile: its rules decide
                 self._resolve(channel, "subscribe", outbox, private_ok=private_ok)
         except BaseException:
@@ -396,7 +390,7 @@ class Hub:
             if delivery.offset > start:
                 outbox.offer(delivery)
         if state.join_leave:
-            self.broker.announce(channel, "join", self._clients[outbox])
+            self._carrier.announce(channel, "join", self._clients[outbox])
 
     def reconfigure(self, config: Config) -> int:
         """Apply *config*'s channel rules and hub limits from now on; return how many
@@ -497,7 +491,7 @@ class Hub:
         if len(data) > rule.max_message_bytes:
             raise MessageTooLarge(channel, len(data), rule.max_message_bytes)
         self._rules.check_data(rule, channel, data)
-        published = await self.broker.publish(
+        published = await self._carrier.publish(
             channel,
             data,
             rule.history,
@@ -527,9 +521,9 @@ class Hub:
             PresenceDisabled: if the channel's rule keeps no presence.
         """
         self._presence_rule(channel, by, trusted=trusted, private_ok=private_ok)
-        clients = await self.broker.presence(channel)
-        # A reload (or a refreshed token) may have changed the answer while the broker
-        # read: the rules in force now decide, as for a subscription.
+        clients = await self._carrier.presence(channel)
+        # A reload may have changed the answer while the broker read: the rules in
+        # force now decide, as for a subscription.
         self._presence_rule(channel, by, trusted=trusted, private_ok=private_ok)
         return clients
 
@@ -585,7 +579,7 @@ class Hub:
         rule = self._resolve(channel, "subscribe", by, trusted=trusted, private_ok=private_ok)
         # No page holds more than the channel keeps (a Redis stream trims approximately).
         size = rule.history.size
-        page = await self.broker.read(
+        page = await self._carrier.read(
             channel, after=after, epoch=None, limit=size if limit is None else min(limit, size)
         )
         # As for presence: the rules in force when the page is read decide.
@@ -659,11 +653,11 @@ class Hub:
             dropped=self._dropped_by_gone + sum(outbox.dropped for outbox in self._subscriptions),
             slow_consumers=self._slow_consumers_gone
             + sum(outbox.failed for outbox in self._subscriptions),
-            broker_ready=self.broker.ready,
-            broker_round_trip_seconds=self.broker.round_trip_seconds,
+            broker_ready=self._carrier.ready,
+            broker_round_trip_seconds=self._carrier.round_trip_seconds,
         )
 
-    def channel_statistics(self, limit: int, *, trusted: bool = True) -> list[ChannelStatistics]:
+    def channel_statistics(self, limit: int, *, trusted: bool = False) -> list[ChannelStatistics]:
         """Return the *limit* channels with the most local subscribers, most first.
 
         Untrusted (an HTTP API caller without a key), only the channels an anonymous
@@ -729,12 +723,12 @@ class Hub:
         state.skip_until.pop(outbox, None)
         client = self._clients[outbox]
         if state.presence:
-            self.broker.remove_presence(channel, client)
+            self._carrier.remove_presence(channel, client)
         if live and state.join_leave:
-            self.broker.announce(channel, "leave", client)
+            self._carrier.announce(channel, "leave", client)
         if not state.subscribers and not state.joining:
             del self._channels[channel]
-            self.broker.unsubscribe(channel)
+            self._carrier.unsubscribe(channel)
 
 
 def _was_private(rules: RuleBook, channel: str) -> bool:
@@ -758,7 +752,7 @@ async def open_hub(config: Config, encoding: Encoding) -> AsyncIterator[Hub]:
     # The hub first: it is what the broker reports to.
     hub = Hub(config, encoding)
     async with open_broker(config.broker, hub) as broker, anyio.create_task_group() as tg:
-        hub.broker = broker
+        hub.run_on(broker)
         await tg.start(hub.flusher.run)
         try:
             yield hub

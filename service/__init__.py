@@ -30,6 +30,10 @@ __all__ = (
 )
 
 
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
 def __getattr__(name: str) -> object:
     """Import the app on first use (PEP 562)."""
     if name in {"Clarion", "create_app"}:

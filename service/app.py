@@ -280,8 +280,8 @@ class Clarion:
                 error = exc
             else:
                 return
-        self.counters.refused[_code(error)] += 1
-        extra = fields(client=peer(ws.client), code=_code(error), reason=str(error))
+        self.counters.refused[error.code] += 1
+        extra = fields(client=peer(ws.client), code=error.code, reason=str(error))
         logger.info("handshake refused", extra=extra)
         body = _error_body(error)
         await ws.send_denial_response(Response(error.http_status or 400, body, JSON_HEADERS))
@@ -357,12 +357,8 @@ def _authenticator(config: Config) -> Authenticator | None:
     return Authenticator(auth) if auth is not None and auth.enabled else None
 
 
-def _code(exc: Exception) -> int:
-    return exc.code if isinstance(exc, ProtocolError | ChannelsError) else 500
-
-
-def _error_body(exc: Exception) -> bytes:
-    return encode_error(_code(exc), str(exc))
+def _error_body(exc: ProtocolError | ChannelsError) -> bytes:
+    return encode_error(exc.code, str(exc))
 
 
 def create_app(config: Config | None = None) -> Clarion:

@@ -149,6 +149,7 @@ class _ContainedTCPServer(hypercorn.trio.tcp_server.TCPServer):
             await super().run()  # which closes the connection in any case
         except Exception as exc:
             logger.warning("closed a connection after an error in hypercorn: %r", exc)
+            logger.debug("the error in hypercorn", exc_info=exc)
 
 
 async def _answer_or_drop(app: Clarion, scope: Scope, receive: Receive, send: Send) -> None:

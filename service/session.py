@@ -330,6 +330,9 @@ async def run_session(
             )
             with stop:
                 failed, close = await _read(ws, session, server)
+        # The connection has left the hub: a drain no longer waits for it.
+        if writers is not None and frames is not None:
+            writers.discard(frames)
         if close is None and connection.failed:
             close = (CloseCode.SLOW_CONSUMER, "slow consumer")
         elif close is None and stop.cancelled_caught and anyio.current_time() >= stop.deadline:

@@ -63,7 +63,7 @@ def parse_message(message: bytes) -> tuple[bytes, int, bytes]:
 class ChannelOrder:
     """The order of one channel's messages on this node."""
 
-    __slots__ = ("checked_top", "epoch", "held", "last", "repair_to", "wanted")
+    __slots__ = ("_repair_until", "checked_top", "epoch", "held", "last", "repair_to", "wanted")
 
     def __init__(self) -> None:
         self.epoch = b""
@@ -77,6 +77,8 @@ class ChannelOrder:
         """With nothing held, the offset a repair reads up to (the stream's top)."""
         self.checked_top = 0
         """The stream's top at the previous check."""
+        self._repair_until = 0
+        """The offset a repair under way reads up to, as `repair_range` gave it."""
 
     def start(self, epoch: bytes, last: int) -> list[bytes]:
         """Begin at offset *last* of stream *epoch*; return the messages held until now,
@@ -117,7 +119,7 @@ class ChannelOrder:
         (as ``after`` and ``limit``); None when no repair is due."""
         if self.held is None:
             return None
-        first_held = self.first_held()
+        first_held = self._repair_until = self.first_held()
         return self.last, first_held - (self.last + 1)
 
     def first_held(self) -> int:
@@ -129,12 +131,13 @@ class ChannelOrder:
     def repaired(
         self, epoch: bytes, publications: list[Publication]
     ) -> tuple[list[Publication | Lost], list[bytes]]:
-        """Close the gap with what the stream of *epoch* still keeps.
+        """Close the gap `repair_range` gave with what the stream of *epoch* still keeps.
 
         Returns what to hand the hub, in order (publications, and the offsets lost), and
-        the held messages, to be received again.
+        the held messages, to be received again. Only the range `repair_range` gave is
+        decided: a message held since (a later gap) is received again and shows its own.
         """
-        first_held = self.first_held()
+        first_held = self._repair_until
         expected = self.last + 1
         if epoch != self.epoch:
             publications = []  # the stream restarted: what was missed is gone

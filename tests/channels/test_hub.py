@@ -236,7 +236,8 @@ class GatedBroker(MemoryBroker):
 @asynccontextmanager
 async def gated_hub(config: Config) -> AsyncIterator[tuple[Hub, GatedBroker]]:
     hub = Hub(config, TextEncoding())
-    broker = hub.broker = GatedBroker(hub.deliver)
+    broker = GatedBroker(hub.deliver)
+    hub.run_on(broker)
     yield hub, broker
 
 
@@ -461,7 +462,8 @@ class RemoteBroker(MemoryBroker):
 
 async def test_live_copies_of_replayed_messages_are_not_delivered_again() -> None:
     hub = Hub(CONFIG, TextEncoding())
-    broker = hub.broker = RemoteBroker()
+    broker = RemoteBroker()
+    hub.run_on(broker)
     recovering, fresh = outbox(), outbox()
     for box in (recovering, fresh):
         hub.attach(box)
@@ -475,7 +477,7 @@ async def test_live_copies_of_replayed_messages_are_not_delivered_again() -> Non
 
 async def test_messages_the_broker_lost_reach_subscribers_as_a_gap() -> None:
     hub = Hub(CONFIG, TextEncoding())
-    hub.broker = RemoteBroker()
+    hub.run_on(RemoteBroker())
     box = outbox()
     hub.attach(box)
     await subscribe(hub, box, "open")
@@ -486,7 +488,7 @@ async def test_messages_the_broker_lost_reach_subscribers_as_a_gap() -> None:
 
 async def test_a_restarted_stream_is_announced_before_its_messages() -> None:
     hub = Hub(CONFIG, TextEncoding())
-    hub.broker = RemoteBroker()
+    hub.run_on(RemoteBroker())
     box = outbox()
     hub.attach(box)
     await subscribe(hub, box, "open", since=Position(0, "e"))
@@ -525,7 +527,7 @@ async def test_presence_and_join_leave_events() -> None:
 
 async def test_a_loss_before_a_subscriber_started_is_not_reported_to_it() -> None:
     hub = Hub(CONFIG, TextEncoding())
-    hub.broker = RemoteBroker()
+    hub.run_on(RemoteBroker())
     box = outbox()
     hub.attach(box)
     await subscribe(hub, box, "open")  # starts at offset 2, not yet delivered here
@@ -659,3 +661,41 @@ async def test_a_reload_during_a_read_decides_its_answer(read: str) -> None:
                 hub.reconfigure(after)
                 gate.opened.set()
         assert [type(exc) for exc in refused] == [PermissionDenied]
+
+
+class StuckTransport:
+    """A connection's transport whose client never reads: every send waits forever."""
+
+    async def send_text(self, data: str) -> None:
+        await anyio.sleep_forever()
+
+
+async def test_a_connection_is_attached_for_its_block_and_leaves_every_channel_after() -> None:
+    async with open_hub(CONFIG, TextEncoding()) as hub:
+        ended = anyio.Event()
+        with hub.connect(StuckTransport(), on_end=ended.set) as connection:
+            assert hub.connection_count == 1
+            await connection.subscribe("open", on_subscribed=lambda subscribed: None)
+            assert hub.statistics().subscriptions == 1
+        assert (hub.connection_count, hub.statistics().channels) == (0, 0)
+        assert not ended.is_set()
+
+
+async def test_a_connection_ends_as_a_slow_consumer_and_as_the_hub_closes() -> None:
+    config = Config(channels=[ChannelRule(match="*")], server=ServerConfig(outbox_messages=2))
+    async with open_hub(config, TextEncoding()) as hub:
+        slow = anyio.Event()
+        with hub.connect(StuckTransport(), on_end=slow.set) as connection:
+            await connection.subscribe("open", on_subscribed=lambda subscribed: None)
+            with anyio.fail_after(5):
+                while not slow.is_set():
+                    await hub.publish("open", raw(1), trusted=True)
+            assert connection.failed
+        closing = anyio.Event()
+        with hub.connect(StuckTransport(), on_end=closing.set) as connection:
+            hub.close()
+            with anyio.fail_after(5):
+                await closing.wait()  # it held nothing: it ends at once
+            assert connection.closed
+        with pytest.raises(ServerClosing), hub.connect(StuckTransport(), on_end=slow.set):
+            pass

@@ -68,6 +68,7 @@ def test_a_gap_holds_what_follows_until_the_stream_fills_it() -> None:
 def test_a_repair_reports_lost_what_the_stream_no_longer_keeps() -> None:
     order = started(last=1)
     order.receive(message(5))
+    assert order.repair_range() == (1, 3)
     found, _ = order.repaired(b"e1", [])
     assert found == [Lost(2, 4)]
     assert order.last == 4
@@ -76,6 +77,7 @@ def test_a_repair_reports_lost_what_the_stream_no_longer_keeps() -> None:
 def test_a_repair_of_a_stream_that_restarted_meanwhile_reports_everything_lost() -> None:
     order = started(last=1)
     order.receive(message(4))
+    assert order.repair_range() == (1, 2)
     found, held = order.repaired(b"e2", kept(2, 3))
     assert found == [Lost(2, 3)]
     assert held == [message(4)]
@@ -120,3 +122,17 @@ def test_a_malformed_message_is_refused_even_while_messages_are_held() -> None:
     with pytest.raises(ValueError, match="invalid literal"):
         order.receive(b"e1:x:data")
     assert order.start(b"e1", 0) == []
+
+
+def test_a_message_held_during_a_repair_does_not_widen_what_it_reports_lost() -> None:
+    # A check's repair reads 8-10; 14 arrives meanwhile. 11-13 were not read: they are
+    # the next repair's to find, not lost.
+    order = started(last=7)
+    order.check(b"e1", 10)
+    assert order.check(b"e1", 10) == Check.REPAIR
+    assert order.repair_range() == (7, 3)
+    assert order.receive(message(14)) == Step()  # held behind the repair
+    found, held = order.repaired(b"e1", kept(8, 9, 10))
+    assert (found, held) == (kept(8, 9, 10), [message(14)])
+    assert order.receive(held[0]) == Step(repair=True)
+    assert order.repair_range() == (10, 3)
