@@ -120,9 +120,9 @@ class Clarion:
             await self._lifespan(receive, send)
 
     def url_path_for(self, name: str, /, **path_params: Any) -> URLPath:
-        """Return the path of the route called ``websocket``, ``publish``, ``presence``,
-        ``reload``, ``stats``, ``health``, ``ready``, ``metrics``, ``dashboard`` or
-        ``client``.
+        """Return the path of the route called *name*: ``websocket``, or a route of
+        `service.httpapi.routes` (``publish``, ``presence``, ``reload``, ``stats``,
+        ``health``, ``ready``, ``metrics``, ``dashboard``, ``client``...).
 
         Raises:
             NoMatchFound: for any other name, or with path parameters (no route has any).

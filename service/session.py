@@ -97,10 +97,8 @@ class Session:
         "_rate",
         "_refilled",
         "_tokens",
-        "conn",
         "connection",
         "stop",
-        "user",
     )
 
     def __init__(
@@ -108,19 +106,15 @@ class Session:
         connection: Connection,
         *,
         auth: Callable[[], Authenticator | None] = lambda: None,
-        user: str | None = None,
         stop: anyio.CancelScope | None = None,
         publish_rate: float = math.inf,
         publish_burst: int = 1,
         errors: Counter[int] | None = None,
-        conn: str | None = None,
     ) -> None:
         self.connection = connection
-        self.conn = conn
-        """The connection's id, in log lines (its ``client`` in presence)."""
+        """Who it is (``connection.client``: its id in logs and presence, its user)."""
         self._auth = auth
         """The node's token checker now (a reload may replace it), None without auth."""
-        self.user = user
         self.stop = stop
         # A token bucket: *publish_burst* publishes at once, then *publish_rate* a second.
         self._rate = publish_rate
@@ -219,7 +213,9 @@ class Session:
     ) -> None:
         self._errors[exc.code] += 1
         if logger.isEnabledFor(logging.DEBUG):
-            extra = fields(conn=self.conn, channel=channel, code=exc.code, reason=str(exc))
+            extra = fields(
+                conn=self.connection.client.client, channel=channel, code=exc.code, reason=str(exc)
+            )
             logger.debug("request refused", extra=extra)
         await self.connection.send(encode_error(exc.code, str(exc), request_id))
 
@@ -235,7 +231,7 @@ class Session:
         auth = self._auth()
         if auth is None:
             raise InvalidToken("this server does not use tokens")
-        auth.verify_subscription(token, channel, self.user)
+        auth.verify_subscription(token, channel, self.connection.client.user)
         return True
 
     def _take_publish_token(self) -> None:
@@ -254,7 +250,7 @@ class Session:
         if auth is None or self.stop is None:
             raise InvalidToken("this server does not use tokens")
         identity = auth.verify(token)
-        if identity.user != self.user:
+        if identity.user != self.connection.client.user:
             raise InvalidToken("the new token is for another user")
         self.stop.deadline = _deadline(identity)
 
@@ -321,12 +317,10 @@ async def run_session(
             session = Session(
                 connection,
                 auth=auth,
-                user=user,
                 stop=stop,
                 publish_rate=server.publish_rate_per_second or math.inf,
                 publish_burst=server.publish_burst,
                 errors=None if counters is None else counters.errors,
-                conn=conn,
             )
             with stop:
                 failed, close = await _read(ws, session, server)
