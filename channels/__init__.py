@@ -14,9 +14,6 @@ from channels.config import (
     Config as Config,
     History as History,
     ServerConfig as ServerConfig,
-    dump_config as dump_config,
-    load_config as load_config,
-    parse_config as parse_config,
 )
 from channels.connection import Connection as Connection
 from channels.encoding import Encoding as Encoding
@@ -35,12 +32,7 @@ from channels.errors import (
     ServerClosing as ServerClosing,
     TooManySubscriptions as TooManySubscriptions,
 )
-from channels.hub import (
-    Hub as Hub,
-    HubStatistics as HubStatistics,
-    Subscribed as Subscribed,
-    open_hub as open_hub,
-)
+from channels.hub import Hub as Hub, Subscribed as Subscribed, open_hub as open_hub
 from channels.outbox import Delivery as Delivery, Outbox as Outbox
 from channels.publication import (
     ClientInfo as ClientInfo,
@@ -50,6 +42,10 @@ from channels.publication import (
     Published as Published,
 )
 from channels.rules import RuleBook as RuleBook
+from channels.statistics import (
+    ChannelStatistics as ChannelStatistics,
+    HubStatistics as HubStatistics,
+)
 
 __all__ = (
     "AlreadySubscribed",
@@ -58,6 +54,7 @@ __all__ = (
     "BrokerUnavailable",
     "ChannelNotFound",
     "ChannelRule",
+    "ChannelStatistics",
     "ChannelsError",
     "ClientInfo",
     "Config",
@@ -84,9 +81,6 @@ __all__ = (
     "ServerConfig",
     "Subscribed",
     "TooManySubscriptions",
-    "dump_config",
-    "load_config",
     "open_broker",
     "open_hub",
-    "parse_config",
 )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import heapq
 import secrets
 import time
-from collections import deque
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
@@ -23,10 +22,12 @@ from channels.errors import (
     ServerClosing,
     TooManySubscriptions,
 )
+from channels.local import Joining, LocalChannel
 from channels.outbox import Delivery, Outbox
 from channels.publication import ClientInfo
 from channels.rules import Grant, RuleBook
 from channels.sender import Flusher, Sender
+from channels.statistics import ChannelStatistics, HubStatistics
 from channels.traffic import Traffic
 
 if TYPE_CHECKING:
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
     from channels.rules import Action
     from channels.sender import FrameWriter, Transport
 
-__all__ = ("ChannelStatistics", "Hub", "HubStatistics", "Subscribed", "open_hub")
+__all__ = ("Hub", "Subscribed", "open_hub")
 
 
 _ANONYMOUS = Grant()
@@ -55,105 +56,6 @@ class Subscribed(msgspec.Struct, frozen=True):
     channel: str
     position: Position
     recovered: bool | None
-
-
-class HubStatistics(msgspec.Struct, frozen=True):
-    """Counters of one hub, as returned by `Hub.statistics`."""
-
-    connections: int
-    channels: int
-    subscriptions: int
-    published: int
-    """Publications the broker handed to this hub, from any node: with the memory broker
-    every one; with Redis, those of channels with a subscriber on this node."""
-    accepted: int
-    """Publications this node accepted from its clients and its HTTP API."""
-    dropped: int
-    """Messages the ``drop_oldest`` and ``latest`` policies discarded."""
-    slow_consumers: int
-    """Connections given up on under the ``disconnect`` policy."""
-    broker_ready: bool
-    """Whether the broker can take publications now."""
-    broker_round_trip_seconds: float | None
-    """How long the broker's last check took there and back (None for the memory broker)."""
-
-
-class ChannelStatistics(msgspec.Struct, frozen=True):
-    """One channel of this node, as returned by `Hub.channel_statistics`."""
-
-    channel: str
-    subscribers: int
-    """Local subscribers (and subscribers still joining)."""
-    messages: int
-    """Publications delivered here since the channel started on this node."""
-
-
-class _Joining:
-    """Live deliveries held for a subscriber that is still reading where it starts.
-
-    Bounded by the outbox's capacity, with the channel's policy applied on overflow;
-    the offsets it had to drop are reported once the subscriber is live.
-    """
-
-    __slots__ = ("deliveries", "dropped")
-
-    def __init__(self) -> None:
-        self.deliveries: deque[Delivery] = deque()
-        self.dropped: tuple[int, int] | None = None
-
-    def hold(self, delivery: Delivery, outbox: Outbox) -> None:
-        held = self.deliveries
-        if len(held) >= outbox.capacity:
-            if delivery.policy == "disconnect":
-                outbox.fail()
-                return
-            # Everything held is of this one channel: drop its oldest, or all for latest.
-            first = held[0].offset
-            last = held.popleft().offset if delivery.policy == "drop_oldest" else held[-1].offset
-            if delivery.policy == "latest":
-                held.clear()
-            if self.dropped is not None:
-                first = self.dropped[0]
-            self.dropped = (first, last)
-        held.append(delivery)
-
-    def lose(self, first: int, last: int) -> None:
-        """Record that offsets *first* to *last* will never be delivered."""
-        if self.dropped is not None:
-            first, last = min(first, self.dropped[0]), max(last, self.dropped[1])
-        self.dropped = (first, last)
-
-
-class _Channel:
-    """The local state of one channel that has subscribers, or is about to."""
-
-    __slots__ = (
-        "join_leave",
-        "joining",
-        "last_offset",
-        "messages",
-        "policy",
-        "presence",
-        "skip_until",
-        "subscribers",
-    )
-
-    def __init__(self, policy: SlowConsumerPolicy, *, presence: bool, join_leave: bool) -> None:
-        self.policy: SlowConsumerPolicy = policy
-        self.presence = presence
-        self.join_leave = join_leave
-        self.subscribers: dict[Outbox, None] = {}
-        self.last_offset = 0
-        """The offset of the last publication delivered here."""
-        self.messages = 0
-        """Publications delivered here since the channel started on this node."""
-        # Subscribers that started at a position the broker has not delivered here yet
-        # (a message still on its way from Redis): publications up to their start
-        # were replayed to them, or came before it, and must not reach them again.
-        self.skip_until: dict[Outbox, int] = {}
-        # Subscribers still reading their starting position or missed messages: live
-        # publications wait here so that none is lost or sent twice.
-        self.joining: dict[Outbox, _Joining] = {}
 
 
 class Hub:
@@ -182,7 +84,7 @@ class Hub:
         self._clients: dict[Outbox, ClientInfo] = {}
         self._grants: dict[Outbox, Grant] = {}
         """Only for connections with a user: anonymous ones hold no entry."""
-        self._channels: dict[str, _Channel] = {}
+        self._channels: dict[str, LocalChannel] = {}
         self._subscriptions: dict[Outbox, set[str]] = {}
         self._published = 0
         self._accepted = 0
@@ -350,11 +252,11 @@ class Hub:
             raise TooManySubscriptions(self._max_subscriptions)
         state = self._channels.get(channel)
         if state is None:
-            state = self._channels[channel] = _Channel(
+            state = self._channels[channel] = LocalChannel(
                 self._rules.policy(rule), presence=rule.presence, join_leave=rule.join_leave
             )
         channels.add(channel)
-        joining = state.joining[outbox] = _Joining()
+        joining = state.joining[outbox] = Joining()
         try:
             await self._carrier.subscribe(channel)
             if since is None:

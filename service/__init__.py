@@ -1,8 +1,8 @@
 """Clarion's ASGI side: the WebSocket API, the wire protocol, sessions and the app.
 
-The app is imported when first asked for (``from service import create_app``), so that
-``import service.client`` loads the client and the wire definitions only, not the
-server (hypercorn, prometheus-client, PyJWT).
+The app and its settings are imported when first asked for (``from service import
+create_app, Settings``), so that ``import service.client`` loads the client and the wire
+definitions only, not the server (hypercorn, prometheus-client, PyJWT).
 """
 
 from __future__ import annotations
@@ -19,10 +19,12 @@ from service.websocket import (
 
 if TYPE_CHECKING:
     from service.app import Clarion as Clarion, create_app as create_app
+    from service.settings import Settings as Settings
 
 __all__ = (
     "Clarion",
     "HTTPConnection",
+    "Settings",
     "WebSocket",
     "WebSocketDisconnect",
     "WebSocketState",
@@ -34,10 +36,13 @@ def __dir__() -> list[str]:
     return sorted({*globals(), *__all__})
 
 
+_LAZY = {"Clarion": "service.app", "create_app": "service.app", "Settings": "service.settings"}
+
+
 def __getattr__(name: str) -> object:
-    """Import the app on first use (PEP 562)."""
-    if name in {"Clarion", "create_app"}:
-        value = getattr(importlib.import_module("service.app"), name)
+    """Import the app and its settings on first use (PEP 562)."""
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'service' has no attribute {name!r}")

@@ -16,9 +16,9 @@ from service.auth import check_origin
 from service.errors import RequestTimeout, RequestTooLarge, Unauthorized
 
 if TYPE_CHECKING:
-    from channels.config import ServerConfig
     from service.auth import Authenticator, Identity
     from service.datastructures import Headers
+    from service.settings import ServerSettings
     from service.types import Receive, Scope
 
 __all__ = (
@@ -36,7 +36,7 @@ __all__ = (
 PROBES: Final = frozenset(("/health", "/ready", "/metrics"))
 
 
-def identify(scope: Scope, auth: Authenticator | None, server: ServerConfig) -> Identity | None:
+def identify(scope: Scope, auth: Authenticator | None, server: ServerSettings) -> Identity | None:
     """Check a WebSocket handshake's origin and token; None for an anonymous connection.
 
     Raises:
@@ -98,7 +98,7 @@ def address(scope: Scope) -> str:
 
 
 async def read_body(
-    scope: Scope, headers: Headers, receive: Receive, server: ServerConfig
+    scope: Scope, headers: Headers, receive: Receive, server: ServerSettings
 ) -> bytes:
     """Read the request's body to its end, within ``server.handshake_timeout_seconds``.
 

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 import msgspec
 
-from channels.config import ConfigSource
 from channels.errors import ChannelsError, ConfigError, ServerClosing
 from channels.hub import open_hub
 from service.admission import address, identify, read_body, served_when_full
@@ -42,13 +41,13 @@ from service.metrics import NodeCollector, NodeCounters, node_registry
 from service.protocol import ReloadReply, WireEncoding, encode_error
 from service.responses import Response
 from service.session import run_session
+from service.settings import ConfigSource, Settings
 from service.slots import Slots
 from service.websocket import WebSocket
 from service.workers import claim_only_worker
 from service.wsstream import install_closing_stream
 
 if TYPE_CHECKING:
-    from channels.config import Config
     from channels.hub import Hub
     from service.types import Receive, Scope, Send
 
@@ -86,7 +85,7 @@ class Clarion:
     else is a JSON 404. The hub lives in the lifespan.
     """
 
-    def __init__(self, config: Config, source: ConfigSource | None = None) -> None:
+    def __init__(self, config: Settings, source: ConfigSource | None = None) -> None:
         """Build the app for the node configured by *config*, read from *source* (which
         `reload` reads again; without one, the app cannot reload)."""
         self.config = config
@@ -335,7 +334,7 @@ class Clarion:
         return exc.http_status or 400, _error_body(exc), headers
 
 
-def _log_open_api(config: Config) -> None:
+def _log_open_api(config: Settings) -> None:
     """Say so when the HTTP API is open: anyone who reaches it is an anonymous client."""
     if config.server.api_keys:
         return
@@ -347,7 +346,7 @@ def _log_open_api(config: Config) -> None:
     )
 
 
-def _authenticator(config: Config) -> Authenticator | None:
+def _authenticator(config: Settings) -> Authenticator | None:
     """The token checker *config* asks for, if any.
 
     Raises:
@@ -361,7 +360,7 @@ def _error_body(exc: ProtocolError | ChannelsError) -> bytes:
     return encode_error(exc.code, str(exc))
 
 
-def create_app(config: Config | None = None) -> Clarion:
+def create_app(config: Settings | None = None) -> Clarion:
     """Build the app; without *config*, read the file named by ``CLARION_CONFIG``, if any.
 
     This is the entry point for running under the hypercorn command (the app tells

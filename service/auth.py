@@ -21,7 +21,7 @@ from service.datastructures import Headers, QueryParams
 from service.errors import InvalidToken, OriginNotAllowed, TokenExpired, Unauthenticated
 
 if TYPE_CHECKING:
-    from channels.config import AuthConfig
+    from service.settings import AuthSettings
     from service.types import Scope
 
 __all__ = (
@@ -61,7 +61,7 @@ class Authenticator:
         ConfigError: if the key file cannot be read, or the JWKS file holds no usable key.
     """
 
-    def __init__(self, config: AuthConfig) -> None:
+    def __init__(self, config: AuthSettings) -> None:
         self.config = config
         self.required = config.required
         self._key: Any = config.secret or ""

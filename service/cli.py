@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from channels.config import Config, ConfigSource, dump_config, load_config, parse_bind
 from channels.errors import ConfigError
+from service.settings import ConfigSource, Settings, parse_bind
 
 if TYPE_CHECKING:
     from service.bench.scenarios import Options
@@ -160,7 +160,7 @@ def _source(args: argparse.Namespace) -> ConfigSource:
     return ConfigSource(path=args.config, bind=args.bind, log_level=args.log_level)
 
 
-def _serve_config(args: argparse.Namespace) -> Config:
+def _serve_config(args: argparse.Namespace) -> Settings:
     config = _source(args).load()
     if args.workers < 1:
         raise ConfigError("--workers must be at least 1")
@@ -292,7 +292,7 @@ def _client_command(args: argparse.Namespace) -> int:
     return run_subscribe(args.url, args.token, args.channels, since, args.count)
 
 
-def _read_key_files(config: Config) -> Config:
+def _read_key_files(config: Settings) -> Settings:
     """Read the key files *config* names, so that a bad one is reported before serving.
 
     Raises:
@@ -319,8 +319,8 @@ def main(argv: list[str] | None = None) -> int:
         return _client_command(args)
     try:
         if args.command == "check":
-            config = _read_key_files(load_config(args.file))
-            print(dump_config(config), end="")
+            config = _read_key_files(Settings.load(args.file))
+            print(config.dump(), end="")
             print(f"{args.file}: OK", file=sys.stderr)
             return 0
         config = _read_key_files(_serve_config(args))

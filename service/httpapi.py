@@ -43,6 +43,7 @@ __all__ = (
     "Route",
     "STATIC_TYPES",
     "STATS_CHANNELS",
+    "api_paths",
     "routes",
 )
 
@@ -97,6 +98,12 @@ def routes() -> dict[str, Route]:
         name = {"/": "dashboard", "/client.js": "client"}.get(path, path.lstrip("/"))
         table.append(Route(name, path, _READ, _static))
     return {route.path: route for route in table}
+
+
+def api_paths() -> frozenset[str]:
+    """The paths of the HTTP API and the probes, which the WebSocket endpoint may not take
+    (it may share a static file's: a browser asks for those over plain HTTP)."""
+    return frozenset(route.path for route in routes().values() if route.handler is not _static)
 
 
 async def _health(app: Clarion, request: Request) -> Answer:

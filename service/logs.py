@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 if TYPE_CHECKING:
-    from channels.config import LogLevel
+    from service.settings import LogLevel
 
 __all__ = (
     "HumanFormatter",

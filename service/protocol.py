@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 
 import msgspec
 
-from channels.hub import ChannelStatistics  # noqa: TC001 - msgspec reads Struct annotations at runtime
 from channels.publication import ClientInfo  # noqa: TC001 - msgspec reads Struct annotations at runtime
+from channels.statistics import ChannelStatistics  # noqa: TC001 - msgspec reads Struct annotations at runtime
 from service.errors import BadJSON, BadMessage, RequestId, UnknownOp
 
 if TYPE_CHECKING:

@@ -30,8 +30,8 @@ if TYPE_CHECKING:
 
     from hypercorn.config import Sockets
 
-    from channels.config import Config, ConfigSource
     from service.app import Clarion
+    from service.settings import ConfigSource, Settings
     from service.types import Message, Receive, Scope, Send
 
 __all__ = (
@@ -73,7 +73,7 @@ class HypercornConfig(hypercorn.config.Config):
         return sockets
 
 
-def hypercorn_config(config: Config) -> HypercornConfig:
+def hypercorn_config(config: Settings) -> HypercornConfig:
     """Translate Clarion's server options into a hypercorn configuration."""
     result = HypercornConfig()
     result.write_timeout_seconds = config.server.write_timeout_seconds
@@ -241,7 +241,7 @@ def run(app: Clarion, backend: Backend, sockets: Sockets | None = None) -> None:
     )
 
 
-def _worker(config: Config, source: ConfigSource, backend: Backend, sockets: Sockets) -> None:
+def _worker(config: Settings, source: ConfigSource, backend: Backend, sockets: Sockets) -> None:
     from service.app import Clarion
 
     configure_logging(config.server.log_level, config.server.log_format)
@@ -249,7 +249,7 @@ def _worker(config: Config, source: ConfigSource, backend: Backend, sockets: Soc
 
 
 def run_workers(
-    config: Config, source: ConfigSource, backend: Backend, workers: int, sockets: Sockets
+    config: Settings, source: ConfigSource, backend: Backend, workers: int, sockets: Sockets
 ) -> int:
     """Serve *config* (read from *source*) with *workers* processes sharing the listening
     *sockets* (`service.sockets.bind_sockets`), which are theirs from then on.

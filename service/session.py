@@ -52,13 +52,13 @@ from service.websocket import WebSocketDisconnect, WebSocketState
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from channels.config import ServerConfig
     from channels.connection import Connection
     from channels.hub import Hub, Subscribed
     from service.auth import Authenticator
     from service.framewriter import SocketFrameWriter, TransportFrameWriter
     from service.metrics import NodeCounters
     from service.protocol import ClientMessage
+    from service.settings import ServerSettings
     from service.websocket import WebSocket
 
 __all__ = (
@@ -263,7 +263,7 @@ def _deadline(identity: Identity | None) -> float:
 async def run_session(
     ws: WebSocket,
     hub: Hub,
-    server: ServerConfig,
+    server: ServerSettings,
     *,
     identity: Identity | None = None,
     auth: Callable[[], Authenticator | None] = lambda: None,
@@ -371,7 +371,7 @@ async def run_session(
 
 
 async def _read(
-    ws: WebSocket, session: Session, server: ServerConfig
+    ws: WebSocket, session: Session, server: ServerSettings
 ) -> tuple[CloseCode | None, tuple[CloseCode, str] | None]:
     """Read and handle the client's frames until the connection ends.
 

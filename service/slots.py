@@ -17,7 +17,7 @@ from service.errors import AddressFull, NodeFull
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from channels.config import ServerConfig
+    from service.settings import ServerSettings
 
 __all__ = ("Slots",)
 
@@ -31,7 +31,7 @@ class Slots:
         self._per_address: dict[str, int] = {}
 
     @contextmanager
-    def hold(self, address: str, server: ServerConfig, *, checked: bool = True) -> Iterator[None]:
+    def hold(self, address: str, server: ServerSettings, *, checked: bool = True) -> Iterator[None]:
         """Hold a slot for a connection from *address* for the duration of the block.
 
         Args:

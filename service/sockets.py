@@ -11,7 +11,7 @@ import errno
 import socket
 from typing import TYPE_CHECKING, Final
 
-from channels.config import parse_bind
+from service.settings import parse_bind
 
 if TYPE_CHECKING:
     from hypercorn.config import Config, Sockets

@@ -25,10 +25,11 @@ import pytest
 import yaml  # type: ignore[import-untyped]  # no stubs installed; only safe_load_all is used
 from packaging.specifiers import SpecifierSet
 
-from channels.config import BrokerConfig, Config, load_config, parse_bind, parse_config
+from channels.config import BrokerConfig
 from service.cli import _parser, main
 from service.runner import AFTER_DRAIN_SECONDS, hypercorn_config
 from service.session import CUT_OFF_CLOSE_SECONDS
+from service.settings import Settings, parse_bind
 from tests.support.asgi import http_request, http_scope, running_app
 from tests.support.server import http_exchange, running_server
 
@@ -44,7 +45,7 @@ CONFIG_PATH: Final = "/etc/clarion/channels.yaml"
 """Where the image, compose, Kubernetes and systemd all put the channels file."""
 NODES: Final = ("clarion-1", "clarion-2", "clarion-3")
 SECRETS: Final = {"CLARION_API_KEY": "test-api-key", "REDIS_PASSWORD": "test-redis-password"}
-DEFAULTS: Final = Config().server
+DEFAULTS: Final = Settings().server
 #: How long after the drain's grace a node may take to exit: hypercorn's wait, then a
 #: cut-off client's close frame.
 SHUTDOWN_AFTER_GRACE: Final = AFTER_DRAIN_SECONDS + CUT_OFF_CLOSE_SECONDS
@@ -110,8 +111,8 @@ def _cluster_variables() -> set[str]:
     return _variables(document)
 
 
-def _cluster_config() -> Config:
-    return load_config(DEPLOY / "cluster.yaml", env=SECRETS)
+def _cluster_config() -> Settings:
+    return Settings.load(DEPLOY / "cluster.yaml", env=SECRETS)
 
 
 def _compose() -> dict[str, Any]:
@@ -335,7 +336,7 @@ def test_configmap_embeds_cluster_yaml_verbatim() -> None:
     # Kustomize cannot read files outside deploy/k8s, so the text is copied, not generated.
     embedded = _configmap_channels()
     assert embedded == (DEPLOY / "cluster.yaml").read_text()
-    assert parse_config(embedded, env=SECRETS) == _cluster_config()
+    assert Settings.parse(embedded, env=SECRETS) == _cluster_config()
 
 
 def test_clarion_check_accepts_cluster_yaml_and_hides_the_secrets(
@@ -683,7 +684,7 @@ def test_hypercorn_toml_sets_what_clarion_serve_sets() -> None:
     assert loaded.bind == [DEFAULTS.bind]
     assert loaded.websocket_max_message_size == DEFAULTS.max_request_bytes
     assert loaded.keep_alive_timeout == DEFAULTS.handshake_timeout_seconds
-    derived = hypercorn_config(Config())
+    derived = hypercorn_config(Settings())
     for key in set(keys) - {"workers", "worker_class"}:
         assert getattr(loaded, key) == getattr(derived, key), key
 

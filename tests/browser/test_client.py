@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 import pytest
 
-from channels.config import AuthConfig, ChannelRule, Config, History, ServerConfig
+from channels.config import ChannelRule, History
+from service.settings import AuthSettings, ServerSettings, Settings
 from tests.browser.driver import open_browser
 from tests.browser.pages import HTML, JAVASCRIPT, client_js, client_page, serve_files, serve_page
 from tests.browser.scripted import scripted_server
@@ -109,8 +110,8 @@ async (url) => {
 async def test_requests_resolve_with_replies_and_errors_are_typed(
     anyio_backend: Backend, free_tcp_port: int, profile: Path
 ) -> None:
-    server_config = ServerConfig(ping_interval_seconds=0.2, pong_timeout_seconds=1)
-    config = Config(
+    server_config = ServerSettings(ping_interval_seconds=0.2, pong_timeout_seconds=1)
+    config = Settings(
         server=server_config,
         channels=[
             ChannelRule(match="room:*", presence=True, history=History(size=10)),
@@ -189,7 +190,7 @@ async def test_after_a_node_restart_the_client_recovers_what_it_missed_once_and_
     # With Redis, the channel's stream (its epoch, offsets and history) outlives the node.
     # The page's client is connected to node A; while A is down, messages are published
     # through node B, which stays up (and serves client.js).
-    config = Config(
+    config = Settings(
         broker=redis_broker, channels=[ChannelRule(match="*", history=History(size=100))]
     )
     other_port = free_port()
@@ -256,7 +257,7 @@ async def test_a_page_of_another_origin_connects_only_when_server_allowed_origin
         ):
             origin = url.removesuffix("/")
             allowed = [origin] if listed else ["https://app.example.com"]
-            config = Config(server=ServerConfig(allowed_origins=allowed))
+            config = Settings(server=ServerSettings(allowed_origins=allowed))
             async with running_server(config, anyio_backend, free_tcp_port) as server:
                 # client.js itself loads from any origin (Access-Control-Allow-Origin: *).
                 page = await open_client_page(browser, url)
@@ -315,9 +316,9 @@ async ([url, tokens, short, long, secretToken]) => {{
 async def test_a_token_goes_in_the_handshake_and_an_expired_one_is_renewed(
     anyio_backend: Backend, free_tcp_port: int, profile: Path
 ) -> None:
-    config = Config(
+    config = Settings(
         server=OPEN_API,
-        auth=AuthConfig(required=True, secret=SECRET),
+        auth=AuthSettings(required=True, secret=SECRET),
         channels=[
             ChannelRule(match="secret:*", private=True, presence=True, history=History(size=10)),
             ChannelRule(match="*", presence=True, history=History(size=10)),

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Final
 import anyio
 import msgspec
 
-from channels.config import ChannelRule, Config, ServerConfig
+from channels.config import ChannelRule
+from service.settings import ServerSettings, Settings
 from tests.browser.driver import PAGE_TIMEOUT_MS, open_browser
 from tests.support.server import http_publish, running_server
 from tests.support.wsclient import connect, subscribe
@@ -64,7 +65,7 @@ async def test_the_dashboard_shows_connections_subscriptions_and_channel_rates(
 ) -> None:
     with anyio.fail_after(30):
         async with (
-            running_server(Config(), anyio_backend, free_tcp_port) as server,
+            running_server(Settings(), anyio_backend, free_tcp_port) as server,
             connect(server.ws_url) as listener,
             open_browser(profile) as browser,
         ):
@@ -103,7 +104,7 @@ async def test_the_dashboard_tails_a_channel_and_publishes_to_it(
 ) -> None:
     with anyio.fail_after(30):
         async with (
-            running_server(Config(), anyio_backend, free_tcp_port) as server,
+            running_server(Settings(), anyio_backend, free_tcp_port) as server,
             connect(server.ws_url) as listener,
             open_browser(profile) as browser,
         ):
@@ -153,8 +154,8 @@ async def test_the_dashboard_tails_a_channel_and_publishes_to_it(
 async def test_the_dashboard_asks_for_the_api_key_and_keeps_it_for_the_session(
     anyio_backend: Backend, free_tcp_port: int, profile: Path
 ) -> None:
-    config = Config(
-        server=ServerConfig(api_keys=["the-right-key"]),
+    config = Settings(
+        server=ServerSettings(api_keys=["the-right-key"]),
         # Only the HTTP API, with a key, may publish on alerts.
         channels=[ChannelRule(match="alerts", publish=False), ChannelRule(match="*")],
     )

@@ -30,7 +30,7 @@ import msgspec
 import pytest
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from channels.config import Config
+from service.settings import Settings
 from tests.browser.driver import open_browser
 from tests.browser.pages import serve_page
 from tests.support.commands import CLARION, wait_subscribed
@@ -95,7 +95,7 @@ async def test_the_browser_snippet_works_as_written(
 
     with anyio.fail_after(30):
         async with (
-            running_server(Config(), anyio_backend, free_tcp_port),
+            running_server(Settings(), anyio_backend, free_tcp_port),
             serve_page(snippet) as url,  # another origin: a port of its own
             open_browser(profile) as browser,
         ):
@@ -135,7 +135,7 @@ async def test_the_python_snippet_works_as_written(
     script = tmp_path / "snippet.py"
     script.write_text(snippet, encoding="utf-8")
     with anyio.fail_after(30):
-        async with running_server(Config(), anyio_backend, free_tcp_port):
+        async with running_server(Settings(), anyio_backend, free_tcp_port):
             done = await anyio.run_process([sys.executable, str(script)], cwd=tmp_path, check=False)
     stdout, stderr = done.stdout.decode(), done.stderr.decode()
     assert done.returncode == 0, f"the snippet failed:\n{stderr}\n{snippet}"
@@ -160,7 +160,7 @@ async def test_the_shell_lines_work_as_written(anyio_backend: Backend, free_tcp_
     printed = re.compile(re.escape(prints.removeprefix("prints ")).replace("…", "[0-9a-f]+"))
     url = ["--url", f"ws://127.0.0.1:{free_tcp_port}/ws"]
     with anyio.fail_after(30):
-        async with running_server(Config(), anyio_backend, free_tcp_port) as server:
+        async with running_server(Settings(), anyio_backend, free_tcp_port) as server:
             async with await anyio.open_process([CLARION, *subscribe[1:], *url]) as subscriber:
                 assert subscriber.stdout is not None
                 assert subscriber.stderr is not None

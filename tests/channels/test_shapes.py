@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from channels.config import parse_config
+from channels.config import Config
 from channels.errors import ConfigError, InvalidData
 from channels.shapes import DataCheck
 
@@ -29,7 +29,7 @@ channels:
               qty: {type: integer, minimum: 1}
         paid: {type: boolean}
 """
-CHECK = DataCheck(parse_config(ORDER, env={}).channels[0].data)  # type: ignore[arg-type]  # the rule has a shape
+CHECK = DataCheck(Config.parse(ORDER, env={}).channels[0].data)  # type: ignore[arg-type]  # the rule has a shape
 GOOD = b'{"id":1,"side":"buy","price":9.5,"lines":[{"sku":"a","qty":2}],"paid":true}'
 
 
@@ -72,5 +72,5 @@ def test_a_mismatch_names_the_field(data: bytes, field: str, reason: str) -> Non
 )
 def test_a_bad_shape_is_a_config_error(shape: str, message: str) -> None:
     with pytest.raises(ConfigError) as caught:
-        parse_config(f"channels: [{{match: a, data: {shape}}}]", env={})
+        Config.parse(f"channels: [{{match: a, data: {shape}}}]", env={})
     assert message in str(caught.value)

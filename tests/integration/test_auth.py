@@ -15,7 +15,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from channels.config import AuthConfig, ChannelRule, Config, ServerConfig
+from channels.config import ChannelRule
+from service.settings import AuthSettings, ServerSettings, Settings
 from tests.support.auth import OPEN_API, SECRET, token as signed
 from tests.support.server import http_call, running_server
 from tests.support.wsclient import HandshakeRefused, connect, subscribe
@@ -25,9 +26,9 @@ if TYPE_CHECKING:
 
     from service.runner import Backend
 
-CONFIG = Config(
+CONFIG = Settings(
     server=OPEN_API,
-    auth=AuthConfig(required=True, secret=SECRET, audience="clarion", leeway_seconds=0),
+    auth=AuthSettings(required=True, secret=SECRET, audience="clarion", leeway_seconds=0),
     channels=[ChannelRule(match="*", presence=True)],
 )
 
@@ -116,10 +117,10 @@ async def test_rs256_with_a_public_key_file_refuses_algorithm_confusion(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     (tmp_path / "public.pem").write_bytes(public)
-    auth = AuthConfig(
+    auth = AuthSettings(
         required=True, algorithms=["RS256"], public_key_file=str(tmp_path / "public.pem")
     )
-    config = Config(server=OPEN_API, auth=auth)
+    config = Settings(server=OPEN_API, auth=auth)
     with anyio.fail_after(15):
         async with running_server(config, anyio_backend, free_tcp_port) as server:
             good = token(key=private, algorithm="RS256", aud=None)
@@ -145,12 +146,12 @@ async def test_a_jwks_file_picks_the_key_by_kid(
     )
     keys = [jwk(old, "2025", alg="RS256"), jwk(new, "2026"), {"kty": "oct", "k": "c2VjcmV0"}]
     (tmp_path / "jwks.json").write_bytes(msgspec.json.encode({"keys": keys}))
-    auth = AuthConfig(
+    auth = AuthSettings(
         required=True, algorithms=["RS256", "RS512"], jwks_file=str(tmp_path / "jwks.json")
     )
     with anyio.fail_after(15):
         async with running_server(
-            Config(server=OPEN_API, auth=auth), anyio_backend, free_tcp_port
+            Settings(server=OPEN_API, auth=auth), anyio_backend, free_tcp_port
         ) as server:
             url = server.ws_url
             for key, kid, algorithm in [(old, "2025", "RS256"), (new, "2026", "RS512")]:
@@ -195,8 +196,8 @@ async def test_an_expiring_token_closes_with_4001_unless_refreshed(
                 assert (await kept.request({"type": "ping", "id": 3}))["id"] == 3
 
 
-PERMISSIONS = Config(
-    auth=AuthConfig(secret=SECRET, audience="clarion"),
+PERMISSIONS = Settings(
+    auth=AuthSettings(secret=SECRET, audience="clarion"),
     channels=[
         ChannelRule(match="user:*", subscribe="owner", publish=False),
         ChannelRule(match="vip:*", subscribe="granted"),
@@ -242,9 +243,9 @@ async def test_channel_permissions_follow_the_token(
 
 async def test_a_foreign_origin_is_refused(anyio_backend: Backend, free_tcp_port: int) -> None:
     server_config = msgspec.structs.replace(
-        Config().server, allowed_origins=["https://app.example.com"]
+        Settings().server, allowed_origins=["https://app.example.com"]
     )
-    config = Config(server=server_config)
+    config = Settings(server=server_config)
     with anyio.fail_after(15):
         async with running_server(config, anyio_backend, free_tcp_port) as server:
             status_code = await refused(server.ws_url, origin="https://evil.example.com")
@@ -271,7 +272,7 @@ async def test_a_query_token_from_another_site_is_refused_by_default(
 async def test_the_http_api_needs_one_of_its_keys(
     anyio_backend: Backend, free_tcp_port: int
 ) -> None:
-    config = Config(server=ServerConfig(api_keys=["key-one", "key-two"]))
+    config = Settings(server=ServerSettings(api_keys=["key-one", "key-two"]))
     body = b'{"channel":"news","data":"hello"}'
     with anyio.fail_after(15):
         async with running_server(config, anyio_backend, free_tcp_port) as server:

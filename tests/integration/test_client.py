@@ -16,7 +16,7 @@ import anyio
 import msgspec
 import pytest
 
-from channels.config import AuthConfig, ChannelRule, Config, History, ServerConfig
+from channels.config import ChannelRule, History
 from channels.errors import (
     AlreadySubscribed,
     ChannelNotFound,
@@ -36,6 +36,7 @@ from service.client import (
     open_client,
 )
 from service.errors import InvalidToken, Unauthenticated
+from service.settings import AuthSettings, ServerSettings, Settings
 from tests.support.auth import OPEN_API, SECRET, token
 from tests.support.data import take
 from tests.support.redis import free_port
@@ -64,7 +65,7 @@ class Node:
     client stays open (task groups must exit in the order they were entered). Stop it
     with `stop`: cancelling hypercorn's asyncio worker mid-shutdown fails."""
 
-    def __init__(self, config: Config, backend: Backend, port: int) -> None:
+    def __init__(self, config: Settings, backend: Backend, port: int) -> None:
         self.config, self.backend, self.port = config, backend, port
         self._stop = anyio.Event()
         self._stopped = anyio.Event()
@@ -91,7 +92,7 @@ async def test_subscribe_publish_presence_and_history_round_trip(
     rules = [ChannelRule(match="*", history=History(size=10), presence=True)]
     with anyio.fail_after(15):
         async with (
-            running_server(Config(channels=rules), anyio_backend, free_tcp_port) as server,
+            running_server(Settings(channels=rules), anyio_backend, free_tcp_port) as server,
             open_client(server.ws_url) as client,
         ):
             async with client.subscribe("news") as news:
@@ -124,7 +125,7 @@ async def test_a_keyed_publish_is_retried_safely_and_private_reads_take_a_token(
         ChannelRule(match="secret:*", private=True, history=History(size=10), presence=True),
         ChannelRule(match="*", history=History(size=10)),
     ]
-    config = Config(server=OPEN_API, auth=AuthConfig(secret=SECRET), channels=rules)
+    config = Settings(server=OPEN_API, auth=AuthSettings(secret=SECRET), channels=rules)
     alice = token()
     secret_token = token(channels=["secret:1"])
     with anyio.fail_after(15):
@@ -152,8 +153,8 @@ async def test_a_keyed_publish_is_retried_safely_and_private_reads_take_a_token(
 async def test_refusals_raise_typed_errors_with_their_codes(
     anyio_backend: Backend, free_tcp_port: int
 ) -> None:
-    config = Config(
-        server=ServerConfig(max_subscriptions=1),
+    config = Settings(
+        server=ServerSettings(max_subscriptions=1),
         channels=[ChannelRule(match="news"), ChannelRule(match="locked", publish=False)],
     )
     with anyio.fail_after(15):
@@ -189,7 +190,7 @@ async def test_refusals_raise_typed_errors_with_their_codes(
 async def test_a_refused_or_failed_connection_raises_at_once(
     anyio_backend: Backend, free_tcp_port: int
 ) -> None:
-    config = Config(server=OPEN_API, auth=AuthConfig(required=True, secret=SECRET))
+    config = Settings(server=OPEN_API, auth=AuthSettings(required=True, secret=SECRET))
     with anyio.fail_after(15):
         async with running_server(config, anyio_backend, free_tcp_port) as server:
             with pytest.raises(HandshakeRefused) as refused:
@@ -211,7 +212,7 @@ async def test_coalesced_frames_are_split_into_messages(
     anyio_backend: Backend, free_tcp_port: int
 ) -> None:
     # Flushes at least 50 ms apart: pipelined publishes share frames (JSON arrays).
-    config = Config(server=ServerConfig(flush_delay_seconds=0.05))
+    config = Settings(server=ServerSettings(flush_delay_seconds=0.05))
     with anyio.fail_after(15):
         async with (
             running_server(config, anyio_backend, free_tcp_port) as server,
@@ -234,7 +235,7 @@ async def test_coalesced_frames_are_split_into_messages(
 async def test_server_pings_are_answered_and_the_connection_stays(
     anyio_backend: Backend, free_tcp_port: int
 ) -> None:
-    config = Config(server=ServerConfig(ping_interval_seconds=0.1, pong_timeout_seconds=0.2))
+    config = Settings(server=ServerSettings(ping_interval_seconds=0.1, pong_timeout_seconds=0.2))
     with anyio.fail_after(15):
         async with (
             running_server(config, anyio_backend, free_tcp_port) as server,
@@ -255,7 +256,7 @@ async def test_a_reconnecting_client_gets_what_it_missed_exactly_once_in_order(
 ) -> None:
     # Two nodes on one Redis: the client's node stops, messages are published on the
     # other, the node comes back on the same port, and the client recovers from history.
-    config = Config(
+    config = Settings(
         broker=redis_broker, channels=[ChannelRule(match="*", history=History(size=100))]
     )
     node = Node(config, anyio_backend, free_port())
@@ -298,7 +299,7 @@ async def test_not_recovered_is_surfaced_when_history_cannot_cover_the_gap(
     port = free_port()
     with anyio.fail_after(30):
         async with anyio.create_task_group() as tg:
-            node = Node(Config(), anyio_backend, port)
+            node = Node(Settings(), anyio_backend, port)
             server = await tg.start(node.run)
             async with (
                 open_fast_client(server.ws_url) as client,
@@ -308,7 +309,7 @@ async def test_not_recovered_is_surfaced_when_history_cannot_cover_the_gap(
                 (old,) = await take(feed, 1)
                 assert isinstance(old, Message)
                 await node.stop()
-                again = Node(Config(), anyio_backend, port)
+                again = Node(Settings(), anyio_backend, port)
                 await tg.start(again.run)
                 position = await client.publish("feed", "new")
                 notice, new = await take(feed, 2)
@@ -325,9 +326,9 @@ async def test_an_expired_token_is_replaced_through_get_token_after_4001(
     anyio_backend: Backend, free_tcp_port: int
 ) -> None:
     # History keeps the channel's stream (and epoch) while its one subscriber is away.
-    config = Config(
+    config = Settings(
         server=OPEN_API,
-        auth=AuthConfig(required=True, secret=SECRET, leeway_seconds=0),
+        auth=AuthSettings(required=True, secret=SECRET, leeway_seconds=0),
         channels=[ChannelRule(match="*", history=History(size=10))],
     )
     fetched = anyio.Event()
@@ -357,7 +358,7 @@ async def test_an_expired_token_is_replaced_through_get_token_after_4001(
 async def test_a_slow_subscriber_is_ended_alone_and_can_resume(
     anyio_backend: Backend, free_tcp_port: int
 ) -> None:
-    config = Config(channels=[ChannelRule(match="*", history=History(size=10))])
+    config = Settings(channels=[ChannelRule(match="*", history=History(size=10))])
     with anyio.fail_after(15):
         async with (
             running_server(config, anyio_backend, free_tcp_port) as server,
@@ -388,7 +389,7 @@ async def test_a_slow_subscriber_is_ended_alone_and_can_resume(
 async def test_an_unsubscribed_notice_ends_the_subscription_after_its_messages(
     anyio_backend: Backend, free_tcp_port: int
 ) -> None:
-    config = Config(channels=[ChannelRule(match="vip"), ChannelRule(match="open")])
+    config = Settings(channels=[ChannelRule(match="vip"), ChannelRule(match="open")])
     with anyio.fail_after(15):
         async with (
             running_server(config, anyio_backend, free_tcp_port) as server,
@@ -396,7 +397,7 @@ async def test_an_unsubscribed_notice_ends_the_subscription_after_its_messages(
             client.subscribe("vip") as vip,
         ):
             await client.publish("vip", "kept")
-            server.hub.reconfigure(Config(channels=[ChannelRule(match="open")]))
+            server.hub.reconfigure(Settings(channels=[ChannelRule(match="open")]))
             assert datas(await take(vip, 1)) == ["kept"]
             with pytest.raises(SubscriptionEnded) as caught:
                 await vip.receive()
@@ -408,7 +409,7 @@ async def test_wss_over_tls(anyio_backend: Backend, free_tcp_port: int, tmp_path
     tls = self_signed(tmp_path)
     with anyio.fail_after(15):
         async with (
-            running_server(Config(), anyio_backend, free_tcp_port, tls=tls) as server,
+            running_server(Settings(), anyio_backend, free_tcp_port, tls=tls) as server,
             open_client(server.ws_url, ssl_context=tls.client_context()) as client,
             client.subscribe("secure") as secure,
         ):
@@ -444,7 +445,7 @@ async def read_line(stream: Any, buffer: bytearray) -> str:
 async def test_the_publish_and_subscribe_commands_speak_json_lines(
     anyio_backend: Backend, free_tcp_port: int
 ) -> None:
-    config = Config(channels=[ChannelRule(match="*", history=History(size=10))])
+    config = Settings(channels=[ChannelRule(match="*", history=History(size=10))])
     with anyio.fail_after(30):
         async with running_server(config, anyio_backend, free_tcp_port) as server:
             url = ["--url", server.ws_url]
@@ -489,7 +490,7 @@ async def test_the_subscribe_command_exits_0_on_a_signal(
     anyio_backend: Backend, free_tcp_port: int, signum: signal.Signals
 ) -> None:
     with anyio.fail_after(30):
-        async with running_server(Config(), anyio_backend, free_tcp_port) as server:
+        async with running_server(Settings(), anyio_backend, free_tcp_port) as server:
             argv = [str(BIN / "clarion"), "subscribe", "news", "--url", server.ws_url]
             async with await anyio.open_process(argv) as subscriber:
                 assert subscriber.stderr is not None
@@ -502,7 +503,7 @@ async def test_the_subscribe_command_exits_0_on_a_signal(
 async def test_the_commands_report_refusals_with_their_code(
     anyio_backend: Backend, free_tcp_port: int
 ) -> None:
-    config = Config(channels=[ChannelRule(match="news")])
+    config = Settings(channels=[ChannelRule(match="news")])
     with anyio.fail_after(30):
         async with running_server(config, anyio_backend, free_tcp_port) as server:
             url = ["--url", server.ws_url]
@@ -522,7 +523,7 @@ async def test_the_commands_report_refusals_with_their_code(
 async def test_the_commands_take_a_token_from_the_environment(
     anyio_backend: Backend, free_tcp_port: int
 ) -> None:
-    config = Config(server=OPEN_API, auth=AuthConfig(required=True, secret=SECRET))
+    config = Settings(server=OPEN_API, auth=AuthSettings(required=True, secret=SECRET))
     with anyio.fail_after(30):
         async with running_server(config, anyio_backend, free_tcp_port) as server:
             url = ["--url", server.ws_url]

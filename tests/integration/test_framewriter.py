@@ -17,8 +17,8 @@ import hypercorn.config
 import hypercorn.trio
 import pytest
 
-from channels.config import Config
 from service.framewriter import SocketFrameWriter, TransportFrameWriter, open_frame_writer
+from service.settings import Settings
 from service.websocket import WebSocket
 from tests.support.server import running_server, wait_listening
 from tests.support.tls import TLSFiles, self_signed
@@ -203,7 +203,7 @@ async def test_clarion_declines_compression_and_still_serves_the_client(
     worker: Backend, free_tcp_port: int
 ) -> None:
     with anyio.fail_after(20):
-        async with running_server(Config(), worker, free_tcp_port) as server:
+        async with running_server(Settings(), worker, free_tcp_port) as server:
             async with connect(server.ws_url, compression=True) as client:
                 assert client.extensions == []
                 reply = await client.request({"type": "subscribe", "id": 1, "channel": "c"})

@@ -11,7 +11,8 @@ import anyio
 import msgspec
 import pytest
 
-from channels.config import BrokerConfig, ChannelRule, Config, History, ServerConfig
+from channels.config import BrokerConfig, ChannelRule, History
+from service.settings import ServerSettings, Settings
 from tests.integration.test_limits import refusal
 from tests.support.server import http_call, running_server
 from tests.support.wsclient import connect
@@ -62,7 +63,7 @@ async def wait_closed(stream: ByteStream) -> None:
 async def test_a_body_that_never_ends_gets_408_and_holds_a_slot_only_until_then(
     anyio_backend: Backend, free_tcp_port: int, framing: str
 ) -> None:
-    config = Config(server=ServerConfig(handshake_timeout_seconds=0.5, max_connections=3))
+    config = Settings(server=ServerSettings(handshake_timeout_seconds=0.5, max_connections=3))
     if framing == "chunked":
         head = PUBLISH_HEAD + b'transfer-encoding: chunked\r\n\r\n64\r\n{"cha'
     else:
@@ -106,7 +107,7 @@ async def test_a_keep_alive_connection_answers_every_request_after_an_early_refu
     anyio_backend: Backend, free_tcp_port: int, path: str, status: int
 ) -> None:
     keys = ["right"] if status == 401 else []
-    config = Config(server=ServerConfig(api_keys=keys))
+    config = Settings(server=ServerSettings(api_keys=keys))
     body = b'{"channel":"c","data":"' + b"x" * 2000 + b'"}'
     head = (
         b"POST %s HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Bearer wrong\r\n"
@@ -146,7 +147,7 @@ async def test_deeply_nested_json_gets_a_coded_error_and_no_traceback(
     anyio_backend: Backend, free_tcp_port: int, caplog: pytest.LogCaptureFixture
 ) -> None:
     with anyio.fail_after(20), caplog.at_level(logging.DEBUG):
-        async with running_server(Config(), anyio_backend, free_tcp_port) as server:
+        async with running_server(Settings(), anyio_backend, free_tcp_port) as server:
             async with connect(server.ws_url) as client:
                 for _ in range(3):
                     await client.send_bytes(
@@ -168,7 +169,7 @@ async def test_data_that_is_not_utf8_is_refused_before_anyone_sees_it(
     # A text frame must be UTF-8: bytes that a binary frame or an HTTP body slipped into
     # data would close every subscriber (1007) and be replayed by history.
     rules = [ChannelRule(match="*", history=History(size=10))]
-    config = Config(broker=broker_config, channels=rules)
+    config = Settings(broker=broker_config, channels=rules)
     poison = b'{"type":"publish","id":1,"channel":"c","data":"\xc3("}'
     with anyio.fail_after(20):
         async with running_server(config, anyio_backend, free_tcp_port) as server:
@@ -197,7 +198,7 @@ async def test_a_huge_history_limit_reads_what_is_kept(
     anyio_backend: Backend, free_tcp_port: int, broker_config: BrokerConfig, limit: int
 ) -> None:
     # Redis's Lua reads a number this size as a float, which XRANGE's COUNT refuses.
-    config = Config(
+    config = Settings(
         broker=broker_config, channels=[ChannelRule(match="*", history=History(size=3))]
     )
     with anyio.fail_after(20):
@@ -219,7 +220,7 @@ async def test_a_client_that_sends_on_after_a_413_leaves_no_traceback(
 ) -> None:
     # The client writes on while the server answers 413 and closes: hypercorn's trio
     # worker would log a BusyResourceError traceback for many such requests.
-    config = Config(server=ServerConfig(max_request_bytes=1000))
+    config = Settings(server=ServerSettings(max_request_bytes=1000))
     head = PUBLISH_HEAD + b"content-length: 100000\r\n\r\n"
 
     def send_on() -> None:  # from a thread: a client that does not wait for the server

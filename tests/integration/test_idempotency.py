@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import msgspec
 
-from channels.config import BrokerConfig, ChannelRule, Config, History
+from channels.config import BrokerConfig, ChannelRule, History
+from service.settings import Settings
 from tests.integration.test_redis_nodes import wait_ready
 from tests.support.redis import free_port
 from tests.support.server import http_call, http_publish, running_server
@@ -29,7 +30,7 @@ async def test_publishes_retried_through_a_redis_stall_are_kept_exactly_once(
     assert own_redis.process is not None
     pid = own_redis.process.pid
     broker = BrokerConfig(kind="redis", url=own_redis.url, timeout_seconds=0.3, check_seconds=0.05)
-    config = Config(broker=broker, channels=[ChannelRule(match="*", history=History(size=1000))])
+    config = Settings(broker=broker, channels=[ChannelRule(match="*", history=History(size=1000))])
     replies: dict[int, dict[str, Any]] = {}
     refused: set[int] = set()
     every_one_refused = anyio.Event()

@@ -8,7 +8,7 @@ import anyio
 import msgspec
 import pytest
 
-from channels.config import Config, ServerConfig
+from service.settings import ServerSettings, Settings
 from tests.support.server import running_server
 from tests.support.wsclient import Client, HandshakeRefused, connect, subscribe
 
@@ -16,8 +16,8 @@ if TYPE_CHECKING:
     from service.runner import Backend
 
 
-def limited(**limits: Any) -> Config:
-    return Config(server=ServerConfig(**limits))
+def limited(**limits: Any) -> Settings:
+    return Settings(server=ServerSettings(**limits))
 
 
 async def refusal(url: str) -> tuple[int, int]:

@@ -8,7 +8,7 @@ import anyio
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from channels.config import Config, ServerConfig
+from service.settings import ServerSettings, Settings
 from tests.support.closelog import watch_closed_connections
 from tests.support.rawframes import FIN, TEXT, client_frame, open_raw_websocket
 from tests.support.server import Server, http_exchange, http_publish, running_server
@@ -33,7 +33,7 @@ async def scrape(server: Server) -> dict[str, float]:
 async def test_metrics_follow_connections_messages_and_errors(
     anyio_backend: Backend, free_tcp_port: int
 ) -> None:
-    config = Config(server=ServerConfig(max_connections=3, flush_delay_seconds=0))
+    config = Settings(server=ServerSettings(max_connections=3, flush_delay_seconds=0))
     with anyio.fail_after(15):
         async with running_server(config, anyio_backend, free_tcp_port) as server:
             before = await scrape(server)
@@ -77,7 +77,7 @@ async def test_metrics_follow_connections_messages_and_errors(
 async def test_refused_handshakes_are_counted_by_code(
     anyio_backend: Backend, free_tcp_port: int
 ) -> None:
-    config = Config(server=ServerConfig(max_connections=1))
+    config = Settings(server=ServerSettings(max_connections=1))
     with anyio.fail_after(15):
         async with running_server(config, anyio_backend, free_tcp_port) as server:
             async with connect(server.ws_url):
@@ -102,7 +102,7 @@ async def test_connections_the_server_fails_are_counted_by_reason_not_as_client(
     anyio_backend: Backend, free_tcp_port: int
 ) -> None:
     """hypercorn closes these before the session hears of them (1002, 1007, 1009)."""
-    config = Config(server=ServerConfig(max_request_bytes=1024))
+    config = Settings(server=ServerSettings(max_request_bytes=1024))
     violations = [
         client_frame(FIN | TEXT, b'{"type":"ping","id":1}', masked=False),  # 1002
         client_frame(FIN | TEXT, b'"\xff"'),  # 1007

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import anyio
 import pytest
 
-from channels.config import AuthConfig, Config, ServerConfig
+from service.settings import AuthSettings, ServerSettings, Settings
 from tests.support.auth import OPEN_API, SECRET
 from tests.support.closelog import watch_closed_connections
 from tests.support.rawframes import (
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from service.runner import Backend
 
 MAX_REQUEST_BYTES = 1024
-CONFIG = Config(server=ServerConfig(max_request_bytes=MAX_REQUEST_BYTES))
+CONFIG = Settings(server=ServerSettings(max_request_bytes=MAX_REQUEST_BYTES))
 PING_REQUEST = b'{"type":"ping","id":1}'
 
 VIOLATIONS = [
@@ -165,7 +165,7 @@ async def test_a_hostile_handshake_is_answered_and_the_server_serves_on(
     statuses: tuple[int, ...],
 ) -> None:
     # Each once ended a trio server through a hypercorn error (one packet, no account).
-    config = Config(auth=AuthConfig(secret=SECRET), server=OPEN_API)
+    config = Settings(auth=AuthSettings(secret=SECRET), server=OPEN_API)
     with anyio.fail_after(20), caplog.at_level(logging.INFO):
         async with running_server(config, anyio_backend, free_tcp_port) as server:
             for _ in range(5):

@@ -28,7 +28,7 @@ import anyio
 import pytest
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from channels.config import Config
+from service.settings import Settings
 from tests.support.commands import CLARION, read_line, wait_subscribed
 from tests.support.docs import DOCS, README, code_blocks, on_port
 from tests.support.server import http_exchange, running_server
@@ -105,7 +105,7 @@ async def test_try_it_works_as_written(
     printed: list[list[str]] = []
     with anyio.fail_after(30):
         async with (
-            running_server(Config(), anyio_backend, free_tcp_port) as server,
+            running_server(Settings(), anyio_backend, free_tcp_port) as server,
             await anyio.open_process([CLARION, *subscriber.argv[1:], *url]) as process,
         ):
             assert process.stdout is not None

@@ -17,7 +17,8 @@ import anyio
 import msgspec
 import pytest
 
-from channels.config import BrokerConfig, ChannelRule, Config, History
+from channels.config import BrokerConfig, ChannelRule, History
+from service.settings import Settings
 from tests.integration.test_commands import process
 from tests.support.redis import RedisServer, free_port
 from tests.support.server import Server, http_call, http_publish, running_server
@@ -41,7 +42,7 @@ async def two_nodes(
         ChannelRule(match="room:*", presence=True, join_leave=True),
         ChannelRule(match="*", history=History(size=100)),
     ]
-    config = Config(broker=broker, channels=rules)
+    config = Settings(broker=broker, channels=rules)
     path = tmp_path / "channels.yaml"
     path.write_bytes(msgspec.yaml.encode(msgspec.to_builtins(config)))
     other = backend if pair == "same" else OTHER[backend]
@@ -150,7 +151,7 @@ async def test_a_node_rides_out_a_redis_restart(
     broker = BrokerConfig(kind="redis", url=own_redis.url, timeout_seconds=0.5, check_seconds=0.05)
     with anyio.fail_after(60):
         async with (
-            running_server(Config(broker=broker), anyio_backend, free_port()) as node,
+            running_server(Settings(broker=broker), anyio_backend, free_port()) as node,
             connect(node.ws_url) as client,
         ):
             await wait_ready(node, 200)
@@ -189,7 +190,7 @@ async def test_a_node_starts_while_redis_is_down(
     broker = BrokerConfig(kind="redis", url=own_redis.url, timeout_seconds=0.5, check_seconds=0.05)
     with anyio.fail_after(60):
         async with (
-            running_server(Config(broker=broker), anyio_backend, free_port()) as node,
+            running_server(Settings(broker=broker), anyio_backend, free_port()) as node,
             connect(node.ws_url) as client,
         ):
             assert (await http_call(node, "GET", "/health"))[0] == 200
@@ -230,7 +231,7 @@ async def test_readiness_follows_redis_out_of_a_stall_within_a_few_checks(
     )
     with anyio.fail_after(60):
         async with (
-            running_server(Config(broker=broker), anyio_backend, free_port()) as node,
+            running_server(Settings(broker=broker), anyio_backend, free_port()) as node,
             connect(node.ws_url) as client,
         ):
             await wait_ready(node, 200)
@@ -275,7 +276,7 @@ async def test_readiness_follows_a_redis_restart_within_a_few_checks(
         kind="redis", url=own_redis.url, timeout_seconds=5, check_seconds=CHECK_SECONDS
     )
     with anyio.fail_after(60):
-        async with running_server(Config(broker=broker), anyio_backend, free_port()) as node:
+        async with running_server(Settings(broker=broker), anyio_backend, free_port()) as node:
             await wait_ready(node, 200)
             for _ in range(2):  # the pub/sub's reconnect backoff only ever grows
                 await anyio.to_thread.run_sync(own_redis.stop)

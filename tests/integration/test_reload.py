@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from channels.config import ConfigSource
 from service.cli import main
+from service.settings import ConfigSource
 from tests.integration.test_commands import BIN, process
 from tests.support.server import Server, http_call, running_server
 from tests.support.wsclient import connect, subscribe

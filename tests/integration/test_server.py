@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import pytest
 
-from channels.config import ChannelRule, Config, History, ServerConfig
+from channels.config import ChannelRule, History
+from service.settings import ServerSettings, Settings
 from tests.support.server import Server, http_publish, running_server
 from tests.support.tls import self_signed
 from tests.support.wsclient import Client, Closed, connect, subscribe
@@ -22,7 +23,7 @@ async def test_websocket_and_http_publishes_reach_subscribers(
     anyio_backend: Backend, free_tcp_port: int
 ) -> None:
     with anyio.fail_after(15):
-        async with running_server(Config(), anyio_backend, free_tcp_port) as server:
+        async with running_server(Settings(), anyio_backend, free_tcp_port) as server:
             async with connect(server.ws_url) as alice, connect(server.ws_url) as bob:
                 await subscribe(alice, "room")
                 reply = await bob.request(
@@ -43,7 +44,7 @@ async def test_a_thousand_messages_arrive_in_order(
     anyio_backend: Backend, free_tcp_port: int
 ) -> None:
     with anyio.fail_after(30):
-        async with running_server(Config(), anyio_backend, free_tcp_port) as server:
+        async with running_server(Settings(), anyio_backend, free_tcp_port) as server:
             async with (
                 connect(server.ws_url) as first,
                 connect(server.ws_url) as second,
@@ -72,7 +73,7 @@ async def test_over_tls_messages_arrive_in_order(
     tls = self_signed(tmp_path)
     context = tls.client_context()
     with anyio.fail_after(30):
-        async with running_server(Config(), anyio_backend, free_tcp_port, tls=tls) as server:
+        async with running_server(Settings(), anyio_backend, free_tcp_port, tls=tls) as server:
             assert server.ws_url.startswith("wss://")
             async with (
                 connect(server.ws_url, ssl_context=context) as subscriber,
@@ -89,7 +90,7 @@ async def test_over_tls_messages_arrive_in_order(
 
 async def test_channels_are_isolated(anyio_backend: Backend, free_tcp_port: int) -> None:
     with anyio.fail_after(15):
-        async with running_server(Config(), anyio_backend, free_tcp_port) as server:
+        async with running_server(Settings(), anyio_backend, free_tcp_port) as server:
             async with connect(server.ws_url) as one, connect(server.ws_url) as two:
                 await subscribe(one, "a")
                 await subscribe(two, "b")
@@ -102,7 +103,7 @@ async def test_channels_are_isolated(anyio_backend: Backend, free_tcp_port: int)
                 assert await two.request({"type": "ping", "id": 1}) == {"type": "reply", "id": 1}
 
 
-RULES = Config(
+RULES = Settings(
     channels=[
         ChannelRule(match="chat:*"),
         ChannelRule(match="chat:readonly", publish=False),
@@ -165,7 +166,7 @@ async def test_bad_input_gets_its_code_and_the_connection_keeps_working(
 async def test_an_oversize_frame_closes_with_1009(
     anyio_backend: Backend, free_tcp_port: int
 ) -> None:
-    config = Config(server=ServerConfig(max_request_bytes=1024))
+    config = Settings(server=ServerSettings(max_request_bytes=1024))
     with anyio.fail_after(15):
         async with running_server(config, anyio_backend, free_tcp_port) as server:
             async with connect(server.ws_url) as client:
@@ -177,7 +178,7 @@ async def test_an_oversize_frame_closes_with_1009(
 async def test_recovery_with_since_replays_exactly_the_missed_messages(
     anyio_backend: Backend, free_tcp_port: int
 ) -> None:
-    config = Config(channels=[ChannelRule(match="*", history=History(size=100))])
+    config = Settings(channels=[ChannelRule(match="*", history=History(size=100))])
     with anyio.fail_after(15):
         async with running_server(config, anyio_backend, free_tcp_port) as server:
             async with connect(server.ws_url) as keeper:
@@ -232,7 +233,7 @@ async def _flood_until_slow_consumer(
 async def test_a_slow_consumer_gets_an_ordered_prefix_then_4000(
     anyio_backend: Backend, free_tcp_port: int
 ) -> None:
-    config = Config(server=ServerConfig(outbox_messages=16))
+    config = Settings(server=ServerSettings(outbox_messages=16))
     with anyio.fail_after(60):
         async with running_server(config, anyio_backend, free_tcp_port) as server:
             async with (
@@ -257,7 +258,7 @@ async def test_a_slow_consumer_gets_an_ordered_prefix_then_4000(
 async def test_a_client_that_never_reads_is_cut_off_by_the_write_timeout(
     anyio_backend: Backend, free_tcp_port: int
 ) -> None:
-    config = Config(server=ServerConfig(outbox_messages=16, write_timeout_seconds=1))
+    config = Settings(server=ServerSettings(outbox_messages=16, write_timeout_seconds=1))
     with anyio.fail_after(60):
         async with running_server(config, anyio_backend, free_tcp_port) as server:
             async with connect(server.ws_url) as stuck:
@@ -280,7 +281,7 @@ async def test_connect_disconnect_cycles_leave_no_subscriber_or_task(
     anyio_backend: Backend, free_tcp_port: int
 ) -> None:
     with anyio.fail_after(60):
-        async with running_server(Config(), anyio_backend, free_tcp_port) as server:
+        async with running_server(Settings(), anyio_backend, free_tcp_port) as server:
             hub = server.hub
             async with connect(server.ws_url) as warmup:
                 await subscribe(warmup, "c")
@@ -314,7 +315,7 @@ async def test_shutdown_sends_queued_messages_then_closes_with_1001(
     closed: list[Closed] = []
     with anyio.fail_after(15):
         async with anyio.create_task_group() as tg:
-            async with running_server(Config(), anyio_backend, free_tcp_port) as server:
+            async with running_server(Settings(), anyio_backend, free_tcp_port) as server:
                 subscribed = anyio.Event()
 
                 async def listen() -> None:

@@ -15,7 +15,8 @@ import anyio
 import msgspec
 import pytest
 
-from channels.config import AuthConfig, BrokerConfig, ChannelRule, Config, History, ServerConfig
+from channels.config import BrokerConfig, ChannelRule, History
+from service.settings import AuthSettings, ServerSettings, Settings
 from tests.support.asgi import FakeClient, http_request, running_app, websocket
 from tests.support.auth import SECRET, token
 
@@ -114,10 +115,10 @@ async def test_every_read_gets_what_subscribe_gets(
     anonymous: int | None,
     alice: int | None,
 ) -> None:
-    config = Config(
+    config = Settings(
         broker=broker_config,
-        auth=AuthConfig(secret=SECRET),
-        server=ServerConfig(api_open=True),
+        auth=AuthSettings(secret=SECRET),
+        server=ServerSettings(api_open=True),
         channels=RULES,
     )
     with anyio.fail_after(20):

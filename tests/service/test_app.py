@@ -8,8 +8,9 @@ import anyio
 import msgspec
 import pytest
 
-from channels.config import ChannelRule, Config, History, ServerConfig, Shape
+from channels.config import ChannelRule, History, Shape
 from service.app import Clarion, create_app
+from service.settings import ServerSettings, Settings
 from service.workers import claim_only_worker
 from tests.support.asgi import http_request, running_app, websocket
 
@@ -19,7 +20,7 @@ import multiprocessing
 import os
 from types import SimpleNamespace
 
-KEYED = Config(server=ServerConfig(api_keys=["k1", "k2"]))
+KEYED = Settings(server=ServerSettings(api_keys=["k1", "k2"]))
 
 
 async def test_health() -> None:
@@ -127,8 +128,8 @@ async def test_http_publish_needs_a_key_when_keys_are_set(
 
 
 async def test_http_publish_with_a_key_may_publish_where_clients_may_not() -> None:
-    config = Config(
-        server=ServerConfig(api_keys=["k"]), channels=[ChannelRule(match="*", publish=False)]
+    config = Settings(
+        server=ServerSettings(api_keys=["k"]), channels=[ChannelRule(match="*", publish=False)]
     )
     auth = [(b"authorization", b"Bearer k")]
     async with running_app(config) as app:
@@ -136,7 +137,7 @@ async def test_http_publish_with_a_key_may_publish_where_clients_may_not() -> No
             app, "POST", "/api/publish", b'{"channel":"c","data":1}', auth
         )
     assert status == 200
-    async with running_app(Config(channels=[ChannelRule(match="*", publish=False)])) as app:
+    async with running_app(Settings(channels=[ChannelRule(match="*", publish=False)])) as app:
         status, _, body = await http_request(
             app, "POST", "/api/publish", b'{"channel":"c","data":1}'
         )
@@ -163,8 +164,8 @@ async def test_http_publish_with_a_key_may_publish_where_clients_may_not() -> No
     ],
 )
 async def test_http_publish_errors(body: bytes, status: int, code: int) -> None:
-    config = Config(
-        server=ServerConfig(max_request_bytes=100),
+    config = Settings(
+        server=ServerSettings(max_request_bytes=100),
         channels=[ChannelRule(match="c"), ChannelRule(match="small", max_message_bytes=10)],
     )
     async with running_app(config) as app:
@@ -181,7 +182,7 @@ async def test_websocket_elsewhere_is_refused_with_404() -> None:
 
 
 async def test_session_ops_and_replies() -> None:
-    config = Config(channels=[ChannelRule(match="*", history=History(size=10))])
+    config = Settings(channels=[ChannelRule(match="*", history=History(size=10))])
     async with running_app(config) as app, websocket(app) as client:
         assert await client.request({"type": "ping", "id": "p"}) == {"type": "reply", "id": "p"}
         reply = await client.request({"type": "subscribe", "id": 1, "channel": "c"})
@@ -233,7 +234,7 @@ BAD_FRAMES: list[tuple[Any, int]] = [
 
 
 async def test_bad_requests_get_their_code_and_the_connection_keeps_working() -> None:
-    config = Config(
+    config = Settings(
         channels=[
             ChannelRule(match="c", max_message_bytes=10),
             ChannelRule(match="ro", publish=False),
@@ -254,7 +255,7 @@ async def test_bad_requests_get_their_code_and_the_connection_keeps_working() ->
 
 
 async def test_messages_waiting_behind_a_send_are_coalesced_into_one_array_frame() -> None:
-    config = Config(server=ServerConfig(flush_delay_seconds=0))
+    config = Settings(server=ServerSettings(flush_delay_seconds=0))
     with anyio.fail_after(10):
         async with running_app(config) as app, websocket(app, buffer=0) as client:
             await client.send_json({"type": "subscribe", "id": 1, "channel": "c"})
@@ -271,7 +272,7 @@ async def test_messages_waiting_behind_a_send_are_coalesced_into_one_array_frame
 
 
 async def test_messages_published_within_the_flush_delay_share_a_frame() -> None:
-    config = Config(server=ServerConfig(flush_delay_seconds=0.5))
+    config = Settings(server=ServerSettings(flush_delay_seconds=0.5))
     with anyio.fail_after(10):
         async with running_app(config) as app, websocket(app) as client:
             await client.request({"type": "subscribe", "id": 1, "channel": "c"})
@@ -291,7 +292,7 @@ async def publish(app: Clarion, channel: str, data: int) -> None:
 
 
 async def test_a_slow_consumer_is_closed_with_4000_and_others_keep_receiving() -> None:
-    config = Config(server=ServerConfig(outbox_messages=4, flush_delay_seconds=0))
+    config = Settings(server=ServerSettings(outbox_messages=4, flush_delay_seconds=0))
     async with running_app(config) as app:
         async with websocket(app, buffer=0) as slow, websocket(app) as fast:
             await slow.request({"type": "subscribe", "id": 1, "channel": "c"})
@@ -315,7 +316,7 @@ async def test_a_slow_consumer_is_closed_with_4000_and_others_keep_receiving() -
 
 
 async def test_an_oversize_frame_closes_with_1009() -> None:
-    async with running_app(Config(server=ServerConfig(max_request_bytes=64))) as app:
+    async with running_app(Settings(server=ServerSettings(max_request_bytes=64))) as app:
         async with websocket(app) as client:
             await client.send_text('{"type":"ping","id":1,"pad":"' + "x" * 64 + '"}')
             assert await client.receive() == {
@@ -397,7 +398,7 @@ async def test_client_disconnect_ends_the_session_and_detaches() -> None:
 
 
 async def test_websocket_before_lifespan_is_refused() -> None:
-    app = Clarion(Config())
+    app = Clarion(Settings())
     async with websocket(app, accept=False) as client:
         start = await client.handshake()
     assert start["status"] == 503
@@ -426,7 +427,7 @@ def test_create_app_reads_clarion_config(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setenv("CLARION_CONFIG", str(path))
     assert create_app().config.server.websocket_path == "/live"
     monkeypatch.delenv("CLARION_CONFIG")
-    assert create_app().config == Config()
+    assert create_app().config == Settings()
 
 
 async def test_refresh_without_authentication_is_an_error() -> None:
@@ -435,7 +436,7 @@ async def test_refresh_without_authentication_is_an_error() -> None:
         assert (reply["type"], reply["id"], reply["code"]) == ("error", 1, 109)
 
 
-TYPED = Config(
+TYPED = Settings(
     channels=[
         ChannelRule(
             match="typed",
@@ -463,8 +464,8 @@ async def test_a_message_of_the_wrong_shape_is_refused_with_its_field() -> None:
 
 
 async def test_a_quiet_client_is_pinged_and_one_that_never_answers_is_closed_4002() -> None:
-    server = ServerConfig(ping_interval_seconds=0.05, pong_timeout_seconds=1)
-    async with running_app(Config(server=server)) as app, websocket(app) as client:
+    server = ServerSettings(ping_interval_seconds=0.05, pong_timeout_seconds=1)
+    async with running_app(Settings(server=server)) as app, websocket(app) as client:
         with anyio.fail_after(10):
             await client.request({"type": "subscribe", "id": 1, "channel": "c"})
             assert await client.receive_frame() == [{"type": "ping"}]

@@ -9,10 +9,10 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from channels.config import AuthConfig
 from channels.errors import ConfigError
 from service.auth import Authenticator
 from service.errors import InvalidToken
+from service.settings import AuthSettings
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 def test_a_public_key_file_that_is_not_a_pem_key_is_refused(tmp_path: Path) -> None:
     key = tmp_path / "key.pem"
     key.write_text("-----BEGIN PUBLIC KEY-----\nnot a key\n-----END PUBLIC KEY-----\n")
-    config = AuthConfig(algorithms=["RS256"], public_key_file=str(key))
+    config = AuthSettings(algorithms=["RS256"], public_key_file=str(key))
     with pytest.raises(ConfigError, match=r"auth\.public_key_file: not a PEM public key"):
         Authenticator(config)
 
@@ -30,7 +30,7 @@ def test_an_unusable_jwks_key_is_named_by_kid_without_its_contents(tmp_path: Pat
     secret_part = "c2VjcmV0LXByaXZhdGUtZXhwb25lbnQ"
     jwks = tmp_path / "keys.json"
     jwks.write_text(json.dumps({"keys": [{"kty": "EC", "kid": "k1", "d": secret_part}]}))
-    config = AuthConfig(algorithms=["ES256"], jwks_file=str(jwks))
+    config = AuthSettings(algorithms=["ES256"], jwks_file=str(jwks))
     with pytest.raises(ConfigError) as refused:
         Authenticator(config)
     assert "the key 'k1' is not usable" in str(refused.value)
@@ -52,7 +52,7 @@ def rsa_jwk(kid: str | None, alg: str | None = None) -> tuple[dict[str, Any], An
 def authenticator(tmp_path: Path, *keys: dict[str, Any]) -> Authenticator:
     jwks = tmp_path / "keys.json"
     jwks.write_text(json.dumps({"keys": list(keys)}))
-    return Authenticator(AuthConfig(algorithms=["RS256", "RS384"], jwks_file=str(jwks)))
+    return Authenticator(AuthSettings(algorithms=["RS256", "RS384"], jwks_file=str(jwks)))
 
 
 def test_jwks_keys_are_picked_by_kid_and_held_to_their_algorithm(tmp_path: Path) -> None:

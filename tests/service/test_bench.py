@@ -14,13 +14,14 @@ from typing import TYPE_CHECKING
 import anyio
 import pytest
 
-from channels.config import ChannelRule, Config
+from channels.config import ChannelRule
 from service.bench.load import StepResult, _read_reply
 from service.bench.report import Summary, histogram_svg, median_summary, summarize, table
 from service.bench.scenarios import check_round_trip
 from service.bench.server import ServerProcess, exit_on_sigterm
 from service.bench.wire import FrameParser, client_frame
 from service.cli import main
+from service.settings import Settings
 from tests.support.server import running_server
 
 if TYPE_CHECKING:
@@ -245,14 +246,14 @@ async def test_the_round_trip_check_passes_a_server_that_delivers(
     anyio_backend: Backend, free_tcp_port: int
 ) -> None:
     with anyio.fail_after(15):
-        async with running_server(Config(), anyio_backend, free_tcp_port) as server:
+        async with running_server(Settings(), anyio_backend, free_tcp_port) as server:
             await check_round_trip(server.ws_url)
 
 
 async def test_the_round_trip_check_names_the_refusal(
     anyio_backend: Backend, free_tcp_port: int
 ) -> None:
-    config = Config(channels=[ChannelRule(match="chat:*")])  # no rule for bench:*
+    config = Settings(channels=[ChannelRule(match="chat:*")])  # no rule for bench:*
     with anyio.fail_after(15):
         async with running_server(config, anyio_backend, free_tcp_port) as server:
             with pytest.raises(RuntimeError, match=r"did not deliver a message.*201"):

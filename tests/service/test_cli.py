@@ -91,7 +91,7 @@ def test_check_reads_the_jwks_file(
             "--workers 2: the memory broker keeps channels inside one process",
         ),
         (["serve", "--workers", "0"], "--workers must be at least 1"),
-        (["serve", "--bind", "nowhere"], "--bind: bind 'nowhere' must look like HOST:PORT"),
+        (["serve", "--bind", "nowhere"], "--bind: 'nowhere' must look like HOST:PORT"),
         (["serve", "--config", "/nonexistent.yaml"], "cannot read /nonexistent.yaml"),
     ],
     ids=["workers", "zero-workers", "bind", "missing-config"],

@@ -23,9 +23,10 @@ import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from channels.config import ChannelRule, Config, History, ServerConfig, Shape
+from channels.config import ChannelRule, History, Shape
 from service import protocol
 from service.closecodes import CloseCode
+from service.settings import ServerSettings, Settings
 from tests.support.asgi import http_request, running_app, websocket
 from tests.support.codes import error_classes
 
@@ -37,8 +38,8 @@ if TYPE_CHECKING:
     from service.app import Clarion
     from tests.support.asgi import FakeClient
 
-CONFIG = Config(
-    server=ServerConfig(
+CONFIG = Settings(
+    server=ServerSettings(
         max_request_bytes=2048,
         max_subscriptions=3,
         publish_rate_per_second=1000,

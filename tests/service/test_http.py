@@ -10,7 +10,8 @@ import anyio
 import msgspec
 import pytest
 
-from channels.config import AuthConfig, ChannelRule, Config, ServerConfig
+from channels.config import ChannelRule
+from service.settings import AuthSettings, ServerSettings, Settings
 from tests.support.asgi import http_request, http_scope, running_app, websocket
 from tests.support.auth import SECRET, token
 
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
     from service.app import Clarion
     from service.types import Message
 
-KEYED = Config(server=ServerConfig(api_keys=["k1"]))
+KEYED = Settings(server=ServerSettings(api_keys=["k1"]))
 KEY = [(b"authorization", b"Bearer k1")]
 
 
@@ -82,12 +83,12 @@ class Exchange:
         (KEYED, "POST", "/api/publish", 401),
         (KEYED, "POST", "/nowhere", 404),
         (KEYED, "POST", "/health", 405),
-        (Config(), "POST", "/api/publish", 200),
+        (Settings(), "POST", "/api/publish", 200),
     ],
     ids=["wrong-key", "no-route", "wrong-method", "accepted"],
 )
 async def test_every_answer_waits_for_the_whole_body(
-    config: Config, method: str, path: str, status: int
+    config: Settings, method: str, path: str, status: int
 ) -> None:
     # Answering before the body ends would leave the rest of it on a keep-alive
     # connection, to be taken for the next request (or to have the connection dropped).
@@ -110,7 +111,7 @@ async def test_a_body_that_never_ends_is_answered_408_and_the_connection_closed(
     http_version: str,
 ) -> None:
     # HTTP/2 sends a body without announcing it in a header: it gets the deadline too.
-    config = Config(server=ServerConfig(handshake_timeout_seconds=0.2))
+    config = Settings(server=ServerSettings(handshake_timeout_seconds=0.2))
     async with running_app(config) as app:
         exchange = Exchange([b'{"chan', b'nel":"c","data":1}'], finish=anyio.Event())
         with anyio.fail_after(5):
@@ -121,7 +122,7 @@ async def test_a_body_that_never_ends_is_answered_408_and_the_connection_closed(
 
 
 async def test_a_body_over_the_limit_is_answered_413_and_the_connection_closed() -> None:
-    config = Config(server=ServerConfig(max_request_bytes=10))
+    config = Settings(server=ServerSettings(max_request_bytes=10))
     async with running_app(config) as app:
         exchange = Exchange([b"x" * 8, b"x" * 8, b"never read"])
         await exchange.run(app, "POST", "/api/publish")
@@ -131,7 +132,7 @@ async def test_a_body_over_the_limit_is_answered_413_and_the_connection_closed()
 
 
 async def test_requests_in_progress_hold_connection_slots() -> None:
-    config = Config(server=ServerConfig(max_connections=2, api_keys=["k1"]))
+    config = Settings(server=ServerSettings(max_connections=2, api_keys=["k1"]))
     async with running_app(config) as app, anyio.create_task_group() as tg:
         finish = anyio.Event()
         slow = [Exchange([b'{"channel":"c",', b'"data":1}'], finish) for _ in range(2)]
@@ -158,7 +159,7 @@ async def test_requests_in_progress_hold_connection_slots() -> None:
 async def test_a_probe_that_sends_a_body_holds_a_slot_like_any_request() -> None:
     # Probes are served on a full node, but a body could arrive a byte at a time: a
     # probe that announces one must not pile up past the limit.
-    config = Config(server=ServerConfig(max_connections=2))
+    config = Settings(server=ServerSettings(max_connections=2))
     async with running_app(config) as app, anyio.create_task_group() as tg:
         finish = anyio.Event()
         slow = [Exchange([b"x", b"y"], finish) for _ in range(2)]
@@ -179,7 +180,7 @@ async def test_a_probe_that_sends_a_body_holds_a_slot_like_any_request() -> None
 
 
 async def test_requests_in_progress_count_towards_the_per_address_limit() -> None:
-    config = Config(server=ServerConfig(max_connections_per_address=1))
+    config = Settings(server=ServerSettings(max_connections_per_address=1))
     async with running_app(config) as app, anyio.create_task_group() as tg:
         finish = anyio.Event()
         exchange = Exchange([b'{"channel":"c",', b'"data":1}'], finish)
@@ -218,7 +219,7 @@ async def test_deeply_nested_json_is_a_coded_error_not_a_crash(
 async def test_an_open_api_shows_only_what_anonymous_clients_may_see() -> None:
     rules = [ChannelRule(match="user:*", subscribe="owner"), ChannelRule(match="*")]
     bob = token("bob")
-    async with running_app(Config(auth=AuthConfig(secret=SECRET), channels=rules)) as app:
+    async with running_app(Settings(auth=AuthSettings(secret=SECRET), channels=rules)) as app:
         async with websocket(app) as anonymous, websocket(app, token=bob) as owner:
             await anonymous.request({"type": "subscribe", "id": 1, "channel": "news"})
             reply = await owner.request({"type": "subscribe", "id": 1, "channel": "user:bob"})
@@ -231,17 +232,17 @@ async def test_an_open_api_shows_only_what_anonymous_clients_may_see() -> None:
 @pytest.mark.parametrize(
     ("server", "logged"),
     [
-        (ServerConfig(), "no server.api_keys are set"),
-        (ServerConfig(api_open=True), "server.api_open is set"),
-        (ServerConfig(api_keys=["k1"]), None),
+        (ServerSettings(), "no server.api_keys are set"),
+        (ServerSettings(api_open=True), "server.api_open is set"),
+        (ServerSettings(api_keys=["k1"]), None),
     ],
     ids=["no-keys", "declared-open", "keys"],
 )
 async def test_an_open_api_is_logged_at_startup(
-    caplog: pytest.LogCaptureFixture, server: ServerConfig, logged: str | None
+    caplog: pytest.LogCaptureFixture, server: ServerSettings, logged: str | None
 ) -> None:
     with caplog.at_level(logging.INFO, "clarion"):
-        async with running_app(Config(server=server)):
+        async with running_app(Settings(server=server)):
             pass
     open_api = [record for record in caplog.records if "the HTTP API is open" in record.message]
     if logged is None:

@@ -11,15 +11,16 @@ import anyio
 import msgspec
 import pytest
 
-from channels.config import ChannelRule, Config, History
+from channels.config import ChannelRule, History
 from channels.hub import open_hub
 from service.protocol import WireEncoding
 from service.session import Session
+from service.settings import Settings
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-CONFIG = Config(
+CONFIG = Settings(
     channels=[
         ChannelRule(match="secret:*", private=True),
         ChannelRule(match="*", history=History(size=10)),

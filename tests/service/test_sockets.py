@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from channels.config import Config, ServerConfig
 from service.runner import hypercorn_config
+from service.settings import ServerSettings, Settings
 from service.sockets import BindError, bind_sockets
 
 SOMAXCONN = int(Path("/proc/sys/net/core/somaxconn").read_text())
@@ -32,11 +32,11 @@ def accept_queue_bound(sock: socket.socket) -> int:
 def test_bind_sockets_listens_with_the_configured_backlog(
     free_tcp_port: int, backlog: int | None
 ) -> None:
-    server = ServerConfig(bind=f"127.0.0.1:{free_tcp_port}")
+    server = ServerSettings(bind=f"127.0.0.1:{free_tcp_port}")
     if backlog is not None:
-        server = ServerConfig(bind=server.bind, listen_backlog=backlog)
+        server = ServerSettings(bind=server.bind, listen_backlog=backlog)
     expected = 4096 if backlog is None else backlog
-    sockets = bind_sockets(hypercorn_config(Config(server=server)))
+    sockets = bind_sockets(hypercorn_config(Settings(server=server)))
     with ExitStack() as stack:
         for sock in sockets.insecure_sockets:
             stack.enter_context(sock)

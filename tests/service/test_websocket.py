@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import pytest
 
-from channels.config import Config
 from service.app import Clarion, NoMatchFound
 from service.datastructures import URL, Address, Headers, QueryParams
 from service.responses import Response
+from service.settings import Settings
 from service.websocket import HTTPConnection, WebSocket, WebSocketDisconnect, WebSocketState
 from tests.support.asgi import http_scope
 
@@ -299,7 +299,7 @@ def test_connections_compare_by_identity() -> None:
 
 
 def test_url_for_builds_absolute_urls_from_the_app() -> None:
-    app = Clarion(Config())
+    app = Clarion(Settings())
     ws, _ = make(app=app, headers=[(b"host", b"example.org")])
     assert ws.url_for("websocket") == URL("ws://example.org/ws")
     assert ws.url_for("publish") == URL("http://example.org/api/publish")

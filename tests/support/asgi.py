@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import msgspec
 
-from channels.config import Config
 from service.app import Clarion
+from service.settings import Settings
 from service.types import Message, Scope
 
 if TYPE_CHECKING:
@@ -19,9 +19,9 @@ if TYPE_CHECKING:
 
 
 @asynccontextmanager
-async def running_app(config: Config | None = None) -> AsyncIterator[Clarion]:
+async def running_app(config: Settings | None = None) -> AsyncIterator[Clarion]:
     """Run the app's lifespan (startup, then shutdown on exit) around the block."""
-    app = Clarion(config or Config())
+    app = Clarion(config or Settings())
     to_app, app_inbox = anyio.create_memory_object_stream[Message](2)
     app_outbox, from_app = anyio.create_memory_object_stream[Message](2)
     async with anyio.create_task_group() as tg, to_app, from_app:

@@ -8,13 +8,13 @@ from typing import Any, Final
 
 import jwt
 
-from channels.config import ServerConfig
+from service.settings import ServerSettings
 
 __all__ = ("OPEN_API", "SECRET", "token")
 
 SECRET: Final = "a-test-secret-long-enough-for-every-hs-algorithm-0123456789abcdef"
 #: ``auth.required`` needs API keys, or the HTTP API declared open on purpose.
-OPEN_API: Final = ServerConfig(api_open=True)
+OPEN_API: Final = ServerSettings(api_open=True)
 
 
 def token(

@@ -19,8 +19,8 @@ if TYPE_CHECKING:
 
     from anyio.abc import ByteStream, Process
 
-    from channels.config import Config, ConfigSource
     from channels.hub import Hub
+    from service.settings import ConfigSource, Settings
     from tests.support.tls import TLSFiles
 
 
@@ -84,7 +84,7 @@ async def wait_serving(port: int, alive: Callable[[], bool] = lambda: True) -> N
 
 @asynccontextmanager
 async def running_server(
-    config: Config,
+    config: Settings,
     backend: Backend,
     port: int,
     *,
