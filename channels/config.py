@@ -329,8 +329,7 @@ class Config(Section, frozen=True):
         """Render the configuration as YAML, with every secret and password redacted."""
         builtins = msgspec.to_builtins(self)
         for where in self.SECRETS:
-            section, _, key = where.partition(".")
-            values = builtins.get(section) or {}
+            values, key = _section_of(builtins, where)
             if isinstance(values.get(key), list):
                 values[key] = ["<redacted>"] * len(values[key])
             elif values.get(key) is not None:
@@ -394,9 +393,8 @@ def _check_secrets(raw: Any, secrets: Mapping[str, str]) -> None:
     *secrets* maps ``section.key`` to what to call the value in the error.
     """
     for where, noun in secrets.items():
-        section, _, key = where.partition(".")
-        values = raw.get(section) if isinstance(raw, dict) else None
-        value = values.get(key) if isinstance(values, dict) else None
+        values, key = _section_of(raw, where)
+        value = values.get(key)
         items = enumerate(value) if isinstance(value, list) else [(None, value)]
         for index, item in items:
             if isinstance(item, str) and not _ENV_REF.fullmatch(item):
@@ -405,3 +403,11 @@ def _check_secrets(raw: Any, secrets: Mapping[str, str]) -> None:
                     f"{path}: write the {noun} as a ${{VAR}} reference; "
                     "secrets come from the environment, not from the file"
                 )
+
+
+def _section_of(document: Any, where: str) -> tuple[dict[str, Any], str]:
+    """The section of *document* that ``section.key`` *where* names (empty when the
+    document has none), and the key."""
+    section, _, key = where.partition(".")
+    values = document.get(section) if isinstance(document, dict) else None
+    return (values if isinstance(values, dict) else {}), key

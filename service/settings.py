@@ -18,6 +18,7 @@ import msgspec
 
 from channels.config import (
     KIB,
+    SECONDS,
     Config,
     PositiveCount,
     PositiveSeconds,
@@ -38,7 +39,6 @@ __all__ = (
     "parse_bind",
 )
 
-SECONDS = 1.0
 MIB = 1024 * KIB
 
 LogLevel = Literal["debug", "info", "warning", "error"]
