@@ -8,12 +8,14 @@ line. Tokens, API keys and query strings are never among the fields.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 import time
 from typing import TYPE_CHECKING, Any
 
 import msgspec
+import trio
 
 if TYPE_CHECKING:
     from service.settings import LogLevel
@@ -30,6 +32,13 @@ __all__ = (
 _encoder = msgspec.json.Encoder()
 #: Loggers that only speak from WARNING on: the Redis client logs each retry.
 _QUIET = ("coredis",)
+_CANCELLED = (asyncio.CancelledError, trio.Cancelled)
+
+
+def _not_a_cancellation(record: logging.LogRecord) -> bool:
+    """False for a record about a cancelled task: coredis logs an error with a traceback
+    when a server that stops cancels a connection it is still opening (coredis 6)."""
+    return not (record.exc_info and isinstance(record.exc_info[1], _CANCELLED))
 
 
 def peer(address: tuple[str, int] | None) -> str | None:
@@ -101,7 +110,10 @@ def configure_logging(level: LogLevel = "info", log_format: str = "human") -> No
     root.addHandler(handler)
     root.setLevel(level.upper())
     for name in _QUIET:
-        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
+        quiet = logging.getLogger(name)
+        quiet.setLevel(max(logging.WARNING, root.level))
+        if _not_a_cancellation not in quiet.filters:
+            quiet.addFilter(_not_a_cancellation)
 
 
 def reconfigure_logging(level: LogLevel, log_format: str) -> None:

@@ -7,6 +7,7 @@ import errno
 import logging
 import multiprocessing
 import multiprocessing.connection
+import multiprocessing.resource_tracker
 import os
 import signal
 import socket
@@ -50,6 +51,8 @@ AFTER_DRAIN_SECONDS: Final = 1.0
 Backend = Literal["asyncio", "trio", "uvloop"]
 """hypercorn's worker and its event loop: uvloop is the asyncio worker on uvloop's loop."""
 logger = logging.getLogger("clarion")
+#: The signals a server handles: SIGINT and SIGTERM drain it, SIGHUP reloads it.
+_HANDLED: Final = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
 
 
 class HypercornConfig(hypercorn.config.Config):
@@ -202,7 +205,10 @@ async def _serve_until_signal(
     # The handlers are in place before the first client is accepted, so that a signal
     # always drains: a worker signalled while it starts must not die with its clients.
     stop = anyio.Event()
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+    with anyio.open_signal_receiver(*_HANDLED) as signals:
+        # A worker starts with these blocked (`run_workers`): one sent while it started
+        # waited, and arrives now.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _HANDLED)
 
         async def watch() -> None:
             async for signum in signals:
@@ -228,8 +234,9 @@ def run(app: Clarion, backend: Backend, sockets: Sockets | None = None) -> None:
     sockets (`service.sockets.bind_sockets`); by default hypercorn binds its own.
     """
     settings = hypercorn_config(app.config)
-    # Until the signal receiver is in place, a SIGHUP must not end the process.
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # Until the signal receiver is in place, a signal waits (a SIGHUP must not end the
+    # process); a worker of `run_workers` started with them blocked already.
+    signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED)
     anyio.run(
         _serve_until_signal,
         app,
@@ -278,13 +285,19 @@ def run_workers(
                 os.kill(process.pid, signal.SIGHUP)
 
     previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
-    # Ignored while the workers start (they inherit that until their own receiver is in
-    # place), so that a SIGHUP then cannot end one; forwarded once they all run.
-    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, reload)
+    # The workers start with the signals blocked, a mask they inherit, until their own
+    # receiver is in place: a signal sent while one starts then waits for it, so that it
+    # drains and exits 0 instead of dying half-started (or stopping at a SIGHUP). The
+    # resource tracker runs first because starting it unblocks SIGINT and SIGTERM.
+    multiprocessing.resource_tracker.ensure_running()
+    unblocked = signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED)
     try:
-        for process in processes:
-            process.start()
-        signal.signal(signal.SIGHUP, reload)
+        try:
+            for process in processes:
+                process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
         for sock in (*sockets.secure_sockets, *sockets.insecure_sockets):
             sock.close()  # the workers hold them now
         sentinels = [process.sentinel for process in processes]
@@ -304,5 +317,7 @@ def run_workers(
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-    failed = any(process.exitcode != 0 for process in processes)
+    failed = [process for process in processes if process.exitcode != 0]
+    for process in failed:
+        logger.error("%s exited with status %s", process.name, process.exitcode)
     return 1 if failed or not stopping else 0

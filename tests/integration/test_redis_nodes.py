@@ -327,6 +327,36 @@ async def test_workers_share_channels_through_redis(
             assert await proc.wait() == 0
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+async def test_a_signal_while_workers_start_waits_for_them(
+    anyio_backend: Backend, redis_broker: BrokerConfig, tmp_path: Path, signum: signal.Signals
+) -> None:
+    """Sent as soon as the workers exist (still importing), a signal is not lost and kills
+    none half-started: SIGTERM and SIGINT drain every worker to exit 0, SIGHUP reloads."""
+    path = tmp_path / "channels.yaml"
+    path.write_bytes(msgspec.yaml.encode({"broker": msgspec.to_builtins(redis_broker)}))
+    port = free_port()
+    argv = [str(BIN / "clarion"), "serve", "--config", str(path), "--workers", "3"]
+    argv += ["--backend", anyio_backend, "--bind", f"127.0.0.1:{port}"]
+    log = tmp_path / "serve.log"
+    with log.open("wb") as output:
+        proc = await anyio.open_process(argv, stdout=output, stderr=output)
+    with anyio.fail_after(60):
+        async with proc:
+            while len(worker_pids(proc.pid)) < 3:  # noqa: ASYNC110 - polls /proc
+                await anyio.sleep(0.005)
+            proc.send_signal(signum)
+            if signum == signal.SIGHUP:
+                while log.read_text().count("reloaded") < 3:  # noqa: ASYNC110 - polls a log
+                    await anyio.sleep(0.05)
+                proc.terminate()
+            assert await proc.wait() == 0
+    text = log.read_text()
+    assert text.count("drained") == 3
+    assert "Traceback" not in text
+    assert "exited with status" not in text
+
+
 async def test_presence_and_join_leave_span_nodes(
     anyio_backend: Backend, redis_broker: BrokerConfig, tmp_path: Path
 ) -> None:
