@@ -8,14 +8,13 @@ line. Tokens, API keys and query strings are never among the fields.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 import time
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import msgspec
-import trio
 
 if TYPE_CHECKING:
     from service.settings import LogLevel
@@ -32,13 +31,18 @@ __all__ = (
 _encoder = msgspec.json.Encoder()
 #: Loggers that only speak from WARNING on: the Redis client logs each retry.
 _QUIET = ("coredis",)
-_CANCELLED = (asyncio.CancelledError, trio.Cancelled)
 
 
 def _not_a_cancellation(record: logging.LogRecord) -> bool:
     """False for a record about a cancelled task: coredis logs an error with a traceback
     when a server that stops cancels a connection it is still opening (coredis 6)."""
-    return not (record.exc_info and isinstance(record.exc_info[1], _CANCELLED))
+    if not record.exc_info:
+        return True
+    try:
+        cancelled = anyio.get_cancelled_exc_class()
+    except RuntimeError:  # logged outside an event loop: not a cancellation
+        return True
+    return not isinstance(record.exc_info[1], cancelled)
 
 
 def peer(address: tuple[str, int] | None) -> str | None:

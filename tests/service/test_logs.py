@@ -7,6 +7,7 @@ import logging
 import sys
 from typing import TYPE_CHECKING
 
+import anyio
 import pytest
 
 from service.logs import (
@@ -79,3 +80,27 @@ def test_a_reload_replaces_only_the_handler_clarion_installed() -> None:
     assert isinstance(own.formatter, JSONFormatter)
     assert root.level == logging.DEBUG
     assert logging.getLogger("coredis").level == logging.WARNING
+
+
+@pytest.mark.usefixtures("root_handlers")
+async def test_the_redis_client_logs_no_traceback_for_a_cancelled_connection(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """coredis logs an error with the traceback of the cancellation when a stopping
+    server cancels a connection it is opening; its real errors still show."""
+    configure_logging("info", "human")
+    coredis = logging.getLogger("coredis")
+    cancelled = anyio.get_cancelled_exc_class()
+    with caplog.at_level(logging.INFO):
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            try:
+                await anyio.sleep(1)
+            except cancelled:
+                coredis.exception("Connection attempt failed unexpectedly!")
+                raise
+        try:
+            raise ConnectionResetError
+        except ConnectionResetError:
+            coredis.exception("lost the connection")
+    assert [record.getMessage() for record in caplog.records] == ["lost the connection"]
