@@ -31,6 +31,7 @@ import msgspec
 
 from channels.brokers import redis_scripts
 from channels.brokers.ordering import ChannelOrder, Check, Lost
+from channels.brokers.redis_health import RETRIED, UNAVAILABLE, HealthCheck, describe
 from channels.brokers.redis_keys import Keys
 from channels.errors import BrokerUnavailable
 from channels.publication import ClientInfo, HistoryPage, Position, Publication, Published
@@ -44,12 +45,6 @@ if TYPE_CHECKING:
 __all__ = ("RedisBroker", "open_redis_broker")
 
 logger = logging.getLogger("clarion")
-
-#: What a failing Redis call raises: down, restarting, or too slow.
-_UNAVAILABLE = (coredis.exceptions.RedisError, OSError, TimeoutError)
-
-#: What background work retries after: the above, and our own translation of it.
-_RETRIED = (*_UNAVAILABLE, BrokerUnavailable)
 
 #: The longest pause between two attempts of background work while Redis is failing.
 MAX_RETRY_DELAY_SECONDS: Final = 5.0
@@ -84,19 +79,12 @@ class RedisBroker:
         self._refresh_seconds = config.stream_idle_seconds / 3
         self._timeout_seconds = config.timeout_seconds
         self._check_seconds = config.check_seconds
-        self._pings: dict[bytes, float] = {}
-        """The checks' pings not yet back, each with when it was sent."""
-        self._ping_count = 0
-        self._heard = anyio.Event()
-        """Set when a ping came back in time, or pub/sub (re)subscribed this node's channel."""
-        self._echo_seconds: float | None = None
-        """The round trip of a ping that came back in time, not yet taken by a check."""
-        self._node_subscribed = False
-        self._down_reported = False
-        self.ready = False
-        """Whether the last check reached Redis both ways within ``timeout_seconds``."""
-        self.round_trip_seconds: float | None = None
-        """How long the last check took: a publish, back through this node's pub/sub."""
+        self._health = HealthCheck(
+            client,
+            self._keys.node,
+            timeout_seconds=config.timeout_seconds,
+            check_seconds=config.check_seconds,
+        )
         self._publish_script = client.register_script(redis_scripts.PUBLISH)
         self._read_script = client.register_script(redis_scripts.READ)
         self._presence_add = client.register_script(redis_scripts.PRESENCE_ADD)
@@ -113,6 +101,16 @@ class RedisBroker:
         self._to_repair: set[str] = set()
         self._to_leave: set[str] = set()
         self._work = anyio.Event()
+
+    @property
+    def ready(self) -> bool:
+        """Whether the last check reached Redis both ways within ``timeout_seconds``."""
+        return self._health.ready
+
+    @property
+    def round_trip_seconds(self) -> float | None:
+        """How long the last check took: a publish, back through this node's pub/sub."""
+        return self._health.round_trip_seconds
 
     @property
     def channel_count(self) -> int:
@@ -178,8 +176,8 @@ class RedisBroker:
                 # Redis may hold the subscription all the same: have it dropped.
                 del self._listening[channel]
                 self._leave_soon(channel)
-                if isinstance(exc, _UNAVAILABLE):
-                    raise BrokerUnavailable("subscribe", _describe(exc)) from exc
+                if isinstance(exc, UNAVAILABLE):
+                    raise BrokerUnavailable("subscribe", describe(exc)) from exc
                 raise
             for message in listening.start(position.epoch.encode(), position.offset):
                 self._receive(channel, listening, message)
@@ -248,7 +246,7 @@ class RedisBroker:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._listen)
                 tg.start_soon(self._maintain)
-                tg.start_soon(self._check_forever)
+                tg.start_soon(self._health.run, self._pubsub, self._catch_up)
 
     @property
     def _subscriber(self) -> coredis.patterns.pubsub.PubSub[bytes]:
@@ -266,8 +264,8 @@ class RedisBroker:
         try:
             with anyio.fail_after(self._timeout_seconds):
                 yield
-        except _UNAVAILABLE as exc:
-            raise BrokerUnavailable(operation, _describe(exc)) from exc
+        except UNAVAILABLE as exc:
+            raise BrokerUnavailable(operation, describe(exc)) from exc
 
     async def _read(
         self, channel: str, *, after: int | None, limit: int | None, start: str
@@ -325,9 +323,9 @@ class RedisBroker:
                 continue
             if message["channel"] == self._keys.node:
                 if message["type"] == "message":
-                    self._echo(message["data"])
+                    self._health.echo(message["data"])
                 elif message["type"] == "subscribe":
-                    self._heard.set()  # (re)subscribed: a check pings again
+                    self._health.subscribed()
                 continue
             if message["type"] != "message":
                 continue
@@ -377,7 +375,7 @@ class RedisBroker:
                     await self._refresh()
                     next_refresh = anyio.current_time() + self._refresh_seconds
                 failures = 0
-            except _RETRIED as exc:
+            except RETRIED as exc:
                 self._to_announce.clear()  # best effort: stale joins help nobody later
                 failures += 1
                 delay = min(MAX_RETRY_DELAY_SECONDS, 0.05 * 2**failures)
@@ -459,106 +457,6 @@ class RedisBroker:
                 for channel in channels:
                     pipeline.pexpire(self._keys.meta(channel), self._idle_ms)
 
-    async def _check_forever(self) -> None:
-        """Check Redis both ways every ``check_seconds``; then catch up on every channel.
-
-        While ready, a check may take up to ``timeout_seconds``: Redis slower than that
-        is unavailable, as it is to a publish. While not ready, a check gives up after
-        ``check_seconds`` and the next one starts: a ping sent while pub/sub was still
-        reconnecting never comes back, and waiting it out would hold readiness up to
-        ``timeout_seconds`` past Redis's recovery. So while Redis is down the node sends
-        one ping (a ``PUBLISH`` of a few bytes) per ``check_seconds``, and one more each
-        time pub/sub resubscribes: never a tight loop.
-        """
-        while True:
-            started = anyio.current_time()
-            if self.ready:
-                ready = await self._check(self._timeout_seconds)
-            elif await self._subscribe_node_channel():
-                started = anyio.current_time()
-                ready = await self._check(self._check_seconds)
-            else:
-                ready = False
-            self._set_ready(ready)
-            if ready:
-                try:
-                    await self._catch_up()
-                except _RETRIED as exc:
-                    logger.warning("Redis catch-up failed: %s", _describe(exc))
-            await anyio.sleep_until(started + self._check_seconds)
-
-    async def _subscribe_node_channel(self) -> bool:
-        """Subscribe to this node's own channel, once: pub/sub resubscribes it after."""
-        if self._node_subscribed:
-            return True
-        try:
-            with anyio.fail_after(self._timeout_seconds):
-                await self._subscriber.subscribe(self._keys.node)
-        except _UNAVAILABLE as exc:
-            self._report_unavailable(exc)
-            return False
-        self._node_subscribed = True
-        return True
-
-    async def _check(self, seconds: float) -> bool:
-        """Ping this node's own pub/sub channel; True once a ping comes back in time.
-
-        Any ping sent within ``timeout_seconds`` since the last check that succeeded
-        counts, not only this check's: after a stall, the ping sent last before Redis
-        resumed is the first to come back. A ping sent before pub/sub (re)subscribed
-        never comes back, so the check pings again as soon as pub/sub reports the
-        subscription.
-        """
-        try:
-            with anyio.fail_after(seconds):
-                await self._ping()
-                while self._echo_seconds is None:
-                    await self._heard.wait()
-                    self._heard = anyio.Event()
-                    if self._echo_seconds is None:
-                        await self._ping()
-        except _UNAVAILABLE as exc:
-            self._report_unavailable(exc)
-            return False
-        self.round_trip_seconds, self._echo_seconds = self._echo_seconds, None
-        # The next check needs a ping sent after this one succeeded.
-        self._pings.clear()
-        self._heard = anyio.Event()
-        return True
-
-    async def _ping(self) -> None:
-        self._ping_count += 1
-        ping = b"%d" % self._ping_count
-        now = anyio.current_time()
-        self._pings = {
-            sent_ping: sent
-            for sent_ping, sent in self._pings.items()
-            if now - sent <= self._timeout_seconds
-        }
-        self._pings[ping] = now
-        await self._client.publish(self._keys.node, ping)
-
-    def _echo(self, ping: bytes) -> None:
-        """Take note of a ping back through this node's pub/sub."""
-        sent = self._pings.pop(ping, None)
-        if sent is None:
-            return  # from before the last check that succeeded, or not ours
-        round_trip = anyio.current_time() - sent
-        if round_trip <= self._timeout_seconds:
-            self._echo_seconds = round_trip
-            self._heard.set()
-
-    def _report_unavailable(self, exc: BaseException) -> None:
-        if not self._down_reported:
-            logger.warning("Redis is unavailable: %s", _describe(exc))
-            self._down_reported = True
-
-    def _set_ready(self, ready: bool) -> None:
-        if ready and not self.ready:
-            logger.info("Redis is available")
-            self._down_reported = False
-        self.ready = ready
-
     async def _catch_up(self) -> None:
         """Repair every channel whose stream went further than what was delivered here.
 
@@ -587,10 +485,6 @@ class RedisBroker:
             elif verdict is Check.REPAIR:
                 self._to_repair.add(channel)
                 self._work.set()
-
-
-def _describe(exc: BaseException) -> str:
-    return str(exc) or type(exc).__name__
 
 
 @asynccontextmanager
