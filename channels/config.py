@@ -183,6 +183,8 @@ class ServerConfig(Section, frozen=True):
     idempotency_window_seconds: PositiveSeconds = 300 * SECONDS
     """How long a publish's ``idempotency_key`` is remembered on its channel: a second
     publish with the same key within this time is not published again."""
+    broadcast_max_channels: PositiveCount = 1000
+    """Channels one broadcast may publish to (error 209 beyond)."""
 
     def __post_init__(self) -> None:
         if self.recovery_max_messages is not None and (

@@ -13,6 +13,7 @@ Exception hierarchy::
     ├── PresenceDisabled       206   presence asked of a channel whose rule keeps none
     ├── TooManySubscriptions   207   a connection is at server.max_subscriptions
     ├── InvalidData            208   a message's data does not have its rule's shape
+    ├── TooManyChannels        209   a broadcast names more than broadcast_max_channels
     ├── ServerClosing          300   the node is shutting down
     └── BrokerUnavailable      301   the broker (Redis) cannot be reached
 
@@ -40,6 +41,7 @@ __all__ = (
     "PermissionDenied",
     "PresenceDisabled",
     "ServerClosing",
+    "TooManyChannels",
     "TooManySubscriptions",
 )
 
@@ -162,6 +164,18 @@ class TooManySubscriptions(ChannelsError):
 
     def __init__(self, limit: int) -> None:
         super().__init__(f"a connection may hold at most {limit} subscriptions")
+        self.limit = limit
+
+
+class TooManyChannels(ChannelsError):
+    """Raised when a broadcast names more channels than ``server.broadcast_max_channels``."""
+
+    code = 209
+    http_status = 400
+
+    def __init__(self, count: int, limit: int) -> None:
+        super().__init__(f"a broadcast may name at most {limit} channels, not {count}")
+        self.count = count
         self.limit = limit
 
 

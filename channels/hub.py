@@ -20,6 +20,7 @@ from channels.errors import (
     NotSubscribed,
     PresenceDisabled,
     ServerClosing,
+    TooManyChannels,
     TooManySubscriptions,
 )
 from channels.local import Joining, LocalChannel
@@ -31,7 +32,7 @@ from channels.statistics import ChannelStatistics, HubStatistics
 from channels.traffic import Traffic
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable
+    from collections.abc import AsyncIterator, Callable, Sequence
 
     from channels.brokers import Broker, Event
     from channels.config import ChannelRule, Config, SlowConsumerPolicy
@@ -75,10 +76,8 @@ class Hub:
         )
         """Sends the outboxes (see `channels.sender`); run by `open_hub`."""
         self._rules = RuleBook(config)
-        self._recovery_max = server.recovery_limit
-        self._max_subscriptions = server.max_subscriptions
-        self._idempotency_window = server.idempotency_window_seconds
-        self._outbox_limits = (server.outbox_messages, server.frame_max_bytes)
+        self._limits = server
+        """The hub's limits, as configured (``server:``)."""
         self._broker: Broker | None = None
         self._encoding = encoding
         self._clients: dict[Outbox, ClientInfo] = {}
@@ -152,7 +151,7 @@ class Hub:
         Raises:
             ServerClosing: if the hub is closing.
         """
-        capacity, frame_max_bytes = self._outbox_limits
+        capacity, frame_max_bytes = self._limits.outbox_messages, self._limits.frame_max_bytes
         outbox = Outbox(
             capacity, frame_max_bytes, self._encoding, on_fail=on_end, traffic=self.traffic
         )
@@ -248,8 +247,8 @@ class Hub:
         channels = self._subscriptions[outbox]
         if channel in channels:
             raise AlreadySubscribed(channel)
-        if len(channels) >= self._max_subscriptions:
-            raise TooManySubscriptions(self._max_subscriptions)
+        if len(channels) >= self._limits.max_subscriptions:
+            raise TooManySubscriptions(self._limits.max_subscriptions)
         state = self._channels.get(channel)
         if state is None:
             state = self._channels[channel] = LocalChannel(
@@ -263,7 +262,10 @@ class Hub:
                 page = await self._carrier.read(channel, after=None, epoch=None, limit=0)
             else:
                 page = await self._carrier.read(
-                    channel, after=since.offset, epoch=since.epoch, limit=self._recovery_max
+                    channel,
+                    after=since.offset,
+                    epoch=since.epoch,
+                    limit=self._limits.recovery_limit,
                 )
             if state.presence:
                 await self._carrier.add_presence(channel, self._clients[outbox])
@@ -281,7 +283,7 @@ class Hub:
         recovered = None
         if since is not None:
             missed = start - since.offset
-            recovered = page.complete and missed <= self._recovery_max
+            recovered = page.complete and missed <= self._limits.recovery_limit
         on_subscribed(Subscribed(channel, page.position, recovered))
         for publication in page.publications if recovered else ():
             outbox.offer(self._delivery(publication, state.policy))
@@ -314,10 +316,7 @@ class Hub:
         )
         old, rules = self._rules, RuleBook(config)
         self._rules = rules
-        self._recovery_max = server.recovery_limit
-        self._max_subscriptions = server.max_subscriptions
-        self._idempotency_window = server.idempotency_window_seconds
-        self._outbox_limits = (server.outbox_messages, server.frame_max_bytes)
+        self._limits = server
         ended = 0
         for outbox, channels in self._subscriptions.items():
             grant = self._grants.get(outbox, _ANONYMOUS)
@@ -398,11 +397,48 @@ class Hub:
             data,
             rule.history,
             key=idempotency_key,
-            window_seconds=self._idempotency_window,
+            window_seconds=self._limits.idempotency_window_seconds,
         )
         if not published.duplicate:
             self._accepted += 1
         return published
+
+    async def broadcast(
+        self,
+        channels: Sequence[str],
+        data: msgspec.Raw,
+        *,
+        trusted: bool,
+        idempotency_key: str | None = None,
+    ) -> list[Published | ChannelsError]:
+        """Publish *data* on each of *channels* as `publish` would; return each one's
+        position, or what refused it there, in the order given.
+
+        One channel's refusal (its name, its rule, the data's size or shape, the broker)
+        is its result and does not stop the others. The *idempotency_key* applies per
+        channel, so a retried broadcast publishes nowhere twice. A channel named twice
+        is published to twice.
+
+        Raises:
+            TooManyChannels: if *channels* are more than ``server.broadcast_max_channels``.
+            ServerClosing: if the hub is closing.
+        """
+        limit = self._limits.broadcast_max_channels
+        if len(channels) > limit:
+            raise TooManyChannels(len(channels), limit)
+        results: list[Published | ChannelsError] = []
+        for channel in channels:
+            try:
+                published = await self.publish(
+                    channel, data, trusted=trusted, idempotency_key=idempotency_key
+                )
+            except ServerClosing:
+                raise
+            except ChannelsError as exc:
+                results.append(exc)
+            else:
+                results.append(published)
+        return results
 
     async def presence(
         self,

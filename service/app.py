@@ -24,6 +24,7 @@ from service.errors import (
     InvalidToken,
     MethodNotAllowed,
     NodeFull,
+    NotStarted,
     OriginNotAllowed,
     ProtocolError,
     RequestTimeout,
@@ -40,6 +41,7 @@ from service.logs import fields, peer, reconfigure_logging
 from service.metrics import NodeCollector, NodeCounters, node_registry
 from service.protocol import ReloadReply, WireEncoding, encode_error
 from service.responses import Response
+from service.serverapi import ServerAPI
 from service.session import run_session
 from service.settings import ConfigSource, Settings
 from service.slots import Slots
@@ -78,8 +80,9 @@ class NoMatchFound(Exception):
 class Clarion:
     """The Clarion ASGI application for one node.
 
-    Routes: the WebSocket endpoint at ``server.websocket_path``, ``POST /api/publish``,
-    ``GET /api/presence``, ``POST /api/reload``, ``GET /api/stats``, ``GET /health``
+    Routes: the WebSocket endpoint at ``server.websocket_path``, the HTTP API
+    (``POST /api/publish``, ``POST /api/broadcast``, ``GET /api/history``,
+    ``GET /api/presence``, ``POST /api/reload``, ``GET /api/stats``), ``GET /health``
     (liveness), ``GET /ready`` (readiness), ``GET /metrics`` (Prometheus), and the
     dashboard at ``GET /`` with the browser client at ``GET /client.js``; everything
     else is a JSON 404. The hub lives in the lifespan.
@@ -103,6 +106,8 @@ class Clarion:
         """Connections, disconnects and errors, for the metrics."""
         self.metrics = node_registry(NodeCollector(self.counters, lambda: self.hub))
         """The node's Prometheus registry, served at ``/metrics``."""
+        self.api = ServerAPI(self)
+        """The server API, for code in this process (see `service.serverapi`)."""
         self._http_routes = routes()
         self._routes = {
             "websocket": URLPath(config.server.websocket_path, "websocket"),
@@ -240,7 +245,9 @@ class Clarion:
             error: ProtocolError | ChannelsError = RouteNotFound(
                 f"no WebSocket endpoint at {ws.scope['path']!r}"
             )
-        elif hub is None or hub.closing:
+        elif hub is None:
+            error = NotStarted()
+        elif hub.closing:
             error = ServerClosing()
         else:
             try:

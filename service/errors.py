@@ -16,6 +16,7 @@ __all__ = (
     "InvalidToken",
     "MethodNotAllowed",
     "NodeFull",
+    "NotStarted",
     "OriginNotAllowed",
     "ProtocolError",
     "RateLimited",
@@ -55,7 +56,8 @@ class ProtocolError(Exception):
         ├── NodeFull          112  the node holds server.max_connections already
         ├── AddressFull       113  this client address is at its connection limit
         ├── RateLimited       114  publishing faster than the connection's rate
-        └── RequestTimeout    115  an HTTP body not in within the handshake timeout
+        ├── RequestTimeout    115  an HTTP body not in within the handshake timeout
+        └── NotStarted        116  the app's lifespan has not started it (or stopped it)
     """
 
     code: ClassVar[int] = 0
@@ -168,6 +170,19 @@ class RequestTimeout(ProtocolError):
 
     code = 115
     http_status = 408
+
+
+class NotStarted(ProtocolError):
+    """Raised when the app is asked for something outside its lifespan: it has not
+    started, or has stopped (an app mounted in another must get the host's lifespan)."""
+
+    code = 116
+    http_status = 503
+
+    def __init__(self) -> None:
+        super().__init__(
+            "Clarion is not running: its ASGI lifespan has not started it, or has stopped it"
+        )
 
 
 class Unauthorized(ProtocolError):

@@ -17,17 +17,21 @@ import anyio
 import msgspec
 from prometheus_client import generate_latest
 
-from channels.errors import ServerClosing
 from service.admission import trusted
-from service.errors import BadMessage, Unauthorized
+from service.apibodies import BroadcastRequest, PresenceStatsReply, broadcast_reply
+from service.errors import BadMessage, NotStarted, Unauthorized
 from service.metrics import CONTENT_TYPE
 from service.protocol import (
+    HistoryEntry,
+    HistoryReply,
     PresenceReply,
     PublishReply,
     StatsReply,
+    decode_body,
     decode_publish_request,
     encode,
 )
+from service.serverapi import ServerAPI
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -63,6 +67,7 @@ _READ: Final = ("GET", "HEAD")
 _WRITE: Final = ("POST",)
 _HEALTH_BODY: Final = msgspec.json.encode({"status": "ok"})
 _READY_BODY: Final = msgspec.json.encode({"status": "ready"})
+_broadcast_decoder = msgspec.json.Decoder(BroadcastRequest)
 
 
 class Request(NamedTuple):
@@ -90,6 +95,8 @@ def routes() -> dict[str, Route]:
         Route("ready", "/ready", _READ, _ready),
         Route("metrics", "/metrics", _READ, _metrics),
         Route("publish", "/api/publish", _WRITE, _publish),
+        Route("broadcast", "/api/broadcast", _WRITE, _broadcast),
+        Route("history", "/api/history", _READ, _history),
         Route("presence", "/api/presence", _READ, _presence),
         Route("stats", "/api/stats", _READ, _stats),
         Route("reload", "/api/reload", _WRITE, _reload),
@@ -128,13 +135,10 @@ async def _static(app: Clarion, request: Request) -> Answer:
 
 
 async def _publish(app: Clarion, request: Request) -> Answer:
-    caller_trusted = trusted(request.headers, app.config.server.api_keys)
+    api = _api(app, request)
     publish = decode_publish_request(request.body)
-    published = await _hub(app).publish(
-        publish.channel,
-        publish.data,
-        trusted=caller_trusted,
-        idempotency_key=publish.idempotency_key,
+    published = await api.publish(
+        publish.channel, publish.data, idempotency_key=publish.idempotency_key
     )
     position = published.position
     reply = PublishReply(
@@ -146,25 +150,49 @@ async def _publish(app: Clarion, request: Request) -> Answer:
     return 200, encode(reply), [*JSON_HEADERS]
 
 
+async def _broadcast(app: Clarion, request: Request) -> Answer:
+    api = _api(app, request)
+    broadcast = decode_body(_broadcast_decoder, request.body)
+    results = await api.broadcast(
+        broadcast.channels, broadcast.data, idempotency_key=broadcast.idempotency_key
+    )
+    return 200, encode(broadcast_reply(broadcast.channels, results)), [*JSON_HEADERS]
+
+
+async def _history(app: Clarion, request: Request) -> Answer:
+    api = _api(app, request)
+    channel = _channel_param(request)
+    since = _int_param(request, "since", minimum=0)
+    limit = _int_param(request, "limit", minimum=1)
+    page = await api.history(channel, since=since, limit=limit)
+    reply = HistoryReply(
+        channel=channel,
+        offset=page.position.offset,
+        epoch=page.position.epoch,
+        messages=[HistoryEntry(item.offset, item.data) for item in page.publications],
+    )
+    return 200, encode(reply), [*JSON_HEADERS]
+
+
 async def _presence(app: Clarion, request: Request) -> Answer:
-    caller_trusted = trusted(request.headers, app.config.server.api_keys)
-    channel = request.query.get("channel")
-    if not channel:
-        raise BadMessage("GET /api/presence needs ?channel=NAME")
     # Without a key, the caller is an anonymous client: it sees what one may.
-    clients = await _hub(app).presence(channel, trusted=caller_trusted)
+    api = _api(app, request)
+    channel = _channel_param(request)
+    if _flag_param(request, "count_only"):
+        stats = await api.presence_stats(channel)
+        counted = PresenceStatsReply(
+            channel=channel, client_count=stats.clients, user_count=stats.users
+        )
+        return 200, encode(counted), [*JSON_HEADERS]
+    clients = await api.presence(channel)
     return 200, encode(PresenceReply(channel=channel, clients=clients)), [*JSON_HEADERS]
 
 
 async def _stats(app: Clarion, request: Request) -> Answer:
     caller_trusted = trusted(request.headers, app.config.server.api_keys)
     hub = _hub(app)
-    try:
-        limit = int(request.query.get("limit", STATS_CHANNELS))
-    except ValueError:
-        raise BadMessage("?limit= must be an integer") from None
-    if limit < 0:
-        raise BadMessage("?limit= must not be negative")
+    limit = _int_param(request, "limit", minimum=0)
+    limit = STATS_CHANNELS if limit is None else limit
     stats = hub.statistics()
     reply = StatsReply(
         ready=hub.not_ready_reason() is None,
@@ -188,14 +216,60 @@ async def _reload(app: Clarion, request: Request) -> Answer:
     return 200, encode(await app.reload()), [*JSON_HEADERS]
 
 
+def _api(app: Clarion, request: Request) -> ServerAPI:
+    """The server API as *request* may use it: trusted with an API key.
+
+    Raises:
+        Unauthorized: keys are set, and the request shows none of them.
+    """
+    return ServerAPI(app, trusted=trusted(request.headers, app.config.server.api_keys))
+
+
+def _channel_param(request: Request) -> str:
+    channel = request.query.get("channel")
+    if not channel:
+        raise BadMessage(f"GET {request.path} needs ?channel=NAME")
+    return channel
+
+
+def _int_param(request: Request, name: str, *, minimum: int) -> int | None:
+    """The query's integer *name* (None when absent).
+
+    Raises:
+        BadMessage: if it is not an integer of at least *minimum*.
+    """
+    text = request.query.get(name)
+    if text is None:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise BadMessage(f"?{name}= must be an integer") from None
+    if value < minimum:
+        raise BadMessage(f"?{name}= must be at least {minimum}")
+    return value
+
+
+def _flag_param(request: Request, name: str) -> bool:
+    """Whether the query sets *name* (``1`` or ``true``; ``0``, ``false`` or absent: no).
+
+    Raises:
+        BadMessage: for any other value.
+    """
+    text = request.query.get(name, "0").lower()
+    if text not in ("0", "1", "false", "true"):
+        raise BadMessage(f"?{name}= must be 1, true, 0 or false")
+    return text in ("1", "true")
+
+
 def _hub(app: Clarion) -> Hub:
     """The app's hub, which exists from startup to shutdown.
 
     Raises:
-        ServerClosing: outside that time.
+        NotStarted: outside that time.
     """
     if app.hub is None:
-        raise ServerClosing
+        raise NotStarted
     return app.hub
 
 

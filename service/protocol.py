@@ -17,7 +17,7 @@ them. docs/protocol.md documents every field and code.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, TypeVar
 
 import msgspec
 
@@ -59,6 +59,7 @@ __all__ = (
     "Unsubscribe",
     "Unsubscribed",
     "WireEncoding",
+    "decode_body",
     "decode_publish_request",
     "decode_request",
     "encode",
@@ -68,6 +69,7 @@ __all__ = (
     "encode_message",
 )
 
+T = TypeVar("T")
 Offset = Annotated[int, msgspec.Meta(ge=0)]
 #: The longest ``idempotency_key`` a publish may carry, in characters.
 IDEMPOTENCY_KEY_MAX_LENGTH: Final = 128
@@ -205,9 +207,19 @@ def decode_publish_request(body: bytes) -> PublishRequest:
     Raises:
         BadJSON, BadMessage: for a body that is not a valid publish request.
     """
+    return decode_body(_publish_request_decoder, body)
+
+
+def decode_body(decoder: msgspec.json.Decoder[T], body: bytes) -> T:
+    """Decode an HTTP API request's *body* with *decoder*.
+
+    Raises:
+        BadJSON: for a body that is not JSON (or not UTF-8, or nested too deeply).
+        BadMessage: for JSON that is not what *decoder* takes; the message names the field.
+    """
     _require_utf8(body)
     try:
-        return _publish_request_decoder.decode(body)
+        return decoder.decode(body)
     except RecursionError:
         raise BadJSON(_TOO_DEEP) from None
     except msgspec.ValidationError as exc:

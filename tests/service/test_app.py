@@ -529,7 +529,7 @@ async def test_the_api_answers_503_between_lifespans() -> None:
     auth = [(b"authorization", b"Bearer k1")]
     for method, path in [("GET", "/api/stats"), ("GET", "/api/presence?channel=x")]:
         status, _, body = await http_request(app, method, path, headers=auth)
-        assert (status, body["code"]) == (503, 300)
+        assert (status, body["code"]) == (503, 116)
     body_bytes = b'{"channel":"c","data":1}'
     status, _, body = await http_request(app, "POST", "/api/publish", body_bytes, auth)
-    assert (status, body["code"]) == (503, 300)
+    assert (status, body["code"]) == (503, 116)

@@ -1,0 +1,129 @@
+"""The server API: what an application backend asks of Clarion, in its own process.
+
+``app.api`` (`Clarion.api`) is for code that runs beside the app, such as a FastAPI
+route handler in the program that mounts it: it publishes, broadcasts and reads
+history and presence without an HTTP round trip, as a caller of the HTTP API with a key
+would (trusted: channel rules that refuse clients do not refuse it). The HTTP API's
+handlers (`service.httpapi`) call the same methods, trusted only when the request shows
+an API key. Every method raises the error classes of the protocol
+(`channels.errors`, `service.errors`).
+
+::
+
+    clarion = create_app(settings)
+    host.mount("/realtime", clarion)
+
+    @host.post("/orders")
+    async def order(order: Order) -> None:
+        await clarion.api.publish("orders", {"id": order.id})
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from service.errors import NotStarted
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from channels.errors import ChannelsError
+    from channels.hub import Hub
+    from channels.publication import ClientInfo, HistoryPage, Published
+    from service.app import Clarion
+
+__all__ = ("PresenceStats", "ServerAPI")
+
+_encoder = msgspec.json.Encoder()
+
+
+class PresenceStats(msgspec.Struct, frozen=True):
+    """How many are in a channel's presence: ``clients`` (connections) and distinct
+    ``users`` (connections without a user count as none)."""
+
+    clients: int
+    users: int
+
+
+class ServerAPI:
+    """The server API of one `Clarion` app; *trusted* as a caller with an API key is."""
+
+    def __init__(self, app: Clarion, *, trusted: bool = True) -> None:
+        self._app = app
+        self.trusted = trusted
+
+    async def publish(
+        self, channel: str, data: object, *, idempotency_key: str | None = None
+    ) -> Published:
+        """Publish *data* on *channel*; return where it went once the broker took it.
+
+        *data* is encoded as JSON with msgspec (any value it encodes: dicts, lists,
+        Structs, dataclasses...), except a `msgspec.Raw`, which is taken as already
+        encoded JSON. With an *idempotency_key*, a publish retried within
+        ``server.idempotency_window_seconds`` is not published twice (the result says
+        ``duplicate``).
+
+        Raises:
+            InvalidChannelName, ChannelNotFound, PermissionDenied, MessageTooLarge,
+            InvalidData, BrokerUnavailable, ServerClosing, NotStarted
+        """
+        return await self._hub().publish(
+            channel, _raw(data), trusted=self.trusted, idempotency_key=idempotency_key
+        )
+
+    async def broadcast(
+        self, channels: Sequence[str], data: object, *, idempotency_key: str | None = None
+    ) -> list[Published | ChannelsError]:
+        """Publish *data* (encoded once, as for `publish`) on each of *channels*; return
+        each one's result in order: where it went, or the error that refused it there.
+
+        Raises:
+            TooManyChannels: beyond ``server.broadcast_max_channels``.
+            ServerClosing, NotStarted
+        """
+        return await self._hub().broadcast(
+            channels, _raw(data), trusted=self.trusted, idempotency_key=idempotency_key
+        )
+
+    async def history(
+        self, channel: str, *, since: int | None = None, limit: int | None = None
+    ) -> HistoryPage:
+        """Read *channel*'s kept messages, oldest first: those after offset *since*, or
+        the newest ones; at most *limit* (and never more than the channel keeps).
+
+        Raises:
+            InvalidChannelName, ChannelNotFound, PermissionDenied, BrokerUnavailable,
+            NotStarted
+        """
+        return await self._hub().history(channel, after=since, limit=limit, trusted=self.trusted)
+
+    async def presence(self, channel: str) -> list[ClientInfo]:
+        """The clients subscribed to *channel* on every node.
+
+        Raises:
+            InvalidChannelName, ChannelNotFound, PermissionDenied, PresenceDisabled,
+            BrokerUnavailable, NotStarted
+        """
+        return await self._hub().presence(channel, trusted=self.trusted)
+
+    async def presence_stats(self, channel: str) -> PresenceStats:
+        """How many clients and distinct users are in *channel*'s presence.
+
+        Raises:
+            As `presence`.
+        """
+        clients = await self.presence(channel)
+        users = {client.user for client in clients if client.user is not None}
+        return PresenceStats(clients=len(clients), users=len(users))
+
+    def _hub(self) -> Hub:
+        hub = self._app.hub
+        if hub is None:
+            raise NotStarted
+        return hub
+
+
+def _raw(data: object) -> msgspec.Raw:
+    return data if isinstance(data, msgspec.Raw) else msgspec.Raw(_encoder.encode(data))

@@ -1,0 +1,327 @@
+"""The server API over HTTP (broadcast, history, presence counts) and in process
+(``app.api``), on a real hypercorn, on the memory broker and through Redis."""
+
+from __future__ import annotations
+
+import shlex
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import msgspec
+import pytest
+
+from channels.config import BrokerConfig, ChannelRule, History
+from channels.errors import InvalidChannelName, PermissionDenied, TooManyChannels
+from service.app import Clarion
+from service.errors import NotStarted
+from service.settings import AuthSettings, ServerSettings, Settings
+from tests.support.auth import SECRET, token
+from tests.support.docs import DOCS, code_blocks, on_port
+from tests.support.server import Server, http_call, http_exchange, running_server
+from tests.support.wsclient import connect, subscribe
+
+if TYPE_CHECKING:
+    from service.runner import Backend
+
+RULES = [
+    ChannelRule(
+        match="closed:*", subscribe="authenticated", publish=False, history=History(size=10)
+    ),
+    ChannelRule(match="room:*", presence=True),
+    ChannelRule(match="*", history=History(size=10)),
+]
+KEY = "backend-key"
+AUTH = f"authorization: Bearer {KEY}\r\n"
+
+
+def settings(broker: BrokerConfig, **server: Any) -> Settings:
+    return Settings(broker=broker, channels=RULES, server=ServerSettings(**server))
+
+
+async def post(server: Server, path: str, body: object, headers: str = "") -> tuple[int, Any]:
+    return await http_call(server, "POST", path, msgspec.json.encode(body), headers)
+
+
+async def test_a_broadcast_reaches_every_channel_once_and_reports_each_in_order(
+    anyio_backend: Backend, free_tcp_port: int, broker_config: BrokerConfig
+) -> None:
+    config = settings(broker_config, api_keys=[KEY])
+    with anyio.fail_after(20):
+        async with (
+            running_server(config, anyio_backend, free_tcp_port) as server,
+            connect(server.ws_url) as client,
+        ):
+            await subscribe(client, "a")
+            await subscribe(client, "b")
+            channels = ["a", "closed:x", "b", "bad name", "a"]
+            body = {"channels": channels, "data": {"n": 1}, "idempotency_key": "k1"}
+            status, reply = await post(server, "/api/broadcast", body, AUTH)
+            assert status == 200, reply
+            results = reply["results"]
+            assert [result["channel"] for result in results] == channels
+            assert [result.get("offset") for result in results] == [1, 1, 1, None, 1]
+            assert [result.get("duplicate", False) for result in results] == [
+                False,
+                False,
+                False,
+                False,
+                True,  # the same key on the same channel: published once
+            ]
+            assert results[3]["error"]["code"] == 200
+            assert "error" not in results[1]  # a trusted caller publishes where clients may not
+            got = [await client.receive_object() for _ in range(2)]
+            assert sorted((m["channel"], m["data"]["n"]) for m in got) == [("a", 1), ("b", 1)]
+            # A retry with the same key publishes nowhere twice.
+            status, again = await post(server, "/api/broadcast", body, AUTH)
+            assert status == 200
+            assert [r.get("duplicate", False) for r in again["results"]] == [
+                True,
+                True,
+                True,
+                False,
+                True,
+            ]
+            await client.request({"type": "ping", "id": "after"})  # nothing else came
+
+
+async def test_an_open_api_broadcasts_as_an_anonymous_client(
+    anyio_backend: Backend, free_tcp_port: int
+) -> None:
+    with anyio.fail_after(20):
+        async with running_server(settings(BrokerConfig()), anyio_backend, free_tcp_port) as server:
+            body = {"channels": ["closed:x", "news", "closed:y"], "data": 1}
+            status, reply = await post(server, "/api/broadcast", body)
+            assert status == 200
+            codes = [result.get("error", {}).get("code") for result in reply["results"]]
+            assert codes == [202, None, 202]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        ({"channels": [f"c{index}" for index in range(1001)], "data": 1}, 400, 209),
+        ({"channels": ["x"] * 10_000, "data": 1}, 400, 209),
+        ({"channels": "news", "data": 1}, 400, 101),
+        ({"channels": ["news", 7], "data": 1}, 400, 101),
+        ({"channels": ["news"]}, 400, 101),
+        ({"channels": ["news"], "data": 1, "extra": True}, 400, 101),
+        ({"channels": ["news"], "data": 1, "idempotency_key": ""}, 400, 101),
+    ],
+)
+async def test_a_bad_broadcast_is_refused_whole(
+    anyio_backend: Backend, free_tcp_port: int, body: object, status: int, code: int
+) -> None:
+    with anyio.fail_after(20):
+        async with (
+            running_server(settings(BrokerConfig()), anyio_backend, free_tcp_port) as server,
+            connect(server.ws_url) as client,
+        ):
+            await subscribe(client, "news")
+            answer = await post(server, "/api/broadcast", body)
+            assert (answer[0], answer[1]["code"]) == (status, code)
+            status_, not_json = await http_call(server, "POST", "/api/broadcast", b"{")
+            assert (status_, not_json["code"]) == (400, 100)
+            await client.request({"type": "ping", "id": "after"})  # nothing was published
+
+
+async def test_the_broadcast_limit_is_configurable(
+    anyio_backend: Backend, free_tcp_port: int
+) -> None:
+    config = settings(BrokerConfig(), broadcast_max_channels=2)
+    with anyio.fail_after(20):
+        async with running_server(config, anyio_backend, free_tcp_port) as server:
+            status, reply = await post(
+                server, "/api/broadcast", {"channels": ["a", "b"], "data": 1}
+            )
+            assert status == 200
+            body = {"channels": ["a", "b", "c"], "data": 1}
+            status, reply = await post(server, "/api/broadcast", body)
+            assert (status, reply["code"]) == (400, 209)
+            assert "at most 2 channels" in reply["message"]
+
+
+async def test_history_over_http_answers_as_the_history_request(
+    anyio_backend: Backend, free_tcp_port: int, broker_config: BrokerConfig
+) -> None:
+    config = settings(broker_config, api_keys=[KEY])
+    with anyio.fail_after(20):
+        async with running_server(config, anyio_backend, free_tcp_port) as server:
+            for index in range(5):
+                body = {"channel": "log", "data": index}
+                assert (await post(server, "/api/publish", body, AUTH))[0] == 200
+            status, page = await http_call(
+                server, "GET", "/api/history?channel=log&since=2&limit=2", headers=AUTH
+            )
+            assert status == 200, page
+            assert page["channel"] == "log"
+            assert page["offset"] == 5
+            assert [(m["offset"], m["data"]) for m in page["messages"]] == [(3, 2), (4, 3)]
+            status, newest = await http_call(
+                server, "GET", "/api/history?channel=log", headers=AUTH
+            )
+            assert [m["data"] for m in newest["messages"]] == [0, 1, 2, 3, 4]
+            async with connect(server.ws_url) as client:
+                same = await client.request(
+                    {"type": "history", "id": 1, "channel": "log", "since": 2, "limit": 2}
+                )
+            assert same["messages"] == page["messages"]
+            for query, code in [
+                ("channel=log&since=-1", 101),
+                ("channel=log&limit=0", 101),
+                ("channel=log&limit=many", 101),
+                ("since=1", 101),
+                ("channel=nope%20x", 200),
+            ]:
+                status, error = await http_call(
+                    server, "GET", f"/api/history?{query}", headers=AUTH
+                )
+                assert (status, error["code"]) == (400, code), query
+            # A key reads any channel, even one no client may subscribe to.
+            status, _ = await http_call(
+                server, "GET", "/api/history?channel=closed:x", headers=AUTH
+            )
+            assert status == 200
+            status, error = await http_call(server, "GET", "/api/history?channel=log")
+            assert (status, error["code"]) == (401, 106)
+
+
+async def test_an_open_api_reads_history_only_where_anonymous_clients_may(
+    anyio_backend: Backend, free_tcp_port: int
+) -> None:
+    with anyio.fail_after(20):
+        async with running_server(settings(BrokerConfig()), anyio_backend, free_tcp_port) as server:
+            status, error = await http_call(server, "GET", "/api/history?channel=closed:x")
+            assert (status, error["code"]) == (403, 202)
+            status, error = await http_call(server, "GET", "/api/history?channel=room:1&limit=1")
+            assert status == 200
+            assert error["messages"] == []
+
+
+async def test_presence_counts_clients_and_distinct_users(
+    anyio_backend: Backend, free_tcp_port: int, broker_config: BrokerConfig
+) -> None:
+    config = msgspec.structs.replace(
+        settings(broker_config, api_keys=[KEY]), auth=AuthSettings(secret=SECRET)
+    )
+    with anyio.fail_after(20):
+        async with running_server(config, anyio_backend, free_tcp_port) as server:
+            urls = [
+                f"{server.ws_url}?token={token('alice')}",
+                f"{server.ws_url}?token={token('alice')}",
+                f"{server.ws_url}?token={token('bob')}",
+                server.ws_url,
+            ]
+            async with connect(urls[0]) as a1, connect(urls[1]) as a2:
+                async with connect(urls[2]) as b, connect(urls[3]) as anonymous:
+                    for client in (a1, a2, b, anonymous):
+                        await subscribe(client, "room:1")
+                    status, counted = await http_call(
+                        server, "GET", "/api/presence?channel=room:1&count_only=1", headers=AUTH
+                    )
+                    assert status == 200, counted
+                    assert counted == {
+                        "type": "reply",
+                        "channel": "room:1",
+                        "client_count": 4,
+                        "user_count": 2,
+                    }
+                    status, listed = await http_call(
+                        server, "GET", "/api/presence?channel=room:1&count_only=0", headers=AUTH
+                    )
+                    assert len(listed["clients"]) == 4
+                for flag, code in [("yes", 101), ("1", 206)]:
+                    status, error = await http_call(
+                        server, "GET", f"/api/presence?channel=news&count_only={flag}", headers=AUTH
+                    )
+                    assert error["code"] == code
+
+
+async def test_the_app_s_own_code_publishes_and_reads_in_process(
+    anyio_backend: Backend, free_tcp_port: int, broker_config: BrokerConfig
+) -> None:
+    with anyio.fail_after(20):
+        async with (
+            running_server(settings(broker_config), anyio_backend, free_tcp_port) as server,
+            connect(server.ws_url) as client,
+        ):
+            assert server.app is not None
+            api = server.app.api
+            refused = await client.request(
+                {"type": "publish", "id": 1, "channel": "closed:news", "data": 0}
+            )
+            assert refused["code"] == 202  # refused to clients...
+            published = await api.publish("closed:news", {"text": "hi"})  # ...not to the app
+            assert published.position.offset == 1
+            await subscribe(client, "news")
+            results = await api.broadcast(["news", "room:1", "missing channel"], [1, 2])
+            assert [getattr(r, "position", None) is not None for r in results] == [
+                True,
+                True,
+                False,
+            ]
+            message = await client.receive_object()
+            assert (message["channel"], message["data"]) == ("news", [1, 2])
+            page = await api.history("news")
+            assert [item.data for item in page.publications] == [msgspec.Raw(b"[1,2]")]
+            assert await api.presence("room:1") == []
+            assert (await api.presence_stats("room:1")).clients == 0
+            with pytest.raises(TooManyChannels):
+                await api.broadcast(["news"] * 1001, 1)
+            assert len((await api.history("closed:news")).publications) == 1
+            with pytest.raises(PermissionDenied):  # what an untrusted caller would get
+                await type(api)(server.app, trusted=False).history("closed:news")
+            with pytest.raises(InvalidChannelName):
+                await api.publish("bad name", 1)
+
+
+async def test_the_in_process_api_says_when_the_app_is_not_running() -> None:
+    app = Clarion(Settings())
+    with pytest.raises(NotStarted) as caught:
+        await app.api.publish("news", 1)
+    assert caught.value.code == 116
+    assert "lifespan" in str(caught.value)
+
+
+def shown(value: Any) -> Any:
+    """*value* with every epoch replaced by a placeholder: they differ from run to run."""
+    if isinstance(value, dict):
+        return {k: "EPOCH" if k == "epoch" else shown(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [shown(item) for item in value]
+    return value
+
+
+async def test_the_documented_examples_answer_as_shown(
+    anyio_backend: Backend, free_tcp_port: int
+) -> None:
+    """docs/http-api.md's "Examples": its configuration, each curl command as written
+    (its method, address, headers and body), and what each one prints."""
+    blocks = code_blocks(DOCS / "http-api.md", "## Examples")
+    assert [language for language, _ in blocks] == ["yaml", "console"]
+    config = Settings.parse(blocks[0][1], env={"CLARION_API_KEY": "backend-key"})
+    lines = blocks[1][1].splitlines()
+    pairs = list(zip(lines[::2], lines[1::2], strict=True))
+    with anyio.fail_after(20):
+        async with running_server(config, anyio_backend, free_tcp_port) as server:
+            for command, printed in pairs:
+                argv = shlex.split(command.removeprefix("$ "))
+                assert argv[:2] == ["curl", "-s"], command
+                method: str = "GET"
+                headers, body = "", b""
+                address: str | None = None
+                rest = argv[2:]
+                while rest:
+                    match rest:
+                        case ["-X", method, *rest]:
+                            pass
+                        case ["-H", header, *rest]:
+                            headers += header + "\r\n"
+                        case ["-d", text, *rest]:
+                            body = text.encode()
+                        case [address, *rest]:
+                            pass
+                assert address is not None, command
+                host, _, path = on_port(address, server.port).partition("/")
+                assert host == f"127.0.0.1:{server.port}", command
+                _, reply = await http_exchange(server, method, f"/{path}", body, headers)
+                assert shown(msgspec.json.decode(reply)) == shown(msgspec.json.decode(printed))
