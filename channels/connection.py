@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
     import msgspec
 
+    from channels.control import Ending
     from channels.hub import Hub, Subscribed
     from channels.outbox import Outbox
     from channels.publication import ClientInfo, HistoryPage, Position, Published
@@ -54,8 +55,14 @@ class Connection:
 
     @property
     def closed(self) -> bool:
-        """Whether the hub closed it (a drain): it sends what it holds, then ends."""
+        """Whether the hub closed it (a drain, or a disconnect of its user): it sends what
+        it holds, then ends."""
         return self._outbox.closed
+
+    @property
+    def ending(self) -> Ending | None:
+        """Why the hub closed it, when it disconnected its user (None for a drain)."""
+        return self._outbox.ending
 
     async def subscribe(
         self,

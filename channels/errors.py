@@ -14,6 +14,7 @@ Exception hierarchy::
     ├── TooManySubscriptions   207   a connection is at server.max_subscriptions
     ├── InvalidData            208   a message's data does not have its rule's shape
     ├── TooManyChannels        209   a broadcast names more than broadcast_max_channels
+    ├── UnsubscribedByServer   210   the server API ended the user's subscription
     ├── ServerClosing          300   the node is shutting down
     └── BrokerUnavailable      301   the broker (Redis) cannot be reached
 
@@ -43,6 +44,7 @@ __all__ = (
     "ServerClosing",
     "TooManyChannels",
     "TooManySubscriptions",
+    "UnsubscribedByServer",
 )
 
 
@@ -177,6 +179,16 @@ class TooManyChannels(ChannelsError):
         super().__init__(f"a broadcast may name at most {limit} channels, not {count}")
         self.count = count
         self.limit = limit
+
+
+class UnsubscribedByServer(ChannelsError):
+    """Why a subscription ended when the server API unsubscribed its user from it."""
+
+    code = 210
+
+    def __init__(self, channel: str) -> None:
+        super().__init__(f"the server ended this connection's subscription to {channel!r}")
+        self.channel = channel
 
 
 class ServerClosing(ChannelsError):

@@ -13,6 +13,7 @@ import msgspec
 
 from channels.brokers import open_broker
 from channels.connection import Connection
+from channels.control import Bans, Disconnect, Ending, Unsubscribe
 from channels.errors import (
     AlreadySubscribed,
     ChannelsError,
@@ -22,6 +23,7 @@ from channels.errors import (
     ServerClosing,
     TooManyChannels,
     TooManySubscriptions,
+    UnsubscribedByServer,
 )
 from channels.local import Joining, LocalChannel
 from channels.outbox import Delivery, Outbox
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
 
     from channels.brokers import Broker, Event
     from channels.config import ChannelRule, Config, SlowConsumerPolicy
+    from channels.control import Command
     from channels.encoding import Encoding
     from channels.publication import HistoryPage, Position, Publication, Published
     from channels.rules import Action
@@ -83,6 +86,10 @@ class Hub:
         self._clients: dict[Outbox, ClientInfo] = {}
         self._grants: dict[Outbox, Grant] = {}
         """Only for connections with a user: anonymous ones hold no entry."""
+        self._users: dict[str, set[Outbox]] = {}
+        """The connections of each user (anonymous ones are in none)."""
+        self.bans = Bans()
+        """The users kept out by a disconnect with ``until``, on every node."""
         self._channels: dict[str, LocalChannel] = {}
         self._subscriptions: dict[Outbox, set[str]] = {}
         self._published = 0
@@ -183,6 +190,8 @@ class Hub:
         self._clients[outbox] = client
         if grant is not None and grant.user is not None:
             self._grants[outbox] = grant
+        if client.user is not None:
+            self._users.setdefault(client.user, set()).add(outbox)
         return client
 
     def detach(self, outbox: Outbox) -> None:
@@ -192,8 +201,13 @@ class Hub:
             return
         for channel in channels:
             self._leave(outbox, channel)
-        del self._clients[outbox]
+        client = self._clients.pop(outbox)
         self._grants.pop(outbox, None)
+        if client.user is not None:
+            outboxes = self._users[client.user]
+            outboxes.discard(outbox)
+            if not outboxes:
+                del self._users[client.user]
         self._dropped_by_gone += outbox.dropped
         self._slow_consumers_gone += outbox.failed
         if not self._subscriptions and self._no_connections is not None:
@@ -354,6 +368,47 @@ class Hub:
             raise NotSubscribed(channel)
         channels.discard(channel)
         self._leave(outbox, channel)
+
+    async def disconnect_user(
+        self, user: str, *, code: int, reason: str, until: float | None = None
+    ) -> None:
+        """Close every connection of *user*, on every node, with close *code* and
+        *reason* (each sends what it holds first); with *until* (a Unix time), refuse
+        the user's connections until then (see `bans`).
+
+        Raises:
+            BrokerUnavailable: if the broker cannot take the command now.
+        """
+        await self._carrier.command(Disconnect(user=user, code=code, reason=reason, until=until))
+
+    async def unsubscribe_user(self, user: str, channel: str) -> None:
+        """End *user*'s subscriptions to *channel*, on every node, each with an
+        ``unsubscribed`` notice (code 210).
+
+        Raises:
+            InvalidChannelName, ChannelNotFound: for a bad channel.
+            BrokerUnavailable: if the broker cannot take the command now.
+        """
+        self._rules.resolve(channel)
+        await self._carrier.command(Unsubscribe(user=user, channel=channel))
+
+    def command(self, command: Command) -> None:
+        """Apply a command of the server API to this node's connections (broker callback)."""
+        match command:
+            case Disconnect(user=user, code=code, reason=reason, until=until):
+                if until is not None:
+                    self.bans.add(user, until)
+                ending = Ending(code, reason)
+                for outbox in self._users.get(user, ()):
+                    outbox.close(ending)
+            case Unsubscribe(user=user, channel=channel):
+                for outbox in self._users.get(user, ()):
+                    channels = self._subscriptions[outbox]
+                    if channel in channels:
+                        channels.discard(channel)
+                        self._leave(outbox, channel)
+                        ended = UnsubscribedByServer(channel)
+                        outbox.put_nowait(self._encoding.ended(channel, ended))
 
     async def publish(
         self,

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from channels.config import SlowConsumerPolicy
+    from channels.control import Ending
     from channels.encoding import Encoding
 
 __all__ = ("Delivery", "Outbox")
@@ -73,6 +74,7 @@ class Outbox:
         "_writable",
         "capacity",
         "dropped",
+        "ending",
         "notify",
         "on_fail",
     )
@@ -90,6 +92,8 @@ class Outbox:
             raise ValueError("capacity must be at least 1")
         self.capacity = capacity
         self.dropped = 0
+        self.ending: Ending | None = None
+        """Why `close` was called, when the server ended the connection on purpose."""
         self.notify: Callable[[], None] = _nothing
         self.on_fail = on_fail
         self._frame_max_bytes = frame_max_bytes
@@ -154,9 +158,11 @@ class Outbox:
             if self.on_fail is not None:
                 self.on_fail()
 
-    def close(self) -> None:
-        """Accept nothing more; what is queued is still sent."""
+    def close(self, ending: Ending | None = None) -> None:
+        """Accept nothing more; what is queued is still sent. *ending* says why (none: the
+        node is shutting down)."""
         if not self._closed:
+            self.ending = ending
             self._closed = self._refusing = True
             self._wake_writable()
             self.notify()

@@ -7,11 +7,12 @@ answer like the ``publish`` and ``presence`` requests).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import msgspec
 
 from channels.errors import ChannelsError
+from service.closecodes import CloseCode
 from service.protocol import Frame, IdempotencyKey
 
 if TYPE_CHECKING:
@@ -21,10 +22,14 @@ __all__ = (
     "BroadcastReply",
     "BroadcastRequest",
     "BroadcastResult",
+    "DisconnectRequest",
     "ErrorBody",
     "PresenceStatsReply",
+    "UnsubscribeRequest",
     "broadcast_reply",
 )
+
+User = Annotated[str, msgspec.Meta(min_length=1)]
 
 
 class BroadcastRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -33,6 +38,22 @@ class BroadcastRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True, 
     channels: list[str]
     data: msgspec.Raw
     idempotency_key: IdempotencyKey | None = None
+
+
+class DisconnectRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """The body of ``POST /api/disconnect`` (see `service.serverapi.ServerAPI.disconnect`)."""
+
+    user: User
+    code: int = CloseCode.DISCONNECTED
+    reason: str = "disconnected"
+    until: float | None = None
+
+
+class UnsubscribeRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """The body of ``POST /api/unsubscribe``."""
+
+    user: User
+    channel: str
 
 
 class ErrorBody(msgspec.Struct, frozen=True):

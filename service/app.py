@@ -21,6 +21,7 @@ from service.auth import SUBPROTOCOL, Authenticator
 from service.datastructures import Headers, QueryParams, URLPath
 from service.errors import (
     AddressFull,
+    Banned,
     InvalidToken,
     MethodNotAllowed,
     NodeFull,
@@ -51,6 +52,7 @@ from service.wsstream import install_closing_stream
 
 if TYPE_CHECKING:
     from channels.hub import Hub
+    from service.auth import Identity
     from service.types import Receive, Scope, Send
 
 __all__ = ("Clarion", "NoMatchFound", "RESTART_ONLY", "create_app")
@@ -254,6 +256,7 @@ class Clarion:
                 server = self.config.server
                 with self._slots.hold(address(ws.scope), server):
                     identity = identify(ws.scope, self.auth, server)
+                    _check_not_banned(hub, identity)
                     offered = ws.scope.get("subprotocols", [])
                     frames = open_frame_writer(send)
                     writers = self._frame_writers
@@ -282,6 +285,7 @@ class Clarion:
                 InvalidToken,
                 TokenExpired,
                 OriginNotAllowed,
+                Banned,
             ) as exc:
                 error = exc
             else:
@@ -351,6 +355,20 @@ def _log_open_api(config: Settings) -> None:
         "anonymous clients may",
         how,
     )
+
+
+def _check_not_banned(hub: Hub, identity: Identity | None) -> None:
+    """Refuse a connection whose user the server API keeps out for now.
+
+    Raises:
+        Banned: with when the ban ends.
+    """
+    user = None if identity is None else identity.user
+    if user is None:
+        return
+    until = hub.bans.until(user)
+    if until is not None:
+        raise Banned(user, until)
 
 
 def _authenticator(config: Settings) -> Authenticator | None:

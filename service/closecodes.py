@@ -40,8 +40,20 @@ class CloseCode(IntEnum):
     """The connection's token reached its ``exp`` without a ``refresh``."""
     NO_PONG = 4002
     """The client answered no ``ping`` within ``server.pong_timeout_seconds``."""
+    DISCONNECTED = 4003
+    """The server API disconnected the connection's user (the default code; a call may
+    give another in 4000-4999, which the metrics count as ``disconnected`` too)."""
 
     @property
     def reason(self) -> str:
         """The code's name as the metrics and logs use it (``slow_consumer``)."""
         return self.name.lower()
+
+    @classmethod
+    def reason_of(cls, code: int) -> str:
+        """How the metrics and logs name a close with *code*: its member's `reason`, or
+        ``disconnected`` for another code the server API chose."""
+        try:
+            return cls(code).reason
+        except ValueError:
+            return cls.DISCONNECTED.reason

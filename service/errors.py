@@ -7,12 +7,14 @@ both, and a test checks that its table matches them.
 
 from __future__ import annotations
 
+import time
 from typing import ClassVar
 
 __all__ = (
     "AddressFull",
     "BadJSON",
     "BadMessage",
+    "Banned",
     "InvalidToken",
     "MethodNotAllowed",
     "NodeFull",
@@ -57,7 +59,8 @@ class ProtocolError(Exception):
         ├── AddressFull       113  this client address is at its connection limit
         ├── RateLimited       114  publishing faster than the connection's rate
         ├── RequestTimeout    115  an HTTP body not in within the handshake timeout
-        └── NotStarted        116  the app's lifespan has not started it (or stopped it)
+        ├── NotStarted        116  the app's lifespan has not started it (or stopped it)
+        └── Banned            117  the user is kept out by a disconnect with until
     """
 
     code: ClassVar[int] = 0
@@ -183,6 +186,19 @@ class NotStarted(ProtocolError):
         super().__init__(
             "Clarion is not running: its ASGI lifespan has not started it, or has stopped it"
         )
+
+
+class Banned(ProtocolError):
+    """Raised when a user disconnected by the server API with ``until`` connects before then."""
+
+    code = 117
+    http_status = 403
+
+    def __init__(self, user: str, until: float) -> None:
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(until))
+        super().__init__(f"user {user[:100]!r} is disconnected by the server until {when}")
+        self.user = user
+        self.until = until
 
 
 class Unauthorized(ProtocolError):

@@ -18,7 +18,13 @@ import msgspec
 from prometheus_client import generate_latest
 
 from service.admission import trusted
-from service.apibodies import BroadcastRequest, PresenceStatsReply, broadcast_reply
+from service.apibodies import (
+    BroadcastRequest,
+    DisconnectRequest,
+    PresenceStatsReply,
+    UnsubscribeRequest,
+    broadcast_reply,
+)
 from service.errors import BadMessage, NotStarted, Unauthorized
 from service.metrics import CONTENT_TYPE
 from service.protocol import (
@@ -26,6 +32,7 @@ from service.protocol import (
     HistoryReply,
     PresenceReply,
     PublishReply,
+    Reply,
     StatsReply,
     decode_body,
     decode_publish_request,
@@ -68,6 +75,9 @@ _WRITE: Final = ("POST",)
 _HEALTH_BODY: Final = msgspec.json.encode({"status": "ok"})
 _READY_BODY: Final = msgspec.json.encode({"status": "ready"})
 _broadcast_decoder = msgspec.json.Decoder(BroadcastRequest)
+_disconnect_decoder = msgspec.json.Decoder(DisconnectRequest)
+_unsubscribe_decoder = msgspec.json.Decoder(UnsubscribeRequest)
+_DONE: Final = encode(Reply())
 
 
 class Request(NamedTuple):
@@ -98,6 +108,8 @@ def routes() -> dict[str, Route]:
         Route("broadcast", "/api/broadcast", _WRITE, _broadcast),
         Route("history", "/api/history", _READ, _history),
         Route("presence", "/api/presence", _READ, _presence),
+        Route("disconnect", "/api/disconnect", _WRITE, _disconnect),
+        Route("unsubscribe", "/api/unsubscribe", _WRITE, _unsubscribe),
         Route("stats", "/api/stats", _READ, _stats),
         Route("reload", "/api/reload", _WRITE, _reload),
     ]
@@ -209,11 +221,37 @@ async def _stats(app: Clarion, request: Request) -> Answer:
     return 200, encode(reply), [*JSON_HEADERS]
 
 
+async def _disconnect(app: Clarion, request: Request) -> Answer:
+    api = _keyed_api(app, request)
+    disconnect = decode_body(_disconnect_decoder, request.body)
+    await api.disconnect(
+        disconnect.user, code=disconnect.code, reason=disconnect.reason, until=disconnect.until
+    )
+    return 200, _DONE, [*JSON_HEADERS]
+
+
+async def _unsubscribe(app: Clarion, request: Request) -> Answer:
+    api = _keyed_api(app, request)
+    unsubscribe = decode_body(_unsubscribe_decoder, request.body)
+    await api.unsubscribe(unsubscribe.user, unsubscribe.channel)
+    return 200, _DONE, [*JSON_HEADERS]
+
+
 async def _reload(app: Clarion, request: Request) -> Answer:
-    if not app.config.server.api_keys:
-        raise Unauthorized("POST /api/reload needs server.api_keys to be set")
-    trusted(request.headers, app.config.server.api_keys)
+    _keyed_api(app, request)
     return 200, encode(await app.reload()), [*JSON_HEADERS]
+
+
+def _keyed_api(app: Clarion, request: Request) -> ServerAPI:
+    """The server API for a request that only a caller with an API key may make (it acts
+    on every connection of the node or of a user: no anonymous client may).
+
+    Raises:
+        Unauthorized: if no keys are set, or the request shows none of them.
+    """
+    if not app.config.server.api_keys:
+        raise Unauthorized(f"POST {request.path} needs server.api_keys to be set")
+    return _api(app, request)
 
 
 def _api(app: Clarion, request: Request) -> ServerAPI:

@@ -20,11 +20,12 @@ an API key. Every method raises the error classes of the protocol
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import msgspec
 
-from service.errors import NotStarted
+from service.closecodes import CloseCode
+from service.errors import BadMessage, NotStarted
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -34,9 +35,13 @@ if TYPE_CHECKING:
     from channels.publication import ClientInfo, HistoryPage, Published
     from service.app import Clarion
 
-__all__ = ("PresenceStats", "ServerAPI")
+__all__ = ("CLOSE_CODES_OF_THE_API", "CLOSE_REASON_MAX_BYTES", "PresenceStats", "ServerAPI")
 
 _encoder = msgspec.json.Encoder()
+#: The close codes a disconnect may give (RFC 6455 leaves 4000-4999 to applications).
+CLOSE_CODES_OF_THE_API: Final = (4000, 4999)
+#: A close frame's reason is at most 123 bytes (a control frame's 125, less the code).
+CLOSE_REASON_MAX_BYTES: Final = 123
 
 
 class PresenceStats(msgspec.Struct, frozen=True):
@@ -117,6 +122,37 @@ class ServerAPI:
         clients = await self.presence(channel)
         users = {client.user for client in clients if client.user is not None}
         return PresenceStats(clients=len(clients), users=len(users))
+
+    async def disconnect(
+        self,
+        user: str,
+        *,
+        code: int = CloseCode.DISCONNECTED,
+        reason: str = "disconnected",
+        until: float | None = None,
+    ) -> None:
+        """Close every connection of *user* on every node with close *code* (4000-4999)
+        and *reason* (at most 123 bytes of UTF-8), once each has sent what it holds; with
+        *until* (a Unix time), refuse the user's new connections until then (code 117).
+
+        Raises:
+            BadMessage: for a code or reason a close frame cannot carry.
+            BrokerUnavailable, NotStarted
+        """
+        if not CLOSE_CODES_OF_THE_API[0] <= code <= CLOSE_CODES_OF_THE_API[1]:
+            raise BadMessage(f"code: must be from 4000 to 4999, not {code}")
+        if len(reason.encode()) > CLOSE_REASON_MAX_BYTES:
+            raise BadMessage(f"reason: at most {CLOSE_REASON_MAX_BYTES} bytes of UTF-8")
+        await self._hub().disconnect_user(user, code=code, reason=reason, until=until)
+
+    async def unsubscribe(self, user: str, channel: str) -> None:
+        """End *user*'s subscriptions to *channel* on every node; each gets an
+        ``unsubscribed`` notice with code 210.
+
+        Raises:
+            InvalidChannelName, ChannelNotFound, BrokerUnavailable, NotStarted
+        """
+        await self._hub().unsubscribe_user(user, channel)
 
     def _hub(self) -> Hub:
         hub = self._app.hub

@@ -300,7 +300,7 @@ async def run_session(
     user = None if identity is None else identity.user
     grant = None if identity is None else Grant(user, identity.channels)
     conn = secrets.token_hex(8)
-    close: tuple[CloseCode, str] | None = None
+    close: tuple[int, str] | None = None
     failed: CloseCode | None = None  # the code the server closed with before the session knew
     cut_off = False
     await ws.accept(subprotocol)
@@ -332,7 +332,11 @@ async def run_session(
         elif close is None and stop.cancelled_caught and anyio.current_time() >= stop.deadline:
             close = (CloseCode.TOKEN_EXPIRED, "token expired")
         elif close is None and connection.closed:
-            close = (CloseCode.GOING_AWAY, "server shutting down")
+            ending = connection.ending
+            if ending is None:
+                close = (CloseCode.GOING_AWAY, "server shutting down")
+            else:
+                close = (ending.code, ending.reason)
         elif close is None and failed is None and stop.cancelled_caught:
             # The sender stopped the reader: the transport broke, or (with a frame
             # writer) the server's close frame was seen going out. The disconnect that
@@ -353,7 +357,7 @@ async def run_session(
         if writers is not None and frames is not None:
             writers.discard(frames)
         code = failed if close is None else close[0]
-        reason = "client" if code is None else code.reason
+        reason = "client" if code is None else CloseCode.reason_of(code)
         if counters is not None:
             counters.disconnects[reason] += 1
         level = logging.WARNING if code is CloseCode.SLOW_CONSUMER else logging.INFO

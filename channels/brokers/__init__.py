@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     import msgspec
 
     from channels.config import BrokerConfig, History
+    from channels.control import Command
     from channels.publication import HistoryPage, Published
 
 __all__ = ("Broker", "Deliver", "Event", "Receiver", "open_broker")
@@ -52,6 +53,10 @@ class Receiver(Protocol):
 
     def event(self, channel: str, event: Event, client: ClientInfo) -> None:
         """*client* joined or left *channel* (on any node), as announced."""
+        ...
+
+    def command(self, command: Command) -> None:
+        """Apply a command of the server API (sent by any node, this one included)."""
         ...
 
 
@@ -137,6 +142,15 @@ class Broker(Protocol):
         """
         ...
 
+    async def command(self, command: Command) -> None:
+        """Hand *command* to every node's receiver, this one's included.
+
+        A ban (a `Disconnect` with ``until``) is kept until it ends, and reaches a node
+        that starts, or reconnects to the broker, later. A command without one reaches
+        the nodes connected now.
+        """
+        ...
+
 
 @asynccontextmanager
 async def open_broker(config: BrokerConfig, receiver: Receiver) -> AsyncIterator[Broker]:
@@ -144,7 +158,7 @@ async def open_broker(config: BrokerConfig, receiver: Receiver) -> AsyncIterator
     if config.kind == "memory":
         from channels.brokers.memory import MemoryBroker
 
-        yield MemoryBroker(receiver.deliver, receiver.event)
+        yield MemoryBroker(receiver)
         return
     if config.kind == "redis":
         from channels.brokers.redis import open_redis_broker

@@ -12,12 +12,11 @@ import anyio.lowlevel
 from channels.publication import ClientInfo, HistoryPage, Position, Publication, Published
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     import msgspec
 
-    from channels.brokers import Deliver, Event
+    from channels.brokers import Event, Receiver
     from channels.config import History
+    from channels.control import Command
 
 __all__ = ("MemoryBroker",)
 
@@ -55,13 +54,8 @@ class MemoryBroker:
     Every method is a checkpoint, as an async method of a networked broker would be.
     """
 
-    def __init__(
-        self,
-        deliver: Deliver,
-        on_event: Callable[[str, Event, ClientInfo], None] | None = None,
-    ) -> None:
-        self._deliver = deliver
-        self._on_event = on_event
+    def __init__(self, receiver: Receiver) -> None:
+        self._receiver = receiver
         self._streams: dict[str, _Stream] = {}
         self._presence: dict[str, dict[str, ClientInfo]] = {}
         self._keys: OrderedDict[tuple[str, str], tuple[float, Position]] = OrderedDict()
@@ -106,7 +100,7 @@ class MemoryBroker:
         position = Position(stream.top, stream.epoch)
         if key is not None:
             self._keys[channel, key] = (now + window_seconds, position)
-        self._deliver(publication)
+        self._receiver.deliver(publication)
         self._forget_if_idle(channel, stream)
         return Published(position)
 
@@ -159,8 +153,7 @@ class MemoryBroker:
         return list(self._presence.get(channel, {}).values())
 
     def announce(self, channel: str, event: Event, client: ClientInfo) -> None:
-        if self._on_event is not None:
-            self._on_event(channel, event, client)
+        self._receiver.event(channel, event, client)
 
     def _forget_old_keys(self, now: float) -> None:
         """Drop the idempotency keys whose window has passed, oldest first.
@@ -178,3 +171,8 @@ class MemoryBroker:
     def _forget_if_idle(self, channel: str, stream: _Stream) -> None:
         if not stream.subscribed and not stream.kept:
             del self._streams[channel]
+
+    async def command(self, command: Command) -> None:
+        """Hand *command* to this node's receiver: the only node."""
+        await anyio.lowlevel.checkpoint()
+        self._receiver.command(command)

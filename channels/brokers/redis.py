@@ -31,6 +31,7 @@ import msgspec
 
 from channels.brokers import redis_scripts
 from channels.brokers.ordering import ChannelOrder, Check, Lost
+from channels.brokers.redis_control import ControlChannel
 from channels.brokers.redis_health import RETRIED, UNAVAILABLE, HealthCheck, describe
 from channels.brokers.redis_keys import Keys
 from channels.errors import BrokerUnavailable
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 
     from channels.brokers import Event, Receiver
     from channels.config import BrokerConfig, History
+    from channels.control import Command
 
 __all__ = ("RedisBroker", "open_redis_broker")
 
@@ -96,6 +98,7 @@ class RedisBroker:
         self._to_forget: list[tuple[str, str]] = []
         self._to_announce: list[tuple[str, bytes]] = []
         self._receiver = receiver
+        self._control = ControlChannel(client, self._keys, receiver, config.timeout_seconds)
         self._listening: dict[str, ChannelOrder] = {}
         self._changing = anyio.Lock()
         self._to_repair: set[str] = set()
@@ -217,6 +220,10 @@ class RedisBroker:
         self._to_announce.append((channel, _EVENT_MARKS[event] + _encoder.encode(client)))
         self._work.set()
 
+    async def command(self, command: Command) -> None:
+        with self._calling("command"):
+            await self._control.send(command)
+
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
@@ -246,7 +253,7 @@ class RedisBroker:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._listen)
                 tg.start_soon(self._maintain)
-                tg.start_soon(self._health.run, self._pubsub, self._catch_up)
+                tg.start_soon(self._health.run, self._pubsub, self._when_ready)
 
     @property
     def _subscriber(self) -> coredis.patterns.pubsub.PubSub[bytes]:
@@ -328,6 +335,9 @@ class RedisBroker:
                     self._health.subscribed()
                 continue
             if message["type"] != "message":
+                continue
+            if message["channel"] == self._keys.control:
+                self._control.receive(message["data"])
                 continue
             try:
                 channel = self._keys.channel_of(message["channel"])
@@ -456,6 +466,11 @@ class RedisBroker:
             async with self._client.pipeline(transaction=False) as pipeline:
                 for channel in channels:
                     pipeline.pexpire(self._keys.meta(channel), self._idle_ms)
+
+    async def _when_ready(self) -> None:
+        """After each check that found Redis ready: catch up on commands and channels."""
+        await self._control.catch_up(self._subscriber)
+        await self._catch_up()
 
     async def _catch_up(self) -> None:
         """Repair every channel whose stream went further than what was delivered here.

@@ -20,7 +20,7 @@ from channels.errors import BrokerUnavailable
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-__all__ = ("RETRIED", "UNAVAILABLE", "HealthCheck", "describe")
+__all__ = ("HealthCheck", "RETRIED", "UNAVAILABLE", "describe")
 
 logger = logging.getLogger("clarion")
 

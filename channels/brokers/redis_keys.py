@@ -10,7 +10,11 @@
   for the idempotency window;
 - ``P:pr:CHANNEL`` (a hash) and ``P:pz:CHANNEL`` (a sorted set of expiry times) hold
   the channel's presence, client by client;
-- ``P:n:NODE`` is one node's own pub/sub channel, for its readiness checks.
+- ``P:n:NODE`` is one node's own pub/sub channel, for its readiness checks;
+- ``P:control`` is the pub/sub channel of the server API's commands to every node
+  (`channels.control`), JSON;
+- ``P:bans`` is a hash of the bans in force, user to its `Disconnect` command's JSON,
+  and ``P:bans:v`` a counter bumped at each ban, which tells a node to read them again.
 """
 
 from __future__ import annotations
@@ -23,12 +27,15 @@ __all__ = ("Keys",)
 class Keys:
     """The Redis keys of one broker, built in one place."""
 
-    __slots__ = ("_pubsub_start", "node", "prefix")
+    __slots__ = ("_pubsub_start", "bans", "bans_version", "control", "node", "prefix")
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
         self.node = f"{prefix}:n:{secrets.token_hex(8)}".encode()
         """This node's own pub/sub channel."""
+        self.control = f"{prefix}:control".encode()
+        self.bans = f"{prefix}:bans"
+        self.bans_version = f"{prefix}:bans:v"
         self._pubsub_start = len(prefix) + 3  # past "P:p:"
 
     def stream(self, channel: str) -> list[str]:

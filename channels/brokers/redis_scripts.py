@@ -115,3 +115,14 @@ for _, client in ipairs(expired) do redis.call('HDEL', KEYS[1], client) end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ms)
 return redis.call('HVALS', KEYS[1])
 """
+
+# KEYS: the bans hash. ARGV: user, ban, user, ban... Forgets each user's ban if it is
+# still the one given (a node may have banned the user again since it was read).
+FORGET_BANS: Final = """
+for i = 1, #ARGV, 2 do
+    if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then
+        redis.call('HDEL', KEYS[1], ARGV[i])
+    end
+end
+return 1
+"""

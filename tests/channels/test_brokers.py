@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from channels.brokers import Broker, Event
+    from channels.control import Command
     from channels.publication import Publication
     from tests.support.redis import RedisServer
 
@@ -40,6 +41,7 @@ class Node:
         self.missed: list[tuple[str, int, int]] = []
         self.restarts: list[tuple[str, str]] = []
         self.events: list[tuple[str, Event, str]] = []
+        self.commands: list[Command] = []
         self.arrived = anyio.Event()
         self.broker: Broker
 
@@ -56,6 +58,10 @@ class Node:
 
     def event(self, channel: str, event: Event, client: ClientInfo) -> None:
         self.events.append((channel, event, client.client))
+        self.arrived.set()
+
+    def command(self, command: Command) -> None:
+        self.commands.append(command)
         self.arrived.set()
 
     def offsets(self, channel: str = "c") -> list[int]:

@@ -26,6 +26,7 @@ from channels.publication import ClientInfo, HistoryPage, Position, Publication
 from channels.rules import Grant
 from tests.support.data import raw
 from tests.support.encoding import TextEncoding
+from tests.support.receiver import Recorder
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -236,7 +237,7 @@ class GatedBroker(MemoryBroker):
 @asynccontextmanager
 async def gated_hub(config: Config) -> AsyncIterator[tuple[Hub, GatedBroker]]:
     hub = Hub(config, TextEncoding())
-    broker = GatedBroker(hub.deliver)
+    broker = GatedBroker(hub)
     hub.run_on(broker)
     yield hub, broker
 
@@ -449,7 +450,7 @@ class RemoteBroker(MemoryBroker):
     from Redis): a read sees offsets 1 and 2 before their live copies arrive."""
 
     def __init__(self) -> None:
-        super().__init__(lambda publication: None)
+        super().__init__(Recorder())
         self.kept = [Publication("open", offset, raw(offset)) for offset in (1, 2)]
 
     async def read(

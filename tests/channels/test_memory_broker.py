@@ -7,6 +7,7 @@ import anyio
 from channels.brokers.memory import MemoryBroker
 from channels.config import History
 from tests.support.data import raw
+from tests.support.receiver import Recorder
 
 if TYPE_CHECKING:
     from channels.publication import Publication
@@ -15,8 +16,8 @@ NO_HISTORY = History()
 
 
 def broker() -> tuple[MemoryBroker, list[Publication]]:
-    delivered: list[Publication] = []
-    return MemoryBroker(delivered.append), delivered
+    receiver = Recorder()
+    return MemoryBroker(receiver), receiver.delivered
 
 
 async def test_publish_delivers_in_offset_order() -> None:

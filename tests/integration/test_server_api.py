@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import shlex
+import time
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -13,12 +14,13 @@ import pytest
 from channels.config import BrokerConfig, ChannelRule, History
 from channels.errors import InvalidChannelName, PermissionDenied, TooManyChannels
 from service.app import Clarion
-from service.errors import NotStarted
+from service.errors import BadMessage, NotStarted
 from service.settings import AuthSettings, ServerSettings, Settings
 from tests.support.auth import SECRET, token
 from tests.support.docs import DOCS, code_blocks, on_port
+from tests.support.redis import free_port
 from tests.support.server import Server, http_call, http_exchange, running_server
-from tests.support.wsclient import connect, subscribe
+from tests.support.wsclient import HandshakeRefused, connect, subscribe
 
 if TYPE_CHECKING:
     from service.runner import Backend
@@ -325,3 +327,218 @@ async def test_the_documented_examples_answer_as_shown(
                 assert host == f"127.0.0.1:{server.port}", command
                 _, reply = await http_exchange(server, method, f"/{path}", body, headers)
                 assert shown(msgspec.json.decode(reply)) == shown(msgspec.json.decode(printed))
+
+
+def users_config(broker: BrokerConfig) -> Settings:
+    """Users from tokens (not required), the API behind a key."""
+    return msgspec.structs.replace(
+        settings(broker, api_keys=[KEY]), auth=AuthSettings(secret=SECRET)
+    )
+
+
+def as_user(server: Server, user: str) -> str:
+    return f"{server.ws_url}?token={token(user)}"
+
+
+async def test_a_disconnect_closes_every_connection_of_the_user_after_what_it_holds(
+    anyio_backend: Backend, free_tcp_port: int, broker_config: BrokerConfig
+) -> None:
+    with anyio.fail_after(20):
+        async with running_server(
+            users_config(broker_config), anyio_backend, free_tcp_port
+        ) as server:
+            async with (
+                connect(as_user(server, "alice")) as phone,
+                connect(as_user(server, "alice")) as laptop,
+                connect(as_user(server, "bob")) as bob,
+            ):
+                for client in (phone, laptop, bob):
+                    await subscribe(client, "news")
+                body = {"channel": "news", "data": "last"}
+                assert (await post(server, "/api/publish", body, AUTH))[0] == 200
+                status, reply = await post(server, "/api/disconnect", {"user": "alice"}, AUTH)
+                assert (status, reply) == (200, {"type": "reply"})
+                for client in (phone, laptop):
+                    assert (await client.receive_object())["data"] == "last"
+                    closed = await client.wait_closed()
+                    assert (closed.code, closed.reason) == (4003, "disconnected")
+                assert (await bob.receive_object())["data"] == "last"
+                assert (await bob.request({"type": "ping", "id": 1}))["type"] == "reply"
+                # No ban: alice may come back at once.
+                async with connect(as_user(server, "alice")) as again:
+                    await subscribe(again, "news")
+            metrics = (await http_exchange(server, "GET", "/metrics"))[1].decode()
+            assert 'clarion_disconnects_total{reason="disconnected"} 2.0' in metrics
+
+
+async def test_a_disconnect_until_keeps_the_user_out_until_then(
+    anyio_backend: Backend, free_tcp_port: int, broker_config: BrokerConfig
+) -> None:
+    with anyio.fail_after(20):
+        async with running_server(
+            users_config(broker_config), anyio_backend, free_tcp_port
+        ) as server:
+            async with connect(as_user(server, "mallory")) as mallory:
+                body = {
+                    "user": "mallory",
+                    "code": 4100,
+                    "reason": "banned",
+                    "until": time.time() + 60,
+                }
+                assert (await post(server, "/api/disconnect", body, AUTH))[0] == 200
+                closed = await mallory.wait_closed()
+                assert (closed.code, closed.reason) == (4100, "banned")
+            with pytest.raises(HandshakeRefused) as refused:
+                async with connect(as_user(server, "mallory")):
+                    pass
+            assert refused.value.status == 403
+            assert msgspec.json.decode(refused.value.body)["code"] == 117
+            async with connect(as_user(server, "bob")) as bob:  # others still come in
+                await subscribe(bob, "news")
+            async with connect(server.ws_url) as anonymous:
+                await subscribe(anonymous, "news")
+            # A ban that is over keeps nobody out.
+            body = {"user": "eve", "until": time.time() - 1}
+            assert (await post(server, "/api/disconnect", body, AUTH))[0] == 200
+            async with connect(as_user(server, "eve")) as eve:
+                await subscribe(eve, "news")
+
+
+async def test_an_unsubscribe_ends_the_users_subscription_with_a_notice(
+    anyio_backend: Backend, free_tcp_port: int, broker_config: BrokerConfig
+) -> None:
+    with anyio.fail_after(20):
+        async with (
+            running_server(users_config(broker_config), anyio_backend, free_tcp_port) as server,
+            connect(as_user(server, "alice")) as alice,
+            connect(as_user(server, "bob")) as bob,
+        ):
+            for client in (alice, bob):
+                await subscribe(client, "news")
+                await subscribe(client, "sports")
+            body = {"user": "alice", "channel": "news"}
+            assert await post(server, "/api/unsubscribe", body, AUTH) == (200, {"type": "reply"})
+            notice = await alice.receive_object()
+            assert (notice["type"], notice["channel"], notice["code"]) == (
+                "unsubscribed",
+                "news",
+                210,
+            )
+            for channel in ("news", "sports"):
+                body = {"channel": channel, "data": channel}
+                assert (await post(server, "/api/publish", body, AUTH))[0] == 200
+            assert (await alice.receive_object())["channel"] == "sports"  # not news
+            got = [await bob.receive_object() for _ in range(2)]
+            assert [message["channel"] for message in got] == ["news", "sports"]
+            # The connection stays, and may subscribe again.
+            await subscribe(alice, "news")
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "code"),
+    [
+        ("/api/disconnect", {"user": ""}, 101),
+        ("/api/disconnect", {"user": 7}, 101),
+        ("/api/disconnect", {"user": "a", "code": 1000}, 101),
+        ("/api/disconnect", {"user": "a", "code": 5000}, 101),
+        ("/api/disconnect", {"user": "a", "reason": "é" * 62}, 101),
+        ("/api/disconnect", {"user": "a", "until": "tomorrow"}, 101),
+        ("/api/disconnect", {"user": "a", "ban": True}, 101),
+        ("/api/unsubscribe", {"user": "a"}, 101),
+        ("/api/unsubscribe", {"user": "a", "channel": "bad name"}, 200),
+        ("/api/unsubscribe", {"user": "a", "channel": "x" * 10_000}, 200),
+    ],
+)
+async def test_a_bad_user_command_is_refused(
+    anyio_backend: Backend, free_tcp_port: int, path: str, body: object, code: int
+) -> None:
+    with anyio.fail_after(20):
+        async with running_server(
+            users_config(BrokerConfig()), anyio_backend, free_tcp_port
+        ) as server:
+            async with connect(as_user(server, "a")) as client:
+                await subscribe(client, "news")
+                status, reply = await post(server, path, body, AUTH)
+                assert (status, reply["code"]) == (400, code)
+                await client.request({"type": "ping", "id": "still here"})
+
+
+async def test_user_commands_need_an_api_key(anyio_backend: Backend, free_tcp_port: int) -> None:
+    open_config = msgspec.structs.replace(
+        settings(BrokerConfig()), auth=AuthSettings(secret=SECRET)
+    )
+    with anyio.fail_after(20):
+        async with running_server(open_config, anyio_backend, free_tcp_port) as server:
+            async with connect(as_user(server, "alice")) as alice:
+                for path, body in [
+                    ("/api/disconnect", {"user": "alice"}),
+                    ("/api/unsubscribe", {"user": "alice", "channel": "news"}),
+                ]:
+                    status, reply = await post(server, path, body)
+                    assert (status, reply["code"]) == (401, 106)
+                    assert "server.api_keys" in reply["message"]
+                await alice.request({"type": "ping", "id": "still here"})
+    with anyio.fail_after(20):
+        async with running_server(
+            users_config(BrokerConfig()), anyio_backend, free_tcp_port
+        ) as server:
+            for headers in ["", "authorization: Bearer wrong\r\n"]:
+                status, reply = await post(server, "/api/disconnect", {"user": "x"}, headers)
+                assert (status, reply["code"]) == (401, 106)
+
+
+async def test_user_commands_reach_every_node_and_a_ban_a_node_started_later(
+    anyio_backend: Backend, redis_broker: BrokerConfig
+) -> None:
+    config = users_config(redis_broker)
+    ports = [free_port(), free_port(), free_port()]
+    with anyio.fail_after(30):
+        async with (
+            running_server(config, anyio_backend, ports[0]) as a,
+            running_server(config, anyio_backend, ports[1]) as b,
+            connect(as_user(a, "alice")) as on_a,
+            connect(as_user(b, "alice")) as on_b,
+        ):
+            for client in (on_a, on_b):
+                await subscribe(client, "news")
+            body = {"user": "alice", "channel": "news"}
+            assert (await post(b, "/api/unsubscribe", body, AUTH))[0] == 200
+            for client in (on_a, on_b):
+                assert (await client.receive_object())["code"] == 210
+            ban = {"user": "alice", "until": time.time() + 60}
+            assert (await post(a, "/api/disconnect", ban, AUTH))[0] == 200
+            for client in (on_a, on_b):
+                assert (await client.wait_closed()).code == 4003
+            async with running_server(config, anyio_backend, ports[2]) as c:
+                code = None
+                while code is None:  # the new node reads the bans once it reaches Redis
+                    try:
+                        async with connect(as_user(c, "alice")):
+                            pass
+                    except HandshakeRefused as refused:
+                        code = msgspec.json.decode(refused.body)["code"]
+                    else:
+                        await anyio.sleep(0.05)
+                assert code == 117
+
+
+async def test_the_app_s_own_code_disconnects_and_unsubscribes_users(
+    anyio_backend: Backend, free_tcp_port: int
+) -> None:
+    with anyio.fail_after(20):
+        async with running_server(
+            users_config(BrokerConfig()), anyio_backend, free_tcp_port
+        ) as server:
+            assert server.app is not None
+            api = server.app.api
+            async with connect(as_user(server, "alice")) as alice:
+                await subscribe(alice, "news")
+                await api.unsubscribe("alice", "news")
+                assert (await alice.receive_object())["code"] == 210
+                with pytest.raises(BadMessage):
+                    await api.disconnect("alice", code=1000)
+                with pytest.raises(BadMessage):
+                    await api.disconnect("alice", reason="x" * 124)
+                await api.disconnect("alice", reason="logged out everywhere")
+                closed = await alice.wait_closed()
+                assert (closed.code, closed.reason) == (4003, "logged out everywhere")
