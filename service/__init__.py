@@ -1,8 +1,8 @@
 """Clarion's ASGI side: the WebSocket API, the wire protocol, sessions and the app.
 
-The app and its settings are imported when first asked for (``from service import
-create_app, Settings``), so that ``import service.client`` loads the client and the wire
-definitions only, not the server (hypercorn, prometheus-client, PyJWT).
+Every name here is imported when first asked for (``from service import create_app,
+Settings, WebSocket``), so that ``import service.client`` loads the client and the wire
+definitions only, not the server (hypercorn, prometheus-client, PyJWT, h11).
 """
 
 from __future__ import annotations
@@ -10,16 +10,15 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from service.websocket import (
-    HTTPConnection as HTTPConnection,
-    WebSocket as WebSocket,
-    WebSocketDisconnect as WebSocketDisconnect,
-    WebSocketState as WebSocketState,
-)
-
 if TYPE_CHECKING:
     from service.app import Clarion as Clarion, create_app as create_app
     from service.settings import Settings as Settings
+    from service.websocket import (
+        HTTPConnection as HTTPConnection,
+        WebSocket as WebSocket,
+        WebSocketDisconnect as WebSocketDisconnect,
+        WebSocketState as WebSocketState,
+    )
 
 __all__ = (
     "Clarion",
@@ -36,11 +35,19 @@ def __dir__() -> list[str]:
     return sorted({*globals(), *__all__})
 
 
-_LAZY = {"Clarion": "service.app", "create_app": "service.app", "Settings": "service.settings"}
+_LAZY = {
+    "Clarion": "service.app",
+    "create_app": "service.app",
+    "Settings": "service.settings",
+    "HTTPConnection": "service.websocket",
+    "WebSocket": "service.websocket",
+    "WebSocketDisconnect": "service.websocket",
+    "WebSocketState": "service.websocket",
+}
 
 
 def __getattr__(name: str) -> object:
-    """Import the app and its settings on first use (PEP 562)."""
+    """Import *name* from its module on first use (PEP 562)."""
     if name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value

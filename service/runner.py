@@ -221,17 +221,24 @@ async def _serve_until_signal(
                 stop.set()
                 return
 
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(watch)
-            await serve(app, settings, backend, shutdown_trigger=stop.wait, sockets=sockets)
-            tg.cancel_scope.cancel()
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(watch)
+                await serve(app, settings, backend, shutdown_trigger=stop.wait, sockets=sockets)
+                tg.cancel_scope.cancel()
+        finally:
+            # Blocked again before the receiver puts the default handlers back: a
+            # signal now (a SIGHUP forwarded as the workers stop) must not end a process
+            # that is finishing cleanly.
+            signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED)
 
 
 def run(app: Clarion, backend: Backend, sockets: Sockets | None = None) -> None:
     """Serve *app* until SIGINT or SIGTERM, then drain its clients (close 1001) and exit.
 
     SIGHUP reloads the configuration (`Clarion.reload`). *sockets* are the listening
-    sockets (`service.sockets.bind_sockets`); by default hypercorn binds its own.
+    sockets (`service.sockets.bind_sockets`); by default hypercorn binds its own. The
+    three signals stay blocked once it returns: the process is meant to exit then.
     """
     settings = hypercorn_config(app.config)
     # Until the signal receiver is in place, a signal waits (a SIGHUP must not end the
@@ -280,6 +287,8 @@ def run_workers(
         stopping = True
 
     def reload(signum: int, frame: object) -> None:
+        if stopping:
+            return  # the workers are draining: nothing to reload
         for process in processes:
             if process.is_alive() and process.pid is not None:
                 os.kill(process.pid, signal.SIGHUP)

@@ -27,7 +27,6 @@ from channels.config import (
     ServerConfig,
 )
 from channels.errors import ConfigError
-from service.httpapi import api_paths
 
 __all__ = (
     "Algorithm",
@@ -113,6 +112,10 @@ class ServerSettings(ServerConfig, frozen=True):
             raise ValueError(f"bind: {exc}") from None
         if not self.websocket_path.startswith("/"):
             raise ValueError(f"websocket_path: {self.websocket_path!r} must start with '/'")
+        # Here, not at the top: the settings are read (by `clarion check`) without
+        # loading the HTTP side (prometheus-client, PyJWT) for the route table.
+        from service.httpapi import api_paths
+
         if self.websocket_path in api_paths():
             raise ValueError(f"websocket_path: {self.websocket_path!r} is taken by the HTTP API")
         if any(not key for key in self.api_keys):

@@ -67,7 +67,24 @@ def test_channels_never_imports_service() -> None:
 
 #: What the server needs and a client must not load: an application that only talks to
 #: Clarion installs the client, not the server's stack.
-SERVER_ONLY = ("hypercorn", "prometheus_client", "jwt", "service.app", "service.session")
+#: What the client must not load: the server's libraries, its ASGI side, and the engine
+#: beyond the wire's types (errors, publications, statistics).
+SERVER_ONLY = (
+    "hypercorn",
+    "prometheus_client",
+    "jwt",
+    "coredis",
+    "service.app",
+    "service.session",
+    "service.websocket",
+    "service.settings",
+    "channels.hub",
+    "channels.brokers",
+    "channels.config",
+    "channels.rules",
+    "channels.outbox",
+    "channels.sender",
+)
 
 
 def test_the_python_client_loads_nothing_of_the_server() -> None:

@@ -388,7 +388,8 @@ class RedisBroker:
             except RETRIED as exc:
                 self._to_announce.clear()  # best effort: stale joins help nobody later
                 failures += 1
-                delay = min(MAX_RETRY_DELAY_SECONDS, 0.05 * 2**failures)
+                # Capped before the power: a long outage must not overflow a float.
+                delay = min(MAX_RETRY_DELAY_SECONDS, 0.05 * 2 ** min(failures, 16))
                 logger.warning("Redis upkeep failed, retrying in %.2fs: %s", delay, exc)
                 await anyio.sleep(delay)
                 self._work.set()

@@ -40,7 +40,7 @@ class Keys:
 
     def stream(self, channel: str) -> list[str]:
         """The stream's meta hash and the stream itself, as the scripts take them."""
-        return [f"{self.prefix}:m:{channel}", f"{self.prefix}:s:{channel}"]
+        return [self.meta(channel), f"{self.prefix}:s:{channel}"]
 
     def meta(self, channel: str) -> str:
         return f"{self.prefix}:m:{channel}"
