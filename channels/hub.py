@@ -30,7 +30,7 @@ from channels.outbox import Delivery, Outbox
 from channels.publication import ClientInfo
 from channels.rules import Grant, RuleBook
 from channels.sender import Flusher, Sender
-from channels.statistics import ChannelStatistics, HubStatistics
+from channels.statistics import ChannelCount, ChannelsPage, ChannelStatistics, HubStatistics
 from channels.traffic import Traffic
 
 if TYPE_CHECKING:
@@ -291,6 +291,7 @@ class Hub:
             raise
         del state.joining[outbox]
         state.subscribers[outbox] = None
+        self._carrier.count(channel, len(state.subscribers))
         start = page.position.offset
         if start > state.last_offset:
             state.skip_until[outbox] = start
@@ -663,6 +664,31 @@ class Hub:
         )
         return heapq.nsmallest(limit, channels, key=lambda item: (-item.subscribers, item.channel))
 
+    async def channels(
+        self, *, prefix: str = "", cursor: str | None = None, limit: int, trusted: bool
+    ) -> ChannelsPage:
+        """The channels with at least one subscriber on any node, in name order, with
+        their subscribers on every node: those whose name starts with *prefix*, after
+        *cursor* (a page's), at most *limit*.
+
+        Untrusted, only the channels an anonymous client may subscribe to are listed (a
+        page may then hold fewer than *limit*; the list ends when ``cursor`` is None).
+
+        Raises:
+            BrokerUnavailable: if the broker cannot be read now.
+        """
+        found = await self._carrier.channels(prefix, cursor or "", limit)
+        more = len(found) > limit
+        found = found[:limit]
+        return ChannelsPage(
+            [
+                ChannelCount(name, subscribers)
+                for name, subscribers in found
+                if trusted or self._may_subscribe(name)
+            ],
+            found[-1][0] if more else None,
+        )
+
     def _resolve(
         self,
         channel: str,
@@ -717,6 +743,8 @@ class Hub:
         client = self._clients[outbox]
         if state.presence:
             self._carrier.remove_presence(channel, client)
+        if live:
+            self._carrier.count(channel, len(state.subscribers))
         if live and state.join_leave:
             self._carrier.announce(channel, "leave", client)
         if not state.subscribers and not state.joining:

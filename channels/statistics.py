@@ -1,11 +1,12 @@
 """What a hub reports about itself and its channels (`Hub.statistics`,
-`Hub.channel_statistics`), for the stats API and the metrics."""
+`Hub.channel_statistics`, `Hub.channels`), for the stats API, the channels API and the
+metrics."""
 
 from __future__ import annotations
 
 import msgspec
 
-__all__ = ("ChannelStatistics", "HubStatistics")
+__all__ = ("ChannelCount", "ChannelStatistics", "ChannelsPage", "HubStatistics")
 
 
 class HubStatistics(msgspec.Struct, frozen=True):
@@ -37,3 +38,17 @@ class ChannelStatistics(msgspec.Struct, frozen=True):
     """Local subscribers (and subscribers still joining)."""
     messages: int
     """Publications delivered here since the channel started on this node."""
+
+
+class ChannelCount(msgspec.Struct, frozen=True):
+    """A channel with subscribers somewhere in the cluster, and how many."""
+
+    channel: str
+    subscribers: int
+
+
+class ChannelsPage(msgspec.Struct, frozen=True):
+    """A page of `Hub.channels`: ``cursor`` continues the list, None at its end."""
+
+    channels: list[ChannelCount]
+    cursor: str | None

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 import msgspec
 
 from channels.errors import ChannelsError
+from channels.statistics import ChannelCount  # noqa: TC001 - msgspec reads Struct annotations at runtime
 from service.closecodes import CloseCode
 from service.protocol import Frame, IdempotencyKey
 
@@ -22,6 +23,7 @@ __all__ = (
     "BroadcastReply",
     "BroadcastRequest",
     "BroadcastResult",
+    "ChannelsReply",
     "DisconnectRequest",
     "ErrorBody",
     "PresenceStatsReply",
@@ -77,6 +79,14 @@ class BroadcastReply(Frame, tag="reply", frozen=True, kw_only=True):
     """The answer to ``POST /api/broadcast``: one result per channel, in order."""
 
     results: list[BroadcastResult]
+
+
+class ChannelsReply(Frame, tag="reply", frozen=True, kw_only=True):
+    """The answer to ``GET /api/channels``: a page, and the cursor of the next (None at
+    the end)."""
+
+    channels: list[ChannelCount]
+    cursor: str | None
 
 
 class PresenceStatsReply(Frame, tag="reply", frozen=True, kw_only=True):

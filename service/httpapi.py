@@ -20,6 +20,7 @@ from prometheus_client import generate_latest
 from service.admission import trusted
 from service.apibodies import (
     BroadcastRequest,
+    ChannelsReply,
     DisconnectRequest,
     PresenceStatsReply,
     UnsubscribeRequest,
@@ -38,7 +39,7 @@ from service.protocol import (
     decode_publish_request,
     encode,
 )
-from service.serverapi import ServerAPI
+from service.serverapi import CHANNELS_PAGE, ServerAPI
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -108,6 +109,7 @@ def routes() -> dict[str, Route]:
         Route("broadcast", "/api/broadcast", _WRITE, _broadcast),
         Route("history", "/api/history", _READ, _history),
         Route("presence", "/api/presence", _READ, _presence),
+        Route("channels", "/api/channels", _READ, _channels),
         Route("disconnect", "/api/disconnect", _WRITE, _disconnect),
         Route("unsubscribe", "/api/unsubscribe", _WRITE, _unsubscribe),
         Route("stats", "/api/stats", _READ, _stats),
@@ -219,6 +221,17 @@ async def _stats(app: Clarion, request: Request) -> Answer:
         channels=hub.channel_statistics(limit, trusted=caller_trusted),
     )
     return 200, encode(reply), [*JSON_HEADERS]
+
+
+async def _channels(app: Clarion, request: Request) -> Answer:
+    api = _api(app, request)
+    limit = _int_param(request, "limit", minimum=1)
+    page = await api.channels(
+        prefix=request.query.get("prefix", ""),
+        cursor=request.query.get("cursor") or None,
+        limit=CHANNELS_PAGE if limit is None else limit,
+    )
+    return 200, encode(ChannelsReply(channels=page.channels, cursor=page.cursor)), [*JSON_HEADERS]
 
 
 async def _disconnect(app: Clarion, request: Request) -> Answer:

@@ -33,11 +33,22 @@ if TYPE_CHECKING:
     from channels.errors import ChannelsError
     from channels.hub import Hub
     from channels.publication import ClientInfo, HistoryPage, Published
+    from channels.statistics import ChannelsPage
     from service.app import Clarion
 
-__all__ = ("CLOSE_CODES_OF_THE_API", "CLOSE_REASON_MAX_BYTES", "PresenceStats", "ServerAPI")
+__all__ = (
+    "CHANNELS_PAGE",
+    "CHANNELS_PAGE_MAX",
+    "CLOSE_CODES_OF_THE_API",
+    "CLOSE_REASON_MAX_BYTES",
+    "PresenceStats",
+    "ServerAPI",
+)
 
 _encoder = msgspec.json.Encoder()
+#: Channels a page of `ServerAPI.channels` holds unless told otherwise, and at most.
+CHANNELS_PAGE: Final = 100
+CHANNELS_PAGE_MAX: Final = 1000
 #: The close codes a disconnect may give (RFC 6455 leaves 4000-4999 to applications).
 CLOSE_CODES_OF_THE_API: Final = (4000, 4999)
 #: A close frame's reason is at most 123 bytes (a control frame's 125, less the code).
@@ -122,6 +133,23 @@ class ServerAPI:
         clients = await self.presence(channel)
         users = {client.user for client in clients if client.user is not None}
         return PresenceStats(clients=len(clients), users=len(users))
+
+    async def channels(
+        self, *, prefix: str = "", cursor: str | None = None, limit: int = CHANNELS_PAGE
+    ) -> ChannelsPage:
+        """The channels with at least one subscriber on any node, in name order, with
+        their subscribers: those whose name starts with *prefix*, at most *limit* (at
+        most `CHANNELS_PAGE_MAX`), after *cursor* (the previous page's).
+
+        Raises:
+            BadMessage: for a *limit* out of bounds.
+            BrokerUnavailable, NotStarted
+        """
+        if not 1 <= limit <= CHANNELS_PAGE_MAX:
+            raise BadMessage(f"limit: must be from 1 to {CHANNELS_PAGE_MAX}, not {limit}")
+        return await self._hub().channels(
+            prefix=prefix, cursor=cursor, limit=limit, trusted=self.trusted
+        )
 
     async def disconnect(
         self,

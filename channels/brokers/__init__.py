@@ -142,6 +142,18 @@ class Broker(Protocol):
         """
         ...
 
+    def count(self, channel: str, subscribers: int) -> None:
+        """Note that this node has *subscribers* live subscribers on *channel* now (0:
+        none left). Never blocks; other nodes see it within the broker's upkeep."""
+        ...
+
+    async def channels(self, prefix: str, after: str, limit: int) -> list[tuple[str, int]]:
+        """The channels with subscribers on any node whose name starts with *prefix* and
+        comes after *after* (``""``: from the first), in name order, with their
+        subscribers on every node: at most *limit* + 1, the last saying there are more.
+        """
+        ...
+
     async def command(self, command: Command) -> None:
         """Hand *command* to every node's receiver, this one's included.
 

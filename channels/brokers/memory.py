@@ -58,6 +58,7 @@ class MemoryBroker:
         self._receiver = receiver
         self._streams: dict[str, _Stream] = {}
         self._presence: dict[str, dict[str, ClientInfo]] = {}
+        self._counts: dict[str, int] = {}
         self._keys: OrderedDict[tuple[str, str], tuple[float, Position]] = OrderedDict()
         """Idempotency keys by channel, with when they expire and where their publish went."""
 
@@ -176,3 +177,14 @@ class MemoryBroker:
         """Hand *command* to this node's receiver: the only node."""
         await anyio.lowlevel.checkpoint()
         self._receiver.command(command)
+
+    def count(self, channel: str, subscribers: int) -> None:
+        if subscribers:
+            self._counts[channel] = subscribers
+        else:
+            self._counts.pop(channel, None)
+
+    async def channels(self, prefix: str, after: str, limit: int) -> list[tuple[str, int]]:
+        await anyio.lowlevel.checkpoint()
+        names = sorted(name for name in self._counts if name > after and name.startswith(prefix))
+        return [(name, self._counts[name]) for name in names[: limit + 1]]

@@ -31,6 +31,7 @@ import msgspec
 
 from channels.brokers import redis_scripts
 from channels.brokers.ordering import ChannelOrder, Check, Lost
+from channels.brokers.redis_census import Census
 from channels.brokers.redis_control import ControlChannel
 from channels.brokers.redis_health import RETRIED, UNAVAILABLE, HealthCheck, describe
 from channels.brokers.redis_keys import Keys
@@ -99,6 +100,12 @@ class RedisBroker:
         self._to_announce: list[tuple[str, bytes]] = []
         self._receiver = receiver
         self._control = ControlChannel(client, self._keys, receiver, config.timeout_seconds)
+        self._census = Census(
+            client,
+            self._keys,
+            ttl_seconds=config.presence_ttl_seconds,
+            timeout=config.timeout_seconds,
+        )
         self._listening: dict[str, ChannelOrder] = {}
         self._changing = anyio.Lock()
         self._to_repair: set[str] = set()
@@ -219,6 +226,14 @@ class RedisBroker:
     def announce(self, channel: str, event: Event, client: ClientInfo) -> None:
         self._to_announce.append((channel, _EVENT_MARKS[event] + _encoder.encode(client)))
         self._work.set()
+
+    def count(self, channel: str, subscribers: int) -> None:
+        self._census.count(channel, subscribers)
+        self._work.set()
+
+    async def channels(self, prefix: str, after: str, limit: int) -> list[tuple[str, int]]:
+        with self._calling("channels"):
+            return await self._census.channels(prefix, after, limit)
 
     async def command(self, command: Command) -> None:
         with self._calling("command"):
@@ -369,7 +384,10 @@ class RedisBroker:
                 await self._forget_presence()
                 if anyio.current_time() >= next_presence:
                     await self._refresh_presence()
+                    await self._census.write()
                     next_presence = anyio.current_time() + self._presence_refresh_seconds
+                elif self._census.pending:
+                    await self._census.write()
                 while self._to_repair:
                     channel = self._to_repair.pop()
                     try:

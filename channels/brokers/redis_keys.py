@@ -11,6 +11,9 @@
 - ``P:pr:CHANNEL`` (a hash) and ``P:pz:CHANNEL`` (a sorted set of expiry times) hold
   the channel's presence, client by client;
 - ``P:n:NODE`` is one node's own pub/sub channel, for its readiness checks;
+- ``P:nodes`` is a sorted set of the live nodes (by when they expire), and
+  ``P:nc:NODE`` a hash of one node's subscriber count per channel, for the list of
+  channels in the cluster;
 - ``P:control`` is the pub/sub channel of the server API's commands to every node
   (`channels.control`), JSON;
 - ``P:bans`` is a hash of the bans in force, user to its `Disconnect` command's JSON,
@@ -27,12 +30,28 @@ __all__ = ("Keys",)
 class Keys:
     """The Redis keys of one broker, built in one place."""
 
-    __slots__ = ("_pubsub_start", "bans", "bans_version", "control", "node", "prefix")
+    __slots__ = (
+        "_pubsub_start",
+        "bans",
+        "bans_version",
+        "control",
+        "node",
+        "node_counts",
+        "node_counts_prefix",
+        "node_id",
+        "nodes",
+        "prefix",
+    )
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
-        self.node = f"{prefix}:n:{secrets.token_hex(8)}".encode()
+        self.node_id = secrets.token_hex(8)
+        self.node = f"{prefix}:n:{self.node_id}".encode()
         """This node's own pub/sub channel."""
+        self.nodes = f"{prefix}:nodes"
+        self.node_counts_prefix = f"{prefix}:nc:"
+        self.node_counts = self.node_counts_prefix + self.node_id
+        """This node's subscriber count per channel."""
         self.control = f"{prefix}:control".encode()
         self.bans = f"{prefix}:bans"
         self.bans_version = f"{prefix}:bans:v"

@@ -126,3 +126,55 @@ for i = 1, #ARGV, 2 do
 end
 return 1
 """
+
+# KEYS: the nodes sorted set, this node's channel-count hash. ARGV: node id, time to
+# live (ms), then channel, count pairs (a count of 0 removes the channel). Keeps the node
+# listed and its hash alive for the time to live; returns whether the hash exists (a
+# node whose hash expired while Redis was out of reach writes all its counts again).
+NODE_COUNTS: Final = """
+local now = redis.call('TIME')
+local ms = now[1] * 1000 + math.floor(now[2] / 1000)
+for i = 3, #ARGV, 2 do
+    if ARGV[i + 1] == '0' then
+        redis.call('HDEL', KEYS[2], ARGV[i])
+    else
+        redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+    end
+end
+redis.call('ZADD', KEYS[1], ms + tonumber(ARGV[2]), ARGV[1])
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+return redis.call('EXISTS', KEYS[2])
+"""
+
+# KEYS: the nodes sorted set. ARGV: the prefix of the nodes' count hashes, a channel
+# prefix, the channel to list after ('' for the first), how many. Returns name, count
+# pairs in name order, summed over the live nodes, one more than asked when there are
+# more; forgets the nodes whose time to live has passed.
+CHANNELS: Final = """
+local now = redis.call('TIME')
+local ms = now[1] * 1000 + math.floor(now[2] / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ms)
+local prefix, after, limit = ARGV[2], ARGV[3], tonumber(ARGV[4])
+local counts, names = {}, {}
+for _, node in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+    local entries = redis.call('HGETALL', ARGV[1] .. node)
+    for i = 1, #entries, 2 do
+        local name = entries[i]
+        if name > after and string.sub(name, 1, #prefix) == prefix then
+            local count = counts[name]
+            if count == nil then
+                names[#names + 1] = name
+                count = 0
+            end
+            counts[name] = count + tonumber(entries[i + 1])
+        end
+    end
+end
+table.sort(names)
+local found = {}
+for i = 1, math.min(#names, limit + 1) do
+    found[#found + 1] = names[i]
+    found[#found + 1] = counts[names[i]]
+end
+return found
+"""

@@ -444,3 +444,40 @@ async def test_redis_a_stream_restarted_while_disconnected_is_announced_and_read
             (1, b"1"),
             (1, b'"new"'),
         ]
+
+
+async def wait_channels(node: Node, expected: list[tuple[str, int]]) -> None:
+    while await node.broker.channels("", "", 100) != expected:  # noqa: ASYNC110 - upkeep writes counts
+        await anyio.sleep(0.02)
+
+
+async def test_channel_counts_are_summed_over_nodes_and_paged(broker_config: BrokerConfig) -> None:
+    count = 1 if broker_config.kind == "memory" else 2
+    async with nodes(broker_config, count) as opened:
+        first, last = opened[0], opened[-1]
+        first.broker.count("b", 2)
+        last.broker.count("a", 1)
+        last.broker.count("b", 1)
+        expected = [("a", 1), ("b", 1 if count == 1 else 3)]  # one node: its last count
+        await wait_channels(first, expected)
+        assert await first.broker.channels("", "", 1) == expected  # one more: there are more
+        assert await first.broker.channels("", "a", 1) == expected[1:]
+        assert await first.broker.channels("b", "", 10) == expected[1:]
+        last.broker.count("a", 0)
+        await wait_channels(first, expected[1:])
+
+
+async def test_redis_channel_counts_lost_by_redis_are_written_again(
+    redis_broker: BrokerConfig, redis_server: RedisServer
+) -> None:
+    broker = msgspec.structs.replace(redis_broker, presence_ttl_seconds=0.6)
+    async with nodes(broker) as [node]:
+        node.broker.count("kept", 4)
+        await wait_channels(node, [("kept", 4)])
+        client: coredis.Redis[bytes] = coredis.Redis.from_url(redis_server.url)
+        async with client:
+            async for key in client.scan_iter(match=f"{broker.prefix}:nc:*"):
+                await client.delete([key])  # as if it expired while Redis was out of reach
+        assert await node.broker.channels("", "", 100) == []
+        with anyio.fail_after(5):
+            await wait_channels(node, [("kept", 4)])

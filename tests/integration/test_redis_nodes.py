@@ -385,7 +385,7 @@ async def test_presence_and_join_leave_span_nodes(
                 assert (refused["type"], refused["code"]) == ("error", 206)
 
 
-async def test_the_clients_of_a_killed_node_leave_presence(
+async def test_the_clients_of_a_killed_node_leave_presence_and_the_channel_list(
     anyio_backend: Backend, redis_broker: BrokerConfig, tmp_path: Path
 ) -> None:
     broker = msgspec.structs.replace(redis_broker, presence_ttl_seconds=1.0)
@@ -395,6 +395,12 @@ async def test_the_clients_of_a_killed_node_leave_presence(
                 await subscribe(doomed, "room:2")
                 _, body = await http_call(a, "GET", "/api/presence?channel=room:2")
                 assert len(body["clients"]) == 1
+                listing = "/api/channels?prefix=room:"
+                while not (await http_call(a, "GET", listing))[1]["channels"]:  # noqa: ASYNC110 - the count is written by B's upkeep
+                    await anyio.sleep(0.05)
+                assert (await http_call(a, "GET", listing))[1]["channels"] == [
+                    {"channel": "room:2", "subscribers": 1}
+                ]
                 assert b.process is not None
                 b.process.kill()  # SIGKILL: the node cannot say goodbye
                 await b.process.wait()
@@ -403,4 +409,8 @@ async def test_the_clients_of_a_killed_node_leave_presence(
                 while (await http_call(a, "GET", path))[1]["clients"]:  # noqa: ASYNC110 - expiry
                     await anyio.sleep(0.05)
                 # Within presence_ttl_seconds of the last refresh; a wide margin for a busy machine.
+                assert anyio.current_time() - started < 5.0
+                # The dead node's channels leave the list the same way.
+                while (await http_call(a, "GET", listing))[1]["channels"]:  # noqa: ASYNC110 - expiry
+                    await anyio.sleep(0.05)
                 assert anyio.current_time() - started < 5.0

@@ -542,3 +542,95 @@ async def test_the_app_s_own_code_disconnects_and_unsubscribes_users(
                 await api.disconnect("alice", reason="logged out everywhere")
                 closed = await alice.wait_closed()
                 assert (closed.code, closed.reason) == (4003, "logged out everywhere")
+
+
+async def wait_listed(server: Server, query: str, expected: list[dict[str, Any]]) -> None:
+    """Wait until ``GET /api/channels?{query}`` lists *expected* (counts are written by
+    each node's upkeep, a moment after they change)."""
+    path = f"/api/channels?{query}"
+    while (await http_call(server, "GET", path, headers=AUTH))[1]["channels"] != expected:  # noqa: ASYNC110 - polls the API
+        await anyio.sleep(0.02)
+
+
+async def test_the_channel_list_counts_subscribers_and_pages_in_name_order(
+    anyio_backend: Backend, free_tcp_port: int, broker_config: BrokerConfig
+) -> None:
+    with anyio.fail_after(20):
+        async with (
+            running_server(users_config(broker_config), anyio_backend, free_tcp_port) as server,
+            connect(as_user(server, "alice")) as alice,
+            connect(server.ws_url) as anonymous,
+        ):
+            for channel in ("room:b", "room:a", "news", "closed:x"):
+                await subscribe(alice, channel)
+            await subscribe(anonymous, "room:a")
+            everything = [
+                {"channel": "closed:x", "subscribers": 1},
+                {"channel": "news", "subscribers": 1},
+                {"channel": "room:a", "subscribers": 2},
+                {"channel": "room:b", "subscribers": 1},
+            ]
+            await wait_listed(server, "", everything)
+            status, page = await http_call(
+                server, "GET", "/api/channels?prefix=room:", headers=AUTH
+            )
+            assert (status, page["channels"], page["cursor"]) == (200, everything[2:], None)
+            seen, cursor = [], ""
+            while True:
+                query = f"limit=3&cursor={cursor}" if cursor else "limit=3"
+                _, page = await http_call(server, "GET", f"/api/channels?{query}", headers=AUTH)
+                seen += page["channels"]
+                cursor = page["cursor"]
+                if cursor is None:
+                    break
+                assert len(page["channels"]) == 3
+            assert seen == everything
+            await anonymous.request({"type": "unsubscribe", "id": 1, "channel": "room:a"})
+            await wait_listed(server, "prefix=room:a", [{"channel": "room:a", "subscribers": 1}])
+            for query in ("limit=0", "limit=1001", "limit=all"):
+                status, error = await http_call(
+                    server, "GET", f"/api/channels?{query}", headers=AUTH
+                )
+                assert (status, error["code"]) == (400, 101), query
+
+
+async def test_an_open_api_lists_only_channels_anonymous_clients_may_subscribe_to(
+    anyio_backend: Backend, free_tcp_port: int
+) -> None:
+    config = msgspec.structs.replace(settings(BrokerConfig()), auth=AuthSettings(secret=SECRET))
+    with anyio.fail_after(20):
+        async with (
+            running_server(config, anyio_backend, free_tcp_port) as server,
+            connect(as_user(server, "alice")) as alice,
+        ):
+            await subscribe(alice, "closed:x")
+            await subscribe(alice, "news")
+            status, page = await http_call(server, "GET", "/api/channels")
+            assert status == 200
+            assert page == {
+                "type": "reply",
+                "channels": [{"channel": "news", "subscribers": 1}],
+                "cursor": None,
+            }
+
+
+async def test_the_channel_list_sums_the_nodes(
+    anyio_backend: Backend, redis_broker: BrokerConfig
+) -> None:
+    config = users_config(redis_broker)
+    with anyio.fail_after(30):
+        async with (
+            running_server(config, anyio_backend, free_port()) as a,
+            running_server(config, anyio_backend, free_port()) as b,
+        ):
+            async with connect(a.ws_url) as on_a, connect(b.ws_url) as on_b:
+                await subscribe(on_a, "news")
+                await subscribe(on_b, "news")
+                await subscribe(on_b, "sports")
+                both = [
+                    {"channel": "news", "subscribers": 2},
+                    {"channel": "sports", "subscribers": 1},
+                ]
+                await wait_listed(a, "", both)
+                await wait_listed(b, "", both)
+            await wait_listed(a, "", [])
