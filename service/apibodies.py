@@ -1,8 +1,9 @@
-"""The bodies of the HTTP API's requests and answers that the WebSocket protocol lacks.
+"""The HTTP API's requests, and the answers that the WebSocket protocol lacks.
 
+A GET request's query is read as its request's fields (``?channel=news&limit=5``).
 Replies are ``{"type":"reply",…}`` objects like the protocol's (`service.protocol`),
-which keeps the bodies the two share (``POST /api/publish`` and ``GET /api/presence``
-answer like the ``publish`` and ``presence`` requests).
+which keeps the answers the two share (``POST /api/publish``, ``GET /api/history`` and
+``GET /api/presence`` answer like the ``publish``, ``history`` and ``presence`` requests).
 """
 
 from __future__ import annotations
@@ -15,35 +16,83 @@ from channels.errors import ChannelsError
 from channels.statistics import ChannelCount  # noqa: TC001 - msgspec reads Struct annotations at runtime
 from service.closecodes import CloseCode
 from service.protocol import Frame, IdempotencyKey
+from service.serverapi import CHANNELS_PAGE
 
 if TYPE_CHECKING:
     from channels.publication import Published
 
 __all__ = (
+    "BatchItem",
+    "BatchReply",
+    "BatchRequest",
     "BroadcastReply",
     "BroadcastRequest",
     "BroadcastResult",
     "ChannelsReply",
+    "ChannelsRequest",
     "DisconnectRequest",
     "ErrorBody",
+    "HistoryRequest",
+    "PresenceRequest",
     "PresenceStatsReply",
+    "PublishRequest",
     "UnsubscribeRequest",
     "broadcast_reply",
 )
 
 User = Annotated[str, msgspec.Meta(min_length=1)]
+Offset = Annotated[int, msgspec.Meta(ge=0)]
+Limit = Annotated[int, msgspec.Meta(ge=1)]
 
 
-class BroadcastRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
-    """The body of ``POST /api/broadcast``."""
+class _Body(
+    msgspec.Struct, tag_field="method", forbid_unknown_fields=True, frozen=True, kw_only=True
+):
+    """Base of the API's requests: a body, or a GET request's query read as one. In a
+    batch, ``method`` names the request; alone, it may be left out."""
+
+
+class PublishRequest(_Body, tag="publish", frozen=True, kw_only=True):
+    """``POST /api/publish``."""
+
+    channel: str
+    data: msgspec.Raw
+    idempotency_key: IdempotencyKey | None = None
+
+
+class BroadcastRequest(_Body, tag="broadcast", frozen=True, kw_only=True):
+    """``POST /api/broadcast``."""
 
     channels: list[str]
     data: msgspec.Raw
     idempotency_key: IdempotencyKey | None = None
 
 
-class DisconnectRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
-    """The body of ``POST /api/disconnect`` (see `service.serverapi.ServerAPI.disconnect`)."""
+class HistoryRequest(_Body, tag="history", frozen=True, kw_only=True):
+    """``GET /api/history``."""
+
+    channel: str
+    since: Offset | None = None
+    limit: Limit | None = None
+
+
+class PresenceRequest(_Body, tag="presence", frozen=True, kw_only=True):
+    """``GET /api/presence``."""
+
+    channel: str
+    count_only: bool = False
+
+
+class ChannelsRequest(_Body, tag="channels", frozen=True, kw_only=True):
+    """``GET /api/channels``."""
+
+    prefix: str = ""
+    cursor: str | None = None
+    limit: Limit = CHANNELS_PAGE
+
+
+class DisconnectRequest(_Body, tag="disconnect", frozen=True, kw_only=True):
+    """``POST /api/disconnect`` (see `service.serverapi.ServerAPI.disconnect`)."""
 
     user: User
     code: int = CloseCode.DISCONNECTED
@@ -51,11 +100,35 @@ class DisconnectRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True,
     until: float | None = None
 
 
-class UnsubscribeRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
-    """The body of ``POST /api/unsubscribe``."""
+class UnsubscribeRequest(_Body, tag="unsubscribe", frozen=True, kw_only=True):
+    """``POST /api/unsubscribe``."""
 
     user: User
     channel: str
+
+
+BatchItem = (
+    PublishRequest
+    | BroadcastRequest
+    | HistoryRequest
+    | PresenceRequest
+    | ChannelsRequest
+    | DisconnectRequest
+    | UnsubscribeRequest
+)
+
+
+class BatchRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """``POST /api/batch``: requests of the other kinds, each with its ``method``."""
+
+    requests: list[BatchItem]
+
+
+class BatchReply(Frame, tag="reply", frozen=True, kw_only=True):
+    """The answer to ``POST /api/batch``: each request's answer (a reply or an error, as
+    alone), in order."""
+
+    replies: list[msgspec.Raw]
 
 
 class ErrorBody(msgspec.Struct, frozen=True):

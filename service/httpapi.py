@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import importlib.resources
 import os
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Final, NamedTuple
 
 import anyio
@@ -19,31 +20,24 @@ from prometheus_client import generate_latest
 
 from service.admission import trusted
 from service.apibodies import (
+    BatchItem,
+    BatchReply,
+    BatchRequest,
     BroadcastRequest,
-    ChannelsReply,
+    ChannelsRequest,
     DisconnectRequest,
-    PresenceStatsReply,
+    HistoryRequest,
+    PresenceRequest,
+    PublishRequest,
     UnsubscribeRequest,
-    broadcast_reply,
 )
 from service.errors import BadMessage, NotStarted, Unauthorized
 from service.metrics import CONTENT_TYPE
-from service.protocol import (
-    HistoryEntry,
-    HistoryReply,
-    PresenceReply,
-    PublishReply,
-    Reply,
-    StatsReply,
-    decode_body,
-    decode_publish_request,
-    encode,
-)
-from service.serverapi import CHANNELS_PAGE, ServerAPI
+from service.operations import check_keys, run, run_batch
+from service.protocol import StatsReply, decode_body, decode_query, encode
+from service.serverapi import ServerAPI
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
-
     from channels.hub import Hub
     from service.app import Clarion
     from service.datastructures import Headers, QueryParams
@@ -75,10 +69,19 @@ _READ: Final = ("GET", "HEAD")
 _WRITE: Final = ("POST",)
 _HEALTH_BODY: Final = msgspec.json.encode({"status": "ok"})
 _READY_BODY: Final = msgspec.json.encode({"status": "ready"})
-_broadcast_decoder = msgspec.json.Decoder(BroadcastRequest)
-_disconnect_decoder = msgspec.json.Decoder(DisconnectRequest)
-_unsubscribe_decoder = msgspec.json.Decoder(UnsubscribeRequest)
-_DONE: Final = encode(Reply())
+_batch_decoder = msgspec.json.Decoder(BatchRequest)
+#: The server API's routes: ``/api/NAME``, and the request each reads.
+_POSTED: Final[dict[str, type[BatchItem]]] = {
+    "publish": PublishRequest,
+    "broadcast": BroadcastRequest,
+    "disconnect": DisconnectRequest,
+    "unsubscribe": UnsubscribeRequest,
+}
+_READ_WITH_QUERY: Final[dict[str, type[BatchItem]]] = {
+    "history": HistoryRequest,
+    "presence": PresenceRequest,
+    "channels": ChannelsRequest,
+}
 
 
 class Request(NamedTuple):
@@ -90,13 +93,17 @@ class Request(NamedTuple):
     body: bytes
 
 
+Handler = Callable[["Clarion", Request], Awaitable[Answer]]
+"""What a route runs for a request whose body has arrived."""
+
+
 class Route(NamedTuple):
     """One HTTP route: its name (for ``url_path_for``), path, methods and handler."""
 
     name: str
     path: str
     methods: tuple[str, ...]
-    handler: Callable[[Clarion, Request], Awaitable[Answer]]
+    handler: Handler
 
 
 def routes() -> dict[str, Route]:
@@ -105,13 +112,15 @@ def routes() -> dict[str, Route]:
         Route("health", "/health", _READ, _health),
         Route("ready", "/ready", _READ, _ready),
         Route("metrics", "/metrics", _READ, _metrics),
-        Route("publish", "/api/publish", _WRITE, _publish),
-        Route("broadcast", "/api/broadcast", _WRITE, _broadcast),
-        Route("history", "/api/history", _READ, _history),
-        Route("presence", "/api/presence", _READ, _presence),
-        Route("channels", "/api/channels", _READ, _channels),
-        Route("disconnect", "/api/disconnect", _WRITE, _disconnect),
-        Route("unsubscribe", "/api/unsubscribe", _WRITE, _unsubscribe),
+        *(
+            Route(name, f"/api/{name}", _WRITE, _operation(kind, from_query=False))
+            for name, kind in _POSTED.items()
+        ),
+        *(
+            Route(name, f"/api/{name}", _READ, _operation(kind, from_query=True))
+            for name, kind in _READ_WITH_QUERY.items()
+        ),
+        Route("batch", "/api/batch", _WRITE, _batch),
         Route("stats", "/api/stats", _READ, _stats),
         Route("reload", "/api/reload", _WRITE, _reload),
     ]
@@ -148,58 +157,45 @@ async def _static(app: Clarion, request: Request) -> Answer:
     return 200, content, [*headers]
 
 
-async def _publish(app: Clarion, request: Request) -> Answer:
+def _operation(kind: type[BatchItem], *, from_query: bool) -> Handler:
+    """The handler of a server API route: it reads a *kind* request from the body, or
+    from the query when *from_query*, and answers what `service.operations.run` does."""
+    decoder = msgspec.json.Decoder(kind)
+
+    async def handle(app: Clarion, request: Request) -> Answer:
+        api = _api(app, request)
+        keys_set = bool(app.config.server.api_keys)
+        check_keys(kind, keys_set=keys_set)
+        if from_query:
+            body = decode_query(kind, request.query)
+        else:
+            body = decode_body(decoder, request.body)
+        return 200, encode(await run(api, body, keys_set=keys_set)), [*JSON_HEADERS]
+
+    return handle
+
+
+async def _batch(app: Clarion, request: Request) -> Answer:
     api = _api(app, request)
-    publish = decode_publish_request(request.body)
-    published = await api.publish(
-        publish.channel, publish.data, idempotency_key=publish.idempotency_key
+    batch = decode_body(_batch_decoder, request.body)
+    limit = app.config.server.batch_max_requests
+    if len(batch.requests) > limit:
+        raise BadMessage(f"requests: a batch holds at most {limit}, not {len(batch.requests)}")
+    answers = await run_batch(
+        api,
+        batch.requests,
+        keys_set=bool(app.config.server.api_keys),
+        errors=app.counters.errors,
     )
-    position = published.position
-    reply = PublishReply(
-        channel=publish.channel,
-        offset=position.offset,
-        epoch=position.epoch,
-        duplicate=published.duplicate,
-    )
+    reply = BatchReply(replies=[msgspec.Raw(answer) for answer in answers])
     return 200, encode(reply), [*JSON_HEADERS]
 
 
-async def _broadcast(app: Clarion, request: Request) -> Answer:
-    api = _api(app, request)
-    broadcast = decode_body(_broadcast_decoder, request.body)
-    results = await api.broadcast(
-        broadcast.channels, broadcast.data, idempotency_key=broadcast.idempotency_key
-    )
-    return 200, encode(broadcast_reply(broadcast.channels, results)), [*JSON_HEADERS]
-
-
-async def _history(app: Clarion, request: Request) -> Answer:
-    api = _api(app, request)
-    channel = _channel_param(request)
-    since = _int_param(request, "since", minimum=0)
-    limit = _int_param(request, "limit", minimum=1)
-    page = await api.history(channel, since=since, limit=limit)
-    reply = HistoryReply(
-        channel=channel,
-        offset=page.position.offset,
-        epoch=page.position.epoch,
-        messages=[HistoryEntry(item.offset, item.data) for item in page.publications],
-    )
-    return 200, encode(reply), [*JSON_HEADERS]
-
-
-async def _presence(app: Clarion, request: Request) -> Answer:
-    # Without a key, the caller is an anonymous client: it sees what one may.
-    api = _api(app, request)
-    channel = _channel_param(request)
-    if _flag_param(request, "count_only"):
-        stats = await api.presence_stats(channel)
-        counted = PresenceStatsReply(
-            channel=channel, client_count=stats.clients, user_count=stats.users
-        )
-        return 200, encode(counted), [*JSON_HEADERS]
-    clients = await api.presence(channel)
-    return 200, encode(PresenceReply(channel=channel, clients=clients)), [*JSON_HEADERS]
+async def _reload(app: Clarion, request: Request) -> Answer:
+    if not app.config.server.api_keys:
+        raise Unauthorized("POST /api/reload needs server.api_keys to be set")
+    trusted(request.headers, app.config.server.api_keys)
+    return 200, encode(await app.reload()), [*JSON_HEADERS]
 
 
 async def _stats(app: Clarion, request: Request) -> Answer:
@@ -223,50 +219,6 @@ async def _stats(app: Clarion, request: Request) -> Answer:
     return 200, encode(reply), [*JSON_HEADERS]
 
 
-async def _channels(app: Clarion, request: Request) -> Answer:
-    api = _api(app, request)
-    limit = _int_param(request, "limit", minimum=1)
-    page = await api.channels(
-        prefix=request.query.get("prefix", ""),
-        cursor=request.query.get("cursor") or None,
-        limit=CHANNELS_PAGE if limit is None else limit,
-    )
-    return 200, encode(ChannelsReply(channels=page.channels, cursor=page.cursor)), [*JSON_HEADERS]
-
-
-async def _disconnect(app: Clarion, request: Request) -> Answer:
-    api = _keyed_api(app, request)
-    disconnect = decode_body(_disconnect_decoder, request.body)
-    await api.disconnect(
-        disconnect.user, code=disconnect.code, reason=disconnect.reason, until=disconnect.until
-    )
-    return 200, _DONE, [*JSON_HEADERS]
-
-
-async def _unsubscribe(app: Clarion, request: Request) -> Answer:
-    api = _keyed_api(app, request)
-    unsubscribe = decode_body(_unsubscribe_decoder, request.body)
-    await api.unsubscribe(unsubscribe.user, unsubscribe.channel)
-    return 200, _DONE, [*JSON_HEADERS]
-
-
-async def _reload(app: Clarion, request: Request) -> Answer:
-    _keyed_api(app, request)
-    return 200, encode(await app.reload()), [*JSON_HEADERS]
-
-
-def _keyed_api(app: Clarion, request: Request) -> ServerAPI:
-    """The server API for a request that only a caller with an API key may make (it acts
-    on every connection of the node or of a user: no anonymous client may).
-
-    Raises:
-        Unauthorized: if no keys are set, or the request shows none of them.
-    """
-    if not app.config.server.api_keys:
-        raise Unauthorized(f"POST {request.path} needs server.api_keys to be set")
-    return _api(app, request)
-
-
 def _api(app: Clarion, request: Request) -> ServerAPI:
     """The server API as *request* may use it: trusted with an API key.
 
@@ -274,13 +226,6 @@ def _api(app: Clarion, request: Request) -> ServerAPI:
         Unauthorized: keys are set, and the request shows none of them.
     """
     return ServerAPI(app, trusted=trusted(request.headers, app.config.server.api_keys))
-
-
-def _channel_param(request: Request) -> str:
-    channel = request.query.get("channel")
-    if not channel:
-        raise BadMessage(f"GET {request.path} needs ?channel=NAME")
-    return channel
 
 
 def _int_param(request: Request, name: str, *, minimum: int) -> int | None:
@@ -299,18 +244,6 @@ def _int_param(request: Request, name: str, *, minimum: int) -> int | None:
     if value < minimum:
         raise BadMessage(f"?{name}= must be at least {minimum}")
     return value
-
-
-def _flag_param(request: Request, name: str) -> bool:
-    """Whether the query sets *name* (``1`` or ``true``; ``0``, ``false`` or absent: no).
-
-    Raises:
-        BadMessage: for any other value.
-    """
-    text = request.query.get(name, "0").lower()
-    if text not in ("0", "1", "false", "true"):
-        raise BadMessage(f"?{name}= must be 1, true, 0 or false")
-    return text in ("1", "true")
 
 
 def _hub(app: Clarion) -> Hub:

@@ -26,6 +26,8 @@ from channels.statistics import ChannelStatistics  # noqa: TC001 - msgspec reads
 from service.errors import BadJSON, BadMessage, RequestId, UnknownOp
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from channels.errors import ChannelsError
     from channels.publication import Publication
 
@@ -46,7 +48,6 @@ __all__ = (
     "PresenceReply",
     "Publish",
     "PublishReply",
-    "PublishRequest",
     "Refresh",
     "ReloadReply",
     "Reply",
@@ -60,7 +61,7 @@ __all__ = (
     "Unsubscribed",
     "WireEncoding",
     "decode_body",
-    "decode_publish_request",
+    "decode_query",
     "decode_request",
     "encode",
     "encode_error",
@@ -147,14 +148,6 @@ OPS = frozenset(
 )
 
 
-class PublishRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
-    """The body of ``POST /api/publish``."""
-
-    channel: str
-    data: msgspec.Raw
-    idempotency_key: IdempotencyKey | None = None
-
-
 class _Probe(msgspec.Struct):
     type: Any = None
     id: Any = None
@@ -165,7 +158,6 @@ _TOO_DEEP = (
     "not valid JSON: nested too deeply (arrays and objects nest at most a few hundred levels)"
 )
 _request_decoder: msgspec.json.Decoder[ClientMessage] = msgspec.json.Decoder(ClientMessage)
-_publish_request_decoder = msgspec.json.Decoder(PublishRequest)
 _probe_decoder = msgspec.json.Decoder(_Probe)
 
 
@@ -201,15 +193,6 @@ def decode_request(frame: str | bytes) -> ClientMessage:
         raise BadJSON(f"not valid JSON: {exc}") from None
 
 
-def decode_publish_request(body: bytes) -> PublishRequest:
-    """Decode the body of ``POST /api/publish``.
-
-    Raises:
-        BadJSON, BadMessage: for a body that is not a valid publish request.
-    """
-    return decode_body(_publish_request_decoder, body)
-
-
 def decode_body(decoder: msgspec.json.Decoder[T], body: bytes) -> T:
     """Decode an HTTP API request's *body* with *decoder*.
 
@@ -226,6 +209,21 @@ def decode_body(decoder: msgspec.json.Decoder[T], body: bytes) -> T:
         raise BadMessage(_describe(exc)) from None
     except msgspec.DecodeError as exc:
         raise BadJSON(f"not valid JSON: {exc}") from None
+
+
+def decode_query(kind: type[T], query: Mapping[str, str]) -> T:
+    """Read a GET request's *query* as the request *kind*: its fields from the parameters
+    of the same names (``"5"`` for an integer, ``1``/``true``/``0``/``false`` for a
+    flag); other parameters are ignored.
+
+    Raises:
+        BadMessage: for a missing field or a value of the wrong kind; the message names it.
+    """
+    fields = {name: query[name] for name in kind.__struct_fields__ if name in query}  # type: ignore[attr-defined]  # a Struct type
+    try:
+        return msgspec.convert(fields, kind, strict=False)
+    except msgspec.ValidationError as exc:
+        raise BadMessage(_describe(exc)) from None
 
 
 def _require_utf8(data: bytes) -> None:

@@ -63,6 +63,8 @@ class ServerSettings(ServerConfig, frozen=True):
     websocket_path: str = "/ws"
     max_request_bytes: PositiveCount = 1 * MIB
     """Largest WebSocket frame a client may send (close 1009) or HTTP body (413)."""
+    batch_max_requests: PositiveCount = 100
+    """Requests one ``POST /api/batch`` may hold (400, code 101, beyond)."""
     max_connections: PositiveCount = 100_000
     """WebSocket connections per node; more are refused (HTTP 503, code 112)."""
     max_connections_per_address: PositiveCount | None = None

@@ -634,3 +634,80 @@ async def test_the_channel_list_sums_the_nodes(
                 await wait_listed(a, "", both)
                 await wait_listed(b, "", both)
             await wait_listed(a, "", [])
+
+
+async def test_a_batch_answers_each_request_in_order_as_alone(
+    anyio_backend: Backend, free_tcp_port: int, broker_config: BrokerConfig
+) -> None:
+    with anyio.fail_after(20):
+        async with (
+            running_server(users_config(broker_config), anyio_backend, free_tcp_port) as server,
+            connect(as_user(server, "alice")) as alice,
+        ):
+            await subscribe(alice, "room:1")
+            requests = [
+                {"method": "publish", "channel": "news", "data": 1},
+                {"method": "broadcast", "channels": ["news", "bad name"], "data": 2},
+                {"method": "history", "channel": "news"},
+                {"method": "presence", "channel": "room:1", "count_only": True},
+                {"method": "presence", "channel": "news"},
+                {"method": "unsubscribe", "user": "alice", "channel": "room:1"},
+                {"method": "publish", "channel": "closed:x", "data": "y" * 70_000},
+                {"method": "disconnect", "user": "nobody"},
+            ]
+            status, reply = await post(server, "/api/batch", {"requests": requests}, AUTH)
+            assert status == 200, reply
+            replies = reply["replies"]
+            assert len(replies) == len(requests)
+            assert (replies[0]["type"], replies[0]["offset"]) == ("reply", 1)
+            assert [r.get("offset") for r in replies[1]["results"]] == [2, None]
+            assert [m["data"] for m in replies[2]["messages"]] == [1, 2]
+            assert (replies[3]["client_count"], replies[3]["user_count"]) == (1, 1)
+            assert (replies[4]["type"], replies[4]["code"]) == ("error", 206)
+            assert replies[5] == {"type": "reply"}
+            assert (replies[6]["type"], replies[6]["code"]) == ("error", 205)
+            assert replies[7] == {"type": "reply"}
+            assert (await alice.receive_object())["code"] == 210
+            metrics = (await http_exchange(server, "GET", "/metrics"))[1].decode()
+            assert 'clarion_errors_total{code="206"} 1.0' in metrics
+
+
+async def test_a_batch_without_keys_refuses_what_needs_one_and_runs_the_rest(
+    anyio_backend: Backend, free_tcp_port: int
+) -> None:
+    with anyio.fail_after(20):
+        async with running_server(settings(BrokerConfig()), anyio_backend, free_tcp_port) as server:
+            requests = [
+                {"method": "disconnect", "user": "alice"},
+                {"method": "publish", "channel": "closed:x", "data": 1},
+                {"method": "publish", "channel": "news", "data": 1},
+            ]
+            status, reply = await post(server, "/api/batch", {"requests": requests})
+            assert status == 200
+            codes = [answer.get("code") for answer in reply["replies"]]
+            assert codes == [106, 202, None]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"requests": [{"method": "publish", "channel": "c", "data": 1}] * 101},
+        {"requests": [{"method": "ping"}]},
+        {"requests": [{"channel": "c", "data": 1}]},
+        {"requests": "all"},
+        {"requests": [{"method": "publish", "channel": "c"}]},
+        {},
+    ],
+)
+async def test_a_bad_batch_is_refused_whole(
+    anyio_backend: Backend, free_tcp_port: int, body: object
+) -> None:
+    with anyio.fail_after(20):
+        async with (
+            running_server(settings(BrokerConfig()), anyio_backend, free_tcp_port) as server,
+            connect(server.ws_url) as client,
+        ):
+            await subscribe(client, "c")
+            status, reply = await post(server, "/api/batch", body)
+            assert (status, reply["code"]) == (400, 101)
+            await client.request({"type": "ping", "id": "nothing published"})

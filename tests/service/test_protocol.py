@@ -6,6 +6,8 @@ import msgspec
 import pytest
 
 from channels.publication import Publication
+from service.apibodies import HistoryRequest as HistoryQuery, PresenceRequest, PublishRequest
+from service.datastructures import QueryParams
 from service.errors import BadJSON, BadMessage, ProtocolError, UnknownOp
 from service.protocol import (
     ClientMessage,
@@ -19,7 +21,8 @@ from service.protocol import (
     Subscribe,
     SubscribeReply,
     Unsubscribe,
-    decode_publish_request,
+    decode_body,
+    decode_query,
     decode_request,
     encode,
     encode_error,
@@ -116,14 +119,31 @@ def test_error_codes_are_stable() -> None:
 
 
 def test_publish_request_body() -> None:
-    request = decode_publish_request(b'{"channel":"c","data":[1]}')
+    decoder = msgspec.json.Decoder(PublishRequest)
+    request = decode_body(decoder, b'{"channel":"c","data":[1]}')
     assert (request.channel, bytes(request.data)) == ("c", b"[1]")
     with pytest.raises(BadMessage, match="missing required field `data`"):
-        decode_publish_request(b'{"channel":"c"}')
+        decode_body(decoder, b'{"channel":"c"}')
     with pytest.raises(BadJSON):
-        decode_publish_request(b"{")
+        decode_body(decoder, b"{")
     with pytest.raises(BadJSON, match="invalid UTF-8 at byte 23"):
-        decode_publish_request(b'{"channel":"c","data":"\xff"}')
+        decode_body(decoder, b'{"channel":"c","data":"\xff"}')
+
+
+def test_a_query_is_read_as_its_request() -> None:
+    query = QueryParams("channel=news&since=2&limit=5&_=cache-buster")
+    assert decode_query(HistoryRequest, query) == HistoryRequest(channel="news", since=2, limit=5)
+    flags = [
+        decode_query(PresenceRequest, QueryParams(f"channel=c&count_only={v}"))
+        for v in ("1", "true", "0")
+    ]
+    assert [flag.count_only for flag in flags] == [True, True, False]
+    with pytest.raises(BadMessage, match="limit: Expected `int` >= 1"):
+        decode_query(HistoryQuery, QueryParams("channel=c&limit=0"))
+    with pytest.raises(BadMessage, match="missing required field `channel`"):
+        decode_query(HistoryQuery, QueryParams("since=1"))
+    with pytest.raises(BadMessage, match="count_only"):
+        decode_query(PresenceRequest, QueryParams("channel=c&count_only=yes"))
 
 
 def test_server_frames_encode_compactly_with_type_first() -> None:
