@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Final
 import anyio
 
 from service.auth import check_origin
+from service.datastructures import route_path
 from service.errors import RequestTimeout, RequestTooLarge, Unauthorized
 
 if TYPE_CHECKING:
@@ -88,7 +89,7 @@ def bearer(headers: Headers) -> str | None:
 def served_when_full(scope: Scope, headers: Headers, api_keys: list[str]) -> bool:
     """Whether an HTTP request is served on a full node: a caller with a valid API key
     (the backend), or a probe that announces no body (which could arrive slowly)."""
-    probe = scope["path"] in PROBES and _bodiless(scope, headers)
+    probe = route_path(scope) in PROBES and _bodiless(scope, headers)
     return probe or has_api_key(headers, api_keys)
 
 

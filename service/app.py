@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
@@ -18,7 +19,7 @@ from channels.errors import ChannelsError, ConfigError, ServerClosing
 from channels.hub import open_hub
 from service.admission import address, identify, read_body, served_when_full
 from service.auth import SUBPROTOCOL, Authenticator
-from service.datastructures import Headers, QueryParams, URLPath
+from service.datastructures import Headers, QueryParams, URLPath, route_path
 from service.errors import (
     AddressFull,
     Banned,
@@ -51,6 +52,8 @@ from service.workers import claim_only_worker
 from service.wsstream import install_closing_stream
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     from channels.hub import Hub
     from service.auth import Identity
     from service.types import Receive, Scope, Send
@@ -212,30 +215,48 @@ class Clarion:
             )
         return ReloadReply(ended=ended, restart_needed=restart_needed)
 
-    async def _lifespan(self, receive: Receive, send: Send) -> None:
-        await receive()  # lifespan.startup
-        started = False
-        claim = None
+    @asynccontextmanager
+    async def lifespan(self, host: object = None) -> AsyncIterator[None]:
+        """Run the app's hub (its broker, its flusher) for the block; on leaving it, drain
+        the clients (as `drain`) and stop.
+
+        The ASGI lifespan does this when the app is served alone. A Starlette or FastAPI
+        app does not pass its lifespan on to the apps it mounts: give it this one,
+        ``FastAPI(lifespan=clarion.lifespan)`` (*host* is the host app, unused), or
+        enter ``clarion.lifespan()`` in the host's own lifespan.
+
+        Raises:
+            ConfigError: with the memory broker, if another worker process of the same
+                server runs one (see `service.workers`).
+        """
+        claim = claim_only_worker() if self.config.broker.kind == "memory" else None
         try:
-            if self.config.broker.kind == "memory":
-                claim = claim_only_worker()
             async with open_hub(self.config, WireEncoding()) as hub:
                 self.hub = hub
                 self.started = anyio.current_time()
                 _log_open_api(self.config)
+                try:
+                    yield
+                finally:
+                    await self.drain()
+        finally:
+            self.hub = None
+            if claim is not None:
+                claim.close()
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        await receive()  # lifespan.startup
+        started = False
+        try:
+            async with self.lifespan():
                 await send({"type": "lifespan.startup.complete"})
                 started = True
                 await receive()  # lifespan.shutdown
-                await self.drain()
         except Exception as exc:
             logger.error("lifespan failed: %s", exc)
             failed = "lifespan.shutdown.failed" if started else "lifespan.startup.failed"
             await send({"type": failed, "message": str(exc)})
             return
-        finally:
-            self.hub = None
-            if claim is not None:
-                claim.close()
         await send({"type": "lifespan.shutdown.complete"})
 
     async def _websocket(self, ws: WebSocket, send: Send) -> None:
@@ -243,9 +264,10 @@ class Clarion:
         # handshake whose client sent bytes before the first (see service.wsstream).
         install_closing_stream(send)
         hub = self.hub
-        if ws.scope["path"] != self.config.server.websocket_path:
+        path = route_path(ws.scope)
+        if path != self.config.server.websocket_path:
             error: ProtocolError | ChannelsError = RouteNotFound(
-                f"no WebSocket endpoint at {ws.scope['path']!r}"
+                f"no WebSocket endpoint at {path!r}"
             )
         elif hub is None:
             error = NotStarted()
@@ -318,7 +340,7 @@ class Clarion:
 
     async def _route(self, scope: Scope, headers: Headers, body: bytes) -> Answer:
         """Find the route of a request whose *body* has arrived, and run its handler."""
-        path, method = scope["path"], scope["method"]
+        path, method = route_path(scope), scope["method"]
         route = self._http_routes.get(path)
         if route is None:
             if path == self.config.server.websocket_path:

@@ -10,7 +10,16 @@ from urllib.parse import SplitResult, parse_qsl, urlsplit
 if TYPE_CHECKING:
     from service.types import Scope
 
-__all__ = ("Address", "Headers", "QueryParams", "State", "URL", "URLPath", "parse_cookies")
+__all__ = (
+    "URL",
+    "Address",
+    "Headers",
+    "QueryParams",
+    "State",
+    "URLPath",
+    "parse_cookies",
+    "route_path",
+)
 
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 
@@ -86,6 +95,16 @@ class URL:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._url!r})"
+
+
+def route_path(scope: Scope) -> str:
+    """The path a request asks of this app: its ``path`` without the ``root_path`` it
+    is mounted at (a Starlette or FastAPI ``Mount`` keeps the whole path in ``path``)."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root) and path[len(root) : len(root) + 1] in ("", "/"):
+        return path[len(root) :] or "/"
+    return path
 
 
 def _url_from_scope(scope: Scope) -> str:
