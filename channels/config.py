@@ -331,11 +331,11 @@ class Config(Section, frozen=True):
         """Render the configuration as YAML, with every secret and password redacted."""
         builtins = msgspec.to_builtins(self)
         for where in self.SECRETS:
-            values, key = _section_of(builtins, where)
-            if isinstance(values.get(key), list):
-                values[key] = ["<redacted>"] * len(values[key])
-            elif values.get(key) is not None:
-                values[key] = "<redacted>"
+            for values, key, _ in _sections_of(builtins, where):
+                if isinstance(values.get(key), list):
+                    values[key] = ["<redacted>"] * len(values[key])
+                elif values.get(key) is not None:
+                    values[key] = "<redacted>"
         if self.broker.url is not None:
             builtins["broker"]["url"] = _PASSWORD_IN_URL.sub(r"\1<redacted>@", self.broker.url)
         return msgspec.yaml.encode(builtins).decode()
@@ -395,21 +395,31 @@ def _check_secrets(raw: Any, secrets: Mapping[str, str]) -> None:
     *secrets* maps ``section.key`` to what to call the value in the error.
     """
     for where, noun in secrets.items():
-        values, key = _section_of(raw, where)
-        value = values.get(key)
-        items = enumerate(value) if isinstance(value, list) else [(None, value)]
-        for index, item in items:
-            if isinstance(item, str) and not _ENV_REF.fullmatch(item):
-                path = where if index is None else f"{where}[{index}]"
-                raise ConfigError(
-                    f"{path}: write the {noun} as a ${{VAR}} reference; "
-                    "secrets come from the environment, not from the file"
-                )
+        for values, key, at in _sections_of(raw, where):
+            _check_secret(values.get(key), f"{at}.{key}", noun)
 
 
-def _section_of(document: Any, where: str) -> tuple[dict[str, Any], str]:
-    """The section of *document* that ``section.key`` *where* names (empty when the
-    document has none), and the key."""
+def _check_secret(value: Any, where: str, noun: str) -> None:
+    items = enumerate(value) if isinstance(value, list) else [(None, value)]
+    for index, item in items:
+        if isinstance(item, str) and not _ENV_REF.fullmatch(item):
+            path = where if index is None else f"{where}[{index}]"
+            raise ConfigError(
+                f"{path}: write the {noun} as a ${{VAR}} reference; "
+                "secrets come from the environment, not from the file"
+            )
+
+
+def _sections_of(document: Any, where: str) -> list[tuple[dict[str, Any], str, str]]:
+    """The sections of *document* that ``section.key`` *where* names, each with the key
+    and its path: one section, or each item of a section that is a list (``webhooks[0]``);
+    none when the document has none."""
     section, _, key = where.partition(".")
     values = document.get(section) if isinstance(document, dict) else None
-    return (values if isinstance(values, dict) else {}), key
+    if isinstance(values, list):
+        return [
+            (item, key, f"{section}[{index}]")
+            for index, item in enumerate(values)
+            if isinstance(item, dict)
+        ]
+    return [(values, key, section)] if isinstance(values, dict) else []

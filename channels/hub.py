@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import anyio
 import msgspec
 
+from channels.activity import Activity
 from channels.brokers import open_broker
 from channels.connection import Connection
 from channels.control import Bans, Disconnect, Ending, Unsubscribe
@@ -36,6 +37,7 @@ from channels.traffic import Traffic
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Sequence
 
+    from channels.activity import ActivityName, Observer
     from channels.brokers import Broker, Event
     from channels.config import ChannelRule, Config, SlowConsumerPolicy
     from channels.control import Command
@@ -90,6 +92,8 @@ class Hub:
         """The connections of each user (anonymous ones are in none)."""
         self.bans = Bans()
         """The users kept out by a disconnect with ``until``, on every node."""
+        self.observer: Observer | None = None
+        """Hears of what happens here (`channels.activity`), as webhooks do."""
         self._channels: dict[str, LocalChannel] = {}
         self._subscriptions: dict[Outbox, set[str]] = {}
         self._published = 0
@@ -292,6 +296,10 @@ class Hub:
         del state.joining[outbox]
         state.subscribers[outbox] = None
         self._carrier.count(channel, len(state.subscribers))
+        if state.presence:
+            self._report(
+                Activity(name="member_joined", channel=channel, client=self._clients[outbox])
+            )
         start = page.position.offset
         if start > state.last_offset:
             state.skip_until[outbox] = start
@@ -393,6 +401,16 @@ class Hub:
         self._rules.resolve(channel)
         await self._carrier.command(Unsubscribe(user=user, channel=channel))
 
+    def occupancy(self, channel: str, occupied: bool) -> None:
+        """*channel* got its first subscriber in the cluster, or lost its last (broker
+        callback, on the one node whose change decided it)."""
+        name: ActivityName = "channel_occupied" if occupied else "channel_vacated"
+        self._report(Activity(name=name, channel=channel))
+
+    def _report(self, activity: Activity) -> None:
+        if self.observer is not None:
+            self.observer(activity)
+
     def command(self, command: Command) -> None:
         """Apply a command of the server API to this node's connections (broker callback)."""
         match command:
@@ -457,6 +475,11 @@ class Hub:
         )
         if not published.duplicate:
             self._accepted += 1
+            if by is not None:
+                client = self._clients[by]
+                self._report(
+                    Activity(name="client_published", channel=channel, client=client, data=data)
+                )
         return published
 
     async def broadcast(
@@ -744,6 +767,8 @@ class Hub:
         if state.presence:
             self._carrier.remove_presence(channel, client)
         if live:
+            if state.presence:
+                self._report(Activity(name="member_left", channel=channel, client=client))
             self._carrier.count(channel, len(state.subscribers))
         if live and state.join_leave:
             self._carrier.announce(channel, "leave", client)

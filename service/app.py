@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 import msgspec
 
+from channels.activity import Activity
 from channels.errors import ChannelsError, ConfigError, ServerClosing
 from channels.hub import open_hub
 from service.admission import address, identify, read_body, served_when_full
@@ -47,6 +48,7 @@ from service.serverapi import ServerAPI
 from service.session import run_session
 from service.settings import ConfigSource, Settings
 from service.slots import Slots
+from service.webhooks import open_webhooks
 from service.websocket import WebSocket
 from service.workers import claim_only_worker
 from service.wsstream import install_closing_stream
@@ -54,6 +56,7 @@ from service.wsstream import install_closing_stream
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
+    from channels.activity import Observer
     from channels.hub import Hub
     from service.auth import Identity
     from service.types import Receive, Scope, Send
@@ -61,6 +64,9 @@ if TYPE_CHECKING:
 __all__ = ("Clarion", "NoMatchFound", "RESTART_ONLY", "create_app")
 
 logger = logging.getLogger("clarion")
+
+#: The refusals a ``connection_refused`` webhook reports: the connection's credentials.
+_TOKEN_REFUSALS: Final = (Unauthenticated, InvalidToken, TokenExpired, Banned)
 
 #: Server settings that hypercorn took at startup: only a restart changes them.
 RESTART_ONLY: Final = (
@@ -113,6 +119,8 @@ class Clarion:
         """The node's Prometheus registry, served at ``/metrics``."""
         self.api = ServerAPI(self)
         """The server API, for code in this process (see `service.serverapi`)."""
+        self._observe: Observer | None = None
+        """Where the webhooks hear of what happens, while they run."""
         self._http_routes = routes()
         self._routes = {
             "websocket": URLPath(config.server.websocket_path, "websocket"),
@@ -198,9 +206,13 @@ class Clarion:
         ]
         if new.broker != old.broker:
             restart_needed.append("broker")
+        if new.webhooks != old.webhooks:
+            restart_needed.append("webhooks")
         kept = {name: getattr(old.server, name) for name in RESTART_ONLY}
         server = msgspec.structs.replace(new.server, **kept)
-        self.config = msgspec.structs.replace(new, server=server, broker=old.broker)
+        self.config = msgspec.structs.replace(
+            new, server=server, broker=old.broker, webhooks=old.webhooks
+        )
         self.auth = auth
         reconfigure_logging(server.log_level, server.log_format)
         ended = 0 if self.hub is None else self.hub.reconfigure(self.config)
@@ -230,8 +242,14 @@ class Clarion:
                 server runs one (see `service.workers`).
         """
         claim = claim_only_worker() if self.config.broker.kind == "memory" else None
+        outcomes = self.counters.webhook_events
         try:
-            async with open_hub(self.config, WireEncoding()) as hub:
+            async with (
+                open_webhooks(self.config.webhooks, outcomes) as webhooks,
+                open_hub(self.config, WireEncoding()) as hub,
+            ):
+                if self.config.webhooks:
+                    self._observe = hub.observer = webhooks.observe
                 self.hub = hub
                 self.started = anyio.current_time()
                 _log_open_api(self.config)
@@ -241,6 +259,7 @@ class Clarion:
                     await self.drain()
         finally:
             self.hub = None
+            self._observe = None
             if claim is not None:
                 claim.close()
 
@@ -313,6 +332,9 @@ class Clarion:
             else:
                 return
         self.counters.refused[error.code] += 1
+        if self._observe is not None and isinstance(error, _TOKEN_REFUSALS):
+            refused = Activity(name="connection_refused", code=error.code, message=str(error))
+            self._observe(refused)
         extra = fields(client=peer(ws.client), code=error.code, reason=str(error))
         logger.info("handshake refused", extra=extra)
         body = _error_body(error)

@@ -43,17 +43,21 @@ class NodeCounters:
             went away), ``going_away`` (1001), ``slow_consumer`` (4000),
             ``token_expired`` (4001), ``no_pong`` (4002), ``frame_too_large`` (1009),
             ``protocol_error`` (1002: a frame RFC 6455 forbids) and ``invalid_payload``
-            (1007: text that is not UTF-8).
+            (1007: text that is not UTF-8), ``disconnected`` (4003 or another code of
+            the server API's disconnect).
         errors: coded errors answered, by code: to WebSocket requests and HTTP API calls.
+        webhook_events: webhook events by outcome: ``sent`` (a 2xx answer), ``failed``
+            (every attempt failed) and ``dropped`` (the endpoint's queue was full).
     """
 
-    __slots__ = ("accepted", "disconnects", "errors", "refused")
+    __slots__ = ("accepted", "disconnects", "errors", "refused", "webhook_events")
 
     def __init__(self) -> None:
         self.accepted = 0
         self.refused: Counter[int] = Counter()
         self.disconnects: Counter[str] = Counter()
         self.errors: Counter[int] = Counter()
+        self.webhook_events: Counter[str] = Counter()
 
 
 class NodeCollector:
@@ -86,6 +90,12 @@ class NodeCollector:
             "Coded errors answered to WebSocket requests and HTTP API calls, by code.",
             "code",
             counters.errors,
+        )
+        yield _by_label(
+            "clarion_webhook_events",
+            "Webhook events, by outcome: sent, failed (after every retry), dropped (queue full).",
+            "outcome",
+            counters.webhook_events,
         )
         hub = self._hub()
         if hub is None:

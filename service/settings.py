@@ -16,6 +16,7 @@ from typing import Annotated, ClassVar, Final, Literal
 
 import msgspec
 
+from channels.activity import ActivityName  # noqa: TC001 - msgspec reads Struct annotations at runtime
 from channels.config import (
     KIB,
     SECONDS,
@@ -35,6 +36,7 @@ __all__ = (
     "LogLevel",
     "ServerSettings",
     "Settings",
+    "WebhookSettings",
     "parse_bind",
 )
 
@@ -174,6 +176,30 @@ class AuthSettings(Section, frozen=True):
         return bool(self.secret or self.public_key_file or self.jwks_file)
 
 
+class WebhookSettings(Section, frozen=True):
+    """One webhook endpoint: where to POST which events, signed with which secret."""
+
+    url: Annotated[str, msgspec.Meta(pattern=r"^https?://[^\s/?#]+(/\S*)?$")]
+    """``http://`` or ``https://`` (verified against the system's certificates)."""
+    events: Annotated[list[ActivityName], msgspec.Meta(min_length=1)]
+    secret: Annotated[str, msgspec.Meta(min_length=16)]
+    """Signs each body (HMAC-SHA256, the ``X-Clarion-Signature`` header); from ``${ENV}``."""
+    batch_seconds: Seconds = 0.1 * SECONDS
+    """How long events are collected into one POST after the first of them."""
+    batch_max_events: PositiveCount = 100
+    """Events one POST holds at most."""
+    timeout_seconds: PositiveSeconds = 5 * SECONDS
+    """How long one attempt may take: connecting, sending, and the answer's status line."""
+    retries: Annotated[int, msgspec.Meta(ge=0, le=20)] = 5
+    """Attempts after the first, for an error or a status other than 2xx, with backoff."""
+    queue_events: PositiveCount = 10_000
+    """Events waiting at most; more are dropped and counted (never blocking a publish)."""
+
+    def __post_init__(self) -> None:
+        if len(set(self.events)) != len(self.events):
+            raise ValueError("events: an event is listed twice")
+
+
 class Settings(Config, frozen=True):
     """The whole configuration file. ``Settings()`` is the built-in default: every
     channel open, the memory broker, bound to 127.0.0.1:8000.
@@ -182,11 +208,17 @@ class Settings(Config, frozen=True):
     and ``dump()`` renders one with its secrets redacted (see `Config`).
     """
 
-    SECRETS: ClassVar[Mapping[str, str]] = {"auth.secret": "secret", "server.api_keys": "key"}
+    SECRETS: ClassVar[Mapping[str, str]] = {
+        "auth.secret": "secret",
+        "server.api_keys": "key",
+        "webhooks.secret": "webhook secret",
+    }
 
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     auth: AuthSettings | None = None
     """Connection authentication; without it every connection is anonymous."""
+    webhooks: list[WebhookSettings] = msgspec.field(default_factory=list)
+    """Where to tell the application what happened (see `service.webhooks`)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -10,7 +10,7 @@ import pytest
 
 from channels.config import BrokerConfig, ChannelRule, History
 from service.closecodes import CloseCode
-from service.settings import AuthSettings, ServerSettings
+from service.settings import AuthSettings, ServerSettings, WebhookSettings
 from tests.support.codes import error_classes
 from tests.support.docs import DOCS, section
 
@@ -62,6 +62,7 @@ def keys(section: type[msgspec.Struct], prefix: str = "") -> list[str]:
         ("## `broker`", BrokerConfig),
         ("## `auth`", AuthSettings),
         ("## `channels`", ChannelRule),
+        ("## `webhooks`", WebhookSettings),
     ],
 )
 def test_the_configuration_tables_list_every_key(heading: str, section: type) -> None:

@@ -59,6 +59,14 @@ class Receiver(Protocol):
         """Apply a command of the server API (sent by any node, this one included)."""
         ...
 
+    def occupancy(self, channel: str, occupied: bool) -> None:
+        """*channel* got its first subscriber in the cluster, or lost its last.
+
+        Reported on one node only: the one whose `Broker.count` decided it (with Redis,
+        or the node that noticed another had died with the channel's last subscribers).
+        """
+        ...
+
 
 class Broker(Protocol):
     """What the hub needs from a broker.

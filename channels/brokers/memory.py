@@ -179,10 +179,13 @@ class MemoryBroker:
         self._receiver.command(command)
 
     def count(self, channel: str, subscribers: int) -> None:
+        had = channel in self._counts
         if subscribers:
             self._counts[channel] = subscribers
         else:
             self._counts.pop(channel, None)
+        if had != bool(subscribers):
+            self._receiver.occupancy(channel, bool(subscribers))
 
     async def channels(self, prefix: str, after: str, limit: int) -> list[tuple[str, int]]:
         await anyio.lowlevel.checkpoint()

@@ -384,10 +384,12 @@ class RedisBroker:
                 await self._forget_presence()
                 if anyio.current_time() >= next_presence:
                     await self._refresh_presence()
-                    await self._census.write()
+                    await self._write_counts()
+                    for channel in await self._census.sweep():
+                        self._receiver.occupancy(channel, False)
                     next_presence = anyio.current_time() + self._presence_refresh_seconds
                 elif self._census.pending:
-                    await self._census.write()
+                    await self._write_counts()
                 while self._to_repair:
                     channel = self._to_repair.pop()
                     try:
@@ -411,6 +413,10 @@ class RedisBroker:
                 logger.warning("Redis upkeep failed, retrying in %.2fs: %s", delay, exc)
                 await anyio.sleep(delay)
                 self._work.set()
+
+    async def _write_counts(self) -> None:
+        for channel, occupied in await self._census.write():
+            self._receiver.occupancy(channel, occupied)
 
     async def _repair(self, channel: str) -> None:
         """Deliver what *channel* missed before its first held message, or report it lost."""

@@ -128,35 +128,89 @@ return 1
 """
 
 # KEYS: the nodes sorted set, this node's channel-count hash. ARGV: node id, time to
-# live (ms), then channel, count pairs (a count of 0 removes the channel). Keeps the node
-# listed and its hash alive for the time to live; returns whether the hash exists (a
-# node whose hash expired while Redis was out of reach writes all its counts again).
+# live (ms), the prefix of the nodes' count hashes, then channel, count pairs (a count of
+# 0 removes the channel). Keeps the node listed for the time to live, and its hash for
+# twice that (so that a sweep can still read the channels of a node that died). Returns
+# whether the hash exists (a node whose hash expired while Redis was out of reach writes
+# all its counts again), and the channel, 'o'/'v' pairs this write occupied or vacated
+# in the whole cluster (no other live node has the channel).
 NODE_COUNTS: Final = """
 local now = redis.call('TIME')
 local ms = now[1] * 1000 + math.floor(now[2] / 1000)
-for i = 3, #ARGV, 2 do
+local live = redis.call('ZRANGEBYSCORE', KEYS[1], ms, '+inf')
+local function elsewhere(channel)
+    for _, node in ipairs(live) do
+        if node ~= ARGV[1] and redis.call('HEXISTS', ARGV[3] .. node, channel) == 1 then
+            return true
+        end
+    end
+    return false
+end
+local changes = {}
+for i = 4, #ARGV, 2 do
+    local channel = ARGV[i]
+    local had = redis.call('HEXISTS', KEYS[2], channel) == 1
     if ARGV[i + 1] == '0' then
-        redis.call('HDEL', KEYS[2], ARGV[i])
+        redis.call('HDEL', KEYS[2], channel)
+        if had and not elsewhere(channel) then
+            changes[#changes + 1] = channel
+            changes[#changes + 1] = 'v'
+        end
     else
-        redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+        redis.call('HSET', KEYS[2], channel, ARGV[i + 1])
+        if not had and not elsewhere(channel) then
+            changes[#changes + 1] = channel
+            changes[#changes + 1] = 'o'
+        end
     end
 end
 redis.call('ZADD', KEYS[1], ms + tonumber(ARGV[2]), ARGV[1])
-redis.call('PEXPIRE', KEYS[2], ARGV[2])
-return redis.call('EXISTS', KEYS[2])
+redis.call('PEXPIRE', KEYS[2], 2 * tonumber(ARGV[2]))
+return {redis.call('EXISTS', KEYS[2]), changes}
+"""
+
+# KEYS: the nodes sorted set. ARGV: the prefix of the nodes' count hashes. Forgets the
+# nodes whose time to live has passed (they died, or lost Redis) and their counts;
+# returns the channels that only they had, now vacated in the whole cluster. A node
+# comes back by writing its counts again.
+SWEEP_NODES: Final = """
+local now = redis.call('TIME')
+local ms = now[1] * 1000 + math.floor(now[2] / 1000)
+local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ms)
+if #dead == 0 then return {} end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ms)
+local live = redis.call('ZRANGEBYSCORE', KEYS[1], ms, '+inf')
+local vacated, seen = {}, {}
+for _, node in ipairs(dead) do
+    local channels = redis.call('HKEYS', ARGV[1] .. node)
+    redis.call('DEL', ARGV[1] .. node)
+    for _, channel in ipairs(channels) do
+        if not seen[channel] then
+            seen[channel] = true
+            local found = false
+            for _, other in ipairs(live) do
+                if redis.call('HEXISTS', ARGV[1] .. other, channel) == 1 then
+                    found = true
+                    break
+                end
+            end
+            if not found then vacated[#vacated + 1] = channel end
+        end
+    end
+end
+return vacated
 """
 
 # KEYS: the nodes sorted set. ARGV: the prefix of the nodes' count hashes, a channel
 # prefix, the channel to list after ('' for the first), how many. Returns name, count
 # pairs in name order, summed over the live nodes, one more than asked when there are
-# more; forgets the nodes whose time to live has passed.
+# more.
 CHANNELS: Final = """
 local now = redis.call('TIME')
 local ms = now[1] * 1000 + math.floor(now[2] / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ms)
 local prefix, after, limit = ARGV[2], ARGV[3], tonumber(ARGV[4])
 local counts, names = {}, {}
-for _, node in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+for _, node in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], ms, '+inf')) do
     local entries = redis.call('HGETALL', ARGV[1] .. node)
     for i = 1, #entries, 2 do
         local name = entries[i]

@@ -42,6 +42,7 @@ class Node:
         self.restarts: list[tuple[str, str]] = []
         self.events: list[tuple[str, Event, str]] = []
         self.commands: list[Command] = []
+        self.occupancy_changes: list[tuple[str, bool]] = []
         self.arrived = anyio.Event()
         self.broker: Broker
 
@@ -62,6 +63,10 @@ class Node:
 
     def command(self, command: Command) -> None:
         self.commands.append(command)
+        self.arrived.set()
+
+    def occupancy(self, channel: str, occupied: bool) -> None:
+        self.occupancy_changes.append((channel, occupied))
         self.arrived.set()
 
     def offsets(self, channel: str = "c") -> list[int]:
@@ -481,3 +486,55 @@ async def test_redis_channel_counts_lost_by_redis_are_written_again(
         assert await node.broker.channels("", "", 100) == []
         with anyio.fail_after(5):
             await wait_channels(node, [("kept", 4)])
+
+
+async def wait_occupancy(node: Node, expected: list[tuple[str, bool]]) -> None:
+    while node.occupancy_changes != expected:
+        node.arrived = anyio.Event()
+        await node.arrived.wait()
+
+
+async def test_occupancy_follows_the_first_and_last_subscriber(
+    broker_config: BrokerConfig,
+) -> None:
+    async with nodes(broker_config) as [node]:
+        node.broker.count("c", 1)
+        await wait_occupancy(node, [("c", True)])
+        node.broker.count("c", 3)
+        await wait_channels(node, [("c", 3)])
+        node.broker.count("c", 0)
+        await wait_occupancy(node, [("c", True), ("c", False)])
+
+
+async def test_redis_occupancy_is_reported_once_in_the_cluster(
+    redis_broker: BrokerConfig,
+) -> None:
+    async with nodes(redis_broker, 2) as [a, b]:
+        a.broker.count("c", 1)
+        await wait_occupancy(a, [("c", True)])
+        b.broker.count("c", 1)
+        await wait_channels(a, [("c", 2)])
+        a.broker.count("c", 0)
+        await wait_channels(a, [("c", 1)])
+        b.broker.count("c", 0)
+        await wait_occupancy(b, [("c", False)])
+        assert a.occupancy_changes == [("c", True)]
+
+
+async def test_redis_the_channels_of_a_node_that_died_are_vacated_once(
+    redis_broker: BrokerConfig,
+) -> None:
+    broker = msgspec.structs.replace(redis_broker, presence_ttl_seconds=0.6)
+    with anyio.fail_after(20):
+        async with open_broker(broker, survivor := Node()) as survivor.broker:
+            doomed = Node()
+            async with open_broker(broker, doomed) as doomed.broker:
+                doomed.broker.count("only-there", 1)
+                doomed.broker.count("both", 1)
+                await wait_channels(survivor, [("both", 1), ("only-there", 1)])
+                survivor.broker.count("both", 1)
+                await wait_channels(survivor, [("both", 2), ("only-there", 1)])
+            # The doomed node stopped refreshing its counts without saying goodbye: a
+            # sweep finds it dead, and its channel vacated.
+            await wait_occupancy(survivor, [("only-there", False)])
+            assert await survivor.broker.channels("", "", 10) == [("both", 1)]

@@ -19,6 +19,7 @@ class Recorder:
         self.delivered: list[Publication] = []
         self.events: list[tuple[str, Event, ClientInfo]] = []
         self.commands: list[Command] = []
+        self.occupancy_changes: list[tuple[str, bool]] = []
 
     def deliver(self, publication: Publication) -> None:
         self.delivered.append(publication)
@@ -34,3 +35,6 @@ class Recorder:
 
     def command(self, command: Command) -> None:
         self.commands.append(command)
+
+    def occupancy(self, channel: str, occupied: bool) -> None:
+        self.occupancy_changes.append((channel, occupied))
