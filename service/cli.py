@@ -73,6 +73,26 @@ def _parser() -> argparse.ArgumentParser:
 
 def _add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from service.client.commands import DEFAULT_URL
+    from service.client.http import DEFAULT_API_URL
+
+    def api_option(command: argparse.ArgumentParser) -> None:
+        command.add_argument(
+            "--api",
+            default=os.environ.get("CLARION_API_URL") or DEFAULT_API_URL,
+            metavar="URL",
+            help=f"the node's HTTP address (default: $CLARION_API_URL or {DEFAULT_API_URL})",
+        )
+
+    def api_command(name: str, help_text: str) -> argparse.ArgumentParser:
+        command = commands.add_parser(
+            name,
+            help=help_text,
+            description=f"{help_text[0].upper()}{help_text[1:]}, through the server API "
+            "(the key in $CLARION_API_KEY); print its answer as JSON. Exit status 1 if "
+            "the server refuses.",
+        )
+        api_option(command)
+        return command
 
     def connection(command: argparse.ArgumentParser) -> None:
         command.add_argument("--url", default=DEFAULT_URL, help=f"(default: {DEFAULT_URL})")
@@ -88,12 +108,47 @@ def _add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
         description="Publish DATA (JSON) on CHANNEL and print the reply's offset and "
         'epoch as JSON: {"offset":1,"epoch":"…"}. Exit status 1 if the server refuses.',
     )
-    publish.add_argument("channel", metavar="CHANNEL")
+    publish.add_argument("channel", metavar="CHANNEL", nargs="?")
     publish.add_argument("data", metavar="DATA", help="the message, as JSON")
+    publish.add_argument(
+        "--channels",
+        metavar="A,B,...",
+        help="publish on each of these channels at once, through the server API "
+        "(POST /api/broadcast at --api, the key in $CLARION_API_KEY), instead of CHANNEL",
+    )
+    api_option(publish)
     connection(publish)
     publish.add_argument(
         "--timeout", type=float, default=30.0, metavar="SECONDS", help="(default: 30)"
     )
+
+    disconnect = api_command("disconnect", "close every connection of a user, on every node")
+    disconnect.add_argument("user", metavar="USER")
+    disconnect.add_argument("--code", type=int, help="the close code, 4000-4999 (default: 4003)")
+    disconnect.add_argument("--reason", help="the close reason (default: disconnected)")
+    disconnect.add_argument(
+        "--for",
+        dest="for_seconds",
+        type=float,
+        metavar="SECONDS",
+        help="also refuse the user's new connections for this long",
+    )
+    unsubscribe = api_command("unsubscribe", "end a user's subscriptions to a channel")
+    unsubscribe.add_argument("user", metavar="USER")
+    unsubscribe.add_argument("channel", metavar="CHANNEL")
+    history = api_command("history", "print a channel's kept messages")
+    history.add_argument("channel", metavar="CHANNEL")
+    history.add_argument("--since", type=int, metavar="OFFSET", help="those after OFFSET")
+    history.add_argument("--limit", type=int, metavar="N", help="at most N")
+    presence = api_command("presence", "print who is subscribed to a channel")
+    presence.add_argument("channel", metavar="CHANNEL")
+    presence.add_argument(
+        "--count-only", action="store_true", help="only the numbers of clients and users"
+    )
+    listing = api_command("channels", "list the channels with subscribers in the cluster")
+    listing.add_argument("--prefix", default="", help="only the names that start with it")
+    listing.add_argument("--cursor", help="continue after the page this cursor ends")
+    listing.add_argument("--limit", type=int, metavar="N", help="at most N (default: 100)")
 
     subscribe = commands.add_parser(
         "subscribe",
@@ -265,6 +320,50 @@ def _reload(target: str) -> int:
     return 1
 
 
+_API_COMMANDS = ("disconnect", "unsubscribe", "history", "presence", "channels")
+
+
+def _api_command(args: argparse.Namespace) -> int:
+    """Run a server API command (``clarion disconnect`` and the like, ``publish
+    --channels``) and print its answer."""
+    import time
+
+    import msgspec
+
+    from service.client.commands import run_api
+
+    key = os.environ.get("CLARION_API_KEY") or None
+    match args.command:
+        case "publish":
+            if args.channel is not None:
+                print("clarion: error: give CHANNEL or --channels, not both", file=sys.stderr)
+                return 2
+            try:
+                data = msgspec.Raw(msgspec.json.encode(msgspec.json.decode(args.data)))
+            except msgspec.DecodeError as exc:
+                print(f"clarion: error: DATA is not JSON: {exc}", file=sys.stderr)
+                return 2
+            channels = [name for name in args.channels.split(",") if name]
+            return run_api(args.api, key, "broadcast", {"channels": channels, "data": data})
+        case "disconnect":
+            until = None if args.for_seconds is None else time.time() + args.for_seconds
+            arguments = {"user": args.user, "code": args.code, "reason": args.reason}
+            return run_api(args.api, key, "disconnect", {**arguments, "until": until})
+        case "unsubscribe":
+            return run_api(
+                args.api, key, "unsubscribe", {"user": args.user, "channel": args.channel}
+            )
+        case "history":
+            arguments = {"channel": args.channel, "since": args.since, "limit": args.limit}
+            return run_api(args.api, key, "history", arguments)
+        case "presence":
+            method = "presence_stats" if args.count_only else "presence"
+            return run_api(args.api, key, method, {"channel": args.channel})
+        case _:
+            arguments = {"prefix": args.prefix, "cursor": args.cursor, "limit": args.limit}
+            return run_api(args.api, key, "channels", arguments)
+
+
 def _client_command(args: argparse.Namespace) -> int:
     from service.client.commands import parse_since, run_publish, run_subscribe
     from service.client.websocket import parse_url
@@ -275,6 +374,9 @@ def _client_command(args: argparse.Namespace) -> int:
         print(f"clarion: error: --url: {exc}", file=sys.stderr)
         return 2
     if args.command == "publish":
+        if args.channel is None:
+            print("clarion: error: publish needs CHANNEL (or --channels)", file=sys.stderr)
+            return 2
         return run_publish(args.url, args.token, args.channel, args.data, args.timeout)
     since = None
     if args.since is not None:
@@ -315,8 +417,12 @@ def main(argv: list[str] | None = None) -> int:
             return _bench(args)
     if args.command == "reload":
         return _reload(args.target)
+    if args.command == "publish" and args.channels is not None:
+        return _api_command(args)
     if args.command in ("publish", "subscribe"):
         return _client_command(args)
+    if args.command in _API_COMMANDS:
+        return _api_command(args)
     try:
         if args.command == "check":
             config = _read_key_files(Settings.load(args.file))

@@ -11,11 +11,11 @@ if TYPE_CHECKING:
     from service.types import Scope
 
 __all__ = (
-    "URL",
     "Address",
     "Headers",
     "QueryParams",
     "State",
+    "URL",
     "URLPath",
     "parse_cookies",
     "route_path",

@@ -20,7 +20,6 @@ import hashlib
 import hmac
 import logging
 import random
-import ssl
 import time
 from collections import deque
 from contextlib import asynccontextmanager
@@ -31,10 +30,12 @@ import anyio
 import msgspec
 
 from channels.activity import Activity  # noqa: TC001 - msgspec reads Struct annotations at runtime
+from service.client.errors import ConnectionFailed
+from service.client.http import post
 
 if TYPE_CHECKING:
     from collections import Counter
-    from collections.abc import AsyncIterator, Awaitable
+    from collections.abc import AsyncIterator
 
     from service.settings import WebhookSettings
 
@@ -44,8 +45,6 @@ SIGNATURE_HEADER: Final = "X-Clarion-Signature"
 TIMESTAMP_HEADER: Final = "X-Clarion-Timestamp"
 #: The longest pause between two attempts of one POST.
 MAX_RETRY_DELAY_SECONDS: Final = 30.0
-#: The most of an answer read before its status line ends.
-_MAX_STATUS_LINE: Final = 8192
 
 logger = logging.getLogger("clarion")
 
@@ -72,12 +71,7 @@ class _Endpoint:
         self._queue: deque[Activity] = deque()
         self._waiting = anyio.Event()
         self._outcomes = outcomes
-        url = urlsplit(settings.url)
-        self._secure = url.scheme == "https"
-        self._host = url.hostname or ""
-        self._port = url.port or (443 if self._secure else 80)
-        self._target = (url.path or "/") + (f"?{url.query}" if url.query else "")
-        self._netloc = url.netloc.rpartition("@")[2]
+        self._netloc = urlsplit(settings.url).netloc.rpartition("@")[2]
 
     def offer(self, activity: Activity) -> None:
         if activity.name not in self._events:
@@ -102,16 +96,21 @@ class _Endpoint:
     async def _deliver(self, batch: list[Activity]) -> None:
         now = time.time()
         body = _encoder.encode(_Body(int(now * 1000), batch))
-        headers = (
-            f"{SIGNATURE_HEADER}: {sign(self.settings.secret, body)}\r\n"
-            f"{TIMESTAMP_HEADER}: {int(now)}\r\n"
-        )
+        headers = [
+            (SIGNATURE_HEADER, sign(self.settings.secret, body)),
+            (TIMESTAMP_HEADER, str(int(now))),
+        ]
         attempts = self.settings.retries + 1
         for attempt in range(attempts):
             try:
-                status = await self._post(body, headers)
-            except (OSError, TimeoutError, ValueError, anyio.EndOfStream) as exc:
-                problem = f"{type(exc).__name__}: {exc}"
+                status, _ = await post(
+                    self.settings.url,
+                    body,
+                    headers=headers,
+                    time_limit=self.settings.timeout_seconds,
+                )
+            except ConnectionFailed as exc:
+                problem = exc.message
             else:
                 if 200 <= status < 300:
                     self._outcomes["sent"] += len(batch)
@@ -134,40 +133,6 @@ class _Endpoint:
             len(batch),
         )
         self._outcomes["failed"] += len(batch)
-
-    async def _post(self, body: bytes, headers: str) -> int:
-        """POST *body*; return the answer's status (the rest is not read).
-
-        Raises:
-            OSError, TimeoutError, anyio.EndOfStream, ValueError: the POST failed.
-        """
-        request = (
-            f"POST {self._target} HTTP/1.1\r\nHost: {self._netloc}\r\n"
-            "Content-Type: application/json\r\nUser-Agent: clarion-webhooks\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n{headers}\r\n"
-        ).encode() + body
-        with anyio.fail_after(self.settings.timeout_seconds):
-            connecting: Awaitable[anyio.abc.ByteStream]
-            if self._secure:
-                connecting = anyio.connect_tcp(
-                    self._host,
-                    self._port,
-                    ssl_context=ssl.create_default_context(),
-                    tls_standard_compatible=False,
-                )
-            else:
-                connecting = anyio.connect_tcp(self._host, self._port)
-            async with await connecting as stream:
-                await stream.send(request)
-                answer = b""
-                while b"\r\n" not in answer:
-                    answer += await stream.receive()
-                    if len(answer) > _MAX_STATUS_LINE:
-                        raise ValueError("the answer has no status line")
-        version, _, rest = answer.partition(b"\r\n")[0].partition(b" ")
-        if not version.startswith(b"HTTP/1."):
-            raise ValueError("the answer is not HTTP/1")
-        return int(rest[:3])
 
 
 class Webhooks:

@@ -12,8 +12,9 @@ The modules: `service.client.connection` (`open_client`, `Client`: requests,
 reconnecting, recovery), `service.client.subscription` (a subscription's bounded
 stream), `service.client.events` (what a subscriber receives, and frame decoding),
 `service.client.errors`, `service.client.connector` (tokens, backoff, which refusals
-are retried), `service.client.websocket` (wsproto over an anyio stream) and
-`service.client.commands` (``clarion publish`` and ``clarion subscribe``).
+are retried), `service.client.websocket` (wsproto over an anyio stream),
+`service.client.http` (`ServerAPIClient`: the server API over HTTP, for a backend) and
+`service.client.commands` (the ``clarion`` commands that are clients).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from service.client.events import (
     Restart as Restart,
     SubscriptionEvent as SubscriptionEvent,
 )
+from service.client.http import ServerAPIClient as ServerAPIClient
 from service.client.subscription import Subscription as Subscription
 
 __all__ = (
@@ -64,6 +66,7 @@ __all__ = (
     "Position",
     "RECONNECT_CLOSE_CODES",
     "Restart",
+    "ServerAPIClient",
     "SlowSubscriber",
     "Subscription",
     "SubscriptionEnded",

@@ -1,9 +1,13 @@
-"""The client side of the ``clarion`` command: ``clarion publish`` and ``clarion subscribe``.
+"""The client side of the ``clarion`` command: ``clarion publish`` and ``clarion
+subscribe`` over WebSocket, and the server API's commands over HTTP (``clarion
+publish --channels``, ``disconnect``, ``unsubscribe``, ``history``, ``presence``,
+``channels``), which print the API's answer as JSON.
 
-Both speak the WebSocket protocol through `service.client`. ``subscribe`` writes each
-message as one JSON line on stdout (``{"channel":…,"offset":…,"epoch":…,"data":…}``),
-flushed at once, for shell pipelines; what is not a message (where a subscription
-starts, gaps, restarts, joins) goes to stderr. Exit status: 0 on success, after
+``publish`` and ``subscribe`` speak the WebSocket protocol through `service.client`.
+``subscribe`` writes each message as one JSON line on stdout
+(``{"channel":…,"offset":…,"epoch":…,"data":…}``), flushed at once, for shell
+pipelines; what is not a message (where a subscription starts, gaps, restarts, joins)
+goes to stderr. Exit status: 0 on success, after
 ``--count`` messages or on SIGINT/SIGTERM; 1 when the server refuses or the connection
 fails, with the error's code and message on stderr.
 """
@@ -14,7 +18,7 @@ import os
 import signal
 import sys
 from contextlib import AsyncExitStack
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 import msgspec
@@ -22,6 +26,7 @@ import msgspec
 from service.client.connection import open_client
 from service.client.errors import ClarionError
 from service.client.events import Gap, Join, Leave, Message, NotRecovered, Restart
+from service.client.http import ServerAPIClient
 
 if TYPE_CHECKING:
     from anyio import CancelScope
@@ -33,6 +38,7 @@ __all__ = (
     "DEFAULT_URL",
     "parse_since",
     "publish_command",
+    "run_api",
     "run_publish",
     "run_subscribe",
     "subscribe_command",
@@ -227,3 +233,20 @@ async def subscribe_command(
             await _stream(url, token, channels, since, _Output(count, tg.cancel_scope), failures)
             tg.cancel_scope.cancel()
     return _error(failures[0]) if failures else 0
+
+
+def run_api(url: str, api_key: str | None, command: str, arguments: dict[str, Any]) -> int:
+    """Run one server API call (``clarion disconnect`` and the like) against *url*; print
+    its answer as JSON on stdout; return the exit status (1 if refused or unreachable)."""
+
+    async def call() -> int:
+        api = ServerAPIClient(url, api_key=api_key)
+        try:
+            answer = await getattr(api, command)(**arguments)
+        except ClarionError as exc:
+            return _error(exc)
+        sys.stdout.write(_encoder.encode({} if answer is None else answer).decode() + "\n")
+        sys.stdout.flush()
+        return 0
+
+    return anyio.run(call)
