@@ -296,10 +296,9 @@ class Hub:
         del state.joining[outbox]
         state.subscribers[outbox] = None
         self._carrier.count(channel, len(state.subscribers))
-        if state.presence:
-            self._report(
-                Activity(name="member_joined", channel=channel, client=self._clients[outbox])
-            )
+        if state.presence and self.observer is not None:
+            joined = Activity(name="member_joined", channel=channel, client=self._clients[outbox])
+            self.observer(joined)
         start = page.position.offset
         if start > state.last_offset:
             state.skip_until[outbox] = start
@@ -404,12 +403,9 @@ class Hub:
     def occupancy(self, channel: str, occupied: bool) -> None:
         """*channel* got its first subscriber in the cluster, or lost its last (broker
         callback, on the one node whose change decided it)."""
-        name: ActivityName = "channel_occupied" if occupied else "channel_vacated"
-        self._report(Activity(name=name, channel=channel))
-
-    def _report(self, activity: Activity) -> None:
         if self.observer is not None:
-            self.observer(activity)
+            name: ActivityName = "channel_occupied" if occupied else "channel_vacated"
+            self.observer(Activity(name=name, channel=channel))
 
     def command(self, command: Command) -> None:
         """Apply a command of the server API to this node's connections (broker callback)."""
@@ -475,9 +471,9 @@ class Hub:
         )
         if not published.duplicate:
             self._accepted += 1
-            if by is not None:
+            if by is not None and self.observer is not None:
                 client = self._clients[by]
-                self._report(
+                self.observer(
                     Activity(name="client_published", channel=channel, client=client, data=data)
                 )
         return published
@@ -767,8 +763,8 @@ class Hub:
         if state.presence:
             self._carrier.remove_presence(channel, client)
         if live:
-            if state.presence:
-                self._report(Activity(name="member_left", channel=channel, client=client))
+            if state.presence and self.observer is not None:
+                self.observer(Activity(name="member_left", channel=channel, client=client))
             self._carrier.count(channel, len(state.subscribers))
         if live and state.join_leave:
             self._carrier.announce(channel, "leave", client)
