@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
         choices=("asyncio", "trio", "uvloop"),
         default="asyncio",
         help="hypercorn's worker: asyncio (default), trio, or asyncio on uvloop's event "
-        "loop (needs the uvloop package: pip install 'clarion[uvloop]')",
+        "loop (needs the uvloop package: pip install -e '.[uvloop]' in a checkout)",
     )
     serve.add_argument(
         "--log-level",
@@ -221,7 +221,7 @@ def _serve_config(args: argparse.Namespace) -> Settings:
         raise ConfigError("--workers must be at least 1")
     if args.backend == "uvloop" and importlib.util.find_spec("uvloop") is None:
         raise ConfigError(
-            "--backend uvloop needs the uvloop package: pip install 'clarion[uvloop]'"
+            "--backend uvloop needs the uvloop package: pip install -e '.[uvloop]' in a checkout"
         )
     if args.workers > 1 and config.broker.kind == "memory":
         raise ConfigError(

@@ -162,7 +162,8 @@ class AuthSettings(Section, frozen=True):
             # RFC 7518 3.2: a key at least as long as the hash (HS256: 32 bytes).
             needed = max(int(name[2:]) // 8 for name in self.algorithms)
             if len(self.secret.encode()) < needed:
-                raise ValueError(f"secret: {self.algorithms} need at least {needed} bytes")
+                names = ", ".join(self.algorithms)
+                raise ValueError(f"secret: {names} needs a secret of at least {needed} bytes")
         if asymmetric and not (self.public_key_file or self.jwks_file):
             raise ValueError("RS*/ES* algorithms need public_key_file or jwks_file")
         if self.public_key_file and self.jwks_file:

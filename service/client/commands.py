@@ -165,7 +165,8 @@ def _note(channel: str, event: Gap | Restart | NotRecovered | Join | Leave) -> s
             f"up to {position.offset}:{position.epoch} are lost"
         )
     kind = "join" if isinstance(event, Join) else "leave"
-    return f"{channel}: {kind}: client {event.info.client}, user {event.info.user}"
+    user = "none" if event.info.user is None else event.info.user
+    return f"{channel}: {kind}: client {event.info.client}, user {user}"
 
 
 async def _pump(subscription: Subscription, output: _Output, failures: list[ClarionError]) -> None:
@@ -197,8 +198,10 @@ async def _stream(
                     client.subscribe(channel, since=since)
                 )
                 subscriptions.append(subscription)
-                start = subscription.position
+                start = subscription.started
                 where = "" if start is None else f" at {start.offset}:{start.epoch}"
+                if since is not None:
+                    where += f", replaying after {since.offset}:{since.epoch}"
                 _say(f"subscribed to {channel}{where}")
             async with anyio.create_task_group() as pumps:
                 for subscription in subscriptions:

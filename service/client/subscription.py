@@ -59,6 +59,9 @@ class Subscription:
         )
         self._seen = since
         """The last position received: the ``since`` of a resubscription."""
+        self.started: Position | None = None
+        """Where the channel stood when the subscription was first answered (its
+        stream's offset and epoch then), whatever ``since`` asked to replay from."""
         self._position = since
         self._active = False
         """Replied to on the current connection: its messages are this subscription's."""
@@ -122,8 +125,10 @@ class Subscription:
         """Take the subscribe reply: where the channel's messages start (after *since*
         when it was recovered, else after the reply's position)."""
         position = Position(reply.offset or 0, reply.epoch or "")
-        if since is None and not self._replied:
-            self._position = position
+        if not self._replied:
+            self.started = position
+            if since is None:
+                self._position = position
         self._active = self._replied = True
         self._ready.set()
         if since is None:

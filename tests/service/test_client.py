@@ -560,11 +560,11 @@ async def test_the_subscribe_command_prints_json_lines_and_notices(
         {"channel": "c", "offset": 1, "epoch": "e3", "data": "one"},
     ]
     assert err.splitlines() == [
-        "clarion: subscribed to c at 3:e1",
+        "clarion: subscribed to c at 7:e2, replaying after 3:e1",
         "clarion: c: not recovered: the messages after 3:e1 up to 7:e2 are lost",
         "clarion: c: gap: offsets 9 to 10 were dropped",
-        "clarion: c: join: client k1, user None",
-        "clarion: c: leave: client k1, user None",
+        "clarion: c: join: client k1, user none",
+        "clarion: c: leave: client k1, user none",
         "clarion: c: restart: the stream began again in epoch e3",
     ]
 

@@ -99,7 +99,7 @@ BAD_DOCUMENTS = [
     ("auth: {secret: plain}", "auth.secret: write the secret as a ${VAR} reference"),
     ("auth: {algorithms: [none], secret: '${SHORT}'}", "auth.algorithms[0]: Invalid enum"),
     ("auth: {algorithms: []}", "auth.algorithms: Expected `array` of length >= 1"),
-    ("auth: {secret: '${SHORT}'}", "auth.secret: ['HS256'] need at least 32 bytes"),
+    ("auth: {secret: '${SHORT}'}", "auth.secret: HS256 needs a secret of at least 32 bytes"),
     ("auth: {algorithms: [RS256]}", "auth: RS*/ES* algorithms need public_key_file or jwks"),
     (
         "auth: {algorithms: [ES256], public_key_file: k.pem, jwks_file: k.json}",
