@@ -371,7 +371,8 @@ class Clarion:
         if method not in route.methods:
             raise MethodNotAllowed(method, path, route.methods)
         query = QueryParams(scope.get("query_string", b""))
-        return await route.handler(self, Request(path, headers, query, body))
+        root = scope.get("root_path", "")
+        return await route.handler(self, Request(path, headers, query, body, root))
 
     def _refuse(self, exc: ProtocolError | ChannelsError) -> Answer:
         """The status, body and headers of an HTTP refusal with *exc*."""

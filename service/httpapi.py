@@ -88,9 +88,12 @@ class Request(NamedTuple):
     """An HTTP request whose body has arrived."""
 
     path: str
+    """The path under the app (without the ``root_path`` it is mounted at)."""
     headers: Headers
     query: QueryParams
     body: bytes
+    root: str = ""
+    """The path the app is mounted at (ASGI's ``root_path``), as clients see it."""
 
 
 Handler = Callable[["Clarion", Request], Awaitable[Answer]]
@@ -208,7 +211,7 @@ async def _stats(app: Clarion, request: Request) -> Answer:
         ready=hub.not_ready_reason() is None,
         reason=hub.not_ready_reason(),
         broker=app.config.broker.kind,
-        websocket_path=app.config.server.websocket_path,
+        websocket_path=request.root + app.config.server.websocket_path,
         uptime_seconds=round(anyio.current_time() - app.started, 3),
         connections=stats.connections,
         subscriptions=stats.subscriptions,

@@ -815,10 +815,13 @@ class ChannelState {
 
 // Helpers --------------------------------------------------------------------------------
 
-/** The ws(s):// URL for `url`: absolute, relative to the page, or `/ws` of this module's server. */
+/**
+ * The ws(s):// URL for `url`: absolute, relative to the page, or by default `ws` beside this
+ * module (`/ws` of its server, or `/realtime/ws` when Clarion is mounted at `/realtime`).
+ */
 function websocketURL(url) {
   const base = globalThis.location?.href ?? import.meta.url;
-  const resolved = url === undefined ? new URL("/ws", import.meta.url) : new URL(url, base);
+  const resolved = url === undefined ? new URL("ws", import.meta.url) : new URL(url, base);
   if (resolved.protocol === "http:") resolved.protocol = "ws:";
   else if (resolved.protocol === "https:") resolved.protocol = "wss:";
   return resolved.href;

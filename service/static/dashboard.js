@@ -3,7 +3,7 @@
 // write into the elements of index.html (always as text, never as HTML: channel names
 // and message data come from clients).
 
-import { Clarion } from "/client.js";
+import { Clarion } from "./client.js";
 
 /** How often to poll /api/stats: `?interval=SECONDS` (at least 0.2), 2 by default. */
 const POLL_INTERVAL_MS = Math.max(
@@ -16,8 +16,7 @@ const TAIL_ENTRIES = 200;
 const TAIL_DATA_CHARS = 2000;
 /** Where the API key is kept: for this tab's session only. */
 const KEY_STORAGE = "clarion.apiKey";
-/** The WebSocket endpoint of the server that served this page. */
-/** The WebSocket endpoint's path, as the last /api/stats gave it. */
+/** The WebSocket endpoint's path, as the last /api/stats gave it (with the mount's path). */
 let websocketPath = "/ws";
 
 function websocketUrl() {
@@ -64,7 +63,7 @@ let pollTimer = null;
 async function poll() {
   clearTimeout(pollTimer);
   try {
-    const response = await fetch("/api/stats", { headers: apiHeaders(), cache: "no-store" });
+    const response = await fetch("api/stats", { headers: apiHeaders(), cache: "no-store" });
     const body = await response.json();
     if (response.status === 401) {
       const hadKey = apiKey() !== null;
@@ -258,7 +257,7 @@ $("publish-form").addEventListener("submit", async (event) => {
     note = " (not JSON: sent as a string)";
   }
   try {
-    const response = await fetch("/api/publish", {
+    const response = await fetch("api/publish", {
       method: "POST",
       headers: { "Content-Type": "application/json", ...apiHeaders() },
       body: JSON.stringify({ channel, data }),

@@ -19,7 +19,7 @@ from service.app import Clarion
 from service.settings import AuthSettings, Settings
 from tests.support.auth import SECRET, token
 from tests.support.docs import DOCS, code_block
-from tests.support.server import Server, http_call, wait_listening
+from tests.support.server import Server, http_call, http_exchange, wait_listening
 from tests.support.wsclient import HandshakeRefused, connect, subscribe
 
 if TYPE_CHECKING:
@@ -97,8 +97,18 @@ async def test_a_fastapi_route_publishes_to_clients_of_the_mounted_app(
             assert (message["channel"], message["data"]) == ("orders", {"id": 7})
             status, counted = await http_call(server, "GET", "/rooms/1")
             assert (status, counted) == (200, {"clients": 2, "users": 1})
-            # Clarion's own routes are under the mount too.
+            # Clarion's own routes are under the mount too, the dashboard's included: its
+            # page loads its script and the API beside it, and learns the endpoint's path.
             assert (await http_call(server, "GET", "/realtime/health"))[0] == 200
+            status, page = await http_exchange(server, "GET", "/realtime/")
+            assert status == 200
+            assert b'src="dashboard.js"' in page
+            status, script = await http_exchange(server, "GET", "/realtime/dashboard.js")
+            assert status == 200
+            assert b'from "./client.js"' in script
+            assert b'fetch("api/stats"' in script
+            status, stats = await http_call(server, "GET", "/realtime/api/stats")
+            assert (status, stats["websocket_path"]) == (200, "/realtime/ws")
             body = msgspec.json.encode({"channel": "orders", "data": 8})
             status, reply = await http_call(server, "POST", "/realtime/api/publish", body)
             assert (status, reply["offset"]) == (200, 2)

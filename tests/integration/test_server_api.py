@@ -300,7 +300,8 @@ async def test_the_documented_examples_answer_as_shown(
     (its method, address, headers and body), and what each one prints."""
     blocks = code_blocks(DOCS / "http-api.md", "## Examples")
     assert [language for language, _ in blocks] == ["yaml", "console"]
-    config = Settings.parse(blocks[0][1], env={"CLARION_API_KEY": "backend-key"})
+    env = {"CLARION_API_KEY": "backend-key", "CLARION_TOKEN_SECRET": "s" * 64}
+    config = Settings.parse(blocks[0][1], env=env)
     lines = blocks[1][1].splitlines()
     pairs = list(zip(lines[::2], lines[1::2], strict=True))
     with anyio.fail_after(20):
