@@ -45,33 +45,31 @@ Command = Disconnect | Unsubscribe
 
 
 class Bans:
-    """The users kept out, each until a Unix time; expired bans are forgotten."""
+    """The users kept out, each by the `Disconnect` that banned them until its ``until``;
+    a later one replaces it (one whose ``until`` has passed lifts it), and expired bans
+    are forgotten."""
 
-    __slots__ = ("_until",)
+    __slots__ = ("_bans",)
 
     def __init__(self) -> None:
-        self._until: dict[str, float] = {}
+        self._bans: dict[str, Disconnect] = {}
 
     def __len__(self) -> int:
-        return len(self._until)
+        return len(self._bans)
 
-    def add(self, user: str, until: float) -> None:
-        """Keep *user* out until *until* (the later of two bans wins)."""
-        if until > time.time():
-            self._until[user] = max(until, self._until.get(user, 0.0))
+    def apply(self, ban: Disconnect) -> None:
+        """Keep *ban*'s user out until its ``until``, instead of any earlier ban."""
+        if ban.until is not None and ban.until > time.time():
+            self._bans[ban.user] = ban
+        else:
+            self._bans.pop(ban.user, None)
 
-    def replace(self, bans: dict[str, float]) -> list[str]:
-        """Hold exactly *bans* (as the broker keeps them); return the users banned now."""
-        now = time.time()
-        self._until = {user: until for user, until in bans.items() if until > now}
-        return list(self._until)
-
-    def until(self, user: str) -> float | None:
-        """When *user*'s ban ends, or None if *user* is not banned."""
-        until = self._until.get(user)
-        if until is None:
+    def of(self, user: str) -> Disconnect | None:
+        """The ban that keeps *user* out now, if any."""
+        ban = self._bans.get(user)
+        if ban is None:
             return None
-        if until <= time.time():
-            del self._until[user]
+        if ban.until is None or ban.until <= time.time():
+            del self._bans[user]
             return None
-        return until
+        return ban

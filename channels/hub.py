@@ -196,6 +196,11 @@ class Hub:
             self._grants[outbox] = grant
         if client.user is not None:
             self._users.setdefault(client.user, set()).add(outbox)
+            ban = self.bans.of(client.user)
+            if ban is not None:
+                # Banned while its handshake was being accepted: it ends at once, as the
+                # user's other connections did.
+                outbox.close(Ending(ban.code, ban.reason))
         return client
 
     def detach(self, outbox: Outbox) -> None:
@@ -412,7 +417,7 @@ class Hub:
         match command:
             case Disconnect(user=user, code=code, reason=reason, until=until):
                 if until is not None:
-                    self.bans.add(user, until)
+                    self.bans.apply(command)
                 ending = Ending(code, reason)
                 for outbox in self._users.get(user, ()):
                     outbox.close(ending)
@@ -690,23 +695,26 @@ class Hub:
         their subscribers on every node: those whose name starts with *prefix*, after
         *cursor* (a page's), at most *limit*.
 
-        Untrusted, only the channels an anonymous client may subscribe to are listed (a
-        page may then hold fewer than *limit*; the list ends when ``cursor`` is None).
+        Untrusted, only the channels an anonymous client may subscribe to are listed,
+        and the cursor is always one of them: the list reads on past the others, so that
+        neither a page nor its cursor tells their names.
 
         Raises:
             BrokerUnavailable: if the broker cannot be read now.
         """
-        found = await self._carrier.channels(prefix, cursor or "", limit)
-        more = len(found) > limit
-        found = found[:limit]
-        return ChannelsPage(
-            [
-                ChannelCount(name, subscribers)
-                for name, subscribers in found
-                if trusted or self._may_subscribe(name)
-            ],
-            found[-1][0] if more else None,
-        )
+        listed: list[ChannelCount] = []
+        after = cursor or ""
+        while True:
+            found = await self._carrier.channels(prefix, after, limit)
+            more = len(found) > limit
+            for name, subscribers in found[:limit]:
+                if trusted or self._may_subscribe(name):
+                    listed.append(ChannelCount(name, subscribers))
+                    if len(listed) == limit:
+                        return ChannelsPage(listed, name if more or name != found[-1][0] else None)
+            if not more:
+                return ChannelsPage(listed, None)
+            after = found[limit - 1][0]
 
     def _resolve(
         self,

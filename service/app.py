@@ -245,7 +245,11 @@ class Clarion:
         outcomes = self.counters.webhook_events
         try:
             async with (
-                open_webhooks(self.config.webhooks, outcomes) as webhooks,
+                open_webhooks(
+                    self.config.webhooks,
+                    outcomes,
+                    grace_seconds=self.config.server.shutdown_grace_seconds,
+                ) as webhooks,
                 open_hub(self.config, WireEncoding()) as hub,
             ):
                 if self.config.webhooks:
@@ -411,9 +415,9 @@ def _check_not_banned(hub: Hub, identity: Identity | None) -> None:
     user = None if identity is None else identity.user
     if user is None:
         return
-    until = hub.bans.until(user)
-    if until is not None:
-        raise Banned(user, until)
+    ban = hub.bans.of(user)
+    if ban is not None and ban.until is not None:
+        raise Banned(user, ban.until)
 
 
 def _authenticator(config: Settings) -> Authenticator | None:

@@ -124,7 +124,7 @@ def _add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
 
     disconnect = api_command("disconnect", "close every connection of a user, on every node")
     disconnect.add_argument("user", metavar="USER")
-    disconnect.add_argument("--code", type=int, help="the close code, 4000-4999 (default: 4003)")
+    disconnect.add_argument("--code", type=int, help="the close code, 4003-4999 (default: 4003)")
     disconnect.add_argument("--reason", help="the close reason (default: disconnected)")
     disconnect.add_argument(
         "--for",
@@ -346,6 +346,9 @@ def _api_command(args: argparse.Namespace) -> int:
             channels = [name for name in args.channels.split(",") if name]
             return run_api(args.api, key, "broadcast", {"channels": channels, "data": data})
         case "disconnect":
+            if args.for_seconds is not None and not 0 < args.for_seconds < 1e10:
+                print("clarion: error: --for: a number of seconds above 0", file=sys.stderr)
+                return 2
             until = None if args.for_seconds is None else time.time() + args.for_seconds
             arguments = {"user": args.user, "code": args.code, "reason": args.reason}
             return run_api(args.api, key, "disconnect", {**arguments, "until": until})

@@ -42,7 +42,7 @@ class CloseCode(IntEnum):
     """The client answered no ``ping`` within ``server.pong_timeout_seconds``."""
     DISCONNECTED = 4003
     """The server API disconnected the connection's user (the default code; a call may
-    give another in 4000-4999, which the metrics count as ``disconnected`` too)."""
+    give another in 4003-4999, which the metrics count as ``disconnected`` too)."""
 
     @property
     def reason(self) -> str:

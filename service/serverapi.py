@@ -20,6 +20,7 @@ an API key. Every method raises the error classes of the protocol
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Final
 
 import msgspec
@@ -43,14 +44,18 @@ __all__ = (
     "CLOSE_REASON_MAX_BYTES",
     "PresenceStats",
     "ServerAPI",
+    "UNTIL_MAX",
 )
 
 _encoder = msgspec.json.Encoder()
 #: Channels a page of `ServerAPI.channels` holds unless told otherwise, and at most.
 CHANNELS_PAGE: Final = 100
 CHANNELS_PAGE_MAX: Final = 1000
-#: The close codes a disconnect may give (RFC 6455 leaves 4000-4999 to applications).
-CLOSE_CODES_OF_THE_API: Final = (4000, 4999)
+#: The close codes a disconnect may give (RFC 6455 leaves 4000-4999 to applications; the
+#: first three are Clarion's own, after which its clients reconnect).
+CLOSE_CODES_OF_THE_API: Final = (4003, 4999)
+#: The latest ``until`` of a ban: 9999-12-31T23:59:59Z.
+UNTIL_MAX: Final = 253_402_300_799.0
 #: A close frame's reason is at most 123 bytes (a control frame's 125, less the code).
 CLOSE_REASON_MAX_BYTES: Final = 123
 
@@ -159,18 +164,25 @@ class ServerAPI:
         reason: str = "disconnected",
         until: float | None = None,
     ) -> None:
-        """Close every connection of *user* on every node with close *code* (4000-4999)
+        """Close every connection of *user* on every node with close *code* (4003-4999)
         and *reason* (at most 123 bytes of UTF-8), once each has sent what it holds; with
-        *until* (a Unix time), refuse the user's new connections until then (code 117).
+        *until* (a Unix time), refuse the user's new connections until then (code 117),
+        replacing an earlier ban (an *until* that has passed lifts it).
 
         Raises:
             BadMessage: for a code or reason a close frame cannot carry.
             BrokerUnavailable, NotStarted
         """
-        if not CLOSE_CODES_OF_THE_API[0] <= code <= CLOSE_CODES_OF_THE_API[1]:
-            raise BadMessage(f"code: must be from 4000 to 4999, not {code}")
+        low, high = CLOSE_CODES_OF_THE_API
+        if not low <= code <= high:
+            raise BadMessage(
+                f"code: must be from {low} to {high}, not {code} (4000-4002 are Clarion's "
+                "own, after which its clients reconnect)"
+            )
         if len(reason.encode()) > CLOSE_REASON_MAX_BYTES:
             raise BadMessage(f"reason: at most {CLOSE_REASON_MAX_BYTES} bytes of UTF-8")
+        if until is not None and not (math.isfinite(until) and 0 <= until <= UNTIL_MAX):
+            raise BadMessage(f"until: must be a Unix time in seconds, at most {UNTIL_MAX:g}")
         await self._hub().disconnect_user(user, code=code, reason=reason, until=until)
 
     async def unsubscribe(self, user: str, channel: str) -> None:

@@ -13,6 +13,7 @@ import re
 import socket
 from collections.abc import Mapping  # noqa: TC003 (msgspec reads SECRETS' type)
 from typing import Annotated, ClassVar, Final, Literal
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -197,6 +198,13 @@ class WebhookSettings(Section, frozen=True):
     """Events waiting at most; more are dropped and counted (never blocking a publish)."""
 
     def __post_init__(self) -> None:
+        try:
+            url = urlsplit(self.url)
+            url.port  # noqa: B018 - raises for a port that is not a number, or out of range
+        except ValueError as exc:
+            raise ValueError(f"url: {exc}") from None
+        if not url.hostname:
+            raise ValueError("url: names no host")
         if len(set(self.events)) != len(self.events):
             raise ValueError("events: an event is listed twice")
 

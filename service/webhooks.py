@@ -11,7 +11,10 @@ event never waits: an endpoint holds at most ``queue_events``, and drops (and co
 what comes beyond, so a slow or dead endpoint never slows a publish or a subscriber.
 
 Each event is sent once for the cluster, by the node where it happened (see
-`channels.activity`). Events still queued when the node stops are given up.
+`channels.activity`). When the node stops, what is queued (its last events: members
+leaving, channels vacated) gets ``server.shutdown_grace_seconds`` to be sent. At most a
+tenth of an endpoint's queue holds ``connection_refused`` events, so that a flood of
+bad handshakes cannot push the others out.
 """
 
 from __future__ import annotations
@@ -69,6 +72,11 @@ class _Endpoint:
         self.settings = settings
         self._events = frozenset(settings.events)
         self._queue: deque[Activity] = deque()
+        self._busy = False
+        self._refused = 0
+        """``connection_refused`` events queued: at most a tenth of the queue, so that a
+        flood of bad handshakes cannot push the other events out."""
+        self._refused_limit = max(1, settings.queue_events // 10)
         self._waiting = anyio.Event()
         self._outcomes = outcomes
         self._netloc = urlsplit(settings.url).netloc.rpartition("@")[2]
@@ -76,9 +84,13 @@ class _Endpoint:
     def offer(self, activity: Activity) -> None:
         if activity.name not in self._events:
             return
-        if len(self._queue) >= self.settings.queue_events:
+        refused = activity.name == "connection_refused"
+        if len(self._queue) >= self.settings.queue_events or (
+            refused and self._refused >= self._refused_limit
+        ):
             self._outcomes["dropped"] += 1
             return
+        self._refused += refused
         self._queue.append(activity)
         self._waiting.set()
 
@@ -90,8 +102,21 @@ class _Endpoint:
             while self._queue:
                 count = min(len(self._queue), settings.batch_max_events)
                 batch = [self._queue.popleft() for _ in range(count)]
-                await self._deliver(batch)
+                self._refused -= sum(event.name == "connection_refused" for event in batch)
+                self._busy = True
+                try:
+                    await self._deliver(batch)
+                except Exception:  # a bug here must cost events, never the node
+                    logger.exception("webhook to %s: events given up", self._netloc)
+                    self._outcomes["failed"] += len(batch)
+                finally:
+                    self._busy = False
             self._waiting = anyio.Event()
+
+    async def flushed(self) -> None:
+        """Wait until nothing is queued or being sent."""
+        while self._queue or self._busy:  # noqa: ASYNC110 - only at shutdown, briefly
+            await anyio.sleep(0.02)
 
     async def _deliver(self, batch: list[Activity]) -> None:
         now = time.time()
@@ -149,10 +174,11 @@ class Webhooks:
 
 @asynccontextmanager
 async def open_webhooks(
-    settings: list[WebhookSettings], outcomes: Counter[str]
+    settings: list[WebhookSettings], outcomes: Counter[str], *, grace_seconds: float
 ) -> AsyncIterator[Webhooks]:
     """Run the webhooks of *settings* for the block, counting each event's outcome
-    (``sent``, ``failed``, ``dropped``) in *outcomes*."""
+    (``sent``, ``failed``, ``dropped``) in *outcomes*. Leaving the block, they get up to
+    *grace_seconds* to send what is queued (the events of the node's shutdown)."""
     endpoints = [_Endpoint(endpoint, outcomes) for endpoint in settings]
     async with anyio.create_task_group() as tg:
         for endpoint in endpoints:
@@ -160,4 +186,7 @@ async def open_webhooks(
         try:
             yield Webhooks(endpoints)
         finally:
+            with anyio.move_on_after(grace_seconds, shield=True):
+                for endpoint in endpoints:
+                    await endpoint.flushed()
             tg.cancel_scope.cancel()

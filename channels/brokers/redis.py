@@ -414,6 +414,16 @@ class RedisBroker:
                 await anyio.sleep(delay)
                 self._work.set()
 
+    async def write_last_counts(self) -> None:
+        """Write the counts that changed (a drain's: its channels vacated here), within
+        ``timeout_seconds`` and whatever Redis says, so that a node that stops reports
+        the channels it was the last to hold."""
+        with anyio.move_on_after(self._timeout_seconds, shield=True):
+            try:
+                await self._write_counts()
+            except RETRIED as exc:
+                logger.warning("Redis: the last channel counts were not written: %s", exc)
+
     async def _write_counts(self) -> None:
         for channel, occupied in await self._census.write():
             self._receiver.occupancy(channel, occupied)
@@ -548,4 +558,5 @@ async def open_redis_broker(config: BrokerConfig, receiver: Receiver) -> AsyncIt
                 try:
                     yield broker
                 finally:
+                    await broker.write_last_counts()
                     scope.cancel()

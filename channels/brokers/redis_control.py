@@ -2,15 +2,17 @@
 bans kept in a hash (`channels.brokers.redis_keys`).
 
 A command is published on ``P:control``; every node subscribed to it (the sender's
-included) hands it to its hub. A ban is also written to ``P:bans``, and ``P:bans:v``
-counts the bans written, so a node that starts, or reconnects after missing some, reads
-them again when the counter moved: pub/sub delivers at most once, the hash does not
-forget.
+included) hands it to its hub. A ban is also written to ``P:bans`` (a lifted one taken
+out), and ``P:bans:v`` gets a new random token, so a node that starts, or reconnects
+after missing some, reads them again when the token changed, or vanished with a Redis
+that restarted: pub/sub delivers at most once, the hash does not forget (unless Redis
+loses its data).
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -48,12 +50,11 @@ class ControlChannel:
         self._timeout = timeout
         self._subscribed = False
         self._bans_version: bytes | None = None
-        self._bans_applied: set[bytes] = set()
-        """The bans this node applied, as their JSON: each is applied once."""
         self._forget = client.register_script(redis_scripts.FORGET_BANS)
 
     async def send(self, command: Command) -> None:
-        """Publish *command* to every node; keep it first if it is a ban.
+        """Publish *command* to every node; keep it first if it is a ban (or forget the
+        user's ban, for one whose ``until`` has passed).
 
         Raises:
             As a Redis call (`channels.brokers.redis_health.UNAVAILABLE`), or TimeoutError.
@@ -62,8 +63,13 @@ class ControlChannel:
         with anyio.fail_after(self._timeout):
             async with self._client.pipeline(transaction=True) as pipeline:
                 if isinstance(command, Disconnect) and command.until is not None:
-                    pipeline.hset(self._keys.bans, {command.user: payload})
-                    pipeline.incr(self._keys.bans_version)
+                    if command.until > time.time():
+                        pipeline.hset(self._keys.bans, {command.user: payload})
+                    else:
+                        pipeline.hdel(self._keys.bans, [command.user])
+                    # A new token rather than a counter: a Redis restarted without its
+                    # data starts no counter again at a value the nodes have seen.
+                    pipeline.set(self._keys.bans_version, secrets.token_hex(8))
                 pipeline.publish(self._keys.control, payload)
 
     def receive(self, payload: bytes) -> None:
@@ -73,15 +79,11 @@ class ControlChannel:
         except msgspec.MsgspecError:
             logger.warning("ignored a malformed command on %r", self._keys.control)
             return
-        if isinstance(command, Disconnect) and command.until is not None:
-            if payload in self._bans_applied:
-                return
-            self._bans_applied.add(payload)
         self._receiver.command(command)
 
     async def catch_up(self, pubsub: coredis.patterns.pubsub.PubSub[bytes]) -> None:
         """Subscribe to the commands (once: pub/sub resubscribes after), and apply the
-        bans written since this node last read them.
+        bans again when they changed since this node last read them (or Redis lost them).
 
         Raises:
             As a Redis call, or TimeoutError.
@@ -91,7 +93,7 @@ class ControlChannel:
                 await pubsub.subscribe(self._keys.control)
                 self._subscribed = True
             version = await self._client.get(self._keys.bans_version)
-            if version == self._bans_version:
+            if version is not None and version == self._bans_version:
                 return
             bans: dict[Any, bytes] = await self._client.hgetall(self._keys.bans)
             now = time.time()
@@ -104,10 +106,8 @@ class ControlChannel:
                     continue
                 if ban.until is None or ban.until <= now:
                     expired += (user, payload)
-                elif payload not in self._bans_applied:
-                    self._bans_applied.add(payload)
+                else:
                     self._receiver.command(ban)
             if expired:
                 await self._forget(keys=[self._keys.bans], args=expired)
-            self._bans_applied.intersection_update(bans.values())
             self._bans_version = version

@@ -17,7 +17,7 @@
 - ``P:control`` is the pub/sub channel of the server API's commands to every node
   (`channels.control`), JSON;
 - ``P:bans`` is a hash of the bans in force, user to its `Disconnect` command's JSON,
-  and ``P:bans:v`` a counter bumped at each ban, which tells a node to read them again.
+  and ``P:bans:v`` a token changed at each ban, which tells a node to read them again.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ clients; this is for the application that drives them.
 
 from __future__ import annotations
 
+import math
 import ssl
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlencode, urlsplit
@@ -97,7 +98,13 @@ class ServerAPIClient:
         until: float | None = None,
     ) -> None:
         """``POST /api/disconnect``: close every connection of *user*, and with *until*
-        (a Unix time) keep the user out until then."""
+        (a Unix time) keep the user out until then.
+
+        Raises:
+            ValueError: for an *until* that is not a finite number (JSON has none).
+        """
+        if until is not None and not math.isfinite(until):
+            raise ValueError(f"until must be a finite Unix time, not {until}")
         body = {"user": user, "code": code, "reason": reason, "until": until}
         await self._call("POST", "disconnect", body)
 
@@ -152,23 +159,23 @@ async def post(
         ConnectionFailed: no connection, TLS failed, *time_limit* (seconds) passed, or the peer's
             answer is not HTTP/1.1.
     """
-    parts = urlsplit(url)
-    secure = parts.scheme == "https"
-    host = parts.hostname or ""
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    connection = h11.Connection(h11.CLIENT, max_incomplete_event_size=_MAX_ANSWER_BYTES)
-    request = h11.Request(
-        method=method,
-        target=target,
-        headers=[
-            ("host", parts.netloc.rpartition("@")[2]),
-            ("content-type", "application/json"),
-            ("content-length", str(len(body))),
-            ("connection", "close"),
-            *headers,
-        ],
-    )
     try:
+        parts = urlsplit(url)
+        secure = parts.scheme == "https"
+        host = parts.hostname or ""
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        connection = h11.Connection(h11.CLIENT, max_incomplete_event_size=_MAX_ANSWER_BYTES)
+        request = h11.Request(
+            method=method,
+            target=target,
+            headers=[
+                ("host", parts.netloc.rpartition("@")[2]),
+                ("content-type", "application/json"),
+                ("content-length", str(len(body))),
+                ("connection", "close"),
+                *headers,
+            ],
+        )
         with anyio.fail_after(time_limit):
             port = parts.port or (443 if secure else 80)
             if secure:
@@ -187,7 +194,14 @@ async def post(
                     + connection.send(h11.EndOfMessage())
                 )
                 return await _answer(connection, stream)
-    except (OSError, TimeoutError, anyio.EndOfStream, h11.ProtocolError) as exc:
+    except (
+        OSError,  # refused, reset, TLS (ssl.SSLError), no such host
+        TimeoutError,
+        anyio.EndOfStream,
+        anyio.BrokenResourceError,  # reset while sending or reading
+        h11.ProtocolError,
+        ValueError,  # a URL whose port is not a number, or out of range
+    ) as exc:
         raise ConnectionFailed(f"{url}: {type(exc).__name__}: {exc}") from exc
 
 

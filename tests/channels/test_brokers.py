@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING
 
@@ -18,6 +19,7 @@ import pytest
 from channels.brokers import open_broker
 from channels.brokers.redis import RedisBroker
 from channels.config import BrokerConfig, History
+from channels.control import Disconnect
 from channels.errors import BrokerUnavailable
 from channels.publication import ClientInfo, Position, Published
 from tests.support.data import raw
@@ -538,3 +540,30 @@ async def test_redis_the_channels_of_a_node_that_died_are_vacated_once(
             # sweep finds it dead, and its channel vacated.
             await wait_occupancy(survivor, [("only-there", False)])
             assert await survivor.broker.channels("", "", 10) == [("both", 1)]
+
+
+async def test_redis_a_ban_pub_sub_missed_is_read_even_after_redis_lost_its_data(
+    redis_broker: BrokerConfig, redis_server: RedisServer
+) -> None:
+    """A ban reaches a node through pub/sub, or at its next check from the bans kept in
+    Redis; after Redis lost its data (a restart without persistence), a ban written then
+    (pub/sub missed it) is still read, though it is the first written again."""
+    ban = Disconnect(user="u1", code=4003, reason="r", until=time.time() + 60)
+    async with nodes(redis_broker) as [node]:
+        await node.broker.command(ban)
+        while ban not in node.commands:
+            node.arrived = anyio.Event()
+            await node.arrived.wait()
+        client: coredis.Redis[bytes] = coredis.Redis.from_url(redis_server.url)
+        async with client:
+            async for key in client.scan_iter(match=f"{redis_broker.prefix}:*"):
+                await client.delete([key])  # as a Redis restarted without its data
+            missed = Disconnect(user="u2", code=4003, reason="r", until=time.time() + 60)
+            # Written at once, as the first ban after the loss (a counter would be back at
+            # a value the node saw), without the pub/sub message this node missed.
+            await client.hset(f"{redis_broker.prefix}:bans", {"u2": msgspec.json.encode(missed)})
+            await client.set(f"{redis_broker.prefix}:bans:v", "1")
+        with anyio.fail_after(5):
+            while missed not in node.commands:
+                node.arrived = anyio.Event()
+                await node.arrived.wait()

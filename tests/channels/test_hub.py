@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import time
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
@@ -9,6 +10,7 @@ import pytest
 
 from channels.brokers.memory import MemoryBroker
 from channels.config import ChannelRule, Config, History, ServerConfig, SlowConsumerPolicy
+from channels.control import Disconnect, Ending
 from channels.errors import (
     AlreadySubscribed,
     ChannelNotFound,
@@ -700,3 +702,23 @@ async def test_a_connection_ends_as_a_slow_consumer_and_as_the_hub_closes() -> N
             assert connection.closed
         with pytest.raises(ServerClosing), hub.connect(StuckTransport(), on_end=slow.set):
             pass
+
+
+async def test_a_user_banned_while_connecting_is_closed_as_it_attaches() -> None:
+    async with open_hub(CONFIG, TextEncoding()) as hub:
+        ban = Disconnect(user="mallory", code=4100, reason="banned", until=time.time() + 60)
+        before = outbox()
+        hub.attach(before, ClientInfo("c1", "mallory"))
+        hub.command(ban)
+        assert (before.closed, before.ending) == (True, Ending(4100, "banned"))
+        # A handshake checked before the ban, attached after it: closed at once too.
+        late = outbox()
+        hub.attach(late, ClientInfo("c2", "mallory"))
+        assert (late.closed, late.ending) == (True, Ending(4100, "banned"))
+        other = outbox()
+        hub.attach(other, ClientInfo("c3", "bob"))
+        assert not other.closed
+        hub.command(Disconnect(user="mallory", code=4003, reason="x", until=time.time() - 1))
+        lifted = outbox()
+        hub.attach(lifted, ClientInfo("c4", "mallory"))
+        assert not lifted.closed

@@ -441,6 +441,9 @@ async def test_an_unsubscribe_ends_the_users_subscription_with_a_notice(
         ("/api/disconnect", {"user": ""}, 101),
         ("/api/disconnect", {"user": 7}, 101),
         ("/api/disconnect", {"user": "a", "code": 1000}, 101),
+        ("/api/disconnect", {"user": "a", "code": 4000}, 101),
+        ("/api/disconnect", {"user": "a", "until": 1e17}, 101),
+        ("/api/disconnect", {"user": "a", "until": -5}, 101),
         ("/api/disconnect", {"user": "a", "code": 5000}, 101),
         ("/api/disconnect", {"user": "a", "reason": "é" * 62}, 101),
         ("/api/disconnect", {"user": "a", "until": "tomorrow"}, 101),
@@ -712,3 +715,54 @@ async def test_a_bad_batch_is_refused_whole(
             status, reply = await post(server, "/api/batch", body)
             assert (status, reply["code"]) == (400, 101)
             await client.request({"type": "ping", "id": "nothing published"})
+
+
+async def test_a_ban_is_replaced_by_a_later_one_and_lifted_by_a_past_one(
+    anyio_backend: Backend, free_tcp_port: int, broker_config: BrokerConfig
+) -> None:
+    with anyio.fail_after(20):
+        async with running_server(
+            users_config(broker_config), anyio_backend, free_tcp_port
+        ) as server:
+            long_ban = {"user": "mallory", "until": time.time() + 3600}
+            assert (await post(server, "/api/disconnect", long_ban, AUTH))[0] == 200
+            short_ban = {"user": "mallory", "until": time.time() + 0.5}
+            assert (await post(server, "/api/disconnect", short_ban, AUTH))[0] == 200
+            await anyio.sleep(0.7)
+            async with connect(as_user(server, "mallory")):
+                pass  # the shorter ban replaced the longer one, and is over
+            assert (await post(server, "/api/disconnect", long_ban, AUTH))[0] == 200
+            with pytest.raises(HandshakeRefused):
+                async with connect(as_user(server, "mallory")):
+                    pass
+            lifted = {"user": "mallory", "until": time.time() - 1}
+            assert (await post(server, "/api/disconnect", lifted, AUTH))[0] == 200
+            async with connect(as_user(server, "mallory")):
+                pass
+
+
+async def test_the_channel_list_never_names_a_channel_an_anonymous_caller_may_not_see(
+    anyio_backend: Backend, free_tcp_port: int
+) -> None:
+    config = msgspec.structs.replace(settings(BrokerConfig()), auth=AuthSettings(secret=SECRET))
+    with anyio.fail_after(20):
+        async with (
+            running_server(config, anyio_backend, free_tcp_port) as server,
+            connect(as_user(server, "alice")) as alice,
+        ):
+            for channel in ("closed:launch", "closed:merger", "news", "zz"):
+                await subscribe(alice, channel)
+            for limit in (1, 2, 3):
+                seen, cursors, cursor = [], [], ""
+                while True:
+                    query = f"limit={limit}" + (f"&cursor={cursor}" if cursor else "")
+                    _, page = await http_call(server, "GET", f"/api/channels?{query}")
+                    seen += [item["channel"] for item in page["channels"]]
+                    cursor = page["cursor"]
+                    if cursor is None:
+                        break
+                    cursors.append(cursor)
+                assert seen == ["news", "zz"]
+                assert set(cursors) <= {"news", "zz"}
+            _, probe = await http_call(server, "GET", "/api/channels?prefix=closed:&limit=1")
+            assert probe == {"type": "reply", "channels": [], "cursor": None}

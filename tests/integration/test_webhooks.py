@@ -4,10 +4,13 @@ way."""
 
 from __future__ import annotations
 
-from contextlib import asynccontextmanager
+import socket
+import struct
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.abc
 import msgspec
 import pytest
 
@@ -52,13 +55,16 @@ class Receiver:
     """An HTTP endpoint that takes webhook POSTs: it verifies each, keeps its events, and
     answers with the statuses it is told to (200 once they run out)."""
 
-    def __init__(self, statuses: list[int] | None = None, *, silent: bool = False) -> None:
+    def __init__(
+        self, statuses: list[int] | None = None, *, silent: bool = False, reset: bool = False
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/hooks"
         self.events: list[dict[str, Any]] = []
         self.requests = 0
         self.statuses = list(statuses or [])
         self.silent = silent
+        self.reset = reset
         self.arrived = anyio.Event()
         self._verify = documented_verify()
 
@@ -86,6 +92,10 @@ class Receiver:
             )
             events = self._verify(body, headers["x-clarion-signature"], HOOK_SECRET)
             self.requests += 1
+            if self.reset:  # a TCP reset instead of an answer
+                raw = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+                raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                return
             if self.silent:
                 await anyio.sleep_forever()
             status = self.statuses.pop(0) if self.statuses else 200
@@ -298,3 +308,40 @@ async def test_occupancy_is_reported_once_across_nodes(
                 )
             )
             assert receiver.events[-1] == {"name": "channel_vacated", "channel": "shared"}
+
+
+async def test_an_endpoint_that_resets_costs_its_events_never_the_node(
+    anyio_backend: Backend, free_tcp_port: int
+) -> None:
+    with anyio.fail_after(20):
+        async with (
+            receiving(Receiver(reset=True)) as receiver,
+            running_server(hooked(receiver, retries=1), anyio_backend, free_tcp_port) as server,
+            connect(server.ws_url) as client,
+        ):
+            await subscribe(client, "news")
+            while not await metric(server, 'clarion_webhook_events_total{outcome="failed"} 1.0'):  # noqa: ASYNC110 - polls the metrics
+                await anyio.sleep(0.05)
+            assert receiver.requests == 2
+            assert (await http_exchange(server, "GET", "/ready"))[0] == 200
+            reply = await client.request({"type": "publish", "id": 1, "channel": "news", "data": 1})
+            assert reply["type"] in ("reply", "message")
+
+
+async def test_a_node_that_stops_reports_the_channels_it_vacates(
+    anyio_backend: Backend, free_tcp_port: int, broker_config: BrokerConfig
+) -> None:
+    events: list[Any] = ["channel_occupied", "channel_vacated"]
+    with anyio.fail_after(30):
+        async with receiving(Receiver()) as receiver, AsyncExitStack() as clients:
+            config = hooked(receiver, broker_config, events=events)
+            async with running_server(config, anyio_backend, free_tcp_port) as server:
+                client = await clients.enter_async_context(connect(server.ws_url))
+                await subscribe(client, "room:9")
+                await receiver.wait_for(1)
+            # The node drained its client on its way out: the channel it held alone is
+            # vacated, and said so before the node stopped.
+            assert receiver.events == [
+                {"name": "channel_occupied", "channel": "room:9"},
+                {"name": "channel_vacated", "channel": "room:9"},
+            ]
