@@ -6,7 +6,7 @@ import heapq
 import secrets
 import time
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import anyio
 import msgspec
@@ -46,7 +46,10 @@ if TYPE_CHECKING:
     from channels.rules import Action
     from channels.sender import FrameWriter, Transport
 
-__all__ = ("Hub", "Subscribed", "open_hub")
+__all__ = ("Hub", "Subscribed", "UNTRUSTED_LIST_READS", "open_hub")
+
+#: How many pages of the broker's one untrusted `Hub.channels` call reads at most.
+UNTRUSTED_LIST_READS: Final = 10
 
 
 _ANONYMOUS = Grant()
@@ -422,9 +425,12 @@ class Hub:
                 for outbox in self._users.get(user, ()):
                     outbox.close(ending)
             case Unsubscribe(user=user, channel=channel):
+                state = self._channels.get(channel)
                 for outbox in self._users.get(user, ()):
                     channels = self._subscriptions[outbox]
-                    if channel in channels:
+                    # Live subscriptions only: one still joining is left to finish (as a
+                    # reload leaves it), and may be ended by the next unsubscribe.
+                    if state is not None and outbox in state.subscribers:
                         channels.discard(channel)
                         self._leave(outbox, channel)
                         ended = UnsubscribedByServer(channel)
@@ -696,15 +702,16 @@ class Hub:
         *cursor* (a page's), at most *limit*.
 
         Untrusted, only the channels an anonymous client may subscribe to are listed,
-        and the cursor is always one of them: the list reads on past the others, so that
-        neither a page nor its cursor tells their names.
+        and the cursor is always one of them: the list reads on past the others (at most
+        `UNTRUSTED_LIST_READS` pages of the broker's), so that neither a page nor its
+        cursor tells their names; past that many hidden channels the list may end early.
 
         Raises:
             BrokerUnavailable: if the broker cannot be read now.
         """
         listed: list[ChannelCount] = []
         after = cursor or ""
-        while True:
+        for _ in range(1 if trusted else UNTRUSTED_LIST_READS):
             found = await self._carrier.channels(prefix, after, limit)
             more = len(found) > limit
             for name, subscribers in found[:limit]:
@@ -715,6 +722,9 @@ class Hub:
             if not more:
                 return ChannelsPage(listed, None)
             after = found[limit - 1][0]
+        # Read as far as an untrusted caller may make it read: it goes on from the last
+        # channel it may see, or nowhere (its cursor must not name a hidden one).
+        return ChannelsPage(listed, listed[-1].channel if listed else None)
 
     def _resolve(
         self,

@@ -25,8 +25,9 @@ from typing import TYPE_CHECKING, Final
 
 import msgspec
 
+from service.client.http import as_raw
 from service.closecodes import CloseCode
-from service.errors import BadMessage, NotStarted
+from service.errors import BadMessage, NotStarted, Unauthorized
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -47,7 +48,6 @@ __all__ = (
     "UNTIL_MAX",
 )
 
-_encoder = msgspec.json.Encoder()
 #: Channels a page of `ServerAPI.channels` holds unless told otherwise, and at most.
 CHANNELS_PAGE: Final = 100
 CHANNELS_PAGE_MAX: Final = 1000
@@ -91,7 +91,7 @@ class ServerAPI:
             InvalidData, BrokerUnavailable, ServerClosing, NotStarted
         """
         return await self._hub().publish(
-            channel, _raw(data), trusted=self.trusted, idempotency_key=idempotency_key
+            channel, as_raw(data), trusted=self.trusted, idempotency_key=idempotency_key
         )
 
     async def broadcast(
@@ -105,7 +105,7 @@ class ServerAPI:
             ServerClosing, NotStarted
         """
         return await self._hub().broadcast(
-            channels, _raw(data), trusted=self.trusted, idempotency_key=idempotency_key
+            channels, as_raw(data), trusted=self.trusted, idempotency_key=idempotency_key
         )
 
     async def history(
@@ -173,6 +173,7 @@ class ServerAPI:
             BadMessage: for a code or reason a close frame cannot carry.
             BrokerUnavailable, NotStarted
         """
+        self._check_trusted("disconnect")
         low, high = CLOSE_CODES_OF_THE_API
         if not low <= code <= high:
             raise BadMessage(
@@ -192,14 +193,20 @@ class ServerAPI:
         Raises:
             InvalidChannelName, ChannelNotFound, BrokerUnavailable, NotStarted
         """
+        self._check_trusted("unsubscribe")
         await self._hub().unsubscribe_user(user, channel)
+
+    def _check_trusted(self, name: str) -> None:
+        """Only a trusted caller acts on users' connections: no anonymous client may.
+
+        Raises:
+            Unauthorized: for an untrusted caller.
+        """
+        if not self.trusted:
+            raise Unauthorized(f"{name} needs server.api_keys to be set, and one of them")
 
     def _hub(self) -> Hub:
         hub = self._app.hub
         if hub is None:
             raise NotStarted
         return hub
-
-
-def _raw(data: object) -> msgspec.Raw:
-    return data if isinstance(data, msgspec.Raw) else msgspec.Raw(_encoder.encode(data))

@@ -191,11 +191,14 @@ class WebhookSettings(Section, frozen=True):
     batch_max_events: PositiveCount = 100
     """Events one POST holds at most."""
     timeout_seconds: PositiveSeconds = 5 * SECONDS
-    """How long one attempt may take: connecting, sending, and the answer's status line."""
+    """How long one attempt may take: connecting, sending, and reading the answer."""
     retries: Annotated[int, msgspec.Meta(ge=0, le=20)] = 5
     """Attempts after the first, for an error or a status other than 2xx, with backoff."""
     queue_events: PositiveCount = 10_000
     """Events waiting at most; more are dropped and counted (never blocking a publish)."""
+    queue_bytes: PositiveCount = 16 * MIB
+    """The published data (``client_published`` events) waiting at most, in bytes; an
+    event beyond is dropped and counted."""
 
     def __post_init__(self) -> None:
         try:

@@ -77,6 +77,8 @@ class _Endpoint:
         """``connection_refused`` events queued: at most a tenth of the queue, so that a
         flood of bad handshakes cannot push the other events out."""
         self._refused_limit = max(1, settings.queue_events // 10)
+        self._bytes = 0
+        """The published data queued, in bytes (at most ``queue_bytes``)."""
         self._waiting = anyio.Event()
         self._outcomes = outcomes
         self._netloc = urlsplit(settings.url).netloc.rpartition("@")[2]
@@ -85,12 +87,16 @@ class _Endpoint:
         if activity.name not in self._events:
             return
         refused = activity.name == "connection_refused"
-        if len(self._queue) >= self.settings.queue_events or (
-            refused and self._refused >= self._refused_limit
+        size = 0 if activity.data is None else len(activity.data)
+        if (
+            len(self._queue) >= self.settings.queue_events
+            or self._bytes + size > self.settings.queue_bytes
+            or (refused and self._refused >= self._refused_limit)
         ):
             self._outcomes["dropped"] += 1
             return
         self._refused += refused
+        self._bytes += size
         self._queue.append(activity)
         self._waiting.set()
 
@@ -103,6 +109,7 @@ class _Endpoint:
                 count = min(len(self._queue), settings.batch_max_events)
                 batch = [self._queue.popleft() for _ in range(count)]
                 self._refused -= sum(event.name == "connection_refused" for event in batch)
+                self._bytes -= sum(len(event.data) for event in batch if event.data is not None)
                 self._busy = True
                 try:
                     await self._deliver(batch)

@@ -34,6 +34,8 @@ __all__ = ("ControlChannel",)
 logger = logging.getLogger("clarion")
 
 _encoder = msgspec.json.Encoder()
+#: The close code of the server API's disconnect (`service.closecodes`).
+_DISCONNECTED = 4003
 _command = msgspec.json.Decoder(Command)
 _ban = msgspec.json.Decoder(Disconnect)
 
@@ -50,6 +52,9 @@ class ControlChannel:
         self._timeout = timeout
         self._subscribed = False
         self._bans_version: bytes | None = None
+        self._banned: set[str] = set()
+        """The users this node knows banned: a user missing from the bans when they are
+        read again had the ban lifted while this node was not listening."""
         self._forget = client.register_script(redis_scripts.FORGET_BANS)
 
     async def send(self, command: Command) -> None:
@@ -79,6 +84,11 @@ class ControlChannel:
         except msgspec.MsgspecError:
             logger.warning("ignored a malformed command on %r", self._keys.control)
             return
+        if isinstance(command, Disconnect) and command.until is not None:
+            if command.until > time.time():
+                self._banned.add(command.user)
+            else:
+                self._banned.discard(command.user)
         self._receiver.command(command)
 
     async def catch_up(self, pubsub: coredis.patterns.pubsub.PubSub[bytes]) -> None:
@@ -98,6 +108,7 @@ class ControlChannel:
             bans: dict[Any, bytes] = await self._client.hgetall(self._keys.bans)
             now = time.time()
             expired: list[bytes] = []
+            banned: set[str] = set()
             for user, payload in bans.items():
                 try:
                     ban = _ban.decode(payload)
@@ -107,7 +118,13 @@ class ControlChannel:
                 if ban.until is None or ban.until <= now:
                     expired += (user, payload)
                 else:
+                    banned.add(ban.user)
                     self._receiver.command(ban)
+            for user in self._banned - banned:  # lifted meanwhile: lift it here too
+                # (It closes nothing: the user had no connection on a node keeping it out.)
+                lifted = Disconnect(user=user, code=_DISCONNECTED, reason="ban lifted", until=0.0)
+                self._receiver.command(lifted)
+            self._banned = banned
             if expired:
                 await self._forget(keys=[self._keys.bans], args=expired)
             self._bans_version = version

@@ -131,15 +131,19 @@ return 1
 # live (ms), the prefix of the nodes' count hashes, then channel, count pairs (a count of
 # 0 removes the channel). Keeps the node listed for the time to live, and its hash for
 # twice that (so that a sweep can still read the channels of a node that died). Returns
-# whether the hash exists (a node whose hash expired while Redis was out of reach writes
-# all its counts again), and the channel, 'o'/'v' pairs this write occupied or vacated
-# in the whole cluster (no other live node has the channel).
+# whether the hash existed before this write (a node whose hash expired or was swept
+# while Redis was out of reach writes all its counts again), and the channel, 'o'/'v'
+# pairs this write occupied or vacated in the whole cluster (no other listed node has
+# the channel).
 NODE_COUNTS: Final = """
 local now = redis.call('TIME')
 local ms = now[1] * 1000 + math.floor(now[2] / 1000)
-local live = redis.call('ZRANGEBYSCORE', KEYS[1], ms, '+inf')
+local existed = redis.call('EXISTS', KEYS[2])
+-- Every listed node, dead ones not yet swept included: the sweep reports what those
+-- held alone, so that a channel is vacated (or occupied) once, not by both.
+local nodes = redis.call('ZRANGE', KEYS[1], 0, -1)
 local function elsewhere(channel)
-    for _, node in ipairs(live) do
+    for _, node in ipairs(nodes) do
         if node ~= ARGV[1] and redis.call('HEXISTS', ARGV[3] .. node, channel) == 1 then
             return true
         end
@@ -166,7 +170,7 @@ for i = 4, #ARGV, 2 do
 end
 redis.call('ZADD', KEYS[1], ms + tonumber(ARGV[2]), ARGV[1])
 redis.call('PEXPIRE', KEYS[2], 2 * tonumber(ARGV[2]))
-return {redis.call('EXISTS', KEYS[2]), changes}
+return {existed, changes}
 """
 
 # KEYS: the nodes sorted set. ARGV: the prefix of the nodes' count hashes. Forgets the

@@ -240,7 +240,8 @@ async def subscribe_command(
 
 def run_api(url: str, api_key: str | None, command: str, arguments: dict[str, Any]) -> int:
     """Run one server API call (``clarion disconnect`` and the like) against *url*; print
-    its answer as JSON on stdout; return the exit status (1 if refused or unreachable)."""
+    its answer as JSON on stdout; return the exit status: 1 if refused or unreachable, or
+    when a broadcast was refused on some of its channels (each says why)."""
 
     async def call() -> int:
         api = ServerAPIClient(url, api_key=api_key)
@@ -250,6 +251,9 @@ def run_api(url: str, api_key: str | None, command: str, arguments: dict[str, An
             return _error(exc)
         sys.stdout.write(_encoder.encode({} if answer is None else answer).decode() + "\n")
         sys.stdout.flush()
+        if command == "broadcast" and any("error" in result for result in answer):
+            _say("error: refused on some channels (see each one's error)")
+            return 1
         return 0
 
     return anyio.run(call)

@@ -30,7 +30,7 @@ from service.client.errors import ClarionError, ConnectionFailed
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
-__all__ = ("DEFAULT_API_URL", "ServerAPIClient", "post")
+__all__ = ("DEFAULT_API_URL", "ServerAPIClient", "as_raw", "post")
 
 DEFAULT_API_URL: Final = "http://127.0.0.1:8000"
 _encoder = msgspec.json.Encoder()
@@ -53,14 +53,18 @@ class ServerAPIClient:
         self, channel: str, data: object, *, idempotency_key: str | None = None
     ) -> dict[str, Any]:
         """``POST /api/publish``: ``{"channel", "offset", "epoch", "duplicate"?}``."""
-        body = {"channel": channel, "data": _raw(data), "idempotency_key": idempotency_key}
+        body = {"channel": channel, "data": as_raw(data), "idempotency_key": idempotency_key}
         return await self._call("POST", "publish", body)
 
     async def broadcast(
         self, channels: Sequence[str], data: object, *, idempotency_key: str | None = None
     ) -> list[dict[str, Any]]:
         """``POST /api/broadcast``: each channel's result, ``offset`` or ``error``."""
-        body = {"channels": list(channels), "data": _raw(data), "idempotency_key": idempotency_key}
+        body = {
+            "channels": list(channels),
+            "data": as_raw(data),
+            "idempotency_key": idempotency_key,
+        }
         results: list[dict[str, Any]] = (await self._call("POST", "broadcast", body))["results"]
         return results
 
@@ -228,7 +232,8 @@ async def _answer(connection: h11.Connection, stream: anyio.abc.ByteStream) -> t
             return status, b"".join(chunks)
 
 
-def _raw(data: object) -> object:
+def as_raw(data: object) -> msgspec.Raw:
+    """*data* as JSON: a `msgspec.Raw` as it is, any other value encoded with msgspec."""
     return data if isinstance(data, msgspec.Raw) else msgspec.Raw(_encoder.encode(data))
 
 

@@ -567,3 +567,42 @@ async def test_redis_a_ban_pub_sub_missed_is_read_even_after_redis_lost_its_data
             while missed not in node.commands:
                 node.arrived = anyio.Event()
                 await node.arrived.wait()
+
+
+async def test_redis_a_node_whose_counts_were_lost_writes_them_all_again(
+    redis_broker: BrokerConfig, redis_server: RedisServer
+) -> None:
+    """Even when its first write after the loss carries a change of its own."""
+    async with nodes(redis_broker) as [node]:
+        for channel in ("a", "b", "c"):
+            node.broker.count(channel, 1)
+        await wait_channels(node, [("a", 1), ("b", 1), ("c", 1)])
+        client: coredis.Redis[bytes] = coredis.Redis.from_url(redis_server.url)
+        async with client:
+            async for key in client.scan_iter(match=f"{redis_broker.prefix}:nc:*"):
+                await client.delete([key])  # swept, or expired while Redis was away
+        node.broker.count("d", 1)
+        with anyio.fail_after(5):
+            await wait_channels(node, [("a", 1), ("b", 1), ("c", 1), ("d", 1)])
+
+
+async def test_redis_a_ban_lifted_while_a_node_was_away_is_lifted_there(
+    redis_broker: BrokerConfig, redis_server: RedisServer
+) -> None:
+    ban = Disconnect(user="mallory", code=4003, reason="r", until=time.time() + 600)
+    async with nodes(redis_broker) as [node]:
+        await node.broker.command(ban)
+        while ban not in node.commands:
+            node.arrived = anyio.Event()
+            await node.arrived.wait()
+        client: coredis.Redis[bytes] = coredis.Redis.from_url(redis_server.url)
+        async with client:  # another node lifts it; this one misses the pub/sub message
+            await client.hdel(f"{redis_broker.prefix}:bans", ["mallory"])
+            await client.set(f"{redis_broker.prefix}:bans:v", "another")
+        with anyio.fail_after(5):
+            while not any(
+                isinstance(c, Disconnect) and c.user == "mallory" and c.until == 0.0
+                for c in node.commands
+            ):
+                node.arrived = anyio.Event()
+                await node.arrived.wait()

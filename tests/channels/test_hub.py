@@ -10,7 +10,7 @@ import pytest
 
 from channels.brokers.memory import MemoryBroker
 from channels.config import ChannelRule, Config, History, ServerConfig, SlowConsumerPolicy
-from channels.control import Disconnect, Ending
+from channels.control import Disconnect, Ending, Unsubscribe
 from channels.errors import (
     AlreadySubscribed,
     ChannelNotFound,
@@ -722,3 +722,18 @@ async def test_a_user_banned_while_connecting_is_closed_as_it_attaches() -> None
         lifted = outbox()
         hub.attach(lifted, ClientInfo("c4", "mallory"))
         assert not lifted.closed
+
+
+async def test_a_server_unsubscribe_leaves_a_subscription_still_joining_to_finish() -> None:
+    async with gated_hub(CONFIG) as (hub, broker):
+        joining = outbox()
+        hub.attach(joining, ClientInfo("c1", "alice"))
+        broker.after_subscribe = gate = Gate()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(subscribe, hub, joining, "open")
+            await gate.reached.wait()
+            hub.command(Unsubscribe(user="alice", channel="open"))  # while it joins
+            gate.opened.set()
+        assert await drain(joining) == []  # subscribed, nothing ended
+        hub.command(Unsubscribe(user="alice", channel="open"))  # live now: ended
+        assert await drain(joining) == ["ended:open:210"]

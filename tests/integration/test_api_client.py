@@ -129,6 +129,11 @@ async def test_the_command_line_drives_the_server_api(
                 async with connect(f"{server.ws_url}?token={token('bob')}"):
                     pass
             # Refusals: exit status 1 with the code; usage errors: 2.
+            status, out, err = await clarion(
+                "publish", "--channels", "a,bad name", "1", port=free_tcp_port
+            )
+            assert (status, "refused on some channels" in err) == (1, True)
+            assert [r.get("error", {}).get("code") for r in msgspec.json.decode(out)] == [None, 200]
             status, _, err = await clarion("presence", "a", port=free_tcp_port)
             assert (status, "206" in err) == (1, True)
             status, _, err = await clarion("disconnect", "x", port=free_tcp_port, key=None)

@@ -14,7 +14,7 @@ import pytest
 from channels.config import BrokerConfig, ChannelRule, History
 from channels.errors import InvalidChannelName, PermissionDenied, TooManyChannels
 from service.app import Clarion
-from service.errors import BadMessage, NotStarted
+from service.errors import BadMessage, NotStarted, Unauthorized
 from service.settings import AuthSettings, ServerSettings, Settings
 from tests.support.auth import SECRET, token
 from tests.support.docs import DOCS, code_blocks, on_port
@@ -543,6 +543,11 @@ async def test_the_app_s_own_code_disconnects_and_unsubscribes_users(
                     await api.disconnect("alice", code=1000)
                 with pytest.raises(BadMessage):
                     await api.disconnect("alice", reason="x" * 124)
+                untrusted = type(api)(server.app, trusted=False)
+                with pytest.raises(Unauthorized):
+                    await untrusted.disconnect("alice")
+                with pytest.raises(Unauthorized):
+                    await untrusted.unsubscribe("alice", "news")
                 await api.disconnect("alice", reason="logged out everywhere")
                 closed = await alice.wait_closed()
                 assert (closed.code, closed.reason) == (4003, "logged out everywhere")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import msgspec
 import pytest
 
 from channels.activity import Activity
@@ -45,3 +46,22 @@ async def test_refused_handshakes_cannot_push_the_other_events_out() -> None:
 def test_a_webhook_url_that_cannot_be_reached_is_refused_at_once(url: str) -> None:
     with pytest.raises(ValueError, match="url"):
         WebhookSettings(url=url, events=["channel_occupied"], secret="a-secret-long-enough")
+
+
+async def test_published_data_waits_within_its_byte_budget() -> None:
+    settings = WebhookSettings(
+        url="http://127.0.0.1:9/hooks",
+        events=["client_published"],
+        secret="a-secret-long-enough",
+        batch_seconds=60,
+        queue_bytes=1000,
+    )
+    outcomes: Counter[str] = Counter()
+    publisher = ClientInfo("c", "alice")
+    async with open_webhooks([settings], outcomes, grace_seconds=0) as webhooks:
+        for _ in range(5):  # 400 bytes each: two fit
+            data = msgspec.Raw(b'"' + b"x" * 398 + b'"')
+            webhooks.observe(
+                Activity(name="client_published", channel="c", client=publisher, data=data)
+            )
+    assert outcomes == {"dropped": 3}
