@@ -25,7 +25,7 @@ from channels.publication import ClientInfo, Position, Published
 from tests.support.data import raw
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Callable
 
     from channels.brokers import Broker, Event
     from channels.control import Command
@@ -490,6 +490,18 @@ async def test_redis_channel_counts_lost_by_redis_are_written_again(
             await wait_channels(node, [("kept", 4)])
 
 
+async def wait_command(node: Node, wanted: Callable[[Command], bool]) -> None:
+    """Wait until *node* was handed a command that is *wanted*."""
+    while not any(wanted(command) for command in node.commands):
+        node.arrived = anyio.Event()
+        await node.arrived.wait()
+
+
+def lifted(user: str) -> Disconnect:
+    """What lifting *user*'s ban looks like to a node that missed the lift itself."""
+    return Disconnect(user=user, code=4003, reason="ban lifted", until=0.0)
+
+
 async def wait_occupancy(node: Node, expected: list[tuple[str, bool]]) -> None:
     while node.occupancy_changes != expected:
         node.arrived = anyio.Event()
@@ -551,9 +563,7 @@ async def test_redis_a_ban_pub_sub_missed_is_read_even_after_redis_lost_its_data
     ban = Disconnect(user="u1", code=4003, reason="r", until=time.time() + 60)
     async with nodes(redis_broker) as [node]:
         await node.broker.command(ban)
-        while ban not in node.commands:
-            node.arrived = anyio.Event()
-            await node.arrived.wait()
+        await wait_command(node, lambda command: command == ban)
         client: coredis.Redis[bytes] = coredis.Redis.from_url(redis_server.url)
         async with client:
             async for key in client.scan_iter(match=f"{redis_broker.prefix}:*"):
@@ -564,9 +574,7 @@ async def test_redis_a_ban_pub_sub_missed_is_read_even_after_redis_lost_its_data
             await client.hset(f"{redis_broker.prefix}:bans", {"u2": msgspec.json.encode(missed)})
             await client.set(f"{redis_broker.prefix}:bans:v", "1")
         with anyio.fail_after(5):
-            while missed not in node.commands:
-                node.arrived = anyio.Event()
-                await node.arrived.wait()
+            await wait_command(node, lambda command: command == missed)
 
 
 async def test_redis_a_node_whose_counts_were_lost_writes_them_all_again(
@@ -592,17 +600,10 @@ async def test_redis_a_ban_lifted_while_a_node_was_away_is_lifted_there(
     ban = Disconnect(user="mallory", code=4003, reason="r", until=time.time() + 600)
     async with nodes(redis_broker) as [node]:
         await node.broker.command(ban)
-        while ban not in node.commands:
-            node.arrived = anyio.Event()
-            await node.arrived.wait()
+        await wait_command(node, lambda command: command == ban)
         client: coredis.Redis[bytes] = coredis.Redis.from_url(redis_server.url)
         async with client:  # another node lifts it; this one misses the pub/sub message
             await client.hdel(f"{redis_broker.prefix}:bans", ["mallory"])
             await client.set(f"{redis_broker.prefix}:bans:v", "another")
         with anyio.fail_after(5):
-            while not any(
-                isinstance(c, Disconnect) and c.user == "mallory" and c.until == 0.0
-                for c in node.commands
-            ):
-                node.arrived = anyio.Event()
-                await node.arrived.wait()
+            await wait_command(node, lambda command: command == lifted("mallory"))

@@ -337,6 +337,11 @@ def users_config(broker: BrokerConfig) -> Settings:
     )
 
 
+def open_api_with_users() -> Settings:
+    """Users from tokens, and the API open: its callers are anonymous clients."""
+    return msgspec.structs.replace(settings(BrokerConfig()), auth=AuthSettings(secret=SECRET))
+
+
 def as_user(server: Server, user: str) -> str:
     return f"{server.ws_url}?token={token(user)}"
 
@@ -606,7 +611,7 @@ async def test_the_channel_list_counts_subscribers_and_pages_in_name_order(
 async def test_an_open_api_lists_only_channels_anonymous_clients_may_subscribe_to(
     anyio_backend: Backend, free_tcp_port: int
 ) -> None:
-    config = msgspec.structs.replace(settings(BrokerConfig()), auth=AuthSettings(secret=SECRET))
+    config = open_api_with_users()
     with anyio.fail_after(20):
         async with (
             running_server(config, anyio_backend, free_tcp_port) as server,
@@ -749,7 +754,7 @@ async def test_a_ban_is_replaced_by_a_later_one_and_lifted_by_a_past_one(
 async def test_the_channel_list_never_names_a_channel_an_anonymous_caller_may_not_see(
     anyio_backend: Backend, free_tcp_port: int
 ) -> None:
-    config = msgspec.structs.replace(settings(BrokerConfig()), auth=AuthSettings(secret=SECRET))
+    config = open_api_with_users()
     with anyio.fail_after(20):
         async with (
             running_server(config, anyio_backend, free_tcp_port) as server,

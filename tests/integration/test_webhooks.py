@@ -7,13 +7,14 @@ from __future__ import annotations
 import socket
 import struct
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 
 import anyio
 import anyio.abc
 import msgspec
 import pytest
 
+from channels.activity import ActivityName
 from channels.config import BrokerConfig, ChannelRule
 from service.settings import AuthSettings, ServerSettings, Settings, WebhookSettings
 from tests.support.auth import SECRET, token
@@ -30,14 +31,7 @@ if TYPE_CHECKING:
     from service.runner import Backend
 
 HOOK_SECRET = "a-webhook-secret-of-the-tests"
-EVERY_EVENT: list[Any] = [
-    "channel_occupied",
-    "channel_vacated",
-    "member_joined",
-    "member_left",
-    "client_published",
-    "connection_refused",
-]
+EVERY_EVENT: list[Any] = list(get_args(ActivityName))
 
 
 OCCUPANCY = ("channel_occupied", "channel_vacated")
