@@ -422,7 +422,7 @@ class Hub:
                 if until is not None:
                     self.bans.apply(command)
                 ending = Ending(code, reason)
-                for outbox in self._users.get(user, ()):
+                for outbox in list(self._users.get(user, ())):  # a close may detach it
                     outbox.close(ending)
             case Unsubscribe(user=user, channel=channel):
                 state = self._channels.get(channel)
