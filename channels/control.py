@@ -58,11 +58,16 @@ class Bans:
         return len(self._bans)
 
     def apply(self, ban: Disconnect) -> None:
-        """Keep *ban*'s user out until its ``until``, instead of any earlier ban."""
-        if ban.until is not None and ban.until > time.time():
+        """Keep *ban*'s user out until its ``until``, instead of any earlier ban; forget
+        the bans that are over (bans are rare: this keeps them from piling up)."""
+        now = time.time()
+        self._bans = {
+            user: held
+            for user, held in self._bans.items()
+            if held.until is not None and held.until > now and user != ban.user
+        }
+        if ban.until is not None and ban.until > now:
             self._bans[ban.user] = ban
-        else:
-            self._bans.pop(ban.user, None)
 
     def of(self, user: str) -> Disconnect | None:
         """The ban that keeps *user* out now, if any."""
