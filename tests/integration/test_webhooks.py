@@ -204,11 +204,9 @@ async def test_an_endpoint_gets_only_the_events_it_lists(
     with anyio.fail_after(20):
         async with receiving(Receiver()) as receiver:
             config = hooked(receiver, events=["channel_vacated"])
-            async with running_server(config, anyio_backend, free_tcp_port):
-                async with connect(
-                    f"http://127.0.0.1:{free_tcp_port}/ws".replace("http", "ws")
-                ) as c:
-                    await subscribe(c, "room:2")
+            async with running_server(config, anyio_backend, free_tcp_port) as server:
+                async with connect(server.ws_url) as client:
+                    await subscribe(client, "room:2")
                 assert await receiver.wait_for(1) == [
                     {"name": "channel_vacated", "channel": "room:2"}
                 ]
