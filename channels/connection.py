@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from channels.control import Ending
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     import msgspec
 
-    from channels.control import Ending
     from channels.hub import Hub, Subscribed
     from channels.outbox import Outbox
     from channels.publication import ClientInfo, HistoryPage, Position, Published
@@ -71,12 +72,24 @@ class Connection:
         since: Position | None = None,
         on_subscribed: Callable[[Subscribed], None],
         private_ok: bool = False,
+        member: ClientInfo | None = None,
+        read_presence: bool = False,
     ) -> None:
         """Subscribe to *channel* (see `Hub.subscribe`); *on_subscribed* queues the reply
         with `send_now`, before the channel's messages."""
         await self._hub.subscribe(
-            self._outbox, channel, since=since, on_subscribed=on_subscribed, private_ok=private_ok
+            self._outbox,
+            channel,
+            since=since,
+            on_subscribed=on_subscribed,
+            private_ok=private_ok,
+            member=member,
+            read_presence=read_presence,
         )
+
+    def sign_in(self, user: str) -> None:
+        """Make this connection *user*'s from now on (see `Hub.sign_in`)."""
+        self.client = self._hub.sign_in(self._outbox, user)
 
     def unsubscribe(self, channel: str) -> None:
         """End the subscription to *channel* (see `Hub.unsubscribe`)."""
@@ -101,6 +114,11 @@ class Connection:
     async def presence(self, channel: str, *, private_ok: bool = False) -> list[ClientInfo]:
         """List *channel*'s clients, as this connection may (see `Hub.presence`)."""
         return await self._hub.presence(channel, by=self._outbox, private_ok=private_ok)
+
+    def end(self, code: int, reason: str) -> None:
+        """End the connection on purpose: what is queued is still sent, then it closes
+        with *code* and *reason* (see `ending`)."""
+        self._outbox.close(Ending(code, reason))
 
     async def send(self, data: bytes) -> None:
         """Queue *data* (a reply) behind what is queued, waiting while the outbox is full."""

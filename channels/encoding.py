@@ -17,7 +17,16 @@ __all__ = ("Encoding",)
 
 
 class Encoding(Protocol):
-    """Everything the engine sends a connection, encoded for its wire."""
+    """Everything the engine sends a connection, encoded for its wire.
+
+    Connections of several wires may share a channel (Clarion's protocol and Pusher's):
+    each connection has its wire's encoding, and a publication is encoded once per wire
+    that has a subscriber to it, however many subscribers.
+    """
+
+    batches: bool
+    """Whether several messages may go out in one frame, as one JSON array (Clarion's
+    protocol); otherwise each goes in a frame of its own."""
 
     def message(self, publication: Publication) -> bytes:
         """Encode a publication; called once per publication, whatever the subscribers."""

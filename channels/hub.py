@@ -65,6 +65,9 @@ class Subscribed(msgspec.Struct, frozen=True):
     channel: str
     position: Position
     recovered: bool | None
+    presence: list[ClientInfo] | None = None
+    """The channel's clients as the subscription started (itself included), when it was
+    asked for."""
 
 
 class Hub:
@@ -75,15 +78,28 @@ class Hub:
     Open one with `open_hub`.
     """
 
-    def __init__(self, config: Config, encoding: Encoding) -> None:
+    def __init__(
+        self,
+        config: Config,
+        encoding: Encoding,
+        *,
+        private_prefixes: tuple[str, ...] = (),
+        presence_prefixes: tuple[str, ...] = (),
+        sender_of: Callable[[msgspec.Raw], str | None] | None = None,
+    ) -> None:
         server = config.server
+        self._sender_of = sender_of
+        """Finds in a message's data the client that must not receive it, if any (a
+        wire's own convention: see `open_hub`)."""
+        self._prefixes = (private_prefixes, presence_prefixes)
+        """The names a wire protocol makes private, or presence channels (see `RuleBook`)."""
         self.flusher = Flusher(
             server.flush_delay_seconds,
             server.flush_batch_connections,
             server.writer_linger_seconds,
         )
         """Sends the outboxes (see `channels.sender`); run by `open_hub`."""
-        self._rules = RuleBook(config)
+        self._rules = self._rule_book(config)
         self._limits = server
         """The hub's limits, as configured (``server:``)."""
         self._broker: Broker | None = None
@@ -107,6 +123,10 @@ class Hub:
         self._slow_consumers_gone = 0
         self.closing = False
         self._no_connections: anyio.Event | None = None
+
+    def _rule_book(self, config: Config) -> RuleBook:
+        private, presence = self._prefixes
+        return RuleBook(config, private_prefixes=private, presence_prefixes=presence)
 
     def run_on(self, broker: Broker) -> None:
         """Carry this hub's channels on *broker* (`open_hub` does it).
@@ -143,6 +163,7 @@ class Hub:
         client: ClientInfo | None = None,
         grant: Grant | None = None,
         frames: FrameWriter | None = None,
+        encoding: Encoding | None = None,
     ) -> Connection:
         """Attach a connection, for a ``with`` block: the one way in.
 
@@ -161,14 +182,14 @@ class Hub:
             grant: what its token allows (see `channels.rules.Grant`); anonymous by
                 default.
             frames: its socket, when frames can be written without waiting.
+            encoding: its wire's encoding, when it is not the hub's (another door's).
 
         Raises:
             ServerClosing: if the hub is closing.
         """
         capacity, frame_max_bytes = self._limits.outbox_messages, self._limits.frame_max_bytes
-        outbox = Outbox(
-            capacity, frame_max_bytes, self._encoding, on_fail=on_end, traffic=self.traffic
-        )
+        encoding = self._encoding if encoding is None else encoding
+        outbox = Outbox(capacity, frame_max_bytes, encoding, on_fail=on_end, traffic=self.traffic)
         client = self.attach(outbox, client, grant)
         sender = Sender(outbox, transport, self.flusher, on_end, frames)
         return Connection(self, outbox, sender, client)
@@ -193,7 +214,7 @@ class Hub:
             raise ServerClosing
         self._subscriptions[outbox] = set()
         if client is None:
-            client = ClientInfo(secrets.token_hex(8))
+            client = ClientInfo(secrets.token_hex(8), None)
         self._clients[outbox] = client
         if grant is not None and grant.user is not None:
             self._grants[outbox] = grant
@@ -206,6 +227,31 @@ class Hub:
                 outbox.close(Ending(ban.code, ban.reason))
         return client
 
+    def sign_in(self, outbox: Outbox, user: str) -> ClientInfo:
+        """Make *outbox*'s connection *user*'s from now on; return who it is now.
+
+        For a wire whose connections authenticate after they open (a Pusher sign-in):
+        the server API finds it among the user's connections, its grant is the user's,
+        and a ban of the user closes it at once. Its presence in channels it is already
+        in does not change.
+        """
+        client = self._clients[outbox]
+        if client.user is not None:
+            self._forget_user(outbox, client.user)
+        client = self._clients[outbox] = msgspec.structs.replace(client, user=user)
+        self._grants[outbox] = Grant(user)
+        self._users.setdefault(user, set()).add(outbox)
+        ban = self.bans.of(user)
+        if ban is not None:
+            outbox.close(Ending(ban.code, ban.reason))
+        return client
+
+    def _forget_user(self, outbox: Outbox, user: str) -> None:
+        outboxes = self._users[user]
+        outboxes.discard(outbox)
+        if not outboxes:
+            del self._users[user]
+
     def detach(self, outbox: Outbox) -> None:
         """Forget *outbox* and all its subscriptions. Never blocks; idempotent."""
         channels = self._subscriptions.pop(outbox, None)
@@ -216,10 +262,7 @@ class Hub:
         client = self._clients.pop(outbox)
         self._grants.pop(outbox, None)
         if client.user is not None:
-            outboxes = self._users[client.user]
-            outboxes.discard(outbox)
-            if not outboxes:
-                del self._users[client.user]
+            self._forget_user(outbox, client.user)
         self._dropped_by_gone += outbox.dropped
         self._slow_consumers_gone += outbox.failed
         if not self._subscriptions and self._no_connections is not None:
@@ -250,13 +293,18 @@ class Hub:
         since: Position | None,
         on_subscribed: Callable[[Subscribed], None],
         private_ok: bool = False,
+        member: ClientInfo | None = None,
+        read_presence: bool = False,
     ) -> None:
         """Subscribe *outbox* to *channel*, replaying what it missed after *since*.
 
         *on_subscribed* is called once the starting position is known and before any
         message of the channel is offered, so that the reply precedes them. Then the
         missed messages (when they can all be recovered) and the live ones follow, each
-        exactly once and in offset order.
+        exactly once and in offset order. *member* is who the connection is in this
+        channel's presence and events, when not who it is everywhere (a Pusher presence
+        channel's user, authorized for that channel). With *read_presence*, the
+        channel's clients are read once this one is among them, for `Subscribed`.
 
         Raises:
             InvalidChannelName, ChannelNotFound: for a bad channel.
@@ -281,6 +329,9 @@ class Hub:
                 self._rules.policy(rule), presence=rule.presence, join_leave=rule.join_leave
             )
         channels.add(channel)
+        if member is not None:
+            state.members[outbox] = member
+        client = self._clients[outbox] if member is None else member
         joining = state.joining[outbox] = Joining()
         try:
             await self._carrier.subscribe(channel)
@@ -293,8 +344,11 @@ class Hub:
                     epoch=since.epoch,
                     limit=self._limits.recovery_limit,
                 )
+            members = None
             if state.presence:
-                await self._carrier.add_presence(channel, self._clients[outbox])
+                await self._carrier.add_presence(channel, client)
+                if read_presence:
+                    members = await self._carrier.presence(channel)
             if self._rules is not rules:  # a reload came meanwhile: its rules decide
                 self._resolve(channel, "subscribe", outbox, private_ok=private_ok)
         except BaseException:
@@ -305,7 +359,7 @@ class Hub:
         state.subscribers[outbox] = None
         self._carrier.count(channel, len(state.subscribers))
         if state.presence and self.observer is not None:
-            joined = Activity(name="member_joined", channel=channel, client=self._clients[outbox])
+            joined = Activity(name="member_joined", channel=channel, client=client)
             self.observer(joined)
         start = page.position.offset
         if start > state.last_offset:
@@ -314,7 +368,7 @@ class Hub:
         if since is not None:
             missed = start - since.offset
             recovered = page.complete and missed <= self._limits.recovery_limit
-        on_subscribed(Subscribed(channel, page.position, recovered))
+        on_subscribed(Subscribed(channel, page.position, recovered, members))
         for publication in page.publications if recovered else ():
             outbox.offer(self._delivery(publication, state.policy))
         # Held deliveries up to the start position were in the page, or came before it.
@@ -324,7 +378,7 @@ class Hub:
             if delivery.offset > start:
                 outbox.offer(delivery)
         if state.join_leave:
-            self._carrier.announce(channel, "join", self._clients[outbox])
+            self._carrier.announce(channel, "join", client)
 
     def reconfigure(self, config: Config) -> int:
         """Apply *config*'s channel rules and hub limits from now on; return how many
@@ -344,7 +398,7 @@ class Hub:
         self.flusher.reconfigure(
             server.flush_delay_seconds, server.flush_batch_connections, server.writer_linger_seconds
         )
-        old, rules = self._rules, RuleBook(config)
+        old, rules = self._rules, self._rule_book(config)
         self._rules = rules
         self._limits = server
         ended = 0
@@ -362,7 +416,7 @@ class Hub:
                 except ChannelsError as exc:
                     channels.discard(channel)
                     self._leave(outbox, channel)
-                    outbox.put_nowait(self._encoding.ended(channel, exc))
+                    outbox.put_nowait(outbox.encoding.ended(channel, exc))
                     ended += 1
         for channel, state in self._channels.items():
             try:
@@ -434,7 +488,7 @@ class Hub:
                         channels.discard(channel)
                         self._leave(outbox, channel)
                         ended = UnsubscribedByServer(channel)
-                        outbox.put_nowait(self._encoding.ended(channel, ended))
+                        outbox.put_nowait(outbox.encoding.ended(channel, ended))
 
     async def publish(
         self,
@@ -567,9 +621,19 @@ class Hub:
         state = self._channels.get(channel)
         if state is None or not state.subscribers:
             return
-        delivery = Delivery(None, 0, self._encoding.event(channel, event, client))
+        encoding = self._encoding
+        delivery = Delivery(
+            None,
+            0,
+            encoding.event(channel, event, client),
+            encoding=encoding,
+            render=lambda other: other.event(channel, event, client),
+        )
+        # Where messages do not go back to their sender, neither does a join or leave.
+        excluded = None if self._sender_of is None else self._subscriber(state, client.client)
         for outbox in state.subscribers:
-            outbox.offer(delivery)
+            if outbox is not excluded:
+                outbox.offer(delivery)
 
     async def history(
         self,
@@ -621,20 +685,32 @@ class Hub:
         state.last_offset = publication.offset
         state.messages += 1
         delivery = self._delivery(publication, state.policy)
+        sender = None if self._sender_of is None else self._sender_of(publication.data)
+        excluded = None if sender is None else self._subscriber(state, sender)
         for outbox, joining in state.joining.items():
             joining.hold(delivery, outbox)
         skip_until = state.skip_until
-        if not skip_until:
+        if not skip_until and excluded is None:
             for outbox in state.subscribers:
                 outbox.offer(delivery)
             return
         for outbox in state.subscribers:
+            if outbox is excluded:
+                continue
             start = skip_until.get(outbox)
             if start is not None:
                 if publication.offset <= start:
                     continue
                 del skip_until[outbox]
             outbox.offer(delivery)
+
+    def _subscriber(self, state: LocalChannel, client: str) -> Outbox | None:
+        """The subscriber of *state* whose client id is *client*, if it has one here."""
+        clients = self._clients
+        for outbox in state.subscribers:
+            if clients[outbox].client == client:
+                return outbox
+        return None
 
     def lost(self, channel: str, first: int, last: int) -> None:
         """Tell *channel*'s local subscribers that offsets *first* to *last* are lost.
@@ -768,8 +844,16 @@ class Hub:
         return True
 
     def _delivery(self, publication: Publication, policy: SlowConsumerPolicy) -> Delivery:
-        data = self._encoding.message(publication)
-        return Delivery(publication.channel, publication.offset, data, policy, time.monotonic())
+        encoding = self._encoding
+        return Delivery(
+            publication.channel,
+            publication.offset,
+            encoding.message(publication),
+            policy,
+            time.monotonic(),
+            encoding=encoding,
+            render=lambda other: other.message(publication),
+        )
 
     def _leave(self, outbox: Outbox, channel: str) -> None:
         # An outbox lists a channel exactly while it is a subscriber or joining there.
@@ -777,7 +861,7 @@ class Hub:
         live = state.subscribers.pop(outbox, False) is None
         state.joining.pop(outbox, None)
         state.skip_until.pop(outbox, None)
-        client = self._clients[outbox]
+        client = state.members.pop(outbox, None) or self._clients[outbox]
         if state.presence:
             self._carrier.remove_presence(channel, client)
         if live:
@@ -801,16 +885,35 @@ def _was_private(rules: RuleBook, channel: str) -> bool:
 
 
 @asynccontextmanager
-async def open_hub(config: Config, encoding: Encoding) -> AsyncIterator[Hub]:
+async def open_hub(
+    config: Config,
+    encoding: Encoding,
+    *,
+    private_prefixes: tuple[str, ...] = (),
+    presence_prefixes: tuple[str, ...] = (),
+    sender_of: Callable[[msgspec.Raw], str | None] | None = None,
+) -> AsyncIterator[Hub]:
     """Open the broker *config* names and a hub on top of it, with its flusher running.
 
     Args:
         config: the node's configuration.
         encoding: turns publications and events into what subscribers are sent; a
             publication is encoded once, whatever the number of subscribers.
+        private_prefixes: names that make a channel private, whatever its rule says.
+        presence_prefixes: names that make a channel private and keep its presence.
+        sender_of: finds in a message's data the id of the client that must not
+            receive it (the one that published it through a wire that says so), if any;
+            called once per message delivered on this node. With it, a connection is
+            not sent its own join and leave events either.
     """
     # The hub first: it is what the broker reports to.
-    hub = Hub(config, encoding)
+    hub = Hub(
+        config,
+        encoding,
+        private_prefixes=private_prefixes,
+        presence_prefixes=presence_prefixes,
+        sender_of=sender_of,
+    )
     async with open_broker(config.broker, hub) as broker, anyio.create_task_group() as tg:
         hub.run_on(broker)
         await tg.start(hub.flusher.run)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from channels.config import SlowConsumerPolicy
     from channels.outbox import Delivery, Outbox
+    from channels.publication import ClientInfo
 
 __all__ = ("Joining", "LocalChannel")
 
@@ -56,6 +57,7 @@ class LocalChannel:
         "join_leave",
         "joining",
         "last_offset",
+        "members",
         "messages",
         "policy",
         "presence",
@@ -79,3 +81,6 @@ class LocalChannel:
         # Subscribers still reading their starting position or missed messages: live
         # publications wait here so that none is lost or sent twice.
         self.joining: dict[Outbox, Joining] = {}
+        # Who a subscriber is in this channel's presence and events, where it is not
+        # who its connection is (see `Hub.subscribe`'s member).
+        self.members: dict[Outbox, ClientInfo] = {}

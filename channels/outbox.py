@@ -23,9 +23,12 @@ class Delivery:
     """One encoded message on its way out, shared by every subscriber it is offered to.
 
     ``channel`` is None for a reply to the connection's own request or an event.
+    ``data`` is the message as *encoding* encoded it (None: a reply, already in its
+    connection's wire); a subscriber of another wire gets it through `data_for`, which
+    encodes it once per wire with *render*.
     """
 
-    __slots__ = ("channel", "data", "offset", "policy", "published")
+    __slots__ = ("_other", "channel", "data", "encoding", "offset", "policy", "published", "render")
 
     def __init__(
         self,
@@ -34,6 +37,9 @@ class Delivery:
         data: bytes,
         policy: SlowConsumerPolicy = "disconnect",
         published: float = 0.0,
+        *,
+        encoding: Encoding | None = None,
+        render: Callable[[Encoding], bytes] | None = None,
     ) -> None:
         self.channel = channel
         self.offset = offset
@@ -42,6 +48,19 @@ class Delivery:
         self.policy: SlowConsumerPolicy = policy
         self.published = published
         """When a channel message reached the hub (`time.monotonic`); 0 for the rest."""
+        self.encoding = encoding
+        self.render = render
+        self._other: tuple[Encoding, bytes] | None = None
+
+    def data_for(self, encoding: Encoding) -> bytes:
+        """The message as *encoding* encodes it: encoded on the first call per wire."""
+        if self.render is None or encoding is self.encoding:
+            return self.data
+        other = self._other
+        if other is None or other[0] is not encoding:
+            # Two wires at most in practice: the last one other than the first is kept.
+            other = self._other = (encoding, self.render(encoding))
+        return other[1]
 
 
 class Outbox:
@@ -110,6 +129,11 @@ class Outbox:
 
     def __len__(self) -> int:
         return len(self._queue)
+
+    @property
+    def encoding(self) -> Encoding:
+        """How what this connection is sent is encoded: its wire's encoding."""
+        return self._encoding
 
     @property
     def closed(self) -> bool:
@@ -215,7 +239,7 @@ class Outbox:
         queue = self._queue
         if len(queue) == 1 and not self._gaps:  # the usual case under light load
             delivery = queue.pop()
-            data = delivery.data
+            data = delivery.data_for(self._encoding)
             traffic = self._traffic
             traffic.frames += 1
             traffic.messages += 1
@@ -226,14 +250,17 @@ class Outbox:
             if self._writable is not None:
                 self._wake_writable()
             return data
+        if not self._encoding.batches:
+            items = self.take_batch(1)
+            return items[0] if items else None
         items = self.take_batch()
         if not items:
             return None
         return items[0] if len(items) == 1 else _joined(items)
 
-    def take_batch(self) -> list[bytes]:
+    def take_batch(self, most: int = 0) -> list[bytes]:
         """Take the encoded messages of the next batch, oldest first (none when nothing is
-        pending).
+        pending): at most *most* of them (0: as many as fit).
 
         A batch takes queued messages while the frame that joins them (``[a,b,…]``)
         stays within ``frame_max_bytes``; a single larger message goes alone. A gap
@@ -245,11 +272,13 @@ class Outbox:
         limit = self._frame_max_bytes
         queue = self._queue
         gaps = self._gaps
+        encoding = self._encoding
+        most = most or len(queue) + len(gaps)
 
         def add_gap(channel: str) -> bool:
             nonlocal used
-            gap = self._encoding.gap(channel, *gaps[channel])
-            if items and used + len(gap) + 1 > limit:
+            gap = encoding.gap(channel, *gaps[channel])
+            if items and (used + len(gap) + 1 > limit or len(items) >= most):
                 return False
             del gaps[channel]
             used += len(gap) + 1
@@ -265,11 +294,12 @@ class Outbox:
             if gaps and channel is not None and channel in gaps and item.offset > gaps[channel][1]:
                 if not add_gap(channel):
                     break
-            size = len(item.data)
-            if items and used + size + 1 > limit:
+            data = item.data_for(encoding)
+            size = len(data)
+            if items and (used + size + 1 > limit or len(items) >= most):
                 break
             used += size + 1
-            items.append(item.data)
+            items.append(data)
             taken += 1
             if item.published:
                 deliveries += 1

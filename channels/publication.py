@@ -54,12 +54,15 @@ class HistoryPage(msgspec.Struct, frozen=True):
     complete: bool
 
 
-class ClientInfo(msgspec.Struct, frozen=True, gc=False):
+class ClientInfo(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
     """Who is subscribed, as presence and join/leave events show it.
 
     ``client`` identifies one connection (unique per node and connection); ``user`` is
-    the authenticated user, None while connections are anonymous.
+    the authenticated user, None while connections are anonymous (always encoded);
+    ``info`` is what the application says of the user on one channel (a Pusher presence
+    channel's ``user_info``), as JSON text; left out when there is none.
     """
 
     client: str
-    user: str | None = None
+    user: str | None
+    info: str | None = None

@@ -32,9 +32,25 @@ _NAME = re.compile(f"[{CHANNEL_NAME_CHARS}]+")
 
 
 class RuleBook:
-    """Find the rule of a channel: an exact ``match`` first, then patterns in file order."""
+    """Find the rule of a channel: an exact ``match`` first, then patterns in file order.
 
-    def __init__(self, config: Config) -> None:
+    A channel whose name starts with one of *private_prefixes* is private whatever its
+    rule says, and one with a *presence_prefixes* prefix keeps presence and sends join
+    and leave events too: the names
+    by which a wire protocol (Pusher's ``private-`` and ``presence-``) promises its
+    clients that a channel needs an authorization.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        private_prefixes: tuple[str, ...] = (),
+        presence_prefixes: tuple[str, ...] = (),
+    ) -> None:
+        self._private_prefixes = private_prefixes + presence_prefixes
+        self._presence_prefixes = presence_prefixes
+        self._by_name: dict[tuple[str, bool], ChannelRule] = {}
         self._max_length = config.server.channel_name_max_length
         self._default_policy: SlowConsumerPolicy = config.server.slow_consumer
         self._exact = {rule.match: rule for rule in config.channels if "*" not in rule.match}
@@ -59,15 +75,35 @@ class RuleBook:
             raise InvalidChannelName(channel, f"longer than {self._max_length} characters")
         if not _NAME.fullmatch(channel):
             raise InvalidChannelName(
-                channel, "use 1 or more letters, digits and '_-:.@/=+' characters"
+                channel, "use 1 or more letters, digits and '_-:.@/=+,;' characters"
             )
         rule = self._exact.get(channel)
-        if rule is not None:
-            return rule
+        if rule is None:
+            rule = self._pattern_rule(channel)
+        if self._private_prefixes and channel.startswith(self._private_prefixes):
+            return self._by_prefix(rule, presence=channel.startswith(self._presence_prefixes))
+        return rule
+
+    def _pattern_rule(self, channel: str) -> ChannelRule:
         for pattern, rule in self._patterns:
             if pattern.fullmatch(channel):
                 return rule
         raise ChannelNotFound(channel)
+
+    def _by_prefix(self, rule: ChannelRule, *, presence: bool) -> ChannelRule:
+        """*rule*, private (and keeping presence) as its channel's name says."""
+        if rule.private and (not presence or (rule.presence and rule.join_leave)):
+            return rule
+        key = (rule.match, presence)
+        found = self._by_name.get(key)
+        if found is None:
+            found = self._by_name[key] = msgspec.structs.replace(
+                rule,
+                private=True,
+                presence=rule.presence or presence,
+                join_leave=rule.join_leave or presence,
+            )
+        return found
 
     def check(
         self, rule: ChannelRule, channel: str, action: Action, grant: Grant, *, private_ok: bool

@@ -17,8 +17,8 @@ import msgspec
 
 from channels.activity import Activity
 from channels.errors import ChannelsError, ConfigError, ServerClosing
-from channels.hub import open_hub
 from service.admission import address, identify, read_body, served_when_full
+from service.apps import open_apps, open_server_hub
 from service.auth import SUBPROTOCOL, Authenticator
 from service.datastructures import Headers, QueryParams, URLPath, route_path
 from service.errors import (
@@ -43,12 +43,15 @@ from service.httpapi import JSON_HEADERS, Answer, Request, routes
 from service.logs import fields, peer, reconfigure_logging
 from service.metrics import NodeCollector, NodeCounters, node_registry
 from service.protocol import ReloadReply, WireEncoding, encode_error
+from service.pusher.handshake import PATH_PREFIX, serve_pusher
+from service.pusher.httpapi import answer as pusher_api, is_pusher_path
+from service.pusher.webhooks import pusher_endpoint
 from service.responses import Response
 from service.serverapi import ServerAPI
 from service.session import run_session
 from service.settings import ConfigSource, Settings
 from service.slots import Slots
-from service.webhooks import open_webhooks
+from service.webhooks import Webhooks, clarion_endpoint, open_webhooks
 from service.websocket import WebSocket
 from service.workers import claim_only_worker
 from service.wsstream import install_closing_stream
@@ -58,6 +61,7 @@ if TYPE_CHECKING:
 
     from channels.activity import Observer
     from channels.hub import Hub
+    from service.apps import Apps
     from service.auth import Identity
     from service.types import Receive, Scope, Send
 
@@ -109,6 +113,8 @@ class Clarion:
         self._frame_writers: set[TransportFrameWriter | SocketFrameWriter] = set()
         """The sockets of the connections in the hub, cut off if a drain's grace ends."""
         self.hub: Hub | None = None
+        self.apps: Apps | None = None
+        """The apps of the Pusher door, while the hub runs (see `service.apps`)."""
         self._current_auth = lambda: self.auth  # one function for every session
         self._reload_lock: anyio.Lock | None = None
         self.started = 0.0
@@ -157,14 +163,17 @@ class Clarion:
         """
         if self.hub is None:
             return
+        hubs = [self.hub, *(() if self.apps is None else self.apps.own_hubs)]
         first = not self.hub.closing
-        self.hub.close()
+        for hub in hubs:
+            hub.close()
         grace = self.config.server.shutdown_grace_seconds
-        connections = self.hub.connection_count
+        connections = sum(hub.connection_count for hub in hubs)
         with anyio.move_on_after(grace):
-            await self.hub.wait_no_connections()
+            for hub in hubs:
+                await hub.wait_no_connections()
         if first:
-            left = self.hub.connection_count
+            left = sum(hub.connection_count for hub in hubs)
             extra = fields(connections=connections, left=left, grace_seconds=grace)
             logger.log(logging.WARNING if left else logging.INFO, "drained", extra=extra)
         for frames in list(self._frame_writers):
@@ -208,10 +217,12 @@ class Clarion:
             restart_needed.append("broker")
         if new.webhooks != old.webhooks:
             restart_needed.append("webhooks")
+        if new.apps != old.apps:
+            restart_needed.append("apps")
         kept = {name: getattr(old.server, name) for name in RESTART_ONLY}
         server = msgspec.structs.replace(new.server, **kept)
         self.config = msgspec.structs.replace(
-            new, server=server, broker=old.broker, webhooks=old.webhooks
+            new, server=server, broker=old.broker, webhooks=old.webhooks, apps=old.apps
         )
         self.auth = auth
         reconfigure_logging(server.log_level, server.log_format)
@@ -243,18 +254,29 @@ class Clarion:
         """
         claim = claim_only_worker() if self.config.broker.kind == "memory" else None
         outcomes = self.counters.webhook_events
+        config = self.config
+        own = [clarion_endpoint(settings, outcomes) for settings in config.webhooks]
+        by_app = {
+            app.id: [pusher_endpoint(app, settings, outcomes) for settings in app.webhooks]
+            for app in config.apps
+        }
+        default_app = [app.id for app in config.apps if app.default]
+        # The server's own hub is the default app's too: both kinds hear of its events.
+        own += [endpoint for app_id in default_app for endpoint in by_app.pop(app_id)]
+        endpoints = [*own, *(endpoint for each in by_app.values() for endpoint in each)]
         try:
             async with (
-                open_webhooks(
-                    self.config.webhooks,
-                    outcomes,
-                    grace_seconds=self.config.server.shutdown_grace_seconds,
-                ) as webhooks,
-                open_hub(self.config, WireEncoding()) as hub,
+                open_webhooks(endpoints, grace_seconds=config.server.shutdown_grace_seconds),
+                open_server_hub(config, WireEncoding()) as hub,
+                open_apps(config, hub) as apps,
             ):
-                if self.config.webhooks:
-                    self._observe = hub.observer = webhooks.observe
+                if own:
+                    self._observe = hub.observer = Webhooks(own).observe
+                for app in apps:
+                    if by_app.get(app.settings.id):
+                        app.hub.observer = Webhooks(by_app[app.settings.id]).observe
                 self.hub = hub
+                self.apps = apps
                 self.started = anyio.current_time()
                 _log_open_api(self.config)
                 try:
@@ -263,6 +285,7 @@ class Clarion:
                     await self.drain()
         finally:
             self.hub = None
+            self.apps = None
             self._observe = None
             if claim is not None:
                 claim.close()
@@ -288,6 +311,18 @@ class Clarion:
         install_closing_stream(send)
         hub = self.hub
         path = route_path(ws.scope)
+        if path.startswith(PATH_PREFIX) and self.config.apps:
+            await serve_pusher(
+                ws,
+                send,
+                key=path.removeprefix(PATH_PREFIX),
+                apps=self.apps,
+                server=self.config.server,
+                slots=self._slots,
+                counters=self.counters,
+                writers=self._frame_writers,
+            )
+            return
         if path != self.config.server.websocket_path:
             error: ProtocolError | ChannelsError = RouteNotFound(
                 f"no WebSocket endpoint at {path!r}"
@@ -368,6 +403,17 @@ class Clarion:
         """Find the route of a request whose *body* has arrived, and run its handler."""
         path, method = route_path(scope), scope["method"]
         route = self._http_routes.get(path)
+        if route is None and self.apps is not None and is_pusher_path(path):
+            return await pusher_api(
+                self.apps,
+                self.config.server,
+                method=method,
+                path=path,
+                signed_path=scope["path"],
+                query=QueryParams(scope.get("query_string", b"")),
+                headers=headers,
+                body=body,
+            )
         if route is None:
             if path == self.config.server.websocket_path:
                 raise UpgradeRequired(f"{path} is the WebSocket endpoint: connect with a WebSocket")

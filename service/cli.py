@@ -16,6 +16,7 @@ from channels.errors import ConfigError
 from service.settings import ConfigSource, Settings, parse_bind
 
 if TYPE_CHECKING:
+    from service.bench.report import Summary
     from service.bench.scenarios import Options
 
 __all__ = ("main",)
@@ -174,10 +175,12 @@ def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="measure throughput, latency and memory under load",
         description="rate: a fixed publish rate; max: the highest rate kept up with p99 "
         "under a bound; idle: memory per idle subscribed connection; hop: the latency "
-        "the Redis hop adds (one node, then two nodes through Redis, at --rate). Starts "
-        "a pinned clarion serve unless --target names a running server.",
+        "the Redis hop adds (one node, then two nodes through Redis, at --rate); doors: "
+        "at --rate, half the subscribers through the Pusher door, half through "
+        "Clarion's protocol, on one channel. Starts a pinned clarion serve unless "
+        "--target names a running server.",
     )
-    bench.add_argument("scenario", choices=("rate", "max", "idle", "hop"))
+    bench.add_argument("scenario", choices=("rate", "max", "idle", "hop", "doors"))
     add = bench.add_argument
     add(
         "--backend", choices=("asyncio", "trio", "uvloop"), default="asyncio", help="server backend"
@@ -209,6 +212,11 @@ def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add("--json", action="store_true", help="JSON lines instead of a table")
     add("--histogram", type=Path, metavar="FILE.svg", help="write a latency histogram")
     add("--redis", metavar="URL", help="hop: this Redis instead of a private redis-server")
+    add(
+        "--pusher-key",
+        default="bench",
+        help="doors: the key of the server's default app (with --target or --config)",
+    )
 
 
 def _source(args: argparse.Namespace) -> ConfigSource:
@@ -236,7 +244,13 @@ def _bench(args: argparse.Namespace) -> int:
     from array import array
 
     from service.bench.report import histogram_svg, median_summary, table
-    from service.bench.scenarios import Options, open_target, run_idle, run_max, run_rate
+    from service.bench.scenarios import (
+        Options,
+        open_target,
+        run_idle,
+        run_max,
+        run_rate,
+    )
 
     options = Options(
         **{name: getattr(args, name) for name in Options.__dataclass_fields__ if name in args}
@@ -245,6 +259,8 @@ def _bench(args: argparse.Namespace) -> int:
         return _bench_hop(options, args.redis, json=args.json)
     summaries = []
     latencies: array[int] = array("q")
+    if options.scenario == "doors":
+        return _bench_doors(options, json=args.json)
     for _ in range(options.runs):
         with open_target(options) as target:
             if options.scenario == "rate":
@@ -269,6 +285,28 @@ def _bench(args: argparse.Namespace) -> int:
     if args.histogram is not None:
         title = f"{options.server_name} on {options.backend}: {options.scenario}"
         args.histogram.write_text(histogram_svg(latencies, title))
+    return 0
+
+
+def _bench_doors(options: Options, *, json: bool) -> int:
+    from service.bench.report import median_summary, table
+    from service.bench.scenarios import open_target, run_doors
+
+    runs: list[list[Summary]] = []
+    for _ in range(options.runs):
+        with open_target(options) as target:
+            summaries, _ = run_doors(target, options)
+        runs.append(summaries)
+        if json:
+            for summary in summaries:
+                print(msgspec.json.encode(summary).decode())
+        else:
+            print(table(summaries), end="\n\n")
+    if options.runs > 1:
+        medians = [median_summary(list(door)) for door in zip(*runs, strict=True)]
+        print(
+            "\n".join(msgspec.json.encode(m).decode() for m in medians) if json else table(medians)
+        )
     return 0
 
 

@@ -426,6 +426,8 @@ def encode_event(channel: str, event: Literal["join", "leave"], client: ClientIn
 class WireEncoding:
     """The engine's `channels.encoding.Encoding` for Clarion's protocol."""
 
+    batches = True
+
     message = staticmethod(encode_message)
     event = staticmethod(encode_event)
     gap = staticmethod(encode_gap)

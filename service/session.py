@@ -15,7 +15,7 @@ import math
 import secrets
 from collections import Counter
 from contextlib import suppress
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 import anyio
 
@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from channels.connection import Connection
+    from channels.encoding import Encoding
     from channels.hub import Hub, Subscribed
     from service.auth import Authenticator
     from service.framewriter import SocketFrameWriter, TransportFrameWriter
@@ -63,6 +64,9 @@ if TYPE_CHECKING:
 
 __all__ = (
     "CUT_OFF_CLOSE_SECONDS",
+    "ClarionDoor",
+    "Door",
+    "Handler",
     "Session",
     "run_session",
 )
@@ -81,6 +85,83 @@ _PING = encode(ServerPing())
 _FAILURES = frozenset(
     {CloseCode.PROTOCOL_ERROR, CloseCode.INVALID_PAYLOAD, CloseCode.FRAME_TOO_LARGE}
 )
+
+
+class Handler(Protocol):
+    """One connection's protocol state, as `run_session` drives it."""
+
+    async def handle(self, frame: str | bytes) -> None:
+        """Run the request in *frame* and queue what answers it (a request that ends the
+        connection ends it with `channels.connection.Connection.end`)."""
+        ...
+
+    def ping(self) -> None:
+        """Queue a ping: the client has been quiet for the door's ``quiet_seconds``."""
+        ...
+
+
+class Door(Protocol):
+    """A wire protocol on the engine (Clarion's, Pusher's): what `run_session` needs of it
+    to serve one of its WebSocket connections."""
+
+    @property
+    def encoding(self) -> Encoding | None:
+        """The wire's encoding; None for the hub's own."""
+        ...
+
+    @property
+    def quiet_seconds(self) -> float:
+        """How long a client may send nothing before it is pinged (inf: never)."""
+        ...
+
+    def client(self, user: str | None) -> ClientInfo:
+        """Who a new connection of *user* is in presence and events: a new id."""
+        ...
+
+    def open(self, connection: Connection, stop: anyio.CancelScope) -> Handler:
+        """Start the protocol on a connection attached to the hub; *stop* ends it."""
+        ...
+
+    def close(self, code: int, reason: str) -> tuple[int, str]:
+        """The close code and reason the wire says *code* (a `CloseCode`, or one its
+        handler ended the connection with) with."""
+        ...
+
+
+class ClarionDoor:
+    """Clarion's own protocol (docs/protocol.md) as a `Door`: each connection a `Session`."""
+
+    encoding = None
+
+    def __init__(
+        self,
+        server: ServerSettings,
+        *,
+        auth: Callable[[], Authenticator | None] = lambda: None,
+        errors: Counter[int] | None = None,
+    ) -> None:
+        self._server = server
+        self._auth = auth
+        self._errors = errors
+        self.quiet_seconds = server.ping_interval_seconds or math.inf
+
+    def client(self, user: str | None) -> ClientInfo:
+        return ClientInfo(secrets.token_hex(8), user)
+
+    def open(self, connection: Connection, stop: anyio.CancelScope) -> Session:
+        server = self._server
+        return Session(
+            connection,
+            auth=self._auth,
+            stop=stop,
+            publish_rate=server.publish_rate_per_second or math.inf,
+            publish_burst=server.publish_burst,
+            errors=self._errors,
+        )
+
+    @staticmethod
+    def close(code: int, reason: str) -> tuple[int, str]:
+        return code, reason
 
 
 class Session:
@@ -140,6 +221,12 @@ class Session:
             else:
                 if reply is not None:
                     await self.connection.send(encode(reply))
+        self.connection.flush()
+
+    def ping(self) -> None:
+        """Queue a ``ping``: one at most is outstanding, and it may go beyond the
+        outbox's capacity, as a reply may."""
+        self.connection.send_now(_PING)
         self.connection.flush()
 
     async def _run(self, request: ClientMessage) -> Frame | None:
@@ -265,6 +352,7 @@ async def run_session(
     hub: Hub,
     server: ServerSettings,
     *,
+    door: Door | None = None,
     identity: Identity | None = None,
     auth: Callable[[], Authenticator | None] = lambda: None,
     subprotocol: str | None = None,
@@ -274,6 +362,8 @@ async def run_session(
 ) -> None:
     """Serve one WebSocket until the client leaves or the node ends the connection.
 
+    The connection speaks *door*'s protocol: Clarion's by default (a `ClarionDoor` with
+    *auth*), whose close codes are given here; another door says them its way.
     With *frames* (see ``service.framewriter``) the connection's frames are written
     straight to its socket; without, they are sent through *ws*.
 
@@ -299,7 +389,11 @@ async def run_session(
         raise ServerClosing
     user = None if identity is None else identity.user
     grant = None if identity is None else Grant(user, identity.channels)
-    conn = secrets.token_hex(8)
+    errors = None if counters is None else counters.errors
+    if door is None:
+        door = ClarionDoor(server, auth=auth, errors=errors)
+    client = door.client(user)
+    conn = client.client
     close: tuple[int, str] | None = None
     failed: CloseCode | None = None  # the code the server closed with before the session knew
     cut_off = False
@@ -312,18 +406,16 @@ async def run_session(
     stop = anyio.CancelScope(deadline=_deadline(identity))
     try:
         with hub.connect(
-            ws, on_end=stop.cancel, client=ClientInfo(conn, user), grant=grant, frames=frames
+            ws,
+            on_end=stop.cancel,
+            client=client,
+            grant=grant,
+            frames=frames,
+            encoding=door.encoding,
         ) as connection:
-            session = Session(
-                connection,
-                auth=auth,
-                stop=stop,
-                publish_rate=server.publish_rate_per_second or math.inf,
-                publish_burst=server.publish_burst,
-                errors=None if counters is None else counters.errors,
-            )
+            handler = door.open(connection, stop)
             with stop:
-                failed, close = await _read(ws, session, server)
+                failed, close = await _read(ws, handler, server, door.quiet_seconds)
         # The connection has left the hub: a drain no longer waits for it.
         if writers is not None and frames is not None:
             writers.discard(frames)
@@ -369,13 +461,13 @@ async def run_session(
             bound = CUT_OFF_CLOSE_SECONDS if cut_off else server.write_timeout_seconds
             with anyio.move_on_after(bound, shield=True):
                 with suppress(WebSocketDisconnect):  # the client is already gone
-                    await ws.close(*close)
+                    await ws.close(*door.close(*close))
         if cut_off and frames is not None:
             frames.abort()
 
 
 async def _read(
-    ws: WebSocket, session: Session, server: ServerSettings
+    ws: WebSocket, handler: Handler, server: ServerSettings, quiet: float
 ) -> tuple[CloseCode | None, tuple[CloseCode, str] | None]:
     """Read and handle the client's frames until the connection ends.
 
@@ -383,11 +475,9 @@ async def _read(
     `service.wsstream`), or the close the session ends it with; both None when the
     client left (or the reader was stopped).
     """
-    connection = session.connection
     # A plain loop rather than ws.iter_frames(): an async generator per connection
     # costs memory that an idle connection should not hold. The reader is also the
     # connection's ping timer, so that an idle connection holds no task of its own for it.
-    quiet = server.ping_interval_seconds or math.inf
     pinged = False
     while True:
         with anyio.move_on_after(server.pong_timeout_seconds if pinged else quiet) as waiting:
@@ -398,17 +488,14 @@ async def _read(
         if waiting.cancelled_caught:
             if pinged:
                 return None, (CloseCode.NO_PONG, "no pong")
-            # One ping at most is outstanding: it may go beyond the outbox's capacity,
-            # as a reply may.
             pinged = True
-            connection.send_now(_PING)
-            connection.flush()
+            handler.ping()
             continue
         pinged = False
         # hypercorn enforces its own limit; this one holds under any server.
         if _size(frame) > server.max_request_bytes:
             return None, (CloseCode.FRAME_TOO_LARGE, "frame too large")
-        await session.handle(frame)
+        await handler.handle(frame)
 
 
 async def _failure_of(ws: WebSocket) -> CloseCode | None:

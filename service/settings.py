@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
-from collections.abc import Mapping  # noqa: TC003 (msgspec reads SECRETS' type)
+from collections.abc import Mapping, Sequence  # noqa: TC003 (msgspec reads SECRETS' type)
 from typing import Annotated, ClassVar, Final, Literal
 from urllib.parse import urlsplit
 
@@ -21,6 +21,7 @@ from channels.activity import ActivityName  # noqa: TC001 - msgspec reads Struct
 from channels.config import (
     KIB,
     SECONDS,
+    ChannelRule,
     Config,
     PositiveCount,
     PositiveSeconds,
@@ -32,11 +33,15 @@ from channels.errors import ConfigError
 
 __all__ = (
     "Algorithm",
+    "AppSettings",
+    "AppWebhookSettings",
     "AuthSettings",
     "ConfigSource",
     "LogLevel",
+    "PusherWebhookName",
     "ServerSettings",
     "Settings",
+    "WebhookDelivery",
     "WebhookSettings",
     "parse_bind",
 )
@@ -178,14 +183,11 @@ class AuthSettings(Section, frozen=True):
         return bool(self.secret or self.public_key_file or self.jwks_file)
 
 
-class WebhookSettings(Section, frozen=True):
-    """One webhook endpoint: where to POST which events, signed with which secret."""
+class WebhookDelivery(Section, frozen=True):
+    """Where and how a webhook endpoint's events are POSTed: batches, retries, bounds."""
 
     url: Annotated[str, msgspec.Meta(pattern=r"^https?://[^\s/?#]+(/\S*)?$")]
     """``http://`` or ``https://`` (verified against the system's certificates)."""
-    events: Annotated[list[ActivityName], msgspec.Meta(min_length=1)]
-    secret: Annotated[str, msgspec.Meta(min_length=16)]
-    """Signs each body (HMAC-SHA256, the ``X-Clarion-Signature`` header); from ``${ENV}``."""
     batch_seconds: Seconds = 0.1 * SECONDS
     """How long events are collected into one POST after the first of them."""
     batch_max_events: PositiveCount = 100
@@ -208,8 +210,75 @@ class WebhookSettings(Section, frozen=True):
             raise ValueError(f"url: {exc}") from None
         if not url.hostname:
             raise ValueError("url: names no host")
-        if len(set(self.events)) != len(self.events):
-            raise ValueError("events: an event is listed twice")
+
+
+class WebhookSettings(WebhookDelivery, frozen=True, kw_only=True):
+    """One webhook endpoint: where to POST which events, signed with which secret."""
+
+    events: Annotated[list[ActivityName], msgspec.Meta(min_length=1)]
+    secret: Annotated[str, msgspec.Meta(min_length=16)]
+    """Signs each body (HMAC-SHA256, the ``X-Clarion-Signature`` header); from ``${ENV}``."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_listed_once(self.events)
+
+
+PusherWebhookName = Literal[
+    "channel_occupied", "channel_vacated", "member_added", "member_removed", "client_event"
+]
+"""The events of Pusher's webhooks that Clarion sends."""
+
+
+class AppWebhookSettings(WebhookDelivery, frozen=True, kw_only=True):
+    """One webhook endpoint of an app of the Pusher door: Pusher's events, in Pusher's
+    format, signed with the app's secret (``X-Pusher-Key``, ``X-Pusher-Signature``)."""
+
+    events: Annotated[list[PusherWebhookName], msgspec.Meta(min_length=1)]
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_listed_once(self.events)
+
+
+def _check_listed_once(events: Sequence[str]) -> None:
+    if len(set(events)) != len(events):
+        raise ValueError("events: an event is listed twice")
+
+
+class AppSettings(Section, frozen=True):
+    """One application reached through the Pusher door (see docs/pusher.md): its
+    credentials, its limits and its channels, apart from every other app's."""
+
+    id: Annotated[str, msgspec.Meta(pattern=r"^[0-9]{1,20}$")]
+    """The app id of the Pusher HTTP API's paths (``/apps/{id}/events``): digits, as the
+    Pusher libraries require."""
+    key: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+    """The public key clients connect with (``/app/{key}``)."""
+    secret: Annotated[str, msgspec.Meta(min_length=16)]
+    """Signs channel authorizations, user sign-ins, API requests and webhooks; from
+    ``${ENV}``."""
+    default: bool = False
+    """This app is the server's own: the channels of Clarion's protocol (``/ws``,
+    ``/api/...``), its ``channels`` rules and limits. One app at most."""
+    client_events: bool = False
+    """Whether clients may send ``client-*`` events on private and presence channels."""
+    client_event_rate_per_second: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    """Client events one connection may send per second (a token bucket of as many);
+    beyond, the connection is closed with 4301."""
+    max_connections: PositiveCount | None = None
+    """WebSocket connections of this app per node; more are refused with 4004."""
+    max_channels_per_connection: PositiveCount | None = None
+    """Channels one connection may be subscribed to; ``server.max_subscriptions`` by
+    default (and always, for the default app)."""
+    activity_timeout_seconds: Annotated[int, msgspec.Meta(ge=1, le=3600)] = 120
+    """Told to clients at connection: after this long without a message from the
+    server, a client pings it. A client silent for this long is pinged by the server,
+    and closed with 4201 if it does not answer within ``server.pong_timeout_seconds``."""
+    channels: list[ChannelRule] | None = None
+    """The app's channel rules; the top level's ``channels`` when unset."""
+    webhooks: list[AppWebhookSettings] = msgspec.field(default_factory=list)
+    """Where to tell the app's backend what happened, as Pusher's webhooks do."""
 
 
 class Settings(Config, frozen=True):
@@ -224,6 +293,7 @@ class Settings(Config, frozen=True):
         "auth.secret": "secret",
         "server.api_keys": "key",
         "webhooks.secret": "webhook secret",
+        "apps.secret": "app secret",
     }
 
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
@@ -231,9 +301,12 @@ class Settings(Config, frozen=True):
     """Connection authentication; without it every connection is anonymous."""
     webhooks: list[WebhookSettings] = msgspec.field(default_factory=list)
     """Where to tell the application what happened (see `service.webhooks`)."""
+    apps: list[AppSettings] = msgspec.field(default_factory=list)
+    """The applications of the Pusher door (see docs/pusher.md)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        _check_apps(self.apps)
         server = self.server
         required = self.auth is not None and self.auth.required
         if required and not server.api_keys and not server.api_open:
@@ -242,6 +315,44 @@ class Settings(Config, frozen=True):
                 "let anyone in: set server.api_keys, or server.api_open: true to declare "
                 "the API open on purpose"
             )
+
+    def app_config(self, app: AppSettings) -> Config:
+        """The engine's configuration for *app*'s own hub: its channel rules, and a
+        Redis prefix of its own so that its channels are not another app's."""
+        broker = msgspec.structs.replace(self.broker, prefix=f"{self.broker.prefix}.app.{app.id}")
+        channels = self.channels if app.channels is None else app.channels
+        server = self.server
+        if app.max_channels_per_connection is not None:
+            server = msgspec.structs.replace(
+                server, max_subscriptions=app.max_channels_per_connection
+            )
+        return Config(server=server, broker=broker, channels=channels)
+
+
+def _check_apps(apps: list[AppSettings]) -> None:
+    """Refuse apps that share an id or a key, or more than one default app."""
+    for name in ("id", "key"):
+        values = [getattr(app, name) for app in apps]
+        twice = sorted({value for value in values if values.count(value) > 1})
+        if twice:
+            raise ValueError(f"apps: two apps have the {name} {twice[0]!r}")
+    if sum(app.default for app in apps) > 1:
+        raise ValueError("apps: only one app may be the default one")
+    for index, app in enumerate(apps):
+        if app.default and app.channels is not None:
+            raise ValueError(
+                f"apps[{index}].channels: the default app's channels are the top level's"
+            )
+        if app.default and app.max_channels_per_connection is not None:
+            raise ValueError(
+                f"apps[{index}].max_channels_per_connection: the default app's limit is "
+                "server.max_subscriptions"
+            )
+        if app.channels is not None:
+            try:
+                Config(channels=app.channels)
+            except ValueError as exc:
+                raise ValueError(f"apps[{index}].channels: {exc}") from None
 
 
 class ConfigSource(msgspec.Struct, frozen=True, kw_only=True):

@@ -26,7 +26,7 @@ import random
 import time
 from collections import deque
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, TypeAlias
 from urllib.parse import urlsplit
 
 import anyio
@@ -38,11 +38,24 @@ from service.client.http import post
 
 if TYPE_CHECKING:
     from collections import Counter
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Callable, Sequence
 
-    from service.settings import WebhookSettings
+    from channels.activity import ActivityName
+    from service.settings import WebhookDelivery, WebhookSettings
 
-__all__ = ("SIGNATURE_HEADER", "TIMESTAMP_HEADER", "Webhooks", "open_webhooks", "sign")
+__all__ = (
+    "SIGNATURE_HEADER",
+    "TIMESTAMP_HEADER",
+    "Endpoint",
+    "Render",
+    "Webhooks",
+    "clarion_endpoint",
+    "open_webhooks",
+    "sign",
+)
+
+Render: TypeAlias = "Callable[[list[Activity], float], tuple[bytes, list[tuple[str, str]]]]"
+"""Turns a batch of events into a POST's body and headers, at a Unix time."""
 
 SIGNATURE_HEADER: Final = "X-Clarion-Signature"
 TIMESTAMP_HEADER: Final = "X-Clarion-Timestamp"
@@ -65,12 +78,40 @@ def sign(secret: str, body: bytes) -> str:
     return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
-class _Endpoint:
-    """One endpoint's queue and the task that POSTs it."""
+def clarion_endpoint(settings: WebhookSettings, outcomes: Counter[str]) -> Endpoint:
+    """An endpoint of ``webhooks:``: Clarion's events, signed with its own secret."""
 
-    def __init__(self, settings: WebhookSettings, outcomes: Counter[str]) -> None:
+    def render(batch: list[Activity], now: float) -> tuple[bytes, list[tuple[str, str]]]:
+        body = _encoder.encode(_Body(int(now * 1000), batch))
+        headers = [
+            (SIGNATURE_HEADER, sign(settings.secret, body)),
+            (TIMESTAMP_HEADER, str(int(now))),
+        ]
+        return body, headers
+
+    return Endpoint(settings, frozenset(settings.events), render, outcomes)
+
+
+class Endpoint:
+    """One endpoint's queue and the task that POSTs it.
+
+    Args:
+        settings: where and how to POST.
+        wanted: the events it gets.
+        render: what a batch of them is POSTed as.
+        outcomes: where each event's outcome is counted.
+    """
+
+    def __init__(
+        self,
+        settings: WebhookDelivery,
+        wanted: frozenset[ActivityName],
+        render: Render,
+        outcomes: Counter[str],
+    ) -> None:
         self.settings = settings
-        self._events = frozenset(settings.events)
+        self._render = render
+        self._events = wanted
         self._queue: deque[Activity] = deque()
         self._busy = False
         self._refused = 0
@@ -126,12 +167,7 @@ class _Endpoint:
             await anyio.sleep(0.02)
 
     async def _deliver(self, batch: list[Activity]) -> None:
-        now = time.time()
-        body = _encoder.encode(_Body(int(now * 1000), batch))
-        headers = [
-            (SIGNATURE_HEADER, sign(self.settings.secret, body)),
-            (TIMESTAMP_HEADER, str(int(now))),
-        ]
+        body, headers = self._render(batch, time.time())
         attempts = self.settings.retries + 1
         for attempt in range(attempts):
             try:
@@ -168,9 +204,9 @@ class _Endpoint:
 
 
 class Webhooks:
-    """Every endpoint of ``webhooks:``; `observe` hands each the events it wants."""
+    """Endpoints that hear of one hub's events; `observe` hands each the events it wants."""
 
-    def __init__(self, endpoints: list[_Endpoint]) -> None:
+    def __init__(self, endpoints: Sequence[Endpoint]) -> None:
         self._endpoints = endpoints
 
     def observe(self, activity: Activity) -> None:
@@ -181,17 +217,16 @@ class Webhooks:
 
 @asynccontextmanager
 async def open_webhooks(
-    settings: list[WebhookSettings], outcomes: Counter[str], *, grace_seconds: float
-) -> AsyncIterator[Webhooks]:
-    """Run the webhooks of *settings* for the block, counting each event's outcome
-    (``sent``, ``failed``, ``dropped``) in *outcomes*. Leaving the block, they get up to
-    *grace_seconds* to send what is queued (the events of the node's shutdown)."""
-    endpoints = [_Endpoint(endpoint, outcomes) for endpoint in settings]
+    endpoints: Sequence[Endpoint], *, grace_seconds: float
+) -> AsyncIterator[None]:
+    """Run *endpoints* for the block (each counts its events' outcomes: ``sent``,
+    ``failed``, ``dropped``). Leaving the block, they get up to *grace_seconds* to send
+    what is queued (the events of the node's shutdown)."""
     async with anyio.create_task_group() as tg:
         for endpoint in endpoints:
             tg.start_soon(endpoint.run)
         try:
-            yield Webhooks(endpoints)
+            yield
         finally:
             with anyio.move_on_after(grace_seconds, shield=True):
                 for endpoint in endpoints:

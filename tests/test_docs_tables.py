@@ -10,7 +10,13 @@ import pytest
 
 from channels.config import BrokerConfig, ChannelRule, History
 from service.closecodes import CloseCode
-from service.settings import AuthSettings, ServerSettings, WebhookSettings
+from service.settings import (
+    AppSettings,
+    AppWebhookSettings,
+    AuthSettings,
+    ServerSettings,
+    WebhookSettings,
+)
 from tests.support.codes import error_classes
 from tests.support.docs import DOCS, section
 
@@ -63,6 +69,8 @@ def keys(section: type[msgspec.Struct], prefix: str = "") -> list[str]:
         ("## `auth`", AuthSettings),
         ("## `channels`", ChannelRule),
         ("## `webhooks`", WebhookSettings),
+        ("## `apps`", AppSettings),
+        ("### `apps[].webhooks`", AppWebhookSettings),
     ],
 )
 def test_the_configuration_tables_list_every_key(heading: str, section: type) -> None:

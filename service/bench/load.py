@@ -38,17 +38,22 @@ __all__ = (
     "Publisher",
     "StepResult",
     "Subscriber",
+    "connect_pusher_subscribers",
     "connect_subscribers",
     "kernel_receive_times",
 )
 
-_TIME = re.compile(rb'"t":(\d+)')
+# A Pusher client gets the data as a JSON string: its quotes are escaped.
+_TIME = re.compile(rb'\\?"t\\?":(\d+)')
 _OFFSET = re.compile(rb'"offset":(\d+)')
 _GAP = re.compile(rb'"type":"gap","channel":"[^"]*","first":(\d+),"last":(\d+)')
 _RECEIVE_BYTES = 1 << 20
 _SETUP_BATCH = 256
 _SERVER_PING = b'{"type":"ping"}'
 _PONG = client_frame(b'{"type":"pong"}')
+_PUSHER_PING = b'"event":"pusher:ping"'
+_PUSHER_PONG = client_frame(b'{"event":"pusher:pong","data":{}}')
+_PUSHER_SUBSCRIBED = b'"event":"pusher_internal:subscription_succeeded"'
 # Linux's SO_TIMESTAMPNS (and SCM_TIMESTAMPNS), which Python's socket module lacks.
 _SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 _TIMESPEC = struct.Struct("@qq")
@@ -70,12 +75,25 @@ def kernel_receive_times(sock: socket.socket) -> bool:
 class Subscriber:
     """One subscribed connection and what it received."""
 
-    __slots__ = ("close_code", "kernel_timed", "next_offset", "parser", "received", "sock", "timed")
+    __slots__ = (
+        "close_code",
+        "door",
+        "kernel_timed",
+        "next_offset",
+        "parser",
+        "received",
+        "sock",
+        "timed",
+    )
 
-    def __init__(self, sock: socket.socket, parser: FrameParser, next_offset: int) -> None:
+    def __init__(
+        self, sock: socket.socket, parser: FrameParser, next_offset: int, door: str = "clarion"
+    ) -> None:
         self.sock = sock
         self.parser = parser
         self.next_offset = next_offset
+        self.door = door
+        """The protocol it speaks: ``clarion``, or ``pusher`` (the Pusher door)."""
         self.received = 0
         self.close_code: int | None = None
         self.timed = True
@@ -122,6 +140,43 @@ def connect_subscribers(
             sock.setblocking(False)
             subscribers.append(Subscriber(sock, parser, offset + 1))
     return subscribers
+
+
+def connect_pusher_subscribers(
+    host: str, port: int, key: str, channel: str, count: int
+) -> list[Subscriber]:
+    """Open *count* Pusher-protocol connections (``/app/KEY``) subscribed to *channel*."""
+    subscribers: list[Subscriber] = []
+    frame = client_frame(
+        msgspec.json.encode({"event": "pusher:subscribe", "data": {"channel": channel}})
+    )
+    path = f"/app/{key}?protocol=7&client=clarion-bench"
+    while len(subscribers) < count:
+        batch: list[tuple[socket.socket, FrameParser]] = []
+        for _ in range(min(_SETUP_BATCH, count - len(subscribers))):
+            sock = open_socket(host, port)
+            parser = FrameParser(handshake(sock, host, port, path))
+            sock.sendall(frame)
+            batch.append((sock, parser))
+        for sock, parser in batch:
+            _read_until_subscribed(sock, parser)
+            sock.setblocking(False)
+            subscribers.append(Subscriber(sock, parser, 0, door="pusher"))
+    return subscribers
+
+
+def _read_until_subscribed(sock: socket.socket, parser: FrameParser) -> None:
+    pending = list(parser.feed(b""))
+    while True:
+        for payload in pending:
+            if _PUSHER_SUBSCRIBED in payload:
+                return
+            if b'"pusher:error"' in payload or b'"pusher:subscription_error"' in payload:
+                raise RuntimeError(f"subscribe failed: {payload!r}")
+        data = sock.recv(65536)
+        if not data:
+            raise RuntimeError(f"the server closed the connection ({parser.close_code})")
+        pending = list(parser.feed(data))
 
 
 class Publisher:
@@ -183,6 +238,8 @@ class StepResult:
     errors: int = 0
     closed: int = 0
     latencies_ns: array[int] = field(default_factory=lambda: array("q"))
+    doors: dict[str, StepResult] = field(default_factory=dict)
+    """The same counts for the subscribers of each door, when a run mixes them."""
     wall_seconds: float = 0.0
     generator_cpu_seconds: float = 0.0
     server_cpu_seconds: float = 0.0
@@ -205,8 +262,13 @@ class Load:
     ) -> None:
         self.subscribers = subscribers
         self.publisher = publisher
-        step = max(1, len(subscribers) // _KERNEL_TIMED)
-        timed = subscribers[::step]
+        # Spread evenly over the subscription order, and over each door alike.
+        doors = sorted({subscriber.door for subscriber in subscribers})
+        timed = []
+        for door in doors:
+            of_door = [subscriber for subscriber in subscribers if subscriber.door == door]
+            step = max(1, len(of_door) * len(doors) // _KERNEL_TIMED)
+            timed += of_door[::step]
         self.kernel_receipt = receipt == "kernel" and all(
             kernel_receive_times(subscriber.sock) for subscriber in timed
         )
@@ -245,6 +307,11 @@ class Load:
         """
         live = [subscriber for subscriber in self.subscribers if subscriber.close_code is None]
         result = StepResult(rate=rate, subscribers=len(live))
+        doors = {subscriber.door for subscriber in live}
+        if len(doors) > 1:
+            for door in sorted(doors):
+                count = sum(subscriber.door == door for subscriber in live)
+                result.doors[door] = StepResult(rate=rate, subscribers=count)
         publisher = self.publisher
         errors_before = publisher.errors
         interval = 1.0 / rate
@@ -281,6 +348,12 @@ class Load:
             result.server_cpu_seconds = server_cpu() - server_cpu_start
         result.errors = publisher.errors - errors_before
         result.closed = sum(subscriber.close_code is not None for subscriber in live)
+        for door, part in result.doors.items():
+            part.published, part.errors = result.published, result.errors
+            part.wall_seconds = result.wall_seconds
+            part.generator_cpu_seconds = result.generator_cpu_seconds
+            part.server_cpu_seconds = result.server_cpu_seconds
+            part.closed = sum(s.close_code is not None for s in live if s.door == door)
         return result
 
     def _receive(self, subscriber: Subscriber, result: StepResult, measure_from_ns: int) -> None:
@@ -309,9 +382,12 @@ class Load:
         received_ns = stamped or time.time_ns()
         latencies = result.latencies_ns
         answer = b""
+        part = result.doors.get(subscriber.door)
         for payload in subscriber.parser.feed(self._view[:size]):
             if _SERVER_PING in payload:  # Clarion asks a quiet connection for a pong
                 answer = _PONG
+            elif _PUSHER_PING in payload:
+                answer = _PUSHER_PONG
             if b'"gap"' in payload:
                 for first, last in _GAP.findall(payload):
                     result.dropped += int(last) - int(first) + 1
@@ -322,6 +398,11 @@ class Load:
                     latencies.extend(counted)
                 result.delivered += len(counted)
                 result.frames += 1
+                if part is not None:
+                    if subscriber.timed:
+                        part.latencies_ns.extend(counted)
+                    part.delivered += len(counted)
+                    part.frames += 1
             subscriber.received += len(stamps)
         if subscriber.parser.close_code is not None and subscriber.close_code is None:
             subscriber.close_code = subscriber.parser.close_code

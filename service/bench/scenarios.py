@@ -14,7 +14,13 @@ from urllib.parse import urlsplit
 
 import anyio
 
-from service.bench.load import Load, Publisher, StepResult, connect_subscribers
+from service.bench.load import (
+    Load,
+    Publisher,
+    StepResult,
+    connect_pusher_subscribers,
+    connect_subscribers,
+)
 from service.bench.report import Summary, summarize
 from service.bench.server import ProcessStats, ServerProcess, pin
 from service.bench.wire import SETUP_SECONDS
@@ -29,12 +35,21 @@ __all__ = (
     "check_round_trip",
     "kept_up",
     "open_target",
+    "run_doors",
     "run_idle",
     "run_max",
     "run_rate",
 )
 
-Scenario = Literal["rate", "max", "idle", "hop"]
+Scenario = Literal["rate", "max", "idle", "hop", "doors"]
+
+#: The app the ``doors`` scenario's server has (its secret is of no use outside the run).
+_DOORS_CONFIG = """apps:
+  - id: "1"
+    key: {key}
+    secret: ${{CLARION_BENCH_APP_SECRET}}
+    default: true
+"""
 
 
 @dataclass
@@ -61,6 +76,7 @@ class Options:
     server_core: int | None = 0
     generator_core: int | None = 1
     receipt: Literal["kernel", "read"] = "kernel"
+    pusher_key: str = "bench"
 
 
 @dataclass
@@ -90,7 +106,13 @@ def open_target(options: Options) -> Iterator[Target]:
         return
     with tempfile.TemporaryDirectory(prefix="clarion-bench-") as folder:
         log = Path(folder) / "server.log"
-        server = ServerProcess.clarion(options.backend, options.server_core, log, options.config)
+        config, env = options.config, None
+        if options.scenario == "doors" and config is None:
+            # The server's own channels, reached through the Pusher door as the default app.
+            config = Path(folder) / "doors.yaml"
+            config.write_text(_DOORS_CONFIG.format(key=options.pusher_key))
+            env = {"CLARION_BENCH_APP_SECRET": secrets.token_hex(16)}
+        server = ServerProcess.clarion(options.backend, options.server_core, log, config, env)
         try:
             _in_a_thread(check_round_trip, f"ws://127.0.0.1:{server.port}/ws")
             yield Target("127.0.0.1", server.port, "/ws", server.stats)
@@ -170,6 +192,41 @@ def _load(target: Target, options: Options) -> Iterator[Load]:
         yield load
     finally:
         load.close()
+
+
+def run_doors(target: Target, options: Options) -> tuple[list[Summary], StepResult]:
+    """Publish at a fixed rate (through Clarion's protocol) to N subscribers of one
+    channel, every other one through the Pusher door; summarize each door's."""
+    channel = f"bench:{secrets.token_hex(4)}"
+    half = options.subscribers // 2
+    native = connect_subscribers(
+        target.host, target.port, target.path, channel, options.subscribers - half
+    )
+    pusher = connect_pusher_subscribers(target.host, target.port, options.pusher_key, channel, half)
+    # Interleaved, so that the subscribers timed by the kernel are of both doors.
+    mixed = [s for pair in zip(native, pusher, strict=False) for s in pair]
+    mixed += native[len(pusher) :]
+    publisher = Publisher(target.host, target.port, target.path, channel, options.payload)
+    load = Load(mixed, publisher, receipt=options.receipt)
+    try:
+        result = load.run(
+            options.rate, options.seconds, options.warmup, options.drain, target.cpu_seconds
+        )
+    finally:
+        load.close()
+    summaries = [
+        summarize(
+            part,
+            scenario="doors",
+            server=f"{options.server_name} ({door})",
+            backend=options.backend,
+            seconds=options.seconds,
+            server_rss_kib=target.rss_kib(),
+            receipt="kernel" if load.kernel_receipt else "read",
+        )
+        for door, part in result.doors.items()
+    ]
+    return summaries, result
 
 
 def run_rate(target: Target, options: Options) -> tuple[Summary, StepResult]:

@@ -107,10 +107,20 @@ def exit_on_sigterm() -> Iterator[None]:
 class ServerProcess:
     """A server started for a run, pinned to one core; stopped with SIGTERM."""
 
-    def __init__(self, argv: Sequence[str], port: int, core: int | None, log: Path) -> None:
+    def __init__(
+        self,
+        argv: Sequence[str],
+        port: int,
+        core: int | None,
+        log: Path,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.port = port
+        environment = None if env is None else {**os.environ, **env}
         with log.open("wb") as output:
-            self._process = subprocess.Popen(argv, stdout=output, stderr=subprocess.STDOUT)
+            self._process = subprocess.Popen(
+                argv, stdout=output, stderr=subprocess.STDOUT, env=environment
+            )
         pin(self._process.pid, core)
         self.stats = ProcessStats(self._process.pid)
         try:
@@ -121,15 +131,21 @@ class ServerProcess:
 
     @classmethod
     def clarion(
-        cls, backend: str, core: int | None, log: Path, config: Path | None = None
+        cls,
+        backend: str,
+        core: int | None,
+        log: Path,
+        config: Path | None = None,
+        env: dict[str, str] | None = None,
     ) -> ServerProcess:
-        """Start ``clarion serve`` on a free port with *backend*."""
+        """Start ``clarion serve`` on a free port with *backend* (and *env* added to its
+        environment)."""
         port = free_port()
         argv = [sys.executable, "-m", "service", "serve", "--backend", backend]
         argv += ["--bind", f"127.0.0.1:{port}"]
         if config is not None:
             argv += ["--config", str(config)]
-        return cls(argv, port, core, log)
+        return cls(argv, port, core, log, env)
 
     def stop(self) -> None:
         if self._process.poll() is None:

@@ -383,7 +383,7 @@ async def test_presence_is_kept_and_events_reach_every_node(broker_config: Broke
         first, last = opened[0], opened[-1]
         for node in opened:
             await node.broker.subscribe("room")
-        alice, bob = ClientInfo("alice", user="u1"), ClientInfo("bob")
+        alice, bob = ClientInfo("alice", user="u1"), ClientInfo("bob", None)
         await first.broker.add_presence("room", alice)
         await last.broker.add_presence("room", bob)
         for node in opened:
@@ -407,7 +407,7 @@ async def test_redis_presence_of_a_node_that_stopped_refreshing_expires(
     config = msgspec.structs.replace(redis_broker, presence_ttl_seconds=0.3)
     async with nodes(config) as [observer]:
         async with nodes(config) as [doomed]:
-            await doomed.broker.add_presence("room", ClientInfo("ghost"))
+            await doomed.broker.add_presence("room", ClientInfo("ghost", None))
             assert [info.client for info in await observer.broker.presence("room")] == ["ghost"]
             assert isinstance(doomed.broker, RedisBroker)
             doomed.broker._present.clear()  # as if the node died: nothing refreshes "ghost"

@@ -75,6 +75,29 @@ async def test_publish_reaches_every_subscriber_encoded_once() -> None:
             assert await drain(box) == ['chat:1:1:"hi"']
 
 
+async def test_subscribers_of_two_wires_get_each_message_encoded_once_per_wire() -> None:
+    native, other = TextEncoding(), TextEncoding(batches=False)
+    config = Config(channels=[ChannelRule(match="*", join_leave=True)])
+    async with open_hub(config, native) as hub:
+        ours = [outbox() for _ in range(3)]
+        theirs = [Outbox(100, 1 << 20, other) for _ in range(3)]
+        for box in ours + theirs:
+            hub.attach(box, ClientInfo(f"c{len(hub._clients)}", None))
+            await subscribe(hub, box, "room")
+        await hub.publish("room", raw(1), trusted=False)
+        await hub.publish("room", raw(2), trusted=False)
+        # A wire that batches takes what waits at once; the other one message per frame.
+        assert (await drain(ours[0]))[-2:] == ["room:1:1", "room:2:2"]
+        for box in theirs:
+            frames = [box.take_frame() for _ in range(len(box))]
+            assert frames[-2:] == [b"room:1:1", b"room:2:2"]
+            assert box.take_frame() is None
+        # Each message was encoded once per wire, the other wire's when first sent.
+        assert (native.calls, other.calls) == (2, 2)
+        # Events too go to each connection in its own wire's encoding.
+        assert frames[0] == b"join:room:c5"
+
+
 async def test_channels_are_isolated_and_order_is_kept() -> None:
     async with open_hub(CONFIG, TextEncoding()) as hub:
         one, two = outbox(), outbox()

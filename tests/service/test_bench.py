@@ -157,6 +157,21 @@ def test_a_small_rate_run_delivers_everything(
     assert histogram.read_text().startswith("<svg")
 
 
+def test_a_doors_run_times_both_doors_on_one_channel(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = ["bench", "doors", "--subscribers", "6", "--rate", "40", "--seconds", "0.5"]
+    argv += ["--warmup", "0.2", "--drain", "5", "--json", "--runs", "2"]
+    assert main(argv) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["server"] for line in lines] == ["clarion (clarion)", "clarion (pusher)"] * 3
+    for summary in lines:
+        assert (summary["subscribers"], summary["lost"], summary["closed"]) == (3, 0, 0)
+        # Every door's subscribers are timed: each has its own latency.
+        assert 0 < summary["p99_ms"] < 5000
+        assert summary["delivered_per_s"] == summary["offered_per_s"]
+
+
 def test_the_generator_answers_the_servers_pings(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

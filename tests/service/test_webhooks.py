@@ -10,7 +10,7 @@ import pytest
 from channels.activity import Activity
 from channels.publication import ClientInfo
 from service.settings import WebhookSettings
-from service.webhooks import open_webhooks, sign
+from service.webhooks import Webhooks, clarion_endpoint, open_webhooks, sign
 
 
 def test_the_signature_is_the_hex_hmac_sha256_of_the_body() -> None:
@@ -29,7 +29,9 @@ async def test_refused_handshakes_cannot_push_the_other_events_out() -> None:
         queue_events=10,
     )
     outcomes: Counter[str] = Counter()
-    async with open_webhooks([settings], outcomes, grace_seconds=0) as webhooks:
+    endpoints = [clarion_endpoint(settings, outcomes)]
+    webhooks = Webhooks(endpoints)
+    async with open_webhooks(endpoints, grace_seconds=0):
         for _ in range(100):
             webhooks.observe(Activity(name="connection_refused", code=109, message="bad"))
         for index in range(5):
@@ -58,7 +60,9 @@ async def test_published_data_waits_within_its_byte_budget() -> None:
     )
     outcomes: Counter[str] = Counter()
     publisher = ClientInfo("c", "alice")
-    async with open_webhooks([settings], outcomes, grace_seconds=0) as webhooks:
+    endpoints = [clarion_endpoint(settings, outcomes)]
+    webhooks = Webhooks(endpoints)
+    async with open_webhooks(endpoints, grace_seconds=0):
         for _ in range(5):  # 400 bytes each: two fit
             data = msgspec.Raw(b'"' + b"x" * 398 + b'"')
             webhooks.observe(

@@ -17,8 +17,9 @@ class TextEncoding:
     event as ``join:channel:client``, an ended subscription as ``ended:channel:code``, a
     gap as ``gap:channel:first-last`` and a restart as ``restart:channel:epoch``."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, batches: bool = True) -> None:
         self.calls = 0
+        self.batches = batches
 
     def message(self, publication: Publication) -> bytes:
         self.calls += 1

@@ -208,9 +208,11 @@ async def connect(
                     response = event
                 elif isinstance(event, Frame):
                     early.append(event)
-        if protocol.state is not State.OPEN:
+        if response.status_code != 101:
             body = response.body or b""
             raise HandshakeRefused(response.status_code, bytes(body))
+        # Accepted, and perhaps closed in the same breath (a refusal after the accept):
+        # the frames that came with the response tell.
         client = Client(stream, protocol)
         for frame in early:
             client.take(frame)

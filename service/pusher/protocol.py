@@ -1,0 +1,235 @@
+"""The Pusher Channels protocol, version 7, as msgspec Structs: what clients send, what
+they are sent, and the engine's `channels.encoding.Encoding` for it.
+
+Every frame is one JSON object ``{"event", "channel"?, "data"?}``. The server sends
+``data`` as a JSON string, as Pusher does, except for ``pusher:error`` (an object); a
+client's ``client-*`` event is relayed with its data as the client sent it.
+
+A message on a channel is stored by the engine as its data. Published through this door
+(the HTTP API or a client event), it is an *envelope*, ``{"event", "data", "user_id"?}``,
+which a Pusher client receives as that event. Anything else (a message published through
+Clarion's protocol) reaches Pusher clients as the event ``message``, its data as a JSON
+string. Clarion's clients see envelopes as they are.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Final, TypeVar
+
+import msgspec
+
+if TYPE_CHECKING:
+    from channels.brokers import Event as Announced
+    from channels.errors import ChannelsError
+    from channels.publication import ClientInfo, Publication
+
+__all__ = (
+    "ACTIVITY_TIMEOUT_SECONDS",
+    "ChannelData",
+    "ENCODING",
+    "Envelope",
+    "Event",
+    "Incoming",
+    "MESSAGE_EVENT",
+    "NULL",
+    "PusherEncoding",
+    "SigninData",
+    "SubscribeData",
+    "UnsubscribeData",
+    "UserData",
+    "as_string",
+    "decode_data",
+    "decode_envelope",
+    "decode_incoming",
+    "encode_envelope",
+    "encode_error",
+    "encode_event",
+    "sender_of",
+)
+
+#: The event name a message published through Clarion's protocol has for Pusher clients.
+MESSAGE_EVENT: Final = "message"
+#: The activity timeout told to clients when their app says none.
+ACTIVITY_TIMEOUT_SECONDS: Final = 120
+
+
+#: JSON's null: an event's data when it has none.
+NULL: Final = msgspec.Raw(b"null")
+
+
+class Incoming(msgspec.Struct, frozen=True):
+    """A frame from a client: ``pusher:subscribe``, ``pusher:ping``, ``client-*``..."""
+
+    event: str
+    data: msgspec.Raw = NULL
+    channel: str | None = None
+
+
+class SubscribeData(msgspec.Struct, frozen=True):
+    """The data of ``pusher:subscribe``."""
+
+    channel: str
+    auth: str | None = None
+    channel_data: str | None = None
+
+
+class SigninData(msgspec.Struct, frozen=True):
+    """The data of ``pusher:signin``."""
+
+    auth: str
+    user_data: str
+
+
+class UnsubscribeData(msgspec.Struct, frozen=True):
+    """The data of ``pusher:unsubscribe``."""
+
+    channel: str
+
+
+class ChannelData(msgspec.Struct, frozen=True):
+    """A presence channel's ``channel_data``: who the client is there."""
+
+    user_id: str | int
+    user_info: msgspec.Raw = NULL
+
+
+class UserData(msgspec.Struct, frozen=True):
+    """A sign-in's ``user_data``: the user's ``id``, and whatever else the app says."""
+
+    id: str
+
+
+class Envelope(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A message published through the Pusher door, as the engine stores it.
+
+    ``socket_id`` is the connection that must not receive it: the client that sent a
+    client event, or the one a backend named when it published.
+    """
+
+    event: str
+    data: msgspec.Raw
+    user_id: str | None = None
+    socket_id: str | None = None
+
+
+class Event(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A frame to a client."""
+
+    event: str
+    channel: str | None = None
+    data: msgspec.Raw | None = None
+    user_id: str | None = None
+
+
+_incoming = msgspec.json.Decoder(Incoming)
+_envelope = msgspec.json.Decoder(Envelope)
+_encoder = msgspec.json.Encoder()
+
+
+def decode_incoming(frame: str | bytes) -> Incoming:
+    """Decode a client's frame.
+
+    Raises:
+        msgspec.DecodeError: if it is not JSON, or not an object with a string ``event``.
+    """
+    return _incoming.decode(frame)
+
+
+_T = TypeVar("_T")
+
+
+def decode_data(data: msgspec.Raw, kind: type[_T]) -> _T:
+    """Decode an event's *data* as *kind*; data sent as a JSON string is decoded from it.
+
+    Raises:
+        msgspec.DecodeError: if it does not fit.
+    """
+    raw = msgspec.json.decode(data) if memoryview(data)[:1].tobytes() == b'"' else data
+    return msgspec.json.decode(raw, type=kind)
+
+
+def as_string(value: object) -> msgspec.Raw:
+    """*value* encoded as JSON, then as a JSON string (Pusher's ``data``)."""
+    return msgspec.Raw(_encoder.encode(_encoder.encode(value).decode()))
+
+
+def encode_event(
+    event: str, data: object = None, *, channel: str | None = None, user_id: str | None = None
+) -> bytes:
+    """Encode a frame; *data* (any JSON value) goes as a JSON string, as Pusher sends it."""
+    raw = None if data is None else as_string(data)
+    return _encoder.encode(Event(event, channel, raw, user_id))
+
+
+def encode_error(code: int | None, message: str) -> bytes:
+    """Encode ``pusher:error``: its data is an object, ``{"code", "message"}``."""
+    data = msgspec.Raw(_encoder.encode({"code": code, "message": message}))
+    return _encoder.encode(Event("pusher:error", data=data))
+
+
+def decode_envelope(data: msgspec.Raw) -> Envelope | None:
+    """The envelope *data* is, if it is one."""
+    if memoryview(data)[:1].tobytes() != b"{":
+        return None
+    try:
+        return _envelope.decode(data)
+    except msgspec.DecodeError:
+        return None
+
+
+def encode_envelope(envelope: Envelope) -> msgspec.Raw:
+    """Encode a message of this door as the engine stores it."""
+    return msgspec.Raw(_encoder.encode(envelope))
+
+
+def sender_of(data: msgspec.Raw) -> str | None:
+    """The connection a message must not reach (see `Envelope`): the engine's hook."""
+    if b'"socket_id"' not in bytes(data):  # most messages: no decoding
+        return None
+    envelope = decode_envelope(data)
+    return None if envelope is None else envelope.socket_id
+
+
+class PusherEncoding:
+    """The engine's `channels.encoding.Encoding` for the Pusher protocol: one message per
+    frame; join and leave are a presence channel's ``member_added`` and
+    ``member_removed``; the engine's notices (a gap, a restart, a subscription the
+    server ended) are ``clarion:*`` events on their channel, which Pusher clients hand to
+    whoever binds them."""
+
+    batches = False
+
+    @staticmethod
+    def message(publication: Publication) -> bytes:
+        channel, data = publication.channel, publication.data
+        envelope = decode_envelope(data)
+        if envelope is None:
+            text = msgspec.Raw(_encoder.encode(bytes(data).decode()))
+            return _encoder.encode(Event(MESSAGE_EVENT, channel, text))
+        return _encoder.encode(Event(envelope.event, channel, envelope.data, envelope.user_id))
+
+    @staticmethod
+    def event(channel: str, event: Announced, client: ClientInfo) -> bytes:
+        user_id = client.user if client.user is not None else client.client
+        if event == "join":
+            info = None if client.info is None else msgspec.Raw(client.info.encode())
+            member = {"user_id": user_id, "user_info": info}
+            return encode_event("pusher_internal:member_added", member, channel=channel)
+        return encode_event("pusher_internal:member_removed", {"user_id": user_id}, channel=channel)
+
+    @staticmethod
+    def ended(channel: str, error: ChannelsError) -> bytes:
+        data = {"code": error.code, "message": str(error)}
+        return encode_event("clarion:unsubscribed", data, channel=channel)
+
+    @staticmethod
+    def gap(channel: str, first: int, last: int) -> bytes:
+        return encode_event("clarion:gap", {"first": first, "last": last}, channel=channel)
+
+    @staticmethod
+    def restart(channel: str, epoch: str) -> bytes:
+        return encode_event("clarion:restart", {"epoch": epoch}, channel=channel)
+
+
+ENCODING: Final = PusherEncoding()
+"""The one instance every Pusher connection shares: a message is encoded once for all."""

@@ -1,0 +1,376 @@
+"""The Pusher door under hostile or mistaken input, frame by frame: every refusal has its
+documented code, and no input crashes a connection (1011) or the server (500)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
+
+import anyio
+import msgspec
+import pytest
+
+from service.pusher.signatures import request_string, sign
+from service.settings import AppSettings, ServerSettings, Settings
+from tests.support.server import http_call, running_server
+from tests.support.wsclient import Closed, connect
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from channels.config import BrokerConfig
+    from service.runner import Backend
+    from tests.support.server import Server
+    from tests.support.wsclient import Client
+
+SECRET = "0123456789abcdef0123"
+
+
+def settings(**app: Any) -> Settings:
+    options: dict[str, Any] = {"client_events": True, **app}
+    server = options.pop("server", {})
+    return Settings(
+        apps=[AppSettings(id="1", key="app-key", secret=SECRET, **options)],
+        server=ServerSettings(**server),
+    )
+
+
+def url(server: Server, query: str = "protocol=7", key: str = "app-key") -> str:
+    return f"ws://127.0.0.1:{server.port}/app/{key}?{query}"
+
+
+async def established(client: Client) -> str:
+    """Read ``pusher:connection_established``; return the socket id."""
+    event = await client.receive_object()
+    assert event["event"] == "pusher:connection_established"
+    return str(json.loads(event["data"])["socket_id"])
+
+
+async def refusal(server: Server, address: str) -> tuple[Any, int | None]:
+    """The ``pusher:error`` data and the close code a refused connection gets."""
+    async with connect(address) as client:
+        error = await client.receive_object()
+        assert error["event"] == "pusher:error"
+        with pytest.raises(Closed) as closed:
+            await client.receive_object()
+    return error["data"], closed.value.code
+
+
+async def error_of(client: Client, event: dict[str, Any]) -> dict[str, Any]:
+    """Send *event*; return the data of the error it is answered with."""
+    await client.send_json(event)
+    answer = await client.receive_object()
+    assert answer["event"] in ("pusher:error", "pusher:subscription_error"), answer
+    data = answer["data"]
+    return dict(json.loads(data) if isinstance(data, str) else data)
+
+
+@pytest.fixture
+async def server(anyio_backend: Backend, free_tcp_port: int) -> AsyncIterator[Server]:
+    async with running_server(settings(), anyio_backend, free_tcp_port) as running:
+        yield running
+
+
+@pytest.mark.parametrize(
+    ("query", "key", "code"),
+    [
+        ("", "app-key", 4008),
+        ("protocol=seven", "app-key", 4006),
+        ("protocol=8", "app-key", 4007),
+        ("protocol=7", "no-such-key", 4001),
+    ],
+    ids=["no-protocol", "bad-version", "unsupported", "unknown-key"],
+)
+async def test_a_refused_handshake_gets_its_code_then_a_close(
+    server: Server, query: str, key: str, code: int
+) -> None:
+    with anyio.fail_after(10):
+        data, closed = await refusal(server, url(server, query, key))
+    assert (data["code"], closed) == (code, code)
+
+
+async def test_an_app_over_its_connections_refuses_with_4004(
+    anyio_backend: Backend, free_tcp_port: int
+) -> None:
+    config = settings(max_connections=1)
+    with anyio.fail_after(10):
+        async with (
+            running_server(config, anyio_backend, free_tcp_port) as server,
+            connect(url(server)) as first,
+        ):
+            await established(first)
+            data, closed = await refusal(server, url(server))
+            assert (data["code"], closed) == (4004, 4004)
+
+
+async def test_bad_events_get_coded_errors_and_the_connection_goes_on(server: Server) -> None:
+    with anyio.fail_after(10):
+        async with connect(url(server)) as client:
+            socket_id = await established(client)
+            await client.send_text("not json")
+            error = await client.receive_object()
+            assert error["data"]["code"] == 101
+            cases: list[tuple[dict[str, Any], int]] = [
+                ({"event": "pusher:nonsense"}, 102),
+                ({"event": "pusher:subscribe", "data": {"nochannel": 1}}, 101),
+                ({"event": "pusher:subscribe", "data": "not an object"}, 101),
+                ({"event": "pusher:subscribe", "data": {"channel": "bad name"}}, 200),
+                ({"event": "pusher:subscribe", "data": {"channel": "private-x"}}, 109),
+                (
+                    {
+                        "event": "pusher:subscribe",
+                        "data": {"channel": "private-x", "auth": "app-key:00"},
+                    },
+                    109,
+                ),
+                # A signature of another app's key, or of another socket, is refused.
+                (
+                    {
+                        "event": "pusher:subscribe",
+                        "data": {
+                            "channel": "private-x",
+                            "auth": "other:" + sign(SECRET, f"{socket_id}:private-x"),
+                        },
+                    },
+                    109,
+                ),
+                (
+                    {
+                        "event": "pusher:subscribe",
+                        "data": {
+                            "channel": "private-x",
+                            "auth": "app-key:" + sign(SECRET, "1.2:private-x"),
+                        },
+                    },
+                    109,
+                ),
+                ({"event": "client-x", "channel": "news", "data": {}}, 202),
+            ]
+            for event, code in cases:
+                assert (await error_of(client, event))["code"] == code, event
+            # Presence: channel_data that is signed but not a member, then a good one.
+            channel_data = "[1]"
+            auth = "app-key:" + sign(SECRET, f"{socket_id}:presence-r:{channel_data}")
+            subscribe = {"channel": "presence-r", "auth": auth, "channel_data": channel_data}
+            error = await error_of(client, {"event": "pusher:subscribe", "data": subscribe})
+            assert error["code"] == 101
+            await client.send_json({"event": "pusher:ping", "data": {}})
+            assert (await client.receive_object())["event"] == "pusher:pong"
+
+
+async def test_client_events_are_refused_where_pusher_refuses_them(
+    anyio_backend: Backend, free_tcp_port: int
+) -> None:
+    with anyio.fail_after(10):
+        async with (
+            running_server(settings(client_events=False), anyio_backend, free_tcp_port) as server,
+            connect(url(server)) as client,
+        ):
+            socket_id = await established(client)
+            auth = "app-key:" + sign(SECRET, f"{socket_id}:private-x")
+            await client.send_json(
+                {"event": "pusher:subscribe", "data": {"channel": "private-x", "auth": auth}}
+            )
+            assert (await client.receive_object())[
+                "event"
+            ] == "pusher_internal:subscription_succeeded"
+            error = await error_of(
+                client, {"event": "client-x", "channel": "private-x", "data": {}}
+            )
+            assert error == {"code": 202, "message": "client events are not enabled"}
+
+
+async def test_encrypted_channels_take_no_client_events(server: Server) -> None:
+    with anyio.fail_after(10):
+        async with connect(url(server)) as client:
+            socket_id = await established(client)
+            channel = "private-encrypted-x"
+            auth = "app-key:" + sign(SECRET, f"{socket_id}:{channel}")
+            await client.send_json(
+                {"event": "pusher:subscribe", "data": {"channel": channel, "auth": auth}}
+            )
+            assert (await client.receive_object())[
+                "event"
+            ] == "pusher_internal:subscription_succeeded"
+            error = await error_of(client, {"event": "client-x", "channel": channel, "data": {}})
+            assert error["code"] == 202
+
+
+async def test_client_events_over_the_rate_close_with_4301(
+    anyio_backend: Backend, free_tcp_port: int
+) -> None:
+    config = settings(client_event_rate_per_second=3)
+    with anyio.fail_after(10):
+        async with (
+            running_server(config, anyio_backend, free_tcp_port) as server,
+            connect(url(server)) as client,
+        ):
+            socket_id = await established(client)
+            auth = "app-key:" + sign(SECRET, f"{socket_id}:private-x")
+            await client.send_json(
+                {"event": "pusher:subscribe", "data": {"channel": "private-x", "auth": auth}}
+            )
+            await client.receive_object()
+            for _ in range(4):
+                await client.send_json({"event": "client-x", "channel": "private-x", "data": {}})
+            assert (await client.receive_object())["data"]["code"] == 4301
+            with pytest.raises(Closed) as closed:
+                await client.receive_object()
+            assert closed.value.code == 4301
+
+
+async def test_a_bad_signin_closes_with_4009(server: Server) -> None:
+    with anyio.fail_after(10):
+        async with connect(url(server)) as client:
+            await established(client)
+            signin = {"auth": "app-key:00", "user_data": json.dumps({"id": "ann"})}
+            await client.send_json({"event": "pusher:signin", "data": signin})
+            assert (await client.receive_object())["data"]["code"] == 4009
+            with pytest.raises(Closed) as closed:
+                await client.receive_object()
+            assert closed.value.code == 4009
+
+
+async def test_a_silent_client_is_pinged_then_closed_with_4201(
+    anyio_backend: Backend, free_tcp_port: int
+) -> None:
+    config = settings(activity_timeout_seconds=1, server={"pong_timeout_seconds": 0.5})
+    with anyio.fail_after(10):
+        async with (
+            running_server(config, anyio_backend, free_tcp_port) as server,
+            connect(url(server)) as client,
+        ):
+            established_event = await client.receive_object()
+            assert json.loads(established_event["data"])["activity_timeout"] == 1
+            assert (await client.receive_object())["event"] == "pusher:ping"
+            with pytest.raises(Closed) as closed:
+                await client.receive_object()
+            assert closed.value.code == 4201
+
+
+async def test_a_drain_closes_pusher_clients_with_4200(
+    anyio_backend: Backend, free_tcp_port: int
+) -> None:
+    with anyio.fail_after(10):
+        async with (
+            running_server(settings(), anyio_backend, free_tcp_port) as server,
+            connect(url(server)) as client,
+        ):
+            await established(client)
+            assert server.app is not None
+            await server.app.drain()
+            with pytest.raises(Closed) as closed:
+                await client.receive_object()
+            assert closed.value.code == 4200
+            # And a new connection is told to go elsewhere at once.
+            data, code = await refusal(server, url(server))
+            assert (data["code"], code) == (4200, 4200)
+
+
+def signed(method: str, path: str, body: bytes = b"", secret: str = SECRET, **extra: str) -> str:
+    """*path* with the query the Pusher libraries sign it with."""
+    query = {
+        "auth_key": "app-key",
+        "auth_timestamp": str(int(time.time())),
+        "auth_version": "1.0",
+        **({"body_md5": hashlib.md5(body).hexdigest()} if body else {}),
+        **extra,
+    }
+    query["auth_signature"] = sign(secret, request_string(method, path, query.items()))
+    return f"{path}?{urlencode(query)}"
+
+
+async def test_the_http_api_refuses_what_is_not_signed_by_the_app(
+    server: Server,
+) -> None:
+    body = msgspec.json.encode({"name": "e", "data": "x", "channel": "news"})
+    path = "/apps/1/events"
+    with anyio.fail_after(10):
+        assert (await http_call(server, "POST", signed("POST", path, body), body))[0] == 200
+        old = signed("POST", path, body, auth_timestamp=str(int(time.time()) - 3600))
+        refused = [
+            signed("POST", path, body, secret="another-secret-0000"),
+            old,
+            signed("POST", path, b'{"other": 1}'),  # another body's MD5
+            signed("POST", path, body).replace("auth_version=1.0", "auth_version=2.0"),
+            path,
+        ]
+        for target in refused:
+            status, reply = await http_call(server, "POST", target, body)
+            assert (status, reply["code"]) == (401, 106), target
+        status, _ = await http_call(server, "POST", signed("POST", "/apps/9/events", body), body)
+        assert status == 404
+        # The signature covers the query: a parameter added afterwards breaks it.
+        status, _ = await http_call(server, "GET", signed("GET", "/apps/1/channels") + "&info=x")
+        assert status == 401
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "code"),
+    [
+        ("POST", "/apps/1/events", b"not json", 101),
+        ("POST", "/apps/1/events", b'{"name": "e", "data": "x"}', 101),
+        (
+            "POST",
+            "/apps/1/events",
+            b'{"name": "e", "data": {"not": "a string"}, "channel": "a"}',
+            101,
+        ),
+        ("POST", "/apps/1/events", b'{"name": "e", "data": "x", "channel": "bad name"}', 200),
+        (
+            "POST",
+            "/apps/1/events",
+            b'{"name": "e", "data": "x", "channel": "a", "socket_id": "x"}',
+            101,
+        ),
+        ("POST", "/apps/1/batch_events", b'{"batch": [{"channel": "a"}]}', 101),
+        ("GET", "/apps/1/channels/news/users", b"", 101),
+        ("GET", "/apps/1/channels/news?info=bogus", b"", 101),
+        ("GET", "/apps/1/channels?info=user_count", b"", 101),
+        ("GET", "/apps/1/events", b"", 101),
+    ],
+    ids=[
+        "not-json",
+        "no-channel",
+        "data-not-string",
+        "bad-channel",
+        "bad-socket-id",
+        "batch-incomplete",
+        "users-of-public",
+        "bad-info",
+        "user-count-unfiltered",
+        "wrong-method",
+    ],
+)
+async def test_the_http_api_answers_bad_requests_with_codes(
+    server: Server, method: str, path: str, body: bytes, code: int
+) -> None:
+    base, _, query = path.partition("?")
+    extra = dict(item.split("=") for item in query.split("&")) if query else {}
+    with anyio.fail_after(10):
+        status, reply = await http_call(server, method, signed(method, base, body, **extra), body)
+    assert (status, reply["code"]) == (400, code)
+
+
+async def test_events_publish_under_the_engines_limits(
+    anyio_backend: Backend, free_tcp_port: int, broker_config: BrokerConfig
+) -> None:
+    config = msgspec.structs.replace(settings(), broker=broker_config)
+    config = msgspec.structs.replace(
+        config, server=msgspec.structs.replace(config.server, broadcast_max_channels=2)
+    )
+    with anyio.fail_after(10):
+        async with running_server(config, anyio_backend, free_tcp_port) as server:
+            body = msgspec.json.encode({"name": "e", "data": "x", "channels": ["a", "b", "c"]})
+            status, reply = await http_call(
+                server, "POST", signed("POST", "/apps/1/events", body), body
+            )
+            assert (status, reply["code"]) == (400, 101)
+            big = msgspec.json.encode({"name": "e", "data": "x" * 70_000, "channel": "a"})
+            status, reply = await http_call(
+                server, "POST", signed("POST", "/apps/1/events", big), big
+            )
+            assert (status, reply["code"]) == (413, 205)
