@@ -74,6 +74,7 @@ class Connection:
         private_ok: bool = False,
         member: ClientInfo | None = None,
         read_presence: bool = False,
+        last: int = 0,
     ) -> None:
         """Subscribe to *channel* (see `Hub.subscribe`); *on_subscribed* queues the reply
         with `send_now`, before the channel's messages."""
@@ -85,6 +86,7 @@ class Connection:
             private_ok=private_ok,
             member=member,
             read_presence=read_presence,
+            last=last,
         )
 
     def sign_in(self, user: str) -> None:
@@ -96,11 +98,21 @@ class Connection:
         self._hub.unsubscribe(self._outbox, channel)
 
     async def publish(
-        self, channel: str, data: msgspec.Raw, *, idempotency_key: str | None = None
+        self,
+        channel: str,
+        data: msgspec.Raw,
+        *,
+        idempotency_key: str | None = None,
+        private_ok: bool = False,
     ) -> Published:
         """Publish as this connection (see `Hub.publish`)."""
         return await self._hub.publish(
-            channel, data, trusted=False, by=self._outbox, idempotency_key=idempotency_key
+            channel,
+            data,
+            trusted=False,
+            by=self._outbox,
+            idempotency_key=idempotency_key,
+            private_ok=private_ok,
         )
 
     async def history(

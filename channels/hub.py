@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from channels.control import Command
     from channels.encoding import Encoding
     from channels.publication import HistoryPage, Position, Publication, Published
-    from channels.rules import Action
+    from channels.rules import Action, NameKind
     from channels.sender import FrameWriter, Transport
 
 __all__ = ("Hub", "Subscribed", "UNTRUSTED_LIST_READS", "open_hub")
@@ -68,6 +68,8 @@ class Subscribed(msgspec.Struct, frozen=True):
     presence: list[ClientInfo] | None = None
     """The channel's clients as the subscription started (itself included), when it was
     asked for."""
+    replayed: int = 0
+    """How many kept messages come first (recovered ones, or the *last* asked for)."""
 
 
 class Hub:
@@ -83,16 +85,15 @@ class Hub:
         config: Config,
         encoding: Encoding,
         *,
-        private_prefixes: tuple[str, ...] = (),
-        presence_prefixes: tuple[str, ...] = (),
+        kinds: Sequence[NameKind] = (),
         sender_of: Callable[[msgspec.Raw], str | None] | None = None,
     ) -> None:
         server = config.server
         self._sender_of = sender_of
         """Finds in a message's data the client that must not receive it, if any (a
         wire's own convention: see `open_hub`)."""
-        self._prefixes = (private_prefixes, presence_prefixes)
-        """The names a wire protocol makes private, or presence channels (see `RuleBook`)."""
+        self._kinds = tuple(kinds)
+        """What a wire protocol makes a channel by its name (see `channels.rules.NameKind`)."""
         self.flusher = Flusher(
             server.flush_delay_seconds,
             server.flush_batch_connections,
@@ -125,8 +126,7 @@ class Hub:
         self._no_connections: anyio.Event | None = None
 
     def _rule_book(self, config: Config) -> RuleBook:
-        private, presence = self._prefixes
-        return RuleBook(config, private_prefixes=private, presence_prefixes=presence)
+        return RuleBook(config, kinds=self._kinds)
 
     def run_on(self, broker: Broker) -> None:
         """Carry this hub's channels on *broker* (`open_hub` does it).
@@ -295,6 +295,7 @@ class Hub:
         private_ok: bool = False,
         member: ClientInfo | None = None,
         read_presence: bool = False,
+        last: int = 0,
     ) -> None:
         """Subscribe *outbox* to *channel*, replaying what it missed after *since*.
 
@@ -336,7 +337,7 @@ class Hub:
         try:
             await self._carrier.subscribe(channel)
             if since is None:
-                page = await self._carrier.read(channel, after=None, epoch=None, limit=0)
+                page = await self._carrier.read(channel, after=None, epoch=None, limit=last)
             else:
                 page = await self._carrier.read(
                     channel,
@@ -368,8 +369,9 @@ class Hub:
         if since is not None:
             missed = start - since.offset
             recovered = page.complete and missed <= self._limits.recovery_limit
-        on_subscribed(Subscribed(channel, page.position, recovered, members))
-        for publication in page.publications if recovered else ():
+        replay = page.publications if recovered or since is None else []
+        on_subscribed(Subscribed(channel, page.position, recovered, members, len(replay)))
+        for publication in replay:
             outbox.offer(self._delivery(publication, state.policy))
         # Held deliveries up to the start position were in the page, or came before it.
         if joining.dropped is not None and joining.dropped[1] > start:
@@ -498,6 +500,7 @@ class Hub:
         trusted: bool,
         by: Outbox | None = None,
         idempotency_key: str | None = None,
+        private_ok: bool = False,
     ) -> Published:
         """Publish *data* (encoded JSON) on *channel* and return its position.
 
@@ -507,6 +510,9 @@ class Hub:
             trusted: True for the authenticated HTTP API, which may publish where
                 clients may not.
             by: the publishing connection, whose grant the rule is checked against.
+            private_ok: whether the caller is authorized for *channel* (a Pusher client
+                subscribed to it with a valid signature): a channel private by its name
+                (see `channels.rules.NameKind`) takes untrusted messages only then.
             idempotency_key: a key of the publisher's choosing: a publish with a key
                 already seen on *channel* within ``server.idempotency_window_seconds`` is
                 not published again, and returns the first one's position as a duplicate
@@ -523,7 +529,7 @@ class Hub:
         """
         if self.closing:
             raise ServerClosing
-        rule = self._resolve(channel, "publish", by, trusted=trusted, private_ok=True)
+        rule = self._resolve(channel, "publish", by, trusted=trusted, private_ok=private_ok)
         if len(data) > rule.max_message_bytes:
             raise MessageTooLarge(channel, len(data), rule.max_message_bytes)
         self._rules.check_data(rule, channel, data)
@@ -889,8 +895,7 @@ async def open_hub(
     config: Config,
     encoding: Encoding,
     *,
-    private_prefixes: tuple[str, ...] = (),
-    presence_prefixes: tuple[str, ...] = (),
+    kinds: Sequence[NameKind] = (),
     sender_of: Callable[[msgspec.Raw], str | None] | None = None,
 ) -> AsyncIterator[Hub]:
     """Open the broker *config* names and a hub on top of it, with its flusher running.
@@ -899,21 +904,15 @@ async def open_hub(
         config: the node's configuration.
         encoding: turns publications and events into what subscribers are sent; a
             publication is encoded once, whatever the number of subscribers.
-        private_prefixes: names that make a channel private, whatever its rule says.
-        presence_prefixes: names that make a channel private and keep its presence.
+        kinds: what a channel is by its name, whatever its rule says (see
+            `channels.rules.NameKind`).
         sender_of: finds in a message's data the id of the client that must not
             receive it (the one that published it through a wire that says so), if any;
             called once per message delivered on this node. With it, a connection is
             not sent its own join and leave events either.
     """
     # The hub first: it is what the broker reports to.
-    hub = Hub(
-        config,
-        encoding,
-        private_prefixes=private_prefixes,
-        presence_prefixes=presence_prefixes,
-        sender_of=sender_of,
-    )
+    hub = Hub(config, encoding, kinds=kinds, sender_of=sender_of)
     async with open_broker(config.broker, hub) as broker, anyio.create_task_group() as tg:
         hub.run_on(broker)
         await tg.start(hub.flusher.run)

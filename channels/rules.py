@@ -7,11 +7,13 @@ from typing import TYPE_CHECKING, Literal, TypeAlias
 
 import msgspec
 
-from channels.config import CHANNEL_NAME_CHARS
+from channels.config import CHANNEL_NAME_CHARS, History
 from channels.errors import ChannelNotFound, InvalidChannelName, PermissionDenied
 from channels.shapes import DataCheck
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from channels.config import Access, ChannelRule, Config, SlowConsumerPolicy
 
 
@@ -22,7 +24,7 @@ class Grant(msgspec.Struct, frozen=True, gc=False):
     channels: frozenset[str] = frozenset()
 
 
-__all__ = ("Action", "Grant", "RuleBook")
+__all__ = ("Action", "Grant", "NameKind", "RuleBook")
 
 Action: TypeAlias = Literal["subscribe", "publish"]
 """What a rule's access decides: ``subscribe`` also stands for every read of a channel's
@@ -31,26 +33,33 @@ content or members (history, presence, recovery)."""
 _NAME = re.compile(f"[{CHANNEL_NAME_CHARS}]+")
 
 
-class RuleBook:
-    """Find the rule of a channel: an exact ``match`` first, then patterns in file order.
+class NameKind(msgspec.Struct, frozen=True, gc=False):
+    """What a channel is by its name alone, whatever its rule says: the promise a wire
+    protocol makes its clients (Pusher's ``private-``, ``presence-`` and ``cache-``).
 
-    A channel whose name starts with one of *private_prefixes* is private whatever its
-    rule says, and one with a *presence_prefixes* prefix keeps presence and sends join
-    and leave events too: the names
-    by which a wire protocol (Pusher's ``private-`` and ``presence-``) promises its
-    clients that a channel needs an authorization.
+    A channel whose name starts with ``prefix`` is private (subscribing needs an
+    authorization, and so does publishing as a client), keeps presence (and sends join
+    and leave events), or keeps its last message for at least ``keep_last_seconds``, as
+    the kind says.
     """
 
-    def __init__(
-        self,
-        config: Config,
-        *,
-        private_prefixes: tuple[str, ...] = (),
-        presence_prefixes: tuple[str, ...] = (),
-    ) -> None:
-        self._private_prefixes = private_prefixes + presence_prefixes
-        self._presence_prefixes = presence_prefixes
-        self._by_name: dict[tuple[str, bool], ChannelRule] = {}
+    prefix: str
+    private: bool = False
+    presence: bool = False
+    keep_last_seconds: float = 0.0
+
+
+class RuleBook:
+    """Find the rule of a channel: an exact ``match`` first, then patterns in file order;
+    then the channel is what its name's *kinds* make it (see `NameKind`)."""
+
+    def __init__(self, config: Config, *, kinds: Sequence[NameKind] = ()) -> None:
+        self._kinds = tuple(kinds)
+        self._prefixes = tuple(kind.prefix for kind in kinds)
+        self._private_prefixes = tuple(
+            kind.prefix for kind in kinds if kind.private or kind.presence
+        )
+        self._by_kind: dict[tuple[str, tuple[NameKind, ...]], ChannelRule] = {}
         self._max_length = config.server.channel_name_max_length
         self._default_policy: SlowConsumerPolicy = config.server.slow_consumer
         self._exact = {rule.match: rule for rule in config.channels if "*" not in rule.match}
@@ -80,8 +89,9 @@ class RuleBook:
         rule = self._exact.get(channel)
         if rule is None:
             rule = self._pattern_rule(channel)
-        if self._private_prefixes and channel.startswith(self._private_prefixes):
-            return self._by_prefix(rule, presence=channel.startswith(self._presence_prefixes))
+        if self._prefixes and channel.startswith(self._prefixes):
+            kinds = tuple(kind for kind in self._kinds if channel.startswith(kind.prefix))
+            return self._of_kinds(rule, kinds)
         return rule
 
     def _pattern_rule(self, channel: str) -> ChannelRule:
@@ -90,18 +100,24 @@ class RuleBook:
                 return rule
         raise ChannelNotFound(channel)
 
-    def _by_prefix(self, rule: ChannelRule, *, presence: bool) -> ChannelRule:
-        """*rule*, private (and keeping presence) as its channel's name says."""
-        if rule.private and (not presence or (rule.presence and rule.join_leave)):
-            return rule
-        key = (rule.match, presence)
-        found = self._by_name.get(key)
+    def _of_kinds(self, rule: ChannelRule, kinds: tuple[NameKind, ...]) -> ChannelRule:
+        """*rule*, as *kinds* (those its channel's name has) make it."""
+        key = (rule.match, kinds)
+        found = self._by_kind.get(key)
         if found is None:
-            found = self._by_name[key] = msgspec.structs.replace(
+            presence = any(kind.presence for kind in kinds)
+            private = presence or any(kind.private for kind in kinds)
+            keep = max(kind.keep_last_seconds for kind in kinds)
+            history = rule.history
+            if keep:
+                ttl = history.ttl_seconds and max(history.ttl_seconds, keep)
+                history = History(size=max(1, history.size), ttl_seconds=ttl or keep)
+            found = self._by_kind[key] = msgspec.structs.replace(
                 rule,
-                private=True,
+                private=rule.private or private,
                 presence=rule.presence or presence,
                 join_leave=rule.join_leave or presence,
+                history=history,
             )
         return found
 
@@ -119,6 +135,14 @@ class RuleBook:
                 raise PermissionDenied(channel, action, "private: send a subscription token")
         else:
             access = rule.publish
+            # A channel private by its name takes messages from its authorized
+            # subscribers only (and the trusted API), as the wire promises its clients.
+            if (
+                not private_ok
+                and self._private_prefixes
+                and channel.startswith(self._private_prefixes)
+            ):
+                raise PermissionDenied(channel, action, "private: only its authorized clients")
         if access is True or access == "anyone":
             return
         if access is False:

@@ -279,6 +279,7 @@ class Clarion:
                 self.apps = apps
                 self.started = anyio.current_time()
                 _log_open_api(self.config)
+                _log_apps(self.config)
                 try:
                     yield
                 finally:
@@ -438,6 +439,18 @@ class Clarion:
             # The rest of the body was not read: the connection cannot take another request.
             headers.append((b"connection", b"close"))
         return exc.http_status or 400, _error_body(exc), headers
+
+
+def _log_apps(config: Settings) -> None:
+    """Say where the Pusher door's apps are reached."""
+    for app in config.apps:
+        logger.info(
+            "Pusher app %s: clients at /app/%s, its HTTP API at /apps/%s/%s",
+            app.id,
+            app.key,
+            app.id,
+            " (the server's own channels)" if app.default else "",
+        )
 
 
 def _log_open_api(config: Settings) -> None:

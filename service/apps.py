@@ -13,8 +13,8 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING
 
 from channels.hub import open_hub
+from service.pusher.names import NAME_KINDS
 from service.pusher.protocol import ENCODING, sender_of
-from service.pusher.session import PRESENCE_PREFIXES, PRIVATE_PREFIXES
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -76,13 +76,7 @@ def open_server_hub(settings: Settings, encoding: Encoding) -> AbstractAsyncCont
 
 
 def _open_pusher_hub(config: Config, encoding: Encoding) -> AbstractAsyncContextManager[Hub]:
-    return open_hub(
-        config,
-        encoding,
-        private_prefixes=PRIVATE_PREFIXES,
-        presence_prefixes=PRESENCE_PREFIXES,
-        sender_of=sender_of,
-    )
+    return open_hub(config, encoding, kinds=NAME_KINDS, sender_of=sender_of)
 
 
 @asynccontextmanager

@@ -453,7 +453,9 @@ async def run_session(
         if counters is not None:
             counters.disconnects[reason] += 1
         level = logging.WARNING if code is CloseCode.SLOW_CONSUMER else logging.INFO
-        extra = fields(conn=conn, client=peer(ws.client), user=user, code=code, reason=reason)
+        # The code as the client gets it (a door may say it its way).
+        sent = code if code is None or close is None else door.close(*close)[0]
+        extra = fields(conn=conn, client=peer(ws.client), user=user, code=sent, reason=reason)
         logger.log(level, "connection closed", extra=extra)
         if close is not None and ws.application_state is WebSocketState.CONNECTED:
             # A connection the server cuts off had its grace already: a moment for the

@@ -44,10 +44,10 @@ if TYPE_CHECKING:
     from service.settings import WebhookDelivery, WebhookSettings
 
 __all__ = (
-    "SIGNATURE_HEADER",
-    "TIMESTAMP_HEADER",
     "Endpoint",
     "Render",
+    "SIGNATURE_HEADER",
+    "TIMESTAMP_HEADER",
     "Webhooks",
     "clarion_endpoint",
     "open_webhooks",
@@ -100,6 +100,7 @@ class Endpoint:
         wanted: the events it gets.
         render: what a batch of them is POSTed as.
         outcomes: where each event's outcome is counted.
+        keep: which of the wanted events it gets (all by default).
     """
 
     def __init__(
@@ -108,9 +109,11 @@ class Endpoint:
         wanted: frozenset[ActivityName],
         render: Render,
         outcomes: Counter[str],
+        keep: Callable[[Activity], bool] | None = None,
     ) -> None:
         self.settings = settings
         self._render = render
+        self._keep = keep
         self._events = wanted
         self._queue: deque[Activity] = deque()
         self._busy = False
@@ -125,7 +128,7 @@ class Endpoint:
         self._netloc = urlsplit(settings.url).netloc.rpartition("@")[2]
 
     def offer(self, activity: Activity) -> None:
-        if activity.name not in self._events:
+        if activity.name not in self._events or (self._keep and not self._keep(activity)):
             return
         refused = activity.name == "connection_refused"
         size = 0 if activity.data is None else len(activity.data)

@@ -28,8 +28,9 @@ import msgspec
 from channels.errors import ChannelsError
 from service.errors import BadMessage, RouteNotFound, Unauthorized
 from service.pusher.codes import PusherCode
-from service.pusher.protocol import Envelope, encode_envelope
-from service.pusher.session import EVENT_NAME_MAX_LENGTH, PRESENCE_PREFIXES
+from service.pusher.names import SERVER_TO_USER, is_presence
+from service.pusher.protocol import RESERVED_PREFIXES, Envelope, encode_envelope
+from service.pusher.session import EVENT_NAME_MAX_LENGTH
 from service.pusher.signatures import request_string, sign
 
 if TYPE_CHECKING:
@@ -154,6 +155,7 @@ async def answer(
         channels = request.channels or ([] if request.channel is None else [request.channel])
         if not channels:
             raise BadMessage("name at least one channel in channels")
+        _check_served(channels)
         limit = server.broadcast_max_channels
         if len(channels) > limit:
             raise BadMessage(f"{len(channels)} channels: {limit} at most")
@@ -169,6 +171,7 @@ async def answer(
         limit = server.batch_max_requests
         if len(batch) > limit:
             raise BadMessage(f"{len(batch)} events in a batch: {limit} at most")
+        _check_served([event.channel for event in batch])
         for event in batch:
             data = _envelope(event.name, event.data, event.socket_id)
             await hub.publish(event.channel, data, trusted=True, idempotency_key=key)
@@ -180,7 +183,7 @@ async def answer(
     if channel is None:
         return 200, await _channels(hub, query), [*_JSON]
     if found["users"]:
-        if not channel.startswith(PRESENCE_PREFIXES):
+        if not is_presence(channel):
             raise BadMessage("users are listed for presence channels only")
         users = await _users(hub, channel)
         return 200, _encoder.encode({"users": [{"id": user} for user in users]}), [*_JSON]
@@ -245,7 +248,17 @@ def _decode(decoder: msgspec.json.Decoder[_T], body: bytes) -> _T:
         raise BadMessage(f"bad body: {exc}") from None
 
 
+def _check_served(channels: list[str]) -> None:
+    for channel in channels:
+        if channel.startswith(SERVER_TO_USER):
+            raise BadMessage(
+                f"{channel[:80]!r}: events to a user (send_to_user) are not served yet"
+            )
+
+
 def _envelope(name: str, data: str, socket_id: str | None) -> msgspec.Raw:
+    if name.startswith(RESERVED_PREFIXES):
+        raise BadMessage(f"event {name[:40]!r}: names starting with pusher: are the server's")
     if socket_id is not None and not _SOCKET_ID.fullmatch(socket_id):
         raise BadMessage(f"socket_id {socket_id[:40]!r} is not a socket id")
     return encode_envelope(Envelope(name, msgspec.Raw(_encoder.encode(data)), None, socket_id))
@@ -272,7 +285,7 @@ async def _channel_info(hub: Hub, channel: str, info: str | None) -> dict[str, i
     if "subscription_count" in wanted:
         found["subscription_count"] = await _subscription_count(hub, channel)
     if "user_count" in wanted:
-        if not channel.startswith(PRESENCE_PREFIXES):
+        if not is_presence(channel):
             raise BadMessage("user_count is for presence channels only")
         found["user_count"] = len(await _users(hub, channel))
     return found
@@ -289,7 +302,7 @@ async def _channels(hub: Hub, query: QueryParams) -> bytes:
     """``GET channels``: the occupied channels, up to `CHANNELS_LIST_MAX`."""
     prefix = query.get("filter_by_prefix", "")
     info = query.get("info")
-    if info and "user_count" in info.split(",") and not prefix.startswith(PRESENCE_PREFIXES):
+    if info and "user_count" in info.split(",") and not is_presence(prefix):
         raise BadMessage("info=user_count needs filter_by_prefix=presence-")
     listed: dict[str, dict[str, int]] = {}
     cursor = None

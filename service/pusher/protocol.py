@@ -14,7 +14,7 @@ string. Clarion's clients see envelopes as they are.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final, TypeVar
+from typing import TYPE_CHECKING, Annotated, Final, TypeVar
 
 import msgspec
 
@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from channels.publication import ClientInfo, Publication
 
 __all__ = (
-    "ACTIVITY_TIMEOUT_SECONDS",
     "ChannelData",
     "ENCODING",
     "Envelope",
@@ -33,6 +32,7 @@ __all__ = (
     "MESSAGE_EVENT",
     "NULL",
     "PusherEncoding",
+    "RESERVED_PREFIXES",
     "SigninData",
     "SubscribeData",
     "UnsubscribeData",
@@ -49,8 +49,8 @@ __all__ = (
 
 #: The event name a message published through Clarion's protocol has for Pusher clients.
 MESSAGE_EVENT: Final = "message"
-#: The activity timeout told to clients when their app says none.
-ACTIVITY_TIMEOUT_SECONDS: Final = 120
+#: Events only the server sends: no message is ever relayed as one of them.
+RESERVED_PREFIXES: Final = ("pusher:", "pusher_internal:")
 
 
 #: JSON's null: an event's data when it has none.
@@ -89,14 +89,14 @@ class UnsubscribeData(msgspec.Struct, frozen=True):
 class ChannelData(msgspec.Struct, frozen=True):
     """A presence channel's ``channel_data``: who the client is there."""
 
-    user_id: str | int
+    user_id: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | int
     user_info: msgspec.Raw = NULL
 
 
 class UserData(msgspec.Struct, frozen=True):
     """A sign-in's ``user_data``: the user's ``id``, and whatever else the app says."""
 
-    id: str
+    id: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 
 
 class Envelope(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -203,10 +203,13 @@ class PusherEncoding:
     def message(publication: Publication) -> bytes:
         channel, data = publication.channel, publication.data
         envelope = decode_envelope(data)
-        if envelope is None:
+        if envelope is None or envelope.event.startswith(RESERVED_PREFIXES):
+            # Not this door's, or an event only the server sends: never relayed as one.
             text = msgspec.Raw(_encoder.encode(bytes(data).decode()))
             return _encoder.encode(Event(MESSAGE_EVENT, channel, text))
-        return _encoder.encode(Event(envelope.event, channel, envelope.data, envelope.user_id))
+        # A member's user_id is a presence channel's (whose publishers are authorized).
+        user_id = envelope.user_id if channel.startswith("presence-") else None
+        return _encoder.encode(Event(envelope.event, channel, envelope.data, user_id))
 
     @staticmethod
     def event(channel: str, event: Announced, client: ClientInfo) -> bytes:

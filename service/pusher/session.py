@@ -16,11 +16,18 @@ from typing import TYPE_CHECKING, Final
 import anyio
 import msgspec
 
-from channels.errors import ChannelsError, PermissionDenied
+from channels.errors import ChannelNotFound, ChannelsError, PermissionDenied
 from channels.publication import ClientInfo
 from service.closecodes import CloseCode
 from service.errors import BadMessage, InvalidToken, UnknownOp
 from service.pusher.codes import PusherCode
+from service.pusher.names import (
+    SERVER_TO_USER,
+    is_cache,
+    is_encrypted,
+    is_presence,
+    is_private,
+)
 from service.pusher.protocol import (
     ENCODING,
     NULL,
@@ -46,8 +53,6 @@ if TYPE_CHECKING:
     from service.settings import AppSettings, ServerSettings
 
 __all__ = (
-    "PRESENCE_PREFIXES",
-    "PRIVATE_PREFIXES",
     "PusherDoor",
     "PusherSession",
     "new_socket_id",
@@ -55,12 +60,6 @@ __all__ = (
 
 logger = logging.getLogger("clarion")
 
-#: Channel names that need an authorization (``private-encrypted-`` among them).
-PRIVATE_PREFIXES: Final = ("private-",)
-#: Channel names that need one and keep presence.
-PRESENCE_PREFIXES: Final = ("presence-",)
-#: Encrypted channels: relayed as they are, and closed to client events.
-_ENCRYPTED = "private-encrypted-"
 #: The longest event name Pusher accepts.
 EVENT_NAME_MAX_LENGTH: Final = 200
 
@@ -186,8 +185,11 @@ class PusherSession:
 
     async def _subscribe(self, data: SubscribeData) -> None:
         connection, channel = self.connection, data.channel
-        presence = channel.startswith(PRESENCE_PREFIXES)
-        private = presence or channel.startswith(PRIVATE_PREFIXES)
+        if channel.startswith(SERVER_TO_USER):
+            message = "events to a signed-in user (#server-to-user- channels) are not served yet"
+            self._subscription_error(channel, "ChannelError", 404, ChannelNotFound.code, message)
+            return
+        presence, private = is_presence(channel), is_private(channel)
         member = None
         if private:
             text = f"{self.socket_id}:{channel}"
@@ -212,6 +214,8 @@ class PusherSession:
                 info = None if found.user_info == NULL else bytes(found.user_info).decode()
                 member = ClientInfo(self.socket_id, str(found.user_id), info)
 
+        cache = is_cache(channel)
+
         def reply(subscribed: Subscribed) -> None:
             connection.send_now(
                 encode_event(
@@ -220,6 +224,8 @@ class PusherSession:
                     channel=channel,
                 )
             )
+            if cache and not subscribed.replayed:
+                connection.send_now(encode_event("pusher:cache_miss", {}, channel=channel))
 
         try:
             await connection.subscribe(
@@ -228,6 +234,7 @@ class PusherSession:
                 private_ok=private,
                 member=member,
                 read_presence=presence,
+                last=1 if cache else 0,
             )
         except ChannelsError as exc:
             kind = "AuthError" if exc.http_status in (401, 403) else "ChannelError"
@@ -263,12 +270,12 @@ class PusherSession:
             self._error(_REFUSED, "client events are not enabled")
         elif channel is None or channel not in self._members:
             self._error(_REFUSED, "subscribe to the channel first")
-        elif not channel.startswith(PRIVATE_PREFIXES + PRESENCE_PREFIXES):
+        elif not is_private(channel):
             self._error(
                 _REFUSED,
                 "client events go on private and presence channels only",
             )
-        elif channel.startswith(_ENCRYPTED):
+        elif is_encrypted(channel):
             self._error(_REFUSED, "client events are refused on encrypted channels")
         elif len(event) > EVENT_NAME_MAX_LENGTH:
             self._error(
@@ -287,7 +294,8 @@ class PusherSession:
                 self.socket_id,
             )
             try:
-                await self.connection.publish(channel, encode_envelope(envelope))
+                # Subscribed with a valid authorization: it may send on the channel.
+                await self.connection.publish(channel, encode_envelope(envelope), private_ok=True)
             except ChannelsError as exc:
                 self._error(exc.code, str(exc))
 

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from channels.config import ChannelRule, Config, ServerConfig
+from channels.config import ChannelRule, Config, History, ServerConfig
 from channels.errors import ChannelNotFound, InvalidChannelName
-from channels.rules import RuleBook
+from channels.rules import NameKind, RuleBook
 
 RULES = Config(
     server=ServerConfig(channel_name_max_length=20, slow_consumer="drop_oldest"),
@@ -50,3 +50,34 @@ def test_policy_falls_back_to_the_server_default() -> None:
     book = RuleBook(RULES)
     assert book.policy(book.resolve("ops:admin")) == "latest"
     assert book.policy(book.resolve("chat:1")) == "drop_oldest"
+
+
+def test_a_channels_name_can_make_it_private_presence_or_keep_its_last_message() -> None:
+    config = Config(
+        channels=[
+            ChannelRule(match="presence-cache-*", history=History(size=5, ttl_seconds=60)),
+            ChannelRule(match="*"),
+        ]
+    )
+    kinds = [
+        NameKind("private-", private=True),
+        NameKind("presence-", presence=True),
+        NameKind("cache-", keep_last_seconds=1800),
+        NameKind("presence-cache-", keep_last_seconds=1800),
+    ]
+    rules = RuleBook(config, kinds=kinds)
+    assert rules.resolve("news") == ChannelRule(match="*")
+    private = rules.resolve("private-x")
+    assert (private.private, private.presence, private.history.size) == (True, False, 0)
+    presence = rules.resolve("presence-x")
+    assert (presence.private, presence.presence, presence.join_leave) == (True, True, True)
+    cache = rules.resolve("cache-x")
+    assert (cache.private, cache.history) == (False, History(size=1, ttl_seconds=1800))
+    # Every kind a name has applies; a rule's longer history stays, its TTL at least
+    # the kind's.
+    both = rules.resolve("presence-cache-x")
+    assert (both.private, both.presence) == (True, True)
+    assert both.history == History(size=5, ttl_seconds=1800)
+    assert both.match == "presence-cache-*"
+    # Without kinds, a name is only what its rule says.
+    assert not RuleBook(config).resolve("private-x").private

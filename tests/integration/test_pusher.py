@@ -5,6 +5,7 @@ authorization endpoint), against a real hypercorn, on the memory broker and on R
 from __future__ import annotations
 
 import json
+from contextlib import asynccontextmanager
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,7 @@ from tests.support.server import Server, http_call, running_server
 from tests.support.wsclient import connect, subscribe
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
     from pathlib import Path
 
     from channels.config import BrokerConfig
@@ -56,6 +58,15 @@ async def call(function: Any, *args: Any) -> Any:
     return await anyio.to_thread.run_sync(partial(function, *args))
 
 
+@asynccontextmanager
+async def door(
+    config: Settings, anyio_backend: Backend, port: int
+) -> AsyncIterator[tuple[Server, PusherJS]]:
+    """A Clarion with Pusher apps on 127.0.0.1:*port*, and pusher-js in Node."""
+    async with running_server(config, anyio_backend, port) as server, open_pusherjs() as driver:
+        yield server, driver
+
+
 async def connect_js(driver: PusherJS, name: str, server: Server, **extra: Any) -> str:
     await driver.send(
         op="connect", **{"as": name}, key=extra.pop("key", "app-key"), port=server.port, **extra
@@ -72,10 +83,7 @@ async def test_pusher_js_gets_what_the_pusher_library_triggers(
     anyio_backend: Backend, free_tcp_port: int, broker_config: BrokerConfig
 ) -> None:
     with anyio.fail_after(30):
-        async with (
-            running_server(settings(broker_config), anyio_backend, free_tcp_port) as server,
-            open_pusherjs() as driver,
-        ):
+        async with door(settings(broker_config), anyio_backend, free_tcp_port) as (server, driver):
             await connect_js(driver, "a", server)
             await subscribed(driver, "a", "news")
             await subscribed(driver, "a", "sports")
@@ -113,10 +121,7 @@ async def test_private_and_presence_channels_are_authorized_by_the_apps_backend(
     anyio_backend: Backend, free_tcp_port: int, broker_config: BrokerConfig
 ) -> None:
     with anyio.fail_after(30):
-        async with (
-            running_server(settings(broker_config), anyio_backend, free_tcp_port) as server,
-            open_pusherjs() as driver,
-        ):
+        async with door(settings(broker_config), anyio_backend, free_tcp_port) as (server, driver):
             client = backend(server)
             users: dict[str, dict[str, Any]] = {}
             async with serving(auth_app(client, users), anyio_backend, free_port()) as auth_url:
@@ -155,10 +160,7 @@ async def test_client_events_reach_the_others_never_the_sender(
     anyio_backend: Backend, free_tcp_port: int, broker_config: BrokerConfig
 ) -> None:
     with anyio.fail_after(30):
-        async with (
-            running_server(settings(broker_config), anyio_backend, free_tcp_port) as server,
-            open_pusherjs() as driver,
-        ):
+        async with door(settings(broker_config), anyio_backend, free_tcp_port) as (server, driver):
             client = backend(server)
             users: dict[str, dict[str, Any]] = {}
             async with serving(auth_app(client, users), anyio_backend, free_port()) as auth_url:
@@ -198,10 +200,7 @@ async def test_socket_id_leaves_the_connection_that_caused_an_event_out(
     anyio_backend: Backend, free_tcp_port: int, broker_config: BrokerConfig
 ) -> None:
     with anyio.fail_after(30):
-        async with (
-            running_server(settings(broker_config), anyio_backend, free_tcp_port) as server,
-            open_pusherjs() as driver,
-        ):
+        async with door(settings(broker_config), anyio_backend, free_tcp_port) as (server, driver):
             ann = await connect_js(driver, "ann", server)
             await connect_js(driver, "bob", server)
             for name in ("ann", "bob"):
@@ -258,10 +257,7 @@ async def test_apps_are_isolated(
 ) -> None:
     config = settings(broker_config, app("1", "key-one"), app("2", "key-two"))
     with anyio.fail_after(30):
-        async with (
-            running_server(config, anyio_backend, free_tcp_port) as server,
-            open_pusherjs() as driver,
-        ):
+        async with door(config, anyio_backend, free_tcp_port) as (server, driver):
             await connect_js(driver, "one", server, key="key-one")
             await connect_js(driver, "two", server, key="key-two")
             await subscribed(driver, "one", "news")
@@ -281,10 +277,7 @@ async def test_a_signed_in_user_is_terminated_by_the_backend(
     anyio_backend: Backend, free_tcp_port: int, broker_config: BrokerConfig
 ) -> None:
     with anyio.fail_after(30):
-        async with (
-            running_server(settings(broker_config), anyio_backend, free_tcp_port) as server,
-            open_pusherjs() as driver,
-        ):
+        async with door(settings(broker_config), anyio_backend, free_tcp_port) as (server, driver):
             client = backend(server)
             users: dict[str, dict[str, Any]] = {}
             async with serving(auth_app(client, users), anyio_backend, free_port()) as auth_url:
@@ -417,10 +410,7 @@ async def test_webhooks_in_pushers_format_pass_the_pusher_librarys_validation(
     ]
     config = settings(broker_config, app(client_events=True, webhooks=hooks))
     with anyio.fail_after(30):
-        async with (
-            running_server(config, anyio_backend, free_tcp_port) as server,
-            open_pusherjs() as driver,
-        ):
+        async with door(config, anyio_backend, free_tcp_port) as (server, driver):
             client = backend(server)
             receiver = WebhookReceiver(client)
             users: dict[str, dict[str, Any]] = {}
@@ -466,3 +456,25 @@ async def test_webhooks_in_pushers_format_pass_the_pusher_librarys_validation(
                     ("member_removed", "ann"),
                 ]
                 assert receiver.invalid == 0
+
+
+async def test_cache_channels_give_a_new_subscriber_the_last_event_or_a_miss(
+    anyio_backend: Backend, free_tcp_port: int, broker_config: BrokerConfig
+) -> None:
+    with anyio.fail_after(30):
+        async with door(settings(broker_config), anyio_backend, free_tcp_port) as (server, driver):
+            client = backend(server)
+            await call(client.trigger, "cache-scores", "score", {"home": 1})
+            await call(client.trigger, "cache-scores", "score", {"home": 2})
+            await connect_js(driver, "a", server)
+            await subscribed(driver, "a", "cache-scores")
+            last = await driver.event("a", "cache-scores", "score")
+            assert last["data"] == {"home": 2}
+            await subscribed(driver, "a", "cache-empty")
+            await driver.event("a", "cache-empty", "pusher:cache_miss")
+            # Live events follow, each once.
+            await call(client.trigger, "cache-scores", "score", {"home": 3})
+            await driver.event("a", "cache-scores", "score")
+            scores = [r["data"]["home"] for r in driver.seen("a", "cache-scores", "score")]
+            assert scores == [2, 3]
+            assert driver.seen("a", "cache-scores", "pusher:cache_miss") == []

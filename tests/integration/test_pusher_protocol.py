@@ -13,6 +13,7 @@ import anyio
 import msgspec
 import pytest
 
+from channels.config import ChannelRule
 from service.pusher.signatures import request_string, sign
 from service.settings import AppSettings, ServerSettings, Settings
 from tests.support.server import http_call, running_server
@@ -374,3 +375,85 @@ async def test_events_publish_under_the_engines_limits(
                 server, "POST", signed("POST", "/apps/1/events", big), big
             )
             assert (status, reply["code"]) == (413, 205)
+
+
+async def test_through_clarions_door_no_one_forges_a_pusher_channels_events(
+    anyio_backend: Backend, free_tcp_port: int
+) -> None:
+    """The default app's channels through Clarion's protocol and its open HTTP API: a
+    private or presence channel takes no anonymous message, and no message is relayed
+    as a server's event (a member joining) or with another user's id."""
+    config = settings(default=True)
+    with anyio.fail_after(10):
+        async with (
+            running_server(config, anyio_backend, free_tcp_port) as server,
+            connect(url(server)) as pusher_client,
+            connect(server.ws_url) as native,
+        ):
+            socket_id = await established(pusher_client)
+            channel_data = json.dumps({"user_id": "ann"})
+            auth = "app-key:" + sign(SECRET, f"{socket_id}:presence-room:{channel_data}")
+            subscribe = {"channel": "presence-room", "auth": auth, "channel_data": channel_data}
+            await pusher_client.send_json({"event": "pusher:subscribe", "data": subscribe})
+            assert (await pusher_client.receive_object())["event"].endswith("succeeded")
+            await pusher_client.send_json(
+                {"event": "pusher:subscribe", "data": {"channel": "news"}}
+            )
+            assert (await pusher_client.receive_object())["event"].endswith("succeeded")
+            forged = {
+                "event": "pusher_internal:member_added",
+                "data": json.dumps({"user_id": "mallory"}),
+                "user_id": "bob",
+            }
+            for channel in ("presence-room", "private-room"):
+                body = msgspec.json.encode({"channel": channel, "data": forged})
+                status, reply = await http_call(server, "POST", "/api/publish", body)
+                assert (status, reply["code"]) == (403, 202), channel
+                request = {"type": "publish", "id": 1, "channel": channel, "data": forged}
+                assert await native.code_of(request) == 202
+            # On a public channel it is a message like any other, never a member event.
+            body = msgspec.json.encode({"channel": "news", "data": forged})
+            assert (await http_call(server, "POST", "/api/publish", body))[0] == 200
+            relayed = await pusher_client.receive_object()
+            assert relayed["event"] == "message"
+            assert json.loads(relayed["data"]) == forged
+            assert "user_id" not in relayed
+            # The backend's own API may not send a server's event either.
+            event = msgspec.json.encode({"name": "pusher:error", "data": "x", "channel": "news"})
+            status, reply = await http_call(
+                server, "POST", signed("POST", "/apps/1/events", event), event
+            )
+            assert (status, reply["code"]) == (400, 101)
+
+
+async def test_a_member_needs_a_user_id(server: Server) -> None:
+    with anyio.fail_after(10):
+        async with connect(url(server)) as client:
+            socket_id = await established(client)
+            for channel_data in ('{"user_id": ""}', '{"user_info": {}}'):
+                auth = "app-key:" + sign(SECRET, f"{socket_id}:presence-r:{channel_data}")
+                subscribe = {"channel": "presence-r", "auth": auth, "channel_data": channel_data}
+                error = await error_of(client, {"event": "pusher:subscribe", "data": subscribe})
+                assert error["code"] == 101, channel_data
+
+
+async def test_a_pusher_only_server_serves_no_channel_through_clarions_protocol(
+    anyio_backend: Backend, free_tcp_port: int
+) -> None:
+    app = AppSettings(id="1", key="app-key", secret=SECRET, channels=[ChannelRule(match="*")])
+    config = Settings(channels=[], apps=[app])
+    with anyio.fail_after(10):
+        async with (
+            running_server(config, anyio_backend, free_tcp_port) as server,
+            connect(url(server)) as pusher_client,
+            connect(server.ws_url) as native,
+        ):
+            await established(pusher_client)
+            await pusher_client.send_json(
+                {"event": "pusher:subscribe", "data": {"channel": "news"}}
+            )
+            assert (await pusher_client.receive_object())["event"].endswith("succeeded")
+            subscribe = {"type": "subscribe", "id": 1, "channel": "news"}
+            assert await native.code_of(subscribe) == 201
+            body = msgspec.json.encode({"channel": "news", "data": 1})
+            assert (await http_call(server, "POST", "/api/publish", body))[1]["code"] == 201
