@@ -327,7 +327,10 @@ class Hub:
         state = self._channels.get(channel)
         if state is None:
             state = self._channels[channel] = LocalChannel(
-                self._rules.policy(rule), presence=rule.presence, join_leave=rule.join_leave
+                self._rules.policy(rule),
+                presence=rule.presence,
+                join_leave=rule.join_leave,
+                by_user=self._rules.members_by_user(channel),
             )
         channels.add(channel)
         if member is not None:
@@ -346,8 +349,9 @@ class Hub:
                     limit=self._limits.recovery_limit,
                 )
             members = None
+            first = True  # of its user: by user, only the first joins (see LocalChannel)
             if state.presence:
-                await self._carrier.add_presence(channel, client)
+                first = await self._carrier.add_presence(channel, client) or not state.by_user
                 if read_presence:
                     members = await self._carrier.presence(channel)
             if self._rules is not rules:  # a reload came meanwhile: its rules decide
@@ -359,7 +363,7 @@ class Hub:
         del state.joining[outbox]
         state.subscribers[outbox] = None
         self._carrier.count(channel, len(state.subscribers))
-        if state.presence and self.observer is not None:
+        if state.presence and first and self.observer is not None:
             joined = Activity(name="member_joined", channel=channel, client=client)
             self.observer(joined)
         start = page.position.offset
@@ -379,7 +383,7 @@ class Hub:
         for delivery in joining.deliveries:
             if delivery.offset > start:
                 outbox.offer(delivery)
-        if state.join_leave:
+        if state.join_leave and first:
             self._carrier.announce(channel, "join", client)
 
     def reconfigure(self, config: Config) -> int:
@@ -470,6 +474,11 @@ class Hub:
         if self.observer is not None:
             name: ActivityName = "channel_occupied" if occupied else "channel_vacated"
             self.observer(Activity(name=name, channel=channel))
+
+    def departed(self, channel: str, client: ClientInfo) -> None:
+        """*client*'s user left *channel* (broker callback, on the node it left from)."""
+        if self.observer is not None:
+            self.observer(Activity(name="member_left", channel=channel, client=client))
 
     def command(self, command: Command) -> None:
         """Apply a command of the server API to this node's connections (broker callback)."""
@@ -868,13 +877,15 @@ class Hub:
         state.joining.pop(outbox, None)
         state.skip_until.pop(outbox, None)
         client = state.members.pop(outbox, None) or self._clients[outbox]
+        # By user, the broker decides whether the user left, and then tells `departed`.
+        by_user = live and state.by_user
         if state.presence:
-            self._carrier.remove_presence(channel, client)
+            self._carrier.remove_presence(channel, client, by_user=by_user)
         if live:
-            if state.presence and self.observer is not None:
+            if state.presence and not by_user and self.observer is not None:
                 self.observer(Activity(name="member_left", channel=channel, client=client))
             self._carrier.count(channel, len(state.subscribers))
-        if live and state.join_leave:
+        if live and state.join_leave and not by_user:
             self._carrier.announce(channel, "leave", client)
         if not state.subscribers and not state.joining:
             del self._channels[channel]

@@ -54,6 +54,7 @@ class LocalChannel:
     """The local state of one channel that has subscribers, or is about to."""
 
     __slots__ = (
+        "by_user",
         "join_leave",
         "joining",
         "last_offset",
@@ -65,10 +66,20 @@ class LocalChannel:
         "subscribers",
     )
 
-    def __init__(self, policy: SlowConsumerPolicy, *, presence: bool, join_leave: bool) -> None:
+    def __init__(
+        self,
+        policy: SlowConsumerPolicy,
+        *,
+        presence: bool,
+        join_leave: bool,
+        by_user: bool = False,
+    ) -> None:
         self.policy: SlowConsumerPolicy = policy
         self.presence = presence
         self.join_leave = join_leave
+        self.by_user = by_user
+        """Whether its members are users, not connections: a user's first connection
+        joins, its last leaves (a Pusher presence channel)."""
         self.subscribers: dict[Outbox, None] = {}
         self.last_offset = 0
         """The offset of the last publication delivered here."""

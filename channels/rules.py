@@ -38,9 +38,10 @@ class NameKind(msgspec.Struct, frozen=True, gc=False):
     protocol makes its clients (Pusher's ``private-``, ``presence-`` and ``cache-``).
 
     A channel whose name starts with ``prefix`` is private (subscribing needs an
-    authorization, and so does publishing as a client), keeps presence (and sends join
-    and leave events), or keeps its last message for at least ``keep_last_seconds``, as
-    the kind says.
+    authorization, and so does publishing as a client), keeps presence of users (a user
+    joins with its first connection and leaves with its last, with join and leave
+    events), or keeps its last message for at least ``keep_last_seconds``, as the kind
+    says.
     """
 
     prefix: str
@@ -93,6 +94,12 @@ class RuleBook:
             kinds = tuple(kind for kind in self._kinds if channel.startswith(kind.prefix))
             return self._of_kinds(rule, kinds)
         return rule
+
+    def members_by_user(self, channel: str) -> bool:
+        """Whether *channel*'s members are users rather than connections: a presence
+        channel by its name (a user joins with its first connection, leaves with its
+        last)."""
+        return any(kind.presence and channel.startswith(kind.prefix) for kind in self._kinds)
 
     def _pattern_rule(self, channel: str) -> ChannelRule:
         for pattern, rule in self._patterns:

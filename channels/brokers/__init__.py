@@ -59,6 +59,11 @@ class Receiver(Protocol):
         """Apply a command of the server API (sent by any node, this one included)."""
         ...
 
+    def departed(self, channel: str, client: ClientInfo) -> None:
+        """*client*'s user left *channel*'s presence: this node removed its last entry
+        (a `Broker.remove_presence` by user), and announced its ``leave``."""
+        ...
+
     def occupancy(self, channel: str, occupied: bool) -> None:
         """*channel* got its first subscriber in the cluster, or lost its last.
 
@@ -127,16 +132,23 @@ class Broker(Protocol):
         """Tell the broker no local subscriber is left on *channel*. Never blocks."""
         ...
 
-    async def add_presence(self, channel: str, client: ClientInfo) -> None:
-        """Record that *client* is subscribed to *channel*, until `remove_presence`.
+    async def add_presence(self, channel: str, client: ClientInfo) -> bool:
+        """Record that *client* is subscribed to *channel*, until `remove_presence`;
+        return whether it is its user's first entry there (True without a user).
 
         A multi-node broker lets the record expire unless this node keeps refreshing it,
-        so the clients of a node that died disappear.
+        so the clients of a node that died disappear. Of two clients of a user added at
+        once, on any nodes, one only is the first.
         """
         ...
 
-    def remove_presence(self, channel: str, client: ClientInfo) -> None:
-        """Forget that *client* is subscribed to *channel*. Never blocks."""
+    def remove_presence(self, channel: str, client: ClientInfo, *, by_user: bool = False) -> None:
+        """Forget that *client* is subscribed to *channel*. Never blocks.
+
+        With *by_user*, once it is forgotten, if no other client of its user is left,
+        the broker announces *client*'s ``leave`` to every node and tells this node's
+        receiver it `departed`; deciding and announcing are one atomic step.
+        """
         ...
 
     async def presence(self, channel: str) -> list[ClientInfo]:

@@ -138,16 +138,22 @@ class MemoryBroker:
             stream.subscribed = False
             self._forget_if_idle(channel, stream)
 
-    async def add_presence(self, channel: str, client: ClientInfo) -> None:
+    async def add_presence(self, channel: str, client: ClientInfo) -> bool:
         await anyio.lowlevel.checkpoint()
-        self._presence.setdefault(channel, {})[client.client] = client
+        clients = self._presence.setdefault(channel, {})
+        first = client.client not in clients and not _has_user(clients, client.user)
+        clients[client.client] = client
+        return first
 
-    def remove_presence(self, channel: str, client: ClientInfo) -> None:
+    def remove_presence(self, channel: str, client: ClientInfo, *, by_user: bool = False) -> None:
         clients = self._presence.get(channel)
-        if clients is not None:
-            clients.pop(client.client, None)
-            if not clients:
-                del self._presence[channel]
+        if clients is None or clients.pop(client.client, None) is None:
+            return
+        if not clients:
+            del self._presence[channel]
+        if by_user and not _has_user(clients, client.user):
+            self._receiver.event(channel, "leave", client)
+            self._receiver.departed(channel, client)
 
     async def presence(self, channel: str) -> list[ClientInfo]:
         await anyio.lowlevel.checkpoint()
@@ -191,3 +197,8 @@ class MemoryBroker:
         await anyio.lowlevel.checkpoint()
         names = sorted(name for name in self._counts if name > after and name.startswith(prefix))
         return [(name, self._counts[name]) for name in names[: limit + 1]]
+
+
+def _has_user(clients: dict[str, ClientInfo], user: str | None) -> bool:
+    """Whether one of *clients* is *user*'s (never, for no user)."""
+    return user is not None and any(client.user == user for client in clients.values())

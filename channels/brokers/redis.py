@@ -92,11 +92,14 @@ class RedisBroker:
         self._read_script = client.register_script(redis_scripts.READ)
         self._presence_add = client.register_script(redis_scripts.PRESENCE_ADD)
         self._presence_read = client.register_script(redis_scripts.PRESENCE_READ)
+        self._presence_remove = client.register_script(redis_scripts.PRESENCE_REMOVE)
         self._presence_ttl_ms = max(1, round(config.presence_ttl_seconds * 1000))
         self._presence_refresh_seconds = config.presence_ttl_seconds / 3
         self._present: dict[str, dict[str, ClientInfo]] = {}
         """This node's clients in presence, per channel: refreshed, so they stay."""
-        self._to_forget: list[tuple[str, str]] = []
+        self._to_forget: list[tuple[str, ClientInfo, bool]] = []
+        """Presence entries to remove: channel, client, and whether by user (see
+        `remove_presence`)."""
         self._to_announce: list[tuple[str, bytes]] = []
         self._receiver = receiver
         self._control = ControlChannel(client, self._keys, receiver, config.timeout_seconds)
@@ -198,24 +201,30 @@ class RedisBroker:
             listening.wanted = False
             self._leave_soon(channel)
 
-    async def add_presence(self, channel: str, client: ClientInfo) -> None:
+    async def add_presence(self, channel: str, client: ClientInfo) -> bool:
         self._present.setdefault(channel, {})[client.client] = client
         try:
             with self._calling("presence"):
-                await self._presence_add(
+                first: Any = await self._presence_add(
                     keys=self._keys.presence(channel),
-                    args=[client.client, _encoder.encode(client), self._presence_ttl_ms],
+                    args=[
+                        client.client,
+                        _encoder.encode(client),
+                        self._presence_ttl_ms,
+                        client.user or "",
+                    ],
                 )
         except BrokerUnavailable:
             self.remove_presence(channel, client)
             raise
+        return bool(first)
 
-    def remove_presence(self, channel: str, client: ClientInfo) -> None:
+    def remove_presence(self, channel: str, client: ClientInfo, *, by_user: bool = False) -> None:
         clients = self._present.get(channel)
         if clients is not None and clients.pop(client.client, None) is not None:
             if not clients:
                 del self._present[channel]
-            self._to_forget.append((channel, client.client))
+            self._to_forget.append((channel, client, by_user))
             self._work.set()
 
     async def presence(self, channel: str) -> list[ClientInfo]:
@@ -464,15 +473,29 @@ class RedisBroker:
     async def _forget_presence(self) -> None:
         while self._to_forget:
             batch = self._to_forget[:]
+            # Subscribed again meanwhile: kept.
+            gone = [item for item in batch if item[1].client not in self._present.get(item[0], {})]
             with anyio.fail_after(self._timeout_seconds):
                 async with self._client.pipeline(transaction=False) as pipeline:
-                    for channel, client in batch:
-                        if client in self._present.get(channel, {}):
-                            continue  # subscribed again meanwhile: keep it
-                        hash_key, expiry_key = self._keys.presence(channel)
-                        pipeline.hdel(hash_key, [client])
-                        pipeline.zrem(expiry_key, [client])
+                    for channel, client, by_user in gone:
+                        if not by_user:
+                            hash_key, expiry_key = self._keys.presence(channel)
+                            pipeline.hdel(hash_key, [client.client])
+                            pipeline.zrem(expiry_key, [client.client])
+                for channel, client, by_user in gone:
+                    if by_user and await self._forget_member(channel, client):
+                        self._receiver.departed(channel, client)
             del self._to_forget[: len(batch)]
+
+    async def _forget_member(self, channel: str, client: ClientInfo) -> bool:
+        """Forget *client*'s entry; announce its leave if its user has no other entry
+        left. Returns whether it did."""
+        leave = _EVENT_MARKS["leave"] + _encoder.encode(client)
+        announced: Any = await self._presence_remove(
+            keys=self._keys.presence(channel),
+            args=[client.client, client.user or "", self._keys.pubsub(channel), leave],
+        )
+        return bool(announced)
 
     async def _refresh_presence(self) -> None:
         """Renew this node's presence entries before they expire."""
@@ -488,7 +511,7 @@ class RedisBroker:
                 for channel, client in entries:
                     self._presence_add(
                         keys=self._keys.presence(channel),
-                        args=[client.client, _encoder.encode(client), self._presence_ttl_ms],
+                        args=[client.client, _encoder.encode(client), self._presence_ttl_ms, ""],
                         client=pipeline,
                     )
 

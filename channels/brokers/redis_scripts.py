@@ -7,7 +7,22 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ("PRESENCE_ADD", "PRESENCE_READ", "PUBLISH", "READ")
+__all__ = ("PRESENCE_ADD", "PRESENCE_READ", "PRESENCE_REMOVE", "PUBLISH", "READ")
+
+# Drops a presence hash's expired entries (KEYS[1] the hash, KEYS[2] the expiry set; `ms`
+# is now).
+_PRUNE = """
+local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ms)
+for _, client in ipairs(expired) do redis.call('HDEL', KEYS[1], client) end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ms)
+"""
+# Runs {found} when an entry of the presence hash KEYS[1] is a client of user {user}.
+_USER_PRESENT = """
+for _, value in ipairs(redis.call('HVALS', KEYS[1])) do
+  local ok, info = pcall(cjson.decode, value)
+  if ok and info.user == {user} then {found} end
+end
+"""
 
 # KEYS: meta, stream, and the idempotency key if the publish has one. ARGV: pub/sub
 # channel, data, new epoch, history size, history ttl (ms), stream idle time (ms), the
@@ -96,15 +111,50 @@ return {epoch, top, kept}
 
 
 # KEYS: presence hash, expiry sorted set. ARGV: client id, info, time to live (ms).
-PRESENCE_ADD: Final = """
+PRESENCE_ADD: Final = (
+    """
 local now = redis.call('TIME')
 local ms = now[1] * 1000 + math.floor(now[2] / 1000)
+local first = 1
+if ARGV[4] and ARGV[4] ~= '' then
+"""
+    + _PRUNE
+    + """
+  if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then
+"""
+    + _USER_PRESENT.format(user="ARGV[4]", found="first = 0")
+    + """
+  else
+    first = 0
+  end
+end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('ZADD', KEYS[2], ms + tonumber(ARGV[3]), ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
+return first
+"""
+)
+
+# KEYS: presence hash, expiry sorted set. ARGV: client, its user, pub/sub channel, the
+# leave announcement. Forgets the client; announces its leave when no other client of its
+# user is left (pruning the expired first). Returns 1 if it announced, else 0.
+PRESENCE_REMOVE: Final = (
+    """
+local now = redis.call('TIME')
+local ms = now[1] * 1000 + math.floor(now[2] / 1000)
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('ZREM', KEYS[2], ARGV[1])
+"""
+    + _PRUNE
+    + """
+"""
+    + _USER_PRESENT.format(user="ARGV[2]", found="return 0")
+    + """
+redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 1
 """
+)
 
 # KEYS: presence hash, expiry sorted set. Drops the expired entries, returns the others.
 PRESENCE_READ: Final = """

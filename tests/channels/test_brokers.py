@@ -45,6 +45,7 @@ class Node:
         self.events: list[tuple[str, Event, str]] = []
         self.commands: list[Command] = []
         self.occupancy_changes: list[tuple[str, bool]] = []
+        self.departures: list[tuple[str, str]] = []
         self.arrived = anyio.Event()
         self.broker: Broker
 
@@ -69,6 +70,10 @@ class Node:
 
     def occupancy(self, channel: str, occupied: bool) -> None:
         self.occupancy_changes.append((channel, occupied))
+        self.arrived.set()
+
+    def departed(self, channel: str, client: ClientInfo) -> None:
+        self.departures.append((channel, client.client))
         self.arrived.set()
 
     def offsets(self, channel: str = "c") -> list[int]:
@@ -399,6 +404,42 @@ async def test_presence_is_kept_and_events_reach_every_node(broker_config: Broke
         while len(await first.broker.presence("room")) != 1:  # noqa: ASYNC110 - removal is in the background with Redis
             await anyio.sleep(0.01)
         assert await first.broker.presence("room") == [alice]
+
+
+async def test_presence_by_user_joins_with_the_first_client_and_leaves_with_the_last(
+    broker_config: BrokerConfig,
+) -> None:
+    count = 1 if broker_config.kind == "memory" else 2
+    async with nodes(broker_config, count) as opened:
+        first, last = opened[0], opened[-1]
+        for node in opened:
+            await node.broker.subscribe("room")
+        tab1, tab2 = ClientInfo("tab1", "ann"), ClientInfo("tab2", "ann")
+        anonymous = ClientInfo("anon", None)
+        # Two of ann's connections at once, on two nodes: one only is her first.
+        firsts = [
+            await first.broker.add_presence("room", tab1),
+            await last.broker.add_presence("room", tab2),
+        ]
+        assert firsts == [True, False]
+        assert await first.broker.add_presence("room", anonymous) is True
+        # Her first to leave is not her last: no leave, nothing departed.
+        first.broker.remove_presence("room", tab1, by_user=True)
+        while len(await last.broker.presence("room")) != 2:  # noqa: ASYNC110 - removal is in the background with Redis
+            await anyio.sleep(0.01)
+        last.broker.remove_presence("room", tab2, by_user=True)
+        for node in opened:
+            while not node.events:
+                node.arrived = anyio.Event()
+                await node.arrived.wait()
+            assert node.events == [("room", "leave", "tab2")]
+        # Told on the node her last connection left from, and there only.
+        while not last.departures:
+            last.arrived = anyio.Event()
+            await last.arrived.wait()
+        assert last.departures == [("room", "tab2")]
+        assert first.departures == [] or first is last
+        assert await first.broker.presence("room") == [anonymous]
 
 
 async def test_redis_presence_of_a_node_that_stopped_refreshing_expires(

@@ -478,3 +478,58 @@ async def test_cache_channels_give_a_new_subscriber_the_last_event_or_a_miss(
             scores = [r["data"]["home"] for r in driver.seen("a", "cache-scores", "score")]
             assert scores == [2, 3]
             assert driver.seen("a", "cache-scores", "pusher:cache_miss") == []
+
+
+async def test_a_user_with_two_connections_is_one_member(
+    anyio_backend: Backend, free_tcp_port: int, broker_config: BrokerConfig
+) -> None:
+    port = free_port()
+    hook = AppWebhookSettings(
+        url=f"http://127.0.0.1:{port}/hooks",
+        events=["member_added", "member_removed"],
+        batch_seconds=0.01,
+    )
+    config = settings(broker_config, app(webhooks=[hook]))
+    with anyio.fail_after(30):
+        async with door(config, anyio_backend, free_tcp_port) as (server, driver):
+            client = backend(server)
+            receiver = WebhookReceiver(client)
+            users: dict[str, dict[str, Any]] = {}
+            async with (
+                serving(receiver, anyio_backend, port),
+                serving(auth_app(client, users), anyio_backend, free_port()) as auth,
+            ):
+                for name in ("bob", "tab1", "tab2"):
+                    socket_id = await connect_js(driver, name, server, auth=f"{auth}/auth")
+                    users[socket_id] = {"id": "bob" if name == "bob" else "ann"}
+                await subscribed(driver, "bob", "presence-room")
+                await subscribed(driver, "tab1", "presence-room")
+                await driver.event("bob", "presence-room", "pusher:member_added")
+                joined = await subscribed(driver, "tab2", "presence-room")
+                assert (joined["data"]["count"], joined["data"]["ids"]) == (2, ["ann", "bob"])
+                # Ann closes one tab: she is still there for Bob, and for herself.
+                await driver.send(op="disconnect", **{"as": "tab2"})
+                await driver.expect(
+                    lambda r: r.get("as") == "tab2" and "disconnected" in str(r.get("state"))
+                )
+                await call(client.trigger, "presence-room", "after", {})
+                for name in ("bob", "tab1"):
+                    if not driver.seen(name, "presence-room", "after"):
+                        await driver.event(name, "presence-room", "after")
+                    await driver.send(op="members", **{"as": name}, channel="presence-room")
+                    members = await driver.expect(lambda r: "members" in r)
+                    assert members["as"] == name
+                    assert members["members"] == {"count": 2, "ids": ["ann", "bob"]}
+                assert driver.seen("bob", "presence-room", "pusher:member_removed") == []
+                assert driver.seen("tab1", "presence-room", "pusher:member_added") == []
+                # Her last tab closes: she leaves, once.
+                await driver.send(op="disconnect", **{"as": "tab1"})
+                removed = await driver.event("bob", "presence-room", "pusher:member_removed")
+                assert removed["data"]["id"] == "ann"
+                await receiver.wait_for(lambda e: e["name"] == "member_removed")
+                names = [(e["name"], e["user_id"]) for e in receiver.events]
+                assert names == [
+                    ("member_added", "bob"),
+                    ("member_added", "ann"),
+                    ("member_removed", "ann"),
+                ]

@@ -20,6 +20,7 @@ class Recorder:
         self.events: list[tuple[str, Event, ClientInfo]] = []
         self.commands: list[Command] = []
         self.occupancy_changes: list[tuple[str, bool]] = []
+        self.departures: list[tuple[str, ClientInfo]] = []
 
     def deliver(self, publication: Publication) -> None:
         self.delivered.append(publication)
@@ -35,6 +36,9 @@ class Recorder:
 
     def command(self, command: Command) -> None:
         self.commands.append(command)
+
+    def departed(self, channel: str, client: ClientInfo) -> None:
+        self.departures.append((channel, client))
 
     def occupancy(self, channel: str, occupied: bool) -> None:
         self.occupancy_changes.append((channel, occupied))
