@@ -51,7 +51,7 @@ Access = Literal["anyone", "authenticated", "granted", "owner"]
 lists the channel in its ``channels`` claim, or the user whose id the ``*`` stands for."""
 
 #: Characters allowed in a channel name; a rule's ``match`` may add ``*``.
-CHANNEL_NAME_CHARS = r"A-Za-z0-9_\-:.@/=+,;"
+CHANNEL_NAME_CHARS = r"A-Za-z0-9_\-:.@/=+,;#"
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _PATTERN_CHARS = re.compile(rf"[{CHANNEL_NAME_CHARS}*]+")
 _KEY_FIRST = re.compile(r"([a-z_]+): ")
@@ -142,7 +142,7 @@ class ChannelRule(Section, frozen=True):
     def __post_init__(self) -> None:
         if not _PATTERN_CHARS.fullmatch(self.match):
             raise ValueError(
-                f"match {self.match!r} may hold only letters, digits, '_-:.@/=+,;' and '*'"
+                f"match {self.match!r} may hold only letters, digits, '_-:.@/=+,;#' and '*'"
             )
         if "owner" in (self.subscribe, self.publish) and self.match.count("*") != 1:
             raise ValueError(

@@ -48,6 +48,9 @@ class NameKind(msgspec.Struct, frozen=True, gc=False):
     private: bool = False
     presence: bool = False
     keep_last_seconds: float = 0.0
+    owned: bool = False
+    """Only the user whose id follows the prefix may subscribe, and no client may
+    publish (Pusher's ``#server-to-user-{id}``, where the backend sends to a user)."""
 
 
 class RuleBook:
@@ -85,7 +88,7 @@ class RuleBook:
             raise InvalidChannelName(channel, f"longer than {self._max_length} characters")
         if not _NAME.fullmatch(channel):
             raise InvalidChannelName(
-                channel, "use 1 or more letters, digits and '_-:.@/=+,;' characters"
+                channel, "use 1 or more letters, digits and '_-:.@/=+,;#' characters"
             )
         rule = self._exact.get(channel)
         if rule is None:
@@ -115,6 +118,7 @@ class RuleBook:
             presence = any(kind.presence for kind in kinds)
             private = presence or any(kind.private for kind in kinds)
             keep = max(kind.keep_last_seconds for kind in kinds)
+            owned = any(kind.owned for kind in kinds)
             history = rule.history
             if keep:
                 ttl = history.ttl_seconds and max(history.ttl_seconds, keep)
@@ -125,6 +129,8 @@ class RuleBook:
                 presence=rule.presence or presence,
                 join_leave=rule.join_leave or presence,
                 history=history,
+                subscribe="owner" if owned else rule.subscribe,
+                publish=False if owned else rule.publish,
             )
         return found
 
@@ -158,10 +164,18 @@ class RuleBook:
             raise PermissionDenied(channel, action, "authenticate first")
         if access == "granted" and channel not in grant.channels:
             raise PermissionDenied(channel, action, "your token does not list this channel")
-        if access == "owner":
-            found = self._pattern_of[rule.match].fullmatch(channel)
-            if found is None or found[1] != grant.user:
-                raise PermissionDenied(channel, action, "only its owner may")
+        if access == "owner" and self._owner_of(rule, channel) != grant.user:
+            raise PermissionDenied(channel, action, "only its owner may")
+
+    def _owner_of(self, rule: ChannelRule, channel: str) -> str | None:
+        """The user whose channel *channel* is: what follows an owned kind's prefix, or
+        what the one ``*`` of *rule*'s match stands for."""
+        for kind in self._kinds:
+            if kind.owned and channel.startswith(kind.prefix):
+                return channel[len(kind.prefix) :]
+        pattern = self._pattern_of.get(rule.match)
+        found = None if pattern is None else pattern.fullmatch(channel)
+        return None if found is None else found[1]
 
     def check_data(self, rule: ChannelRule, channel: str, data: msgspec.Raw) -> None:
         """Make sure a message's encoded *data* has the shape *rule* declares, if any.

@@ -28,7 +28,7 @@ import msgspec
 from channels.errors import ChannelsError
 from service.errors import BadMessage, RouteNotFound, Unauthorized
 from service.pusher.codes import PusherCode
-from service.pusher.names import SERVER_TO_USER, is_presence
+from service.pusher.names import is_presence
 from service.pusher.protocol import RESERVED_PREFIXES, Envelope, encode_envelope
 from service.pusher.session import EVENT_NAME_MAX_LENGTH
 from service.pusher.signatures import request_string, sign
@@ -155,7 +155,6 @@ async def answer(
         channels = request.channels or ([] if request.channel is None else [request.channel])
         if not channels:
             raise BadMessage("name at least one channel in channels")
-        _check_served(channels)
         limit = server.broadcast_max_channels
         if len(channels) > limit:
             raise BadMessage(f"{len(channels)} channels: {limit} at most")
@@ -171,7 +170,6 @@ async def answer(
         limit = server.batch_max_requests
         if len(batch) > limit:
             raise BadMessage(f"{len(batch)} events in a batch: {limit} at most")
-        _check_served([event.channel for event in batch])
         for event in batch:
             data = _envelope(event.name, event.data, event.socket_id)
             await hub.publish(event.channel, data, trusted=True, idempotency_key=key)
@@ -246,14 +244,6 @@ def _decode(decoder: msgspec.json.Decoder[_T], body: bytes) -> _T:
         return decoder.decode(body)
     except msgspec.DecodeError as exc:
         raise BadMessage(f"bad body: {exc}") from None
-
-
-def _check_served(channels: list[str]) -> None:
-    for channel in channels:
-        if channel.startswith(SERVER_TO_USER):
-            raise BadMessage(
-                f"{channel[:80]!r}: events to a user (send_to_user) are not served yet"
-            )
 
 
 def _envelope(name: str, data: str, socket_id: str | None) -> msgspec.Raw:

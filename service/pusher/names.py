@@ -7,7 +7,9 @@ through every door.
   so client events are refused there;
 - ``presence-``: needs an authorization naming the member; keeps presence;
 - ``cache-``, ``private-cache-``, ``private-encrypted-cache-``, ``presence-cache-``: keep
-  their last event for `CACHE_SECONDS`, sent to each new subscriber.
+  their last event for `CACHE_SECONDS`, sent to each new subscriber;
+- ``#server-to-user-{id}``: the events the backend sends to a user (``send_to_user``),
+  to that user's signed-in connections only.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ __all__ = (
     "is_private",
 )
 
-#: The channel of a signed-in user's own events (``send_to_user``): not served yet.
+#: The channel of a signed-in user's own events (``send_to_user``).
 SERVER_TO_USER: Final = "#server-to-user-"
 #: How long a cache channel keeps its last event (Pusher's: 30 minutes).
 CACHE_SECONDS: Final = 30 * 60.0
@@ -37,6 +39,7 @@ _ENCRYPTED: Final = ("private-encrypted-",)
 _CACHE: Final = ("cache-", "private-cache-", "private-encrypted-cache-", "presence-cache-")
 
 NAME_KINDS: Final = (
+    NameKind(SERVER_TO_USER, owned=True),
     NameKind("private-", private=True),
     NameKind("presence-", presence=True),
     *(NameKind(prefix, keep_last_seconds=CACHE_SECONDS) for prefix in _CACHE),

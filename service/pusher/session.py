@@ -16,18 +16,12 @@ from typing import TYPE_CHECKING, Final
 import anyio
 import msgspec
 
-from channels.errors import ChannelNotFound, ChannelsError, PermissionDenied
+from channels.errors import ChannelsError, PermissionDenied
 from channels.publication import ClientInfo
 from service.closecodes import CloseCode
 from service.errors import BadMessage, InvalidToken, UnknownOp
 from service.pusher.codes import PusherCode
-from service.pusher.names import (
-    SERVER_TO_USER,
-    is_cache,
-    is_encrypted,
-    is_presence,
-    is_private,
-)
+from service.pusher.names import is_cache, is_encrypted, is_presence, is_private
 from service.pusher.protocol import (
     ENCODING,
     NULL,
@@ -185,10 +179,6 @@ class PusherSession:
 
     async def _subscribe(self, data: SubscribeData) -> None:
         connection, channel = self.connection, data.channel
-        if channel.startswith(SERVER_TO_USER):
-            message = "events to a signed-in user (#server-to-user- channels) are not served yet"
-            self._subscription_error(channel, "ChannelError", 404, ChannelNotFound.code, message)
-            return
         presence, private = is_presence(channel), is_private(channel)
         member = None
         if private:

@@ -533,3 +533,34 @@ async def test_a_user_with_two_connections_is_one_member(
                     ("member_added", "ann"),
                     ("member_removed", "ann"),
                 ]
+
+
+async def test_the_backend_sends_to_a_signed_in_user_and_to_no_one_else(
+    anyio_backend: Backend, free_tcp_port: int, broker_config: BrokerConfig
+) -> None:
+    with anyio.fail_after(30):
+        async with door(settings(broker_config), anyio_backend, free_tcp_port) as (server, driver):
+            client = backend(server)
+            users: dict[str, dict[str, Any]] = {}
+            async with serving(auth_app(client, users), anyio_backend, free_port()) as auth:
+                for name in ("ann", "bob"):
+                    socket_id = await connect_js(driver, name, server, userAuth=f"{auth}/user-auth")
+                    users[socket_id] = {"id": name}
+                    await driver.send(op="signin", **{"as": name})
+                    # Signed in, pusher-js subscribes to the user's own channel.
+                    subscribed = await driver.expect(lambda r: "subscribed" in r)
+                    assert subscribed == {"as": name, "subscribed": f"#server-to-user-{name}"}
+                await call(client.send_to_user, "ann", "direct", {"n": 1})
+                got = await driver.expect(lambda r: r.get("user_event") == "direct")
+                assert (got["as"], got["data"]) == ("ann", {"n": 1})
+                await call(client.send_to_user, "bob", "direct", {"n": 2})
+                got = await driver.expect(lambda r: r.get("user_event") == "direct")
+                assert (got["as"], got["data"]) == ("bob", {"n": 2})
+            # Without signing in as ann, her channel is refused.
+            async with connect(f"ws://127.0.0.1:{server.port}/app/app-key?protocol=7") as raw:
+                await raw.receive_object()
+                subscribe = {"channel": "#server-to-user-ann"}
+                await raw.send_json({"event": "pusher:subscribe", "data": subscribe})
+                refused = await raw.receive_object()
+                assert refused["event"] == "pusher:subscription_error"
+                assert json.loads(refused["data"])["code"] == 202

@@ -12,6 +12,7 @@
 //           {"as", "channel", "event", "data"}               (every event on a channel)
 //           {"as", "channel", "of": event, "sent_by": user_id}  (an event with a user_id)
 //           {"as", "error": ...}                               (connection errors)
+//           {"as", "user_event", "data"}                       (sent to its signed-in user)
 //           {"as", "members": {...}}, {"as", "done": op}
 "use strict";
 
@@ -54,12 +55,15 @@ function connect(command) {
     const data = error && error.error && error.error.data ? error.error.data : error && error.data;
     report({ as: name, error: data || String(error && error.type) });
   });
+  // What the backend sends to the signed-in user (send_to_user).
+  client.user.bind_global((event, data) => report({ as: name, user_event: event, data }));
   // A channel's global callbacks are not given an event's metadata: its user_id is
   // reported from the connection's messages.
   client.connection.bind("message", (event) => {
     if (event.user_id) report({ as: name, channel: event.channel, sent_by: event.user_id, of: event.event });
     if (event.event === "pusher:signin_success") report({ as: name, signed_in: true });
     if (event.event === "pusher:pong") report({ as: name, pong: true });
+    if (event.event === "pusher_internal:subscription_succeeded") report({ as: name, subscribed: event.channel });
   });
 }
 
