@@ -93,6 +93,11 @@ class Connection:
         """Make this connection *user*'s from now on (see `Hub.sign_in`)."""
         self.client = self._hub.sign_in(self._outbox, user)
 
+    def subscribed(self, channel: str) -> bool:
+        """Whether this connection is subscribed to *channel* now (a subscribe still
+        under way is not yet; one the server ended is no longer)."""
+        return self._hub.subscribed(self._outbox, channel)
+
     def unsubscribe(self, channel: str) -> None:
         """End the subscription to *channel* (see `Hub.unsubscribe`)."""
         self._hub.unsubscribe(self._outbox, channel)

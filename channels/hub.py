@@ -20,6 +20,7 @@ from channels.errors import (
     ChannelsError,
     MessageTooLarge,
     NotSubscribed,
+    PermissionDenied,
     PresenceDisabled,
     ServerClosing,
     TooManyChannels,
@@ -433,6 +434,11 @@ class Hub:
             state.join_leave = rule.join_leave
         return ended
 
+    def subscribed(self, outbox: Outbox, channel: str) -> bool:
+        """Whether *outbox* is a live subscriber of *channel*."""
+        state = self._channels.get(channel)
+        return state is not None and outbox in state.subscribers
+
     def unsubscribe(self, outbox: Outbox, channel: str) -> None:
         """End *outbox*'s subscription to *channel*. Never blocks.
 
@@ -536,12 +542,7 @@ class Hub:
             InvalidData: if *data* does not have the rule's ``data`` shape.
             ServerClosing: if the hub is closing.
         """
-        if self.closing:
-            raise ServerClosing
-        rule = self._resolve(channel, "publish", by, trusted=trusted, private_ok=private_ok)
-        if len(data) > rule.max_message_bytes:
-            raise MessageTooLarge(channel, len(data), rule.max_message_bytes)
-        self._rules.check_data(rule, channel, data)
+        rule = self.check_publish(channel, data, trusted=trusted, by=by, private_ok=private_ok)
         published = await self._carrier.publish(
             channel,
             data,
@@ -557,6 +558,46 @@ class Hub:
                     Activity(name="client_published", channel=channel, client=client, data=data)
                 )
         return published
+
+    def check_publish(
+        self,
+        channel: str,
+        data: msgspec.Raw,
+        *,
+        trusted: bool,
+        by: Outbox | None = None,
+        private_ok: bool = False,
+    ) -> ChannelRule:
+        """Make sure `publish` would take *data* on *channel* (as its arguments say), and
+        return the channel's rule; publish nothing.
+
+        A caller that publishes several messages at once checks them all first, so that
+        a refusal publishes none of them.
+
+        Raises:
+            What `publish` raises before it reaches the broker, and PermissionDenied for
+            an untrusted message that would leave out another client than its publisher
+            (see `open_hub`'s *sender_of*).
+        """
+        if self.closing:
+            raise ServerClosing
+        rule = self._resolve(channel, "publish", by, trusted=trusted, private_ok=private_ok)
+        if len(data) > rule.max_message_bytes:
+            raise MessageTooLarge(channel, len(data), rule.max_message_bytes)
+        self._rules.check_data(rule, channel, data)
+        if not trusted and self._sender_of is not None:
+            sender = self._sender_of(data)
+            if sender is not None and (by is None or self._clients[by].client != sender):
+                raise PermissionDenied(channel, "publish", "only its own publisher may be left out")
+        return rule
+
+    def check_channel(self, channel: str) -> None:
+        """Make sure *channel* is a name some rule takes.
+
+        Raises:
+            InvalidChannelName, ChannelNotFound: for a bad channel.
+        """
+        self._rules.resolve(channel)
 
     async def broadcast(
         self,

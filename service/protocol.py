@@ -56,6 +56,7 @@ __all__ = (
     "Since",
     "StatsReply",
     "Subscribe",
+    "TOO_DEEP",
     "SubscribeReply",
     "Unsubscribe",
     "Unsubscribed",
@@ -154,7 +155,7 @@ class _Probe(msgspec.Struct):
 
 
 #: msgspec decodes nested JSON recursively, up to Python's recursion limit.
-_TOO_DEEP = (
+TOO_DEEP: Final = (
     "not valid JSON: nested too deeply (arrays and objects nest at most a few hundred levels)"
 )
 _request_decoder: msgspec.json.Decoder[ClientMessage] = msgspec.json.Decoder(ClientMessage)
@@ -172,7 +173,7 @@ def decode_request(frame: str | bytes) -> ClientMessage:
     try:
         return _request_decoder.decode(frame)
     except RecursionError:
-        raise BadJSON(_TOO_DEEP) from None
+        raise BadJSON(TOO_DEEP) from None
     except msgspec.ValidationError as exc:
         try:
             probe = _probe_decoder.decode(frame)
@@ -204,7 +205,7 @@ def decode_body(decoder: msgspec.json.Decoder[T], body: bytes) -> T:
     try:
         return decoder.decode(body)
     except RecursionError:
-        raise BadJSON(_TOO_DEEP) from None
+        raise BadJSON(TOO_DEEP) from None
     except msgspec.ValidationError as exc:
         raise BadMessage(_describe(exc)) from None
     except msgspec.DecodeError as exc:

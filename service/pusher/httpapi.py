@@ -21,12 +21,13 @@ import hashlib
 import hmac
 import re
 import time
-from typing import TYPE_CHECKING, Annotated, Final, TypeVar
+from typing import TYPE_CHECKING, Annotated, Final
 
 import msgspec
 
 from channels.errors import ChannelsError
-from service.errors import BadMessage, RouteNotFound, Unauthorized
+from service.errors import BadMessage, MethodNotAllowed, RouteNotFound, Unauthorized
+from service.protocol import decode_body
 from service.pusher.codes import PusherCode
 from service.pusher.names import is_presence
 from service.pusher.protocol import RESERVED_PREFIXES, Envelope, encode_envelope
@@ -56,7 +57,8 @@ TIMESTAMP_WINDOW_SECONDS: Final = 600
 CHANNELS_LIST_MAX: Final = 10_000
 _PAGE: Final = 1000
 
-_SOCKET_ID = re.compile(r"[0-9]+\.[0-9]+")
+_SOCKET_ID = re.compile(r"[0-9]{1,20}\.[0-9]{1,20}")
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")
 _PATH = re.compile(
     r"/apps/(?P<app>[^/]+)/(?P<route>events|batch_events|channels)"
     r"(?:/(?P<channel>[^/]+)(?P<users>/users)?)?"
@@ -145,13 +147,13 @@ async def answer(
     route, channel, user = found["route"], found["channel"], found["user"]
     key = headers.get("x-idempotency-key")
     if user is not None:
-        _expect(method, "POST")
+        _expect(method, "POST", path)
         code, reason = PusherCode.UNAUTHORIZED, "terminated by the app's backend"
         await hub.disconnect_user(user, code=code, reason=reason)
         return 200, _EMPTY, [*_JSON]
     if route == "events":
-        _expect(method, "POST")
-        request = _decode(_events, body)
+        _expect(method, "POST", path)
+        request = decode_body(_events, body)
         channels = request.channels or ([] if request.channel is None else [request.channel])
         if not channels:
             raise BadMessage("name at least one channel in channels")
@@ -159,27 +161,38 @@ async def answer(
         if len(channels) > limit:
             raise BadMessage(f"{len(channels)} channels: {limit} at most")
         data = _envelope(request.name, request.data, request.socket_id)
+        # Everything checked before anything is published: a refusal publishes nothing.
+        wanted = _attributes(request.info)
+        for channel in channels:
+            hub.check_publish(channel, data, trusted=True)
+            _check_attributes(channel, wanted)
         results = await hub.broadcast(channels, data, trusted=True, idempotency_key=key)
         for result in results:
             if isinstance(result, ChannelsError):
                 raise result
         return 200, await _info_reply(hub, channels, request.info), [*_JSON]
     if route == "batch_events":
-        _expect(method, "POST")
-        batch = _decode(_batches, body).batch
+        _expect(method, "POST", path)
+        batch = decode_body(_batches, body).batch
         limit = server.batch_max_requests
         if len(batch) > limit:
             raise BadMessage(f"{len(batch)} events in a batch: {limit} at most")
-        for event in batch:
-            data = _envelope(event.name, event.data, event.socket_id)
-            await hub.publish(event.channel, data, trusted=True, idempotency_key=key)
+        events = [(event, _envelope(event.name, event.data, event.socket_id)) for event in batch]
+        for event, data in events:
+            hub.check_publish(event.channel, data, trusted=True)
+            _check_attributes(event.channel, _attributes(event.info))
+        for index, (event, data) in enumerate(events):
+            # Each event its own key: a retried batch publishes none of them twice.
+            each = None if key is None else f"{key}:{index}"
+            await hub.publish(event.channel, data, trusted=True, idempotency_key=each)
         if not any(event.info for event in batch):
             return 200, _EMPTY, [*_JSON]
         infos = [await _channel_info(hub, event.channel, event.info) for event in batch]
         return 200, _encoder.encode({"batch": infos}), [*_JSON]
-    _expect(method, "GET")
+    _expect(method, "GET", path)
     if channel is None:
         return 200, await _channels(hub, query), [*_JSON]
+    hub.check_channel(channel)
     if found["users"]:
         if not is_presence(channel):
             raise BadMessage("users are listed for presence channels only")
@@ -220,7 +233,10 @@ def _check_signature(
     if query["auth_version"] != "1.0":
         raise Unauthorized("auth_version must be 1.0")
     timestamp = query["auth_timestamp"]
-    if not timestamp.isdigit() or abs(time.time() - int(timestamp)) > TIMESTAMP_WINDOW_SECONDS:
+    if (
+        not _TIMESTAMP.fullmatch(timestamp)
+        or abs(time.time() - int(timestamp)) > TIMESTAMP_WINDOW_SECONDS
+    ):
         raise Unauthorized(
             f"auth_timestamp is not within {TIMESTAMP_WINDOW_SECONDS} s of the server's clock"
         )
@@ -231,19 +247,9 @@ def _check_signature(
         raise Unauthorized("invalid signature")
 
 
-def _expect(method: str, allowed: str) -> None:
-    if method != allowed:
-        raise BadMessage(f"use {allowed} here")
-
-
-_T = TypeVar("_T")
-
-
-def _decode(decoder: msgspec.json.Decoder[_T], body: bytes) -> _T:
-    try:
-        return decoder.decode(body)
-    except msgspec.DecodeError as exc:
-        raise BadMessage(f"bad body: {exc}") from None
+def _expect(method: str, allowed: str, path: str) -> None:
+    if method != allowed and not (allowed == "GET" and method == "HEAD"):
+        raise MethodNotAllowed(method, path, (allowed,))
 
 
 def _envelope(name: str, data: str, socket_id: str | None) -> msgspec.Raw:
@@ -265,18 +271,32 @@ async def _users(hub: Hub, channel: str) -> list[str]:
     return sorted({client.user for client in clients if client.user is not None})
 
 
-async def _channel_info(hub: Hub, channel: str, info: str | None) -> dict[str, int]:
-    """The attributes *info* asks for (``subscription_count``, ``user_count``)."""
+def _attributes(info: str | None) -> set[str]:
+    """The attributes *info* asks for.
+
+    Raises:
+        BadMessage: for an attribute Pusher does not have.
+    """
     wanted = set((info or "").split(",")) - {""}
     unknown = wanted - {"subscription_count", "user_count", "cache"}
     if unknown:
-        raise BadMessage(f"unknown info attribute {sorted(unknown)[0]!r}")
+        raise BadMessage(f"unknown info attribute {sorted(unknown)[0][:40]!r}")
+    return wanted
+
+
+def _check_attributes(channel: str, wanted: set[str]) -> None:
+    if "user_count" in wanted and not is_presence(channel):
+        raise BadMessage("user_count is for presence channels only")
+
+
+async def _channel_info(hub: Hub, channel: str, info: str | None) -> dict[str, int]:
+    """The attributes *info* asks for (``subscription_count``, ``user_count``)."""
+    wanted = _attributes(info)
+    _check_attributes(channel, wanted)
     found: dict[str, int] = {}
     if "subscription_count" in wanted:
         found["subscription_count"] = await _subscription_count(hub, channel)
     if "user_count" in wanted:
-        if not is_presence(channel):
-            raise BadMessage("user_count is for presence channels only")
         found["user_count"] = len(await _users(hub, channel))
     return found
 
@@ -292,7 +312,7 @@ async def _channels(hub: Hub, query: QueryParams) -> bytes:
     """``GET channels``: the occupied channels, up to `CHANNELS_LIST_MAX`."""
     prefix = query.get("filter_by_prefix", "")
     info = query.get("info")
-    if info and "user_count" in info.split(",") and not is_presence(prefix):
+    if "user_count" in _attributes(info) and not is_presence(prefix):
         raise BadMessage("info=user_count needs filter_by_prefix=presence-")
     listed: dict[str, dict[str, int]] = {}
     cursor = None

@@ -18,6 +18,9 @@ from typing import TYPE_CHECKING, Annotated, Final, TypeVar
 
 import msgspec
 
+from service.errors import BadJSON, BadMessage
+from service.protocol import TOO_DEEP
+
 if TYPE_CHECKING:
     from channels.brokers import Event as Announced
     from channels.errors import ChannelsError
@@ -130,22 +133,37 @@ def decode_incoming(frame: str | bytes) -> Incoming:
     """Decode a client's frame.
 
     Raises:
-        msgspec.DecodeError: if it is not JSON, or not an object with a string ``event``.
+        BadJSON: if it is not JSON (or nested too deeply).
+        BadMessage: if it is not an object with a string ``event``.
     """
-    return _incoming.decode(frame)
+    try:
+        return _incoming.decode(frame)
+    except RecursionError:
+        raise BadJSON(TOO_DEEP) from None
+    except msgspec.ValidationError as exc:
+        raise BadMessage(f"not a Pusher event: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise BadJSON(f"not valid JSON: {exc}") from None
 
 
 _T = TypeVar("_T")
 
 
-def decode_data(data: msgspec.Raw, kind: type[_T]) -> _T:
-    """Decode an event's *data* as *kind*; data sent as a JSON string is decoded from it.
+def decode_data(data: msgspec.Raw | str, kind: type[_T], what: str = "data") -> _T:
+    """Decode an event's *data* (*what* it is, for the error) as *kind*; data sent as a
+    JSON string is decoded from it.
 
     Raises:
-        msgspec.DecodeError: if it does not fit.
+        BadMessage: if it does not fit (or is not JSON, or nested too deeply).
     """
-    raw = msgspec.json.decode(data) if memoryview(data)[:1].tobytes() == b'"' else data
-    return msgspec.json.decode(raw, type=kind)
+    try:
+        if isinstance(data, msgspec.Raw) and memoryview(data)[:1].tobytes() == b'"':
+            data = msgspec.json.decode(data, type=str)
+        return msgspec.json.decode(data, type=kind)
+    except RecursionError:
+        raise BadMessage(f"{what}: {TOO_DEEP}") from None
+    except msgspec.DecodeError as exc:  # ValidationError too
+        raise BadMessage(f"{what}: {exc}") from None
 
 
 def as_string(value: object) -> msgspec.Raw:

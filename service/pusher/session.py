@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import logging
 import secrets
+from contextlib import suppress
 from typing import TYPE_CHECKING, Final
 
 import anyio
 import msgspec
 
-from channels.errors import ChannelsError, PermissionDenied
+from channels.errors import ChannelsError, NotSubscribed, PermissionDenied
 from channels.publication import ClientInfo
 from service.closecodes import CloseCode
-from service.errors import BadMessage, InvalidToken, UnknownOp
+from service.errors import BadMessage, InvalidToken, ProtocolError, UnknownOp
 from service.pusher.codes import PusherCode
 from service.pusher.names import is_cache, is_encrypted, is_presence, is_private
 from service.pusher.protocol import (
@@ -154,27 +155,23 @@ class PusherSession:
             return
         try:
             incoming = decode_incoming(frame)
-        except msgspec.DecodeError as exc:
-            self._error(BadMessage.code, f"not a Pusher event: {exc}")
-        else:
             event = incoming.event
-            try:
-                if event == "pusher:ping":
-                    connection.send_now(_PONG)
-                elif event == "pusher:pong":
-                    pass
-                elif event == "pusher:subscribe":
-                    await self._subscribe(decode_data(incoming.data, SubscribeData))
-                elif event == "pusher:signin":
-                    self._sign_in(decode_data(incoming.data, SigninData))
-                elif event == "pusher:unsubscribe":
-                    self._unsubscribe(decode_data(incoming.data, UnsubscribeData).channel)
-                elif event.startswith("client-"):
-                    await self._client_event(incoming.channel, event, incoming.data)
-                else:
-                    self._error(UnknownOp.code, f"unknown event {event!r}")
-            except msgspec.DecodeError as exc:  # ValidationError too
-                self._error(BadMessage.code, f"{event}: bad data: {exc}")
+            if event == "pusher:ping":
+                connection.send_now(_PONG)
+            elif event == "pusher:pong":
+                pass
+            elif event == "pusher:subscribe":
+                await self._subscribe(decode_data(incoming.data, SubscribeData, event))
+            elif event == "pusher:signin":
+                self._sign_in(decode_data(incoming.data, SigninData, event))
+            elif event == "pusher:unsubscribe":
+                self._unsubscribe(decode_data(incoming.data, UnsubscribeData, event).channel)
+            elif event.startswith("client-"):
+                await self._client_event(incoming.channel, event, incoming.data)
+            else:
+                self._error(UnknownOp.code, f"unknown event {event[:100]!r}")
+        except (ProtocolError, ChannelsError) as exc:
+            self._error(exc.code, str(exc))
         connection.flush()
 
     async def _subscribe(self, data: SubscribeData) -> None:
@@ -193,13 +190,9 @@ class PusherSession:
                 return
             if presence:
                 try:
-                    found = decode_data(
-                        msgspec.Raw((data.channel_data or "").encode()), ChannelData
-                    )
-                except msgspec.DecodeError as exc:
-                    self._subscription_error(
-                        channel, "AuthError", 400, BadMessage.code, f"channel_data: {exc}"
-                    )
+                    found = decode_data(data.channel_data or "", ChannelData, "channel_data")
+                except BadMessage as exc:
+                    self._subscription_error(channel, "AuthError", 400, exc.code, str(exc))
                     return
                 info = None if found.user_info == NULL else bytes(found.user_info).decode()
                 member = ClientInfo(self.socket_id, str(found.user_id), info)
@@ -252,13 +245,19 @@ class PusherSession:
 
     def _unsubscribe(self, channel: str) -> None:
         if self._members.pop(channel, False) is not False:
-            self.connection.unsubscribe(channel)
+            # The server may have ended it already (an unsubscribe of the server API).
+            with suppress(NotSubscribed):
+                self.connection.unsubscribe(channel)
 
     async def _client_event(self, channel: str | None, event: str, data: msgspec.Raw) -> None:
         """Relay a ``client-*`` event to the channel's other subscribers."""
         if not self.app.client_events:
             self._error(_REFUSED, "client events are not enabled")
-        elif channel is None or channel not in self._members:
+        elif (
+            channel is None
+            or channel not in self._members
+            or not self.connection.subscribed(channel)  # the server may have ended it
+        ):
             self._error(_REFUSED, "subscribe to the channel first")
         elif not is_private(channel):
             self._error(

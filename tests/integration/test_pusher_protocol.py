@@ -113,7 +113,7 @@ async def test_bad_events_get_coded_errors_and_the_connection_goes_on(server: Se
             socket_id = await established(client)
             await client.send_text("not json")
             error = await client.receive_object()
-            assert error["data"]["code"] == 101
+            assert error["data"]["code"] == 100
             cases: list[tuple[dict[str, Any], int]] = [
                 ({"event": "pusher:nonsense"}, 102),
                 ({"event": "pusher:subscribe", "data": {"nochannel": 1}}, 101),
@@ -312,7 +312,8 @@ async def test_the_http_api_refuses_what_is_not_signed_by_the_app(
 @pytest.mark.parametrize(
     ("method", "path", "body", "code"),
     [
-        ("POST", "/apps/1/events", b"not json", 101),
+        ("POST", "/apps/1/events", b"not json", 100),
+        ("POST", "/apps/1/events", b'{"data":' + b"[" * 5000 + b"]" * 5000 + b"}", 101),
         ("POST", "/apps/1/events", b'{"name": "e", "data": "x"}', 101),
         (
             "POST",
@@ -331,10 +332,11 @@ async def test_the_http_api_refuses_what_is_not_signed_by_the_app(
         ("GET", "/apps/1/channels/news/users", b"", 101),
         ("GET", "/apps/1/channels/news?info=bogus", b"", 101),
         ("GET", "/apps/1/channels?info=user_count", b"", 101),
-        ("GET", "/apps/1/events", b"", 101),
+        ("GET", "/apps/1/channels/" + "x" * 300, b"", 200),
     ],
     ids=[
         "not-json",
+        "nested-too-deeply",
         "no-channel",
         "data-not-string",
         "bad-channel",
@@ -343,7 +345,7 @@ async def test_the_http_api_refuses_what_is_not_signed_by_the_app(
         "users-of-public",
         "bad-info",
         "user-count-unfiltered",
-        "wrong-method",
+        "bad-channel-read",
     ],
 )
 async def test_the_http_api_answers_bad_requests_with_codes(
@@ -457,3 +459,137 @@ async def test_a_pusher_only_server_serves_no_channel_through_clarions_protocol(
             assert await native.code_of(subscribe) == 201
             body = msgspec.json.encode({"channel": "news", "data": 1})
             assert (await http_call(server, "POST", "/api/publish", body))[1]["code"] == 201
+
+
+async def test_the_http_api_refuses_a_wrong_method_and_an_odd_timestamp(server: Server) -> None:
+    with anyio.fail_after(10):
+        status, reply = await http_call(server, "GET", signed("GET", "/apps/1/events"))
+        assert (status, reply["code"]) == (405, 105)
+        for stamp in ("\u00b2", "9" * 5000, "-1", "1e9"):
+            target = signed("GET", "/apps/1/channels", auth_timestamp=stamp)
+            status, reply = await http_call(server, "GET", target)
+            assert (status, reply["code"]) == (401, 106), stamp
+
+
+async def test_a_refused_event_publishes_nowhere_and_a_batch_key_covers_each_event(
+    server: Server,
+) -> None:
+    with anyio.fail_after(10):
+        async with connect(url(server)) as client:
+            await established(client)
+            for channel in ("news", "sports"):
+                await client.send_json({"event": "pusher:subscribe", "data": {"channel": channel}})
+                assert (await client.receive_object())["event"].endswith("succeeded")
+            refused = [
+                {"name": "e", "data": "x", "channels": ["news", "bad channel!"]},
+                {"name": "e", "data": "x", "channel": "news", "info": "user_count"},
+                {"name": "e", "data": "x", "channel": "news", "info": "bogus"},
+            ]
+            for event in refused:
+                body = msgspec.json.encode(event)
+                status, _ = await http_call(
+                    server, "POST", signed("POST", "/apps/1/events", body), body
+                )
+                assert status == 400, event
+            batch = {
+                "batch": [
+                    {"channel": "news", "name": "e1", "data": "1"},
+                    {"channel": "news", "name": "e2", "data": "2", "socket_id": "abc"},
+                ]
+            }
+            body = msgspec.json.encode(batch)
+            status, _ = await http_call(
+                server, "POST", signed("POST", "/apps/1/batch_events", body), body
+            )
+            assert status == 400
+            # With one idempotency key, each event of a batch is published once, even
+            # two on one channel; the same batch again publishes nothing.
+            batch = {
+                "batch": [
+                    {"channel": "news", "name": "e1", "data": "1"},
+                    {"channel": "news", "name": "e2", "data": "2"},
+                    {"channel": "sports", "name": "e3", "data": "3"},
+                ]
+            }
+            body = msgspec.json.encode(batch)
+            for _ in range(2):
+                target = signed("POST", "/apps/1/batch_events", body)
+                status, _ = await http_call(
+                    server, "POST", target, body, "x-idempotency-key: k1\r\n"
+                )
+                assert status == 200
+            await client.send_json({"event": "pusher:ping", "data": {}})
+            received = []
+            while True:
+                event = await client.receive_object()
+                if event["event"] == "pusher:pong":
+                    break
+                received.append((event["channel"], event["event"]))
+            assert received == [("news", "e1"), ("news", "e2"), ("sports", "e3")]
+
+
+async def test_deeply_nested_frames_get_a_code_not_a_crash(server: Server) -> None:
+    with anyio.fail_after(10):
+        async with connect(url(server)) as client:
+            await established(client)
+            await client.send_text('{"event":"pusher:ping","data":' + "[" * 5000 + "]" * 5000 + "}")
+            assert (await client.receive_object())["data"]["code"] == 100
+            deep = "[" * 5000 + "]" * 5000
+            await client.send_text('{"event":"pusher:subscribe","data":' + json.dumps(deep) + "}")
+            assert (await client.receive_object())["data"]["code"] == 101
+            await client.send_json({"event": "pusher:ping", "data": {}})
+            assert (await client.receive_object())["event"] == "pusher:pong"
+
+
+async def test_a_subscription_the_server_ended_takes_no_client_event(
+    anyio_backend: Backend, free_tcp_port: int
+) -> None:
+    config = settings(server={"api_keys": ["backend-key-0123456789"]}, default=True)
+    with anyio.fail_after(10):
+        async with (
+            running_server(config, anyio_backend, free_tcp_port) as server,
+            connect(url(server)) as client,
+        ):
+            socket_id = await established(client)
+            user_data = json.dumps({"id": "bob"})
+            auth = "app-key:" + sign(SECRET, f"{socket_id}::user::{user_data}")
+            await client.send_json(
+                {"event": "pusher:signin", "data": {"auth": auth, "user_data": user_data}}
+            )
+            assert (await client.receive_object())["event"] == "pusher:signin_success"
+            auth = "app-key:" + sign(SECRET, f"{socket_id}:private-x")
+            await client.send_json(
+                {"event": "pusher:subscribe", "data": {"channel": "private-x", "auth": auth}}
+            )
+            assert (await client.receive_object())["event"].endswith("succeeded")
+            body = msgspec.json.encode({"user": "bob", "channel": "private-x"})
+            headers = "authorization: Bearer backend-key-0123456789\r\n"
+            assert (await http_call(server, "POST", "/api/unsubscribe", body, headers))[0] == 200
+            assert (await client.receive_object())["event"] == "clarion:unsubscribed"
+            error = await error_of(
+                client, {"event": "client-x", "channel": "private-x", "data": {}}
+            )
+            assert error["code"] == 202
+            # Unsubscribing from it is no error either, and the connection goes on.
+            await client.send_json(
+                {"event": "pusher:unsubscribe", "data": {"channel": "private-x"}}
+            )
+            await client.send_json({"event": "pusher:ping", "data": {}})
+            assert (await client.receive_object())["event"] == "pusher:pong"
+
+
+async def test_a_message_may_leave_out_its_own_publisher_only(
+    anyio_backend: Backend, free_tcp_port: int
+) -> None:
+    """Through Clarion's protocol, an envelope naming another connection's socket_id is
+    refused: no publisher keeps a message from a chosen victim."""
+    with anyio.fail_after(10):
+        async with (
+            running_server(settings(default=True), anyio_backend, free_tcp_port) as server,
+            connect(url(server)) as victim,
+        ):
+            socket_id = await established(victim)
+            data = {"event": "e", "data": "x", "socket_id": socket_id}
+            body = msgspec.json.encode({"channel": "news", "data": data})
+            status, reply = await http_call(server, "POST", "/api/publish", body)
+            assert (status, reply["code"]) == (403, 202)
