@@ -217,13 +217,16 @@ class Clarion:
             restart_needed.append("broker")
         if new.webhooks != old.webhooks:
             restart_needed.append("webhooks")
-        if new.apps != old.apps:
-            restart_needed.append("apps")
         kept = {name: getattr(old.server, name) for name in RESTART_ONLY}
         server = msgspec.structs.replace(new.server, **kept)
-        self.config = msgspec.structs.replace(
-            new, server=server, broker=old.broker, webhooks=old.webhooks, apps=old.apps
+        config = msgspec.structs.replace(
+            new, server=server, broker=old.broker, webhooks=old.webhooks
         )
+        if self.apps is not None:
+            restart_needed += await self.apps.reconfigure(config)
+            running = [app.settings for app in self.apps]
+            config = msgspec.structs.replace(config, apps=running)
+        self.config = config
         self.auth = auth
         reconfigure_logging(server.log_level, server.log_format)
         ended = 0 if self.hub is None else self.hub.reconfigure(self.config)
@@ -264,17 +267,19 @@ class Clarion:
         # The server's own hub is the default app's too: both kinds hear of its events.
         own += [endpoint for app_id in default_app for endpoint in by_app.pop(app_id)]
         endpoints = [*own, *(endpoint for each in by_app.values() for endpoint in each)]
+
+        def observer_of(app_id: str) -> Observer | None:
+            found = by_app.get(app_id)
+            return Webhooks(found).observe if found else None
+
         try:
             async with (
                 open_webhooks(endpoints, grace_seconds=config.server.shutdown_grace_seconds),
                 open_server_hub(config, WireEncoding()) as hub,
-                open_apps(config, hub) as apps,
+                open_apps(config, hub, observer_of) as apps,
             ):
                 if own:
                     self._observe = hub.observer = Webhooks(own).observe
-                for app in apps:
-                    if by_app.get(app.settings.id):
-                        app.hub.observer = Webhooks(by_app[app.settings.id]).observe
                 self.hub = hub
                 self.apps = apps
                 self.started = anyio.current_time()

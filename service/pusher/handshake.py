@@ -82,7 +82,7 @@ async def serve_pusher(
                 if frames is not None:
                     writers.add(frames)
                 try:
-                    door = PusherDoor(app.settings, server, errors=counters.errors)
+                    door = PusherDoor(app, server, errors=counters.errors)
                     await run_session(
                         ws,
                         app.hub,

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 
     from channels.connection import Connection
     from channels.hub import Subscribed
+    from service.apps import App
     from service.settings import AppSettings, ServerSettings
 
 __all__ = (
@@ -83,13 +84,13 @@ class PusherDoor:
     """The Pusher protocol for one app's connections (see `service.session.Door`)."""
 
     def __init__(
-        self, app: AppSettings, server: ServerSettings, *, errors: Counter[int] | None = None
+        self, app: App, server: ServerSettings, *, errors: Counter[int] | None = None
     ) -> None:
         self.encoding = ENCODING
         self.app = app
         self._server = server
         self._errors = errors
-        self.quiet_seconds = float(app.activity_timeout_seconds)
+        self.quiet_seconds = float(app.settings.activity_timeout_seconds)
 
     def client(self, user: str | None) -> ClientInfo:
         return ClientInfo(new_socket_id(), user)
@@ -108,31 +109,36 @@ class PusherSession:
     """One Pusher connection: its subscriptions and its client events' rate."""
 
     __slots__ = (
+        "_app",
         "_ended",
         "_errors",
         "_events_refilled",
         "_events_tokens",
         "_members",
-        "app",
         "connection",
     )
 
     def __init__(
         self,
         connection: Connection,
-        app: AppSettings,
+        app: App,
         server: ServerSettings,
         *,
         errors: Counter[int] | None = None,
     ) -> None:
         self.connection = connection
-        self.app = app
+        self._app = app
         self._errors = errors
         self._members: dict[str, ClientInfo | None] = {}
         """The channels subscribed to, with who the client is there (presence)."""
-        self._events_tokens = app.client_event_rate_per_second
+        self._events_tokens = app.settings.client_event_rate_per_second
         self._events_refilled = anyio.current_time()
         self._ended = False  # the connection is closing: its requests are ignored
+
+    @property
+    def app(self) -> AppSettings:
+        """Its app's settings, as the last reload left them."""
+        return self._app.settings
 
     @property
     def socket_id(self) -> str:

@@ -15,12 +15,13 @@ import pytest
 
 from channels.config import ChannelRule
 from service.pusher.signatures import request_string, sign
-from service.settings import AppSettings, ServerSettings, Settings
+from service.settings import AppSettings, ConfigSource, ServerSettings, Settings
 from tests.support.server import http_call, running_server
 from tests.support.wsclient import Closed, connect
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
+    from pathlib import Path
 
     from channels.config import BrokerConfig
     from service.runner import Backend
@@ -593,3 +594,65 @@ async def test_a_message_may_leave_out_its_own_publisher_only(
             body = msgspec.json.encode({"channel": "news", "data": data})
             status, reply = await http_call(server, "POST", "/api/publish", body)
             assert (status, reply["code"]) == (403, 202)
+
+
+APPS_BEFORE = """
+server: {bind: "127.0.0.1:%d"}
+apps:
+  - {id: "1", key: one, secret: "${APP_SECRET}"}
+  - {id: "2", key: two, secret: "${APP_SECRET}"}
+"""
+APPS_AFTER = """
+server: {bind: "127.0.0.1:%d"}
+apps:
+  - {id: "1", key: one, secret: "${APP_SECRET}", client_events: true}
+  - id: "3"
+    key: three
+    secret: "${APP_SECRET}"
+    webhooks: [{url: "http://127.0.0.1:9/hooks", events: [client_event]}]
+"""
+
+
+async def test_a_reload_adds_changes_and_removes_apps_and_keeps_the_others_connections(
+    anyio_backend: Backend, free_tcp_port: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("APP_SECRET", SECRET)
+    path = tmp_path / "apps.yaml"
+    path.write_text(APPS_BEFORE % free_tcp_port)
+    source = ConfigSource(path=str(path))
+    with anyio.fail_after(15):
+        async with (
+            running_server(source.load(), anyio_backend, free_tcp_port, source=source) as server,
+            connect(url(server, key="one")) as one,
+            connect(url(server, key="two")) as two,
+        ):
+            socket_id = await established(one)
+            await established(two)
+            auth = "one:" + sign(SECRET, f"{socket_id}:private-x")
+            await one.send_json(
+                {"event": "pusher:subscribe", "data": {"channel": "private-x", "auth": auth}}
+            )
+            assert (await one.receive_object())["event"].endswith("succeeded")
+            event = {"event": "client-x", "channel": "private-x", "data": {}}
+            assert (await error_of(one, event))["code"] == 202  # not enabled yet
+            path.write_text(APPS_AFTER % free_tcp_port)
+            assert server.app is not None
+            reply = await server.app.reload()
+            assert reply.restart_needed == ["apps[3].webhooks"]
+            # App 1 kept its connection and takes client events now; app 2 is gone.
+            await one.send_json(event)
+            await one.send_json({"event": "pusher:ping", "data": {}})
+            assert (await one.receive_object())["event"] == "pusher:pong"
+            with pytest.raises(Closed) as closed:
+                await two.receive_object()
+            assert closed.value.code == 4200
+            data, code = await refusal(server, url(server, key="two"))
+            assert (data["code"], code) == (4001, 4001)
+            async with connect(url(server, key="three")) as three:
+                await established(three)
+            # The HTTP API knows the apps as they are now.
+            body = msgspec.json.encode({"name": "e", "data": "x", "channel": "news"})
+            target = signed("POST", "/apps/2/events", body).replace(
+                "auth_key=app-key", "auth_key=two"
+            )
+            assert (await http_call(server, "POST", target, body))[0] == 404
