@@ -121,7 +121,7 @@ class Clarion:
         """When the hub started (`anyio.current_time`), for the uptime in the stats."""
         self.counters = NodeCounters()
         """Connections, disconnects and errors, for the metrics."""
-        self.metrics = node_registry(NodeCollector(self.counters, lambda: self.hub))
+        self.metrics = node_registry(NodeCollector(self.counters, lambda: self.hub, self._app_hubs))
         """The node's Prometheus registry, served at ``/metrics``."""
         self.api = ServerAPI(self)
         """The server API, for code in this process (see `service.serverapi`)."""
@@ -132,6 +132,10 @@ class Clarion:
             "websocket": URLPath(config.server.websocket_path, "websocket"),
             **{route.name: URLPath(route.path, "http") for route in self._http_routes.values()},
         }
+
+    def _app_hubs(self) -> list[tuple[str, Hub]]:
+        """The Pusher door's apps now: each one's id and hub."""
+        return [] if self.apps is None else [(app.settings.id, app.hub) for app in self.apps]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope["app"] = self

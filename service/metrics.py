@@ -63,9 +63,16 @@ class NodeCounters:
 class NodeCollector:
     """A Prometheus collector of one node: its hub (when running) and its counters."""
 
-    def __init__(self, counters: NodeCounters, hub: Callable[[], Hub | None]) -> None:
+    def __init__(
+        self,
+        counters: NodeCounters,
+        hub: Callable[[], Hub | None],
+        apps: Callable[[], Iterable[tuple[str, Hub]]] = lambda: (),
+    ) -> None:
         self._counters = counters
         self._hub = hub
+        self._apps = apps
+        """The Pusher door's apps: each one's id and hub."""
 
     def collect(self) -> Iterable[Metric]:
         """Yield every metric's current value."""
@@ -97,6 +104,7 @@ class NodeCollector:
             "outcome",
             counters.webhook_events,
         )
+        yield from _per_app(list(self._apps()))
         hub = self._hub()
         if hub is None:
             return
@@ -160,6 +168,48 @@ class NodeCollector:
                 "How long the broker's last check took, there and back.",
                 stats.broker_round_trip_seconds,
             )
+
+
+def _per_app(apps: list[tuple[str, Hub]]) -> Iterable[Metric]:
+    """The Pusher door's apps, each by its ``app`` label (the default app's hub is the
+    server's own: the same figures as the metrics without a label)."""
+    if not apps:
+        return
+    families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {
+        "connections": GaugeMetricFamily(
+            "clarion_app_connections", "WebSocket connections of each app.", labels=["app"]
+        ),
+        "subscriptions": GaugeMetricFamily(
+            "clarion_app_subscriptions", "Subscriptions of each app.", labels=["app"]
+        ),
+        "channels": GaugeMetricFamily(
+            "clarion_app_channels", "Channels of each app with a subscriber.", labels=["app"]
+        ),
+        "accepted": CounterMetricFamily(
+            "clarion_app_messages_published", "Messages each app accepted.", labels=["app"]
+        ),
+        "deliveries": CounterMetricFamily(
+            "clarion_app_messages_delivered",
+            "Channel messages each app handed to its connections.",
+            labels=["app"],
+        ),
+        "slow_consumers": CounterMetricFamily(
+            "clarion_app_slow_consumers", "Each app's connections given up on.", labels=["app"]
+        ),
+    }
+    for app_id, hub in sorted(apps, key=lambda item: item[0]):
+        stats = hub.statistics()
+        values = {
+            "connections": stats.connections,
+            "subscriptions": stats.subscriptions,
+            "channels": stats.channels,
+            "accepted": stats.accepted,
+            "deliveries": hub.traffic.deliveries,
+            "slow_consumers": stats.slow_consumers,
+        }
+        for name, family in families.items():
+            family.add_metric([app_id], values[name])
+    yield from families.values()
 
 
 def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily:

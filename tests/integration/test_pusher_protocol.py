@@ -16,6 +16,7 @@ import pytest
 from channels.config import ChannelRule
 from service.pusher.signatures import request_string, sign
 from service.settings import AppSettings, ConfigSource, ServerSettings, Settings
+from tests.integration.test_metrics import scrape
 from tests.support.server import http_call, running_server
 from tests.support.wsclient import Closed, connect
 
@@ -272,10 +273,17 @@ async def test_a_drain_closes_pusher_clients_with_4200(
             assert (data["code"], code) == (4200, 4200)
 
 
-def signed(method: str, path: str, body: bytes = b"", secret: str = SECRET, **extra: str) -> str:
+def signed(
+    method: str,
+    path: str,
+    body: bytes = b"",
+    secret: str = SECRET,
+    key: str = "app-key",
+    **extra: str,
+) -> str:
     """*path* with the query the Pusher libraries sign it with."""
     query = {
-        "auth_key": "app-key",
+        "auth_key": key,
         "auth_timestamp": str(int(time.time())),
         "auth_version": "1.0",
         **({"body_md5": hashlib.md5(body).hexdigest()} if body else {}),
@@ -656,3 +664,40 @@ async def test_a_reload_adds_changes_and_removes_apps_and_keeps_the_others_conne
                 "auth_key=app-key", "auth_key=two"
             )
             assert (await http_call(server, "POST", target, body))[0] == 404
+
+
+async def test_the_metrics_count_each_app_apart(anyio_backend: Backend, free_tcp_port: int) -> None:
+    apps = [
+        AppSettings(id="1", key="one", secret=SECRET),
+        AppSettings(id="2", key="two", secret=SECRET),
+    ]
+    with anyio.fail_after(10):
+        async with (
+            running_server(Settings(apps=apps), anyio_backend, free_tcp_port) as server,
+            connect(url(server, key="one")) as one,
+        ):
+            await established(one)
+            await one.send_json({"event": "pusher:subscribe", "data": {"channel": "news"}})
+            assert (await one.receive_object())["event"].endswith("succeeded")
+            body = msgspec.json.encode({"name": "e", "data": "x", "channel": "news"})
+            target = signed("POST", "/apps/1/events", body).replace(
+                "auth_key=app-key", "auth_key=one"
+            )
+            target = target.rsplit("&auth_signature=", 1)[0]
+            query = dict(item.split("=", 1) for item in target.partition("?")[2].split("&"))
+            query["auth_signature"] = sign(
+                SECRET, request_string("POST", "/apps/1/events", query.items())
+            )
+            assert (await http_call(server, "POST", "/apps/1/events?" + urlencode(query), body))[
+                0
+            ] == 200
+            await one.receive_object()
+            samples = await scrape(server)
+    assert samples['clarion_app_connections{app="1"}'] == 1
+    assert samples['clarion_app_connections{app="2"}'] == 0
+    assert samples['clarion_app_subscriptions{app="1"}'] == 1
+    assert samples['clarion_app_messages_published_total{app="1"}'] == 1
+    assert samples['clarion_app_messages_delivered_total{app="1"}'] == 1
+    assert samples['clarion_app_messages_published_total{app="2"}'] == 0
+    # The server's own channels (no default app here) saw nothing.
+    assert samples["clarion_connections"] == 0
