@@ -43,7 +43,7 @@ __all__ = ("App", "Apps", "open_apps", "open_server_hub")
 class App:
     """One app on this node: its settings (as a reload leaves them) and its hub."""
 
-    __slots__ = ("_stop", "connections", "hub", "settings")
+    __slots__ = ("_refilled", "_stop", "_tokens", "connections", "hub", "settings")
 
     def __init__(self, settings: AppSettings, hub: Hub) -> None:
         self.settings = settings
@@ -51,6 +51,22 @@ class App:
         self.connections = 0
         """Its WebSocket connections on this node now (for ``max_connections``)."""
         self._stop = anyio.Event()
+        self._tokens = settings.backend_events_per_second or 0.0
+        self._refilled = anyio.current_time()
+
+    def take_backend_events(self, count: int) -> bool:
+        """Count *count* events of the backend against ``backend_events_per_second``;
+        return False (counting none) when they are over it."""
+        rate = self.settings.backend_events_per_second
+        if rate is None:
+            return True
+        now = anyio.current_time()
+        elapsed, self._refilled = now - self._refilled, now
+        self._tokens = min(max(rate, 1.0), self._tokens + elapsed * rate)
+        if self._tokens < count:
+            return False
+        self._tokens -= count
+        return True
 
 
 class Apps:

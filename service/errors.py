@@ -162,9 +162,11 @@ class AddressFull(ProtocolError):
 
 
 class RateLimited(ProtocolError):
-    """Raised when a connection publishes faster than ``server.publish_rate_per_second``."""
+    """Raised when a connection publishes faster than ``server.publish_rate_per_second``,
+    or a Pusher app's backend than its ``backend_events_per_second``."""
 
     code = 114
+    http_status = 429
 
 
 class RequestTimeout(ProtocolError):

@@ -268,6 +268,10 @@ class AppSettings(Section, frozen=True):
     beyond, the connection is closed with 4301."""
     max_connections: PositiveCount | None = None
     """WebSocket connections of this app per node; more are refused with 4004."""
+    backend_events_per_second: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    """Events the app's backend may send per second through the HTTP API on this node,
+    counted per channel (a token bucket of a second's worth); beyond, 429 (code 114).
+    Off by default."""
     max_channels_per_connection: PositiveCount | None = None
     """Channels one connection may be subscribed to; ``server.max_subscriptions`` by
     default (and always, for the default app)."""

@@ -26,7 +26,13 @@ from typing import TYPE_CHECKING, Annotated, Final
 import msgspec
 
 from channels.errors import ChannelsError
-from service.errors import BadMessage, MethodNotAllowed, RouteNotFound, Unauthorized
+from service.errors import (
+    BadMessage,
+    MethodNotAllowed,
+    RateLimited,
+    RouteNotFound,
+    Unauthorized,
+)
 from service.protocol import decode_body
 from service.pusher.codes import PusherCode
 from service.pusher.names import is_presence
@@ -166,6 +172,7 @@ async def answer(
         for channel in channels:
             hub.check_publish(channel, data, trusted=True)
             _check_attributes(channel, wanted)
+        _take_events(app, len(channels))
         results = await hub.broadcast(channels, data, trusted=True, idempotency_key=key)
         for result in results:
             if isinstance(result, ChannelsError):
@@ -181,6 +188,7 @@ async def answer(
         for event, data in events:
             hub.check_publish(event.channel, data, trusted=True)
             _check_attributes(event.channel, _attributes(event.info))
+        _take_events(app, len(events))
         for index, (event, data) in enumerate(events):
             # Each event its own key: a retried batch publishes none of them twice.
             each = None if key is None else f"{key}:{index}"
@@ -245,6 +253,12 @@ def _check_signature(
     expected = sign(settings.secret, request_string(method, signed_path, query.multi_items()))
     if not hmac.compare_digest(query["auth_signature"].encode(), expected.encode()):
         raise Unauthorized("invalid signature")
+
+
+def _take_events(app: App, count: int) -> None:
+    if not app.take_backend_events(count):
+        rate = app.settings.backend_events_per_second
+        raise RateLimited(f"the app's backend sends over {rate:g} events per second")
 
 
 def _expect(method: str, allowed: str, path: str) -> None:

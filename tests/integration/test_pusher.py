@@ -4,6 +4,7 @@ authorization endpoint), against a real hypercorn, on the memory broker and on R
 
 from __future__ import annotations
 
+import base64
 import json
 from contextlib import asynccontextmanager
 from functools import partial
@@ -564,3 +565,26 @@ async def test_the_backend_sends_to_a_signed_in_user_and_to_no_one_else(
                 refused = await raw.receive_object()
                 assert refused["event"] == "pusher:subscription_error"
                 assert json.loads(refused["data"])["code"] == 202
+
+
+async def test_an_encrypted_channel_is_relayed_for_pusher_js_to_decrypt(
+    anyio_backend: Backend, free_tcp_port: int, broker_config: BrokerConfig
+) -> None:
+    master_key = base64.b64encode(b"k" * 32).decode()
+    with anyio.fail_after(30):
+        async with door(settings(broker_config), anyio_backend, free_tcp_port) as (server, driver):
+            client = pusher.Pusher(
+                app_id="1",
+                key="app-key",
+                secret=SECRET,
+                host="127.0.0.1",
+                port=server.port,
+                ssl=False,
+                encryption_master_key_base64=master_key,
+            )
+            async with serving(auth_app(client, {}), anyio_backend, free_port()) as auth:
+                await connect_js(driver, "a", server, auth=f"{auth}/auth")
+                await subscribed(driver, "a", "private-encrypted-vault")
+                await call(client.trigger, "private-encrypted-vault", "secret", {"code": 42})
+                got = await driver.event("a", "private-encrypted-vault", "secret")
+                assert got["data"] == {"code": 42}

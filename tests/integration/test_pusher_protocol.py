@@ -701,3 +701,19 @@ async def test_the_metrics_count_each_app_apart(anyio_backend: Backend, free_tcp
     assert samples['clarion_app_messages_published_total{app="2"}'] == 0
     # The server's own channels (no default app here) saw nothing.
     assert samples["clarion_connections"] == 0
+
+
+async def test_an_apps_backend_over_its_events_per_second_gets_429(
+    anyio_backend: Backend, free_tcp_port: int
+) -> None:
+    config = settings(backend_events_per_second=3)
+    with anyio.fail_after(10):
+        async with running_server(config, anyio_backend, free_tcp_port) as server:
+            body = msgspec.json.encode({"name": "e", "data": "x", "channels": ["a", "b"]})
+            statuses = []
+            for _ in range(2):
+                target = signed("POST", "/apps/1/events", body)
+                status, reply = await http_call(server, "POST", target, body)
+                statuses.append((status, reply.get("code")))
+            # Two channels count two events: the second request is over the three.
+            assert statuses == [(200, None), (429, 114)]

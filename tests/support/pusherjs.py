@@ -176,6 +176,8 @@ def auth_app(
                 answer = client.authenticate(channel, socket_id)
         else:
             answer = client.authenticate_user(socket_id, {"id": user["id"]})
+        if isinstance(answer.get("shared_secret"), bytes):  # the library's, for encryption
+            answer["shared_secret"] = answer["shared_secret"].decode()
         payload = json.dumps(answer).encode()
         headers = [(b"content-type", b"application/json")]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
