@@ -237,9 +237,16 @@ class Outbox:
         One object goes alone, several as one JSON array (see `take_batch`).
         """
         queue = self._queue
-        if len(queue) == 1 and not self._gaps:  # the usual case under light load
-            delivery = queue.pop()
-            data = delivery.data_for(self._encoding)
+        # The usual cases: one message waits (light load), or a wire that sends a
+        # message per frame (Pusher's) has no gap to report.
+        if queue and not self._gaps and (len(queue) == 1 or not self._encoding.batches):
+            delivery = queue.pop(0)
+            encoding = self._encoding
+            data = (
+                delivery.data
+                if delivery.encoding is encoding or delivery.render is None
+                else delivery.data_for(encoding)
+            )
             traffic = self._traffic
             traffic.frames += 1
             traffic.messages += 1
@@ -294,7 +301,11 @@ class Outbox:
             if gaps and channel is not None and channel in gaps and item.offset > gaps[channel][1]:
                 if not add_gap(channel):
                     break
-            data = item.data_for(encoding)
+            data = (
+                item.data
+                if item.encoding is encoding or item.render is None
+                else item.data_for(encoding)
+            )
             size = len(data)
             if items and (used + size + 1 > limit or len(items) >= most):
                 break

@@ -120,9 +120,11 @@ class RuleBook:
             keep = max(kind.keep_last_seconds for kind in kinds)
             owned = any(kind.owned for kind in kinds)
             history = rule.history
-            if keep:
-                ttl = history.ttl_seconds and max(history.ttl_seconds, keep)
-                history = History(size=max(1, history.size), ttl_seconds=ttl or keep)
+            # Its last message for *keep* at least: a rule that keeps more stays.
+            if keep and not history.size:
+                history = History(size=1, ttl_seconds=keep)
+            elif keep and history.ttl_seconds:
+                history = History(size=history.size, ttl_seconds=max(history.ttl_seconds, keep))
             found = self._by_kind[key] = msgspec.structs.replace(
                 rule,
                 private=rule.private or private,

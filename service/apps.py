@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
 import msgspec
@@ -37,19 +37,28 @@ if TYPE_CHECKING:
     from channels.hub import Hub
     from service.settings import AppSettings, Settings
 
-__all__ = ("App", "Apps", "open_apps", "open_server_hub")
+__all__ = ("Aborting", "App", "Apps", "open_apps", "open_server_hub")
+
+
+class Aborting(Protocol):
+    """A connection's socket that can be cut off (`service.framewriter`'s writers)."""
+
+    def abort(self) -> None: ...
 
 
 class App:
     """One app on this node: its settings (as a reload leaves them) and its hub."""
 
-    __slots__ = ("_refilled", "_stop", "_tokens", "connections", "hub", "settings")
+    __slots__ = ("_refilled", "_stop", "_tokens", "connections", "hub", "settings", "writers")
 
     def __init__(self, settings: AppSettings, hub: Hub) -> None:
         self.settings = settings
         self.hub = hub
         self.connections = 0
         """Its WebSocket connections on this node now (for ``max_connections``)."""
+        self.writers: set[Aborting] = set()
+        """The sockets of its connections, cut off if its hub closes and they outlast
+        the grace (clients that stopped reading)."""
         self._stop = anyio.Event()
         self._tokens = settings.backend_events_per_second or 0.0
         self._refilled = anyio.current_time()
@@ -133,22 +142,25 @@ class Apps:
         for app_id, app in list(self._by_id.items()):
             if app_id not in wanted:
                 self._stop_app(app)
+        added = []
         for settings in wanted.values():
             running = self._by_id.get(settings.id)
             if running is None:
                 if settings.webhooks:
                     restart_needed.append(f"apps[{settings.id}].webhooks")
                     settings = msgspec.structs.replace(settings, webhooks=[])
-                await self.start(settings)
+                added.append(settings)
                 continue
             if settings.webhooks != running.settings.webhooks:
                 restart_needed.append(f"apps[{settings.id}].webhooks")
                 settings = msgspec.structs.replace(settings, webhooks=running.settings.webhooks)
-            del self._by_key[running.settings.key]
             running.settings = settings
-            self._by_key[settings.key] = running
             if not settings.default:
                 running.hub.reconfigure(new.app_config(settings))
+        # Keys may move between apps: the index is made again, whole.
+        self._by_key = {app.settings.key: app for app in self._by_id.values()}
+        for settings in added:
+            await self.start(settings)
         return restart_needed
 
     def _register(self, app: App) -> None:
@@ -158,7 +170,8 @@ class Apps:
     def _stop_app(self, app: App) -> None:
         """Close *app*'s hub: its clients are closed (4200) once their messages are sent."""
         del self._by_id[app.settings.id]
-        del self._by_key[app.settings.key]
+        if self._by_key.get(app.settings.key) is app:
+            del self._by_key[app.settings.key]
         app._stop.set()
 
     async def _run(self, settings: AppSettings, *, task_status: TaskStatus[App]) -> None:
@@ -172,6 +185,8 @@ class Apps:
             hub.close()
             with anyio.move_on_after(self._settings.server.shutdown_grace_seconds):
                 await hub.wait_no_connections()
+            for frames in list(app.writers):
+                frames.abort()
 
 
 def open_server_hub(settings: Settings, encoding: Encoding) -> AbstractAsyncContextManager[Hub]:

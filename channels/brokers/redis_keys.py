@@ -72,8 +72,8 @@ class Keys:
         return pubsub[self._pubsub_start :].decode()
 
     def idempotency(self, channel: str, key: str) -> str:
-        # A channel name has no '#': the first one ends it, whatever the key holds.
-        return f"{self.prefix}:i:{channel}#{key}"
+        # A channel name has no space: the first one ends it, whatever the key holds.
+        return f"{self.prefix}:i:{channel} {key}"
 
     def presence(self, channel: str) -> list[str]:
         """The presence hash and its expiry sorted set."""

@@ -81,6 +81,7 @@ async def serve_pusher(
                 frames = open_frame_writer(send)
                 if frames is not None:
                     writers.add(frames)
+                    app.writers.add(frames)
                 try:
                     door = PusherDoor(app, server, errors=counters.errors)
                     await run_session(
@@ -96,6 +97,7 @@ async def serve_pusher(
                     app.connections -= 1
                     if frames is not None:
                         writers.discard(frames)
+                        app.writers.discard(frames)
         except (NodeFull, AddressFull) as exc:
             raise Refused(PusherCode.OVER_CAPACITY, str(exc)) from None
         except ServerClosing:

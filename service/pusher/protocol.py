@@ -14,12 +14,14 @@ string. Clarion's clients see envelopes as they are.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Annotated, Final, TypeVar
 
 import msgspec
 
 from service.errors import BadJSON, BadMessage
 from service.protocol import TOO_DEEP
+from service.pusher.names import is_presence
 
 if TYPE_CHECKING:
     from channels.brokers import Event as Announced
@@ -47,11 +49,15 @@ __all__ = (
     "encode_envelope",
     "encode_error",
     "encode_event",
+    "nesting",
     "sender_of",
 )
 
 #: The event name a message published through Clarion's protocol has for Pusher clients.
 MESSAGE_EVENT: Final = "message"
+#: How deeply a client event's data may nest arrays and objects (deeper is refused
+#: with code 100): well within what every node can decode again, whatever its stack.
+DATA_MAX_DEPTH: Final = 64
 #: Events only the server sends: no message is ever relayed as one of them.
 RESERVED_PREFIXES: Final = ("pusher:", "pusher_internal:")
 
@@ -166,6 +172,23 @@ def decode_data(data: msgspec.Raw | str, kind: type[_T], what: str = "data") -> 
         raise BadMessage(f"{what}: {exc}") from None
 
 
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def nesting(data: bytes) -> int:
+    """How deeply *data* (JSON) nests arrays and objects."""
+    brackets = _STRING.sub(b"", data).translate(None, _NOT_BRACKETS)
+    depth = deepest = 0
+    for byte in brackets:
+        if byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
+
+
 def as_string(value: object) -> msgspec.Raw:
     """*value* encoded as JSON, then as a JSON string (Pusher's ``data``)."""
     return msgspec.Raw(_encoder.encode(_encoder.encode(value).decode()))
@@ -191,7 +214,7 @@ def decode_envelope(data: msgspec.Raw) -> Envelope | None:
         return None
     try:
         return _envelope.decode(data)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # not an envelope, or too deep to read
         return None
 
 
@@ -226,7 +249,7 @@ class PusherEncoding:
             text = msgspec.Raw(_encoder.encode(bytes(data).decode()))
             return _encoder.encode(Event(MESSAGE_EVENT, channel, text))
         # A member's user_id is a presence channel's (whose publishers are authorized).
-        user_id = envelope.user_id if channel.startswith("presence-") else None
+        user_id = envelope.user_id if is_presence(channel) else None
         return _encoder.encode(Event(envelope.event, channel, envelope.data, user_id))
 
     @staticmethod

@@ -20,10 +20,11 @@ import msgspec
 from channels.errors import ChannelsError, NotSubscribed, PermissionDenied
 from channels.publication import ClientInfo
 from service.closecodes import CloseCode
-from service.errors import BadMessage, InvalidToken, ProtocolError, UnknownOp
+from service.errors import BadJSON, BadMessage, InvalidToken, ProtocolError, UnknownOp
 from service.pusher.codes import PusherCode
 from service.pusher.names import is_cache, is_encrypted, is_presence, is_private
 from service.pusher.protocol import (
+    DATA_MAX_DEPTH,
     ENCODING,
     NULL,
     ChannelData,
@@ -37,6 +38,7 @@ from service.pusher.protocol import (
     encode_envelope,
     encode_error,
     encode_event,
+    nesting,
 )
 from service.pusher.signatures import authorization_ok
 
@@ -288,9 +290,13 @@ class PusherSession:
                 None if member is None else member.user,
                 self.socket_id,
             )
+            if nesting(bytes(data)) > DATA_MAX_DEPTH:
+                self._error(BadJSON.code, f"data nests deeper than {DATA_MAX_DEPTH} levels")
+                return
+            encoded = encode_envelope(envelope)
             try:
                 # Subscribed with a valid authorization: it may send on the channel.
-                await self.connection.publish(channel, encode_envelope(envelope), private_ok=True)
+                await self.connection.publish(channel, encoded, private_ok=True)
             except ChannelsError as exc:
                 self._error(exc.code, str(exc))
 
@@ -298,7 +304,7 @@ class PusherSession:
         rate = self.app.client_event_rate_per_second
         now = anyio.current_time()
         elapsed, self._events_refilled = now - self._events_refilled, now
-        self._events_tokens = min(rate, self._events_tokens + elapsed * rate)
+        self._events_tokens = min(max(rate, 1.0), self._events_tokens + elapsed * rate)
         if self._events_tokens < 1:
             return False
         self._events_tokens -= 1

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
+from service.pusher.names import is_presence, is_private
 from service.pusher.protocol import decode_envelope
 from service.pusher.signatures import sign
 from service.webhooks import Endpoint
@@ -58,7 +59,12 @@ def pusher_event(activity: Activity) -> dict[str, Any] | None:
         event["user_id"] = client.user if client.user is not None else client.client
     elif activity.name == "client_published":
         envelope = None if activity.data is None else decode_envelope(activity.data)
+        channel = activity.channel or ""
+        # Pusher's client events: on private and presence channels, where only
+        # authorized clients send (through this door) and the user_id is the member's.
         if envelope is None or not envelope.event.startswith("client-") or client is None:
+            return None
+        if not is_private(channel):
             return None
         event["event"] = envelope.event
         data = envelope.data
@@ -66,7 +72,7 @@ def pusher_event(activity: Activity) -> dict[str, Any] | None:
         is_text = memoryview(data)[:1].tobytes() == b'"'
         event["data"] = msgspec.json.decode(data) if is_text else bytes(data).decode()
         event["socket_id"] = client.client
-        if envelope.user_id is not None:
+        if envelope.user_id is not None and is_presence(channel):
             event["user_id"] = envelope.user_id
     return event
 

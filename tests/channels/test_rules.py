@@ -56,6 +56,7 @@ def test_a_channels_name_can_make_it_private_presence_or_keep_its_last_message()
     config = Config(
         channels=[
             ChannelRule(match="presence-cache-*", history=History(size=5, ttl_seconds=60)),
+            ChannelRule(match="cache-kept", history=History(size=10)),
             ChannelRule(match="*"),
         ]
     )
@@ -79,5 +80,7 @@ def test_a_channels_name_can_make_it_private_presence_or_keep_its_last_message()
     assert (both.private, both.presence) == (True, True)
     assert both.history == History(size=5, ttl_seconds=1800)
     assert both.match == "presence-cache-*"
+    # A rule that keeps its messages until others push them out keeps them so.
+    assert rules.resolve("cache-kept").history == History(size=10)
     # Without kinds, a name is only what its rule says.
     assert not RuleBook(config).resolve("private-x").private

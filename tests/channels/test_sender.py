@@ -366,3 +366,33 @@ async def test_a_write_that_fills_the_socket_is_waited_on_with_nothing_else_queu
         assert len(anyio.get_running_tasks()) == tasks
         connection.offer(2)
         assert await connection.wait_frames(2) == ["m1", "m2"]
+
+
+async def test_a_wire_of_one_message_per_frame_is_sent_what_waits_in_one_serve() -> None:
+    frames: list[bytes] = []
+
+    class Socket:
+        def writable(self) -> bool:
+            return True
+
+        def write_nowait(self, payload: bytes) -> bool:
+            frames.append(payload)
+            return True
+
+        async def wait_writable(self) -> None:
+            raise AssertionError("never full")
+
+    async def unused(data: str) -> None:
+        raise AssertionError("frames go to the socket")
+
+    class Transport:
+        send_text = staticmethod(unused)
+
+    flusher = Flusher(0.005, None, 1.0)
+    box = Outbox(1000, 1000, TextEncoding(batches=False))
+    sender = Sender(box, Transport(), flusher, lambda: None, Socket())
+    for offset in range(1, 201):
+        box.offer(Delivery("c", offset, f"m{offset}".encode()))
+    sender.flush()
+    # One serve, many frames: a burst does not wait a tick per message.
+    assert frames == [f"m{offset}".encode() for offset in range(1, 201)]

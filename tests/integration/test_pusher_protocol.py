@@ -717,3 +717,59 @@ async def test_an_apps_backend_over_its_events_per_second_gets_429(
                 statuses.append((status, reply.get("code")))
             # Two channels count two events: the second request is over the three.
             assert statuses == [(200, None), (429, 114)]
+
+
+async def test_a_reload_may_move_keys_between_apps(
+    anyio_backend: Backend, free_tcp_port: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("APP_SECRET", SECRET)
+    path = tmp_path / "apps.yaml"
+    before = f'server: {{bind: "127.0.0.1:{free_tcp_port}"}}\napps:\n'
+    path.write_text(
+        before + '  - {id: "1", key: a, secret: "${APP_SECRET}"}\n'
+        '  - {id: "2", key: b, secret: "${APP_SECRET}"}\n'
+    )
+    source = ConfigSource(path=str(path))
+    with anyio.fail_after(15):
+        async with running_server(
+            source.load(), anyio_backend, free_tcp_port, source=source
+        ) as server:
+            assert server.app is not None
+            path.write_text(
+                before + '  - {id: "1", key: b, secret: "${APP_SECRET}"}\n'
+                '  - {id: "2", key: a, secret: "${APP_SECRET}"}\n'
+                '  - {id: "3", key: c, secret: "${APP_SECRET}"}\n'
+            )
+            for _ in range(2):  # the swap, then the same file again
+                assert (await server.app.reload()).restart_needed == []
+                for key, app_id in (("a", "2"), ("b", "1"), ("c", "3")):
+                    async with connect(url(server, key=key)) as client:
+                        await established(client)
+                    body = msgspec.json.encode({"name": "e", "data": "x", "channel": "n"})
+                    target = signed("POST", f"/apps/{app_id}/events", body, key=key)
+                    assert (await http_call(server, "POST", target, body))[0] == 200, key
+
+
+async def test_client_events_nested_near_the_limit_never_end_the_connection(
+    anyio_backend: Backend, free_tcp_port: int
+) -> None:
+    config = settings(client_event_rate_per_second=1000)
+    with anyio.fail_after(20):
+        async with (
+            running_server(config, anyio_backend, free_tcp_port) as server,
+            connect(url(server)) as client,
+        ):
+            socket_id = await established(client)
+            auth = "app-key:" + sign(SECRET, f"{socket_id}:private-x")
+            subscribe = {"channel": "private-x", "auth": auth}
+            await client.send_json({"event": "pusher:subscribe", "data": subscribe})
+            assert (await client.receive_object())["event"].endswith("succeeded")
+            for depth in range(880, 1000, 6):
+                data = "[" * depth + "]" * depth
+                await client.send_text(
+                    '{"event":"client-x","channel":"private-x","data":' + data + "}"
+                )
+                await client.send_json({"event": "pusher:ping", "data": {}})
+                while (event := await client.receive_object())["event"] != "pusher:pong":
+                    assert event["event"] == "pusher:error", (depth, event)
+                    assert event["data"]["code"] in (100, 101), depth

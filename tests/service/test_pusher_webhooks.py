@@ -48,6 +48,16 @@ def test_what_a_clarion_client_published_is_no_client_event(data: bytes) -> None
     assert pusher_event(activity) is None
 
 
+def test_only_a_private_channels_client_events_are_reported_and_user_ids_only_on_presence() -> None:
+    envelope = encode_envelope(Envelope("client-x", msgspec.Raw(b"1"), "admin", "1.2"))
+    public = Activity(name="client_published", channel="news", client=ANN, data=envelope)
+    assert pusher_event(public) is None
+    private = Activity(name="client_published", channel="private-x", client=ANN, data=envelope)
+    reported = pusher_event(private)
+    assert reported is not None
+    assert "user_id" not in reported
+
+
 def test_members_and_occupancy() -> None:
     joined = Activity(name="member_joined", channel="presence-r", client=ANN)
     assert pusher_event(joined) == {
