@@ -352,7 +352,8 @@ class Hub:
             members = None
             first = True  # of its user: by user, only the first joins (see LocalChannel)
             if state.presence:
-                first = await self._carrier.add_presence(channel, client) or not state.by_user
+                first = await self._carrier.add_presence(channel, client, by_user=state.by_user)
+                first = first or not state.by_user
                 if read_presence:
                     members = await self._carrier.presence(channel)
             if self._rules is not rules:  # a reload came meanwhile: its rules decide

@@ -132,9 +132,12 @@ class Broker(Protocol):
         """Tell the broker no local subscriber is left on *channel*. Never blocks."""
         ...
 
-    async def add_presence(self, channel: str, client: ClientInfo) -> bool:
+    async def add_presence(
+        self, channel: str, client: ClientInfo, *, by_user: bool = False
+    ) -> bool:
         """Record that *client* is subscribed to *channel*, until `remove_presence`;
-        return whether it is its user's first entry there (True without a user).
+        return whether it is a new entry and, *by_user* (the channel's members are
+        users), its user's first there.
 
         A multi-node broker lets the record expire unless this node keeps refreshing it,
         so the clients of a node that died disappear. Of two clients of a user added at

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from typing import TYPE_CHECKING
 
 import anyio
@@ -58,6 +58,8 @@ class MemoryBroker:
         self._receiver = receiver
         self._streams: dict[str, _Stream] = {}
         self._presence: dict[str, dict[str, ClientInfo]] = {}
+        self._users: dict[str, Counter[str]] = {}
+        """Each channel's users' entry counts, where its members are users."""
         self._counts: dict[str, int] = {}
         self._keys: OrderedDict[tuple[str, str], tuple[float, Position]] = OrderedDict()
         """Idempotency keys by channel, with when they expire and where their publish went."""
@@ -138,12 +140,18 @@ class MemoryBroker:
             stream.subscribed = False
             self._forget_if_idle(channel, stream)
 
-    async def add_presence(self, channel: str, client: ClientInfo) -> bool:
+    async def add_presence(
+        self, channel: str, client: ClientInfo, *, by_user: bool = False
+    ) -> bool:
         await anyio.lowlevel.checkpoint()
         clients = self._presence.setdefault(channel, {})
-        first = client.client not in clients and not _has_user(clients, client.user)
+        new = client.client not in clients
         clients[client.client] = client
-        return first
+        if not (new and by_user and client.user is not None):
+            return new
+        counts = self._users.setdefault(channel, Counter())
+        counts[client.user] += 1
+        return counts[client.user] == 1
 
     def remove_presence(self, channel: str, client: ClientInfo, *, by_user: bool = False) -> None:
         clients = self._presence.get(channel)
@@ -151,7 +159,14 @@ class MemoryBroker:
             return
         if not clients:
             del self._presence[channel]
-        if by_user and not _has_user(clients, client.user):
+        counts = self._users.get(channel)
+        if not by_user or counts is None or client.user is None:
+            return
+        counts[client.user] -= 1
+        if counts[client.user] <= 0:
+            del counts[client.user]
+            if not counts:
+                del self._users[channel]
             self._receiver.event(channel, "leave", client)
             self._receiver.departed(channel, client)
 
@@ -197,8 +212,3 @@ class MemoryBroker:
         await anyio.lowlevel.checkpoint()
         names = sorted(name for name in self._counts if name > after and name.startswith(prefix))
         return [(name, self._counts[name]) for name in names[: limit + 1]]
-
-
-def _has_user(clients: dict[str, ClientInfo], user: str | None) -> bool:
-    """Whether one of *clients* is *user*'s (never, for no user)."""
-    return user is not None and any(client.user == user for client in clients.values())

@@ -97,6 +97,8 @@ class RedisBroker:
         self._presence_refresh_seconds = config.presence_ttl_seconds / 3
         self._present: dict[str, dict[str, ClientInfo]] = {}
         """This node's clients in presence, per channel: refreshed, so they stay."""
+        self._by_user: set[str] = set()
+        """The channels whose members are users (see `add_presence`), with entries here."""
         self._to_forget: list[tuple[str, ClientInfo, bool]] = []
         """Presence entries to remove: channel, client, and whether by user (see
         `remove_presence`)."""
@@ -201,35 +203,42 @@ class RedisBroker:
             listening.wanted = False
             self._leave_soon(channel)
 
-    async def add_presence(self, channel: str, client: ClientInfo) -> bool:
+    async def add_presence(
+        self, channel: str, client: ClientInfo, *, by_user: bool = False
+    ) -> bool:
         self._present.setdefault(channel, {})[client.client] = client
+        if by_user:
+            self._by_user.add(channel)
         try:
             with self._calling("presence"):
                 first: Any = await self._presence_add(
-                    keys=self._keys.presence(channel),
-                    args=[
-                        client.client,
-                        _encoder.encode(client),
-                        self._presence_ttl_ms,
-                        client.user or "",
-                    ],
+                    keys=self._keys.presence(channel), args=self._entry(channel, client, "add")
                 )
         except BrokerUnavailable:
-            self.remove_presence(channel, client)
+            self.remove_presence(channel, client, by_user=by_user)
             raise
         return bool(first)
+
+    def _entry(self, channel: str, client: ClientInfo, mode: str) -> list[str | int | bytes]:
+        """The arguments of PRESENCE_ADD for *client*'s entry."""
+        user = (client.user or "") if channel in self._by_user else ""
+        info = _encoder.encode(client)
+        return [client.client, info, self._presence_ttl_ms, user, self._keys.pubsub(channel), mode]
 
     def remove_presence(self, channel: str, client: ClientInfo, *, by_user: bool = False) -> None:
         clients = self._present.get(channel)
         if clients is not None and clients.pop(client.client, None) is not None:
             if not clients:
                 del self._present[channel]
+                self._by_user.discard(channel)
             self._to_forget.append((channel, client, by_user))
             self._work.set()
 
     async def presence(self, channel: str) -> list[ClientInfo]:
         with self._calling("presence"):
-            found: Any = await self._presence_read(keys=self._keys.presence(channel))
+            found: Any = await self._presence_read(
+                keys=self._keys.presence(channel), args=["", "", "", "", self._keys.pubsub(channel)]
+            )
         return [_client_info.decode(info) for info in found]
 
     def announce(self, channel: str, event: Event, client: ClientInfo) -> None:
@@ -479,7 +488,7 @@ class RedisBroker:
                 async with self._client.pipeline(transaction=False) as pipeline:
                     for channel, client, by_user in gone:
                         if not by_user:
-                            hash_key, expiry_key = self._keys.presence(channel)
+                            hash_key, expiry_key, _ = self._keys.presence(channel)
                             pipeline.hdel(hash_key, [client.client])
                             pipeline.zrem(expiry_key, [client.client])
                 for channel, client, by_user in gone:
@@ -493,7 +502,7 @@ class RedisBroker:
         leave = _EVENT_MARKS["leave"] + _encoder.encode(client)
         announced: Any = await self._presence_remove(
             keys=self._keys.presence(channel),
-            args=[client.client, client.user or "", self._keys.pubsub(channel), leave],
+            args=[client.client, client.user or "", "", "", self._keys.pubsub(channel), leave],
         )
         return bool(announced)
 
@@ -511,7 +520,7 @@ class RedisBroker:
                 for channel, client in entries:
                     self._presence_add(
                         keys=self._keys.presence(channel),
-                        args=[client.client, _encoder.encode(client), self._presence_ttl_ms, ""],
+                        args=self._entry(channel, client, "refresh"),
                         client=pipeline,
                     )
 

@@ -76,5 +76,7 @@ class Keys:
         return f"{self.prefix}:i:{channel} {key}"
 
     def presence(self, channel: str) -> list[str]:
-        """The presence hash and its expiry sorted set."""
-        return [f"{self.prefix}:pr:{channel}", f"{self.prefix}:pz:{channel}"]
+        """The presence hash, its expiry sorted set, and the users' entry counts (see
+        `channels.brokers.redis_scripts`)."""
+        prefix = self.prefix
+        return [f"{prefix}:pr:{channel}", f"{prefix}:pz:{channel}", f"{prefix}:pu:{channel}"]

@@ -9,21 +9,6 @@ from typing import Final
 
 __all__ = ("PRESENCE_ADD", "PRESENCE_READ", "PRESENCE_REMOVE", "PUBLISH", "READ")
 
-# Drops a presence hash's expired entries (KEYS[1] the hash, KEYS[2] the expiry set; `ms`
-# is now).
-_PRUNE = """
-local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ms)
-for _, client in ipairs(expired) do redis.call('HDEL', KEYS[1], client) end
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ms)
-"""
-# Runs {found} when an entry of the presence hash KEYS[1] is a client of user {user}.
-_USER_PRESENT = """
-for _, value in ipairs(redis.call('HVALS', KEYS[1])) do
-  local ok, info = pcall(cjson.decode, value)
-  if ok and info.user == {user} then {found} end
-end
-"""
-
 # KEYS: meta, stream, and the idempotency key if the publish has one. ARGV: pub/sub
 # channel, data, new epoch, history size, history ttl (ms), stream idle time (ms), the
 # idempotency window (ms). Returns {offset, epoch, 1 if a duplicate else 0}.
@@ -110,61 +95,84 @@ return {epoch, top, kept}
 """
 
 
-# KEYS: presence hash, expiry sorted set. ARGV: client id, info, time to live (ms).
-PRESENCE_ADD: Final = (
-    """
+# Presence: KEYS[1] the hash of entries (client -> its ClientInfo as JSON), KEYS[2] their
+# expiry sorted set, KEYS[3] the hash of users' entry counts, kept for channels whose
+# members are users (a user joins with its first entry and leaves with its last). Every
+# decision is O(1); `_PRUNE` drops the expired entries (`ms` is now) and announces the
+# leave of a counted user whose last entry expired, on the pub/sub channel ARGV[5].
+_PRUNE = """
+for _, client in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ms)) do
+  local value = redis.call('HGET', KEYS[1], client)
+  redis.call('HDEL', KEYS[1], client)
+  if value then
+    local ok, info = pcall(cjson.decode, value)
+    if ok and type(info.user) == 'string' and redis.call('HEXISTS', KEYS[3], info.user) == 1 then
+      if redis.call('HINCRBY', KEYS[3], info.user, -1) <= 0 then
+        redis.call('HDEL', KEYS[3], info.user)
+        redis.call('PUBLISH', ARGV[5], '!l' .. value)
+      end
+    end
+  end
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ms)
+"""
+_NOW = """
 local now = redis.call('TIME')
 local ms = now[1] * 1000 + math.floor(now[2] / 1000)
-local first = 1
-if ARGV[4] and ARGV[4] ~= '' then
 """
+
+# KEYS: presence. ARGV: client id, info, time to live (ms), its user if the channel's
+# members are users (else ''), the pub/sub channel, and 'refresh' when a node renews its
+# entries. Returns 1 if the entry is new and its user's first (a new entry without a user
+# counts as first). A renewal that finds its entry gone (Redis lost it) writes it again
+# and, for a user who had no entry left, announces it joining again (its leave may have
+# been announced meanwhile; a client that knows the member ignores the repeat).
+PRESENCE_ADD: Final = (
+    _NOW
     + _PRUNE
     + """
-  if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then
-"""
-    + _USER_PRESENT.format(user="ARGV[4]", found="first = 0")
-    + """
-  else
-    first = 0
+local first = 0
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then
+  first = 1
+  if ARGV[4] ~= '' and redis.call('HINCRBY', KEYS[3], ARGV[4], 1) > 1 then first = 0 end
+  if first == 1 and ARGV[6] == 'refresh' and ARGV[4] ~= '' then
+    redis.call('PUBLISH', ARGV[5], '!j' .. ARGV[2])
   end
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('ZADD', KEYS[2], ms + tonumber(ARGV[3]), ARGV[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
+for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[3]) end
 return first
 """
 )
 
-# KEYS: presence hash, expiry sorted set. ARGV: client, its user, pub/sub channel, the
-# leave announcement. Forgets the client; announces its leave when no other client of its
-# user is left (pruning the expired first). Returns 1 if it announced, else 0.
+# KEYS: presence. ARGV: client, its user, -, -, the pub/sub channel, the leave
+# announcement. Forgets the client; announces its leave when its user has no entry left
+# (also when Redis lost the entry, and its count with it). Returns 1 if it announced.
 PRESENCE_REMOVE: Final = (
-    """
-local now = redis.call('TIME')
-local ms = now[1] * 1000 + math.floor(now[2] / 1000)
-if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
-redis.call('ZREM', KEYS[2], ARGV[1])
-"""
+    _NOW
     + _PRUNE
     + """
-"""
-    + _USER_PRESENT.format(user="ARGV[2]", found="return 0")
-    + """
-redis.call('PUBLISH', ARGV[3], ARGV[4])
+local existed = redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+local left = tonumber(redis.call('HGET', KEYS[3], ARGV[2]) or '0')
+if existed == 1 and left > 0 then left = redis.call('HINCRBY', KEYS[3], ARGV[2], -1) end
+if left > 0 then return 0 end
+redis.call('HDEL', KEYS[3], ARGV[2])
+redis.call('PUBLISH', ARGV[5], ARGV[6])
 return 1
 """
 )
 
-# KEYS: presence hash, expiry sorted set. Drops the expired entries, returns the others.
-PRESENCE_READ: Final = """
-local now = redis.call('TIME')
-local ms = now[1] * 1000 + math.floor(now[2] / 1000)
-local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ms)
-for _, client in ipairs(expired) do redis.call('HDEL', KEYS[1], client) end
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ms)
+# KEYS: presence. ARGV: -, -, -, -, the pub/sub channel. Drops the expired entries,
+# returns the others.
+PRESENCE_READ: Final = (
+    _NOW
+    + _PRUNE
+    + """
 return redis.call('HVALS', KEYS[1])
 """
+)
 
 # KEYS: the bans hash. ARGV: user, ban, user, ban... Forgets each user's ban if it is
 # still the one given (a node may have banned the user again since it was read).

@@ -418,11 +418,11 @@ async def test_presence_by_user_joins_with_the_first_client_and_leaves_with_the_
         anonymous = ClientInfo("anon", None)
         # Two of ann's connections at once, on two nodes: one only is her first.
         firsts = [
-            await first.broker.add_presence("room", tab1),
-            await last.broker.add_presence("room", tab2),
+            await first.broker.add_presence("room", tab1, by_user=True),
+            await last.broker.add_presence("room", tab2, by_user=True),
         ]
         assert firsts == [True, False]
-        assert await first.broker.add_presence("room", anonymous) is True
+        assert await first.broker.add_presence("room", anonymous, by_user=True) is True
         # Her first to leave is not her last: no leave, nothing departed.
         first.broker.remove_presence("room", tab1, by_user=True)
         while len(await last.broker.presence("room")) != 2:  # noqa: ASYNC110 - removal is in the background with Redis
@@ -440,6 +440,32 @@ async def test_presence_by_user_joins_with_the_first_client_and_leaves_with_the_
         assert last.departures == [("room", "tab2")]
         assert first.departures == [] or first is last
         assert await first.broker.presence("room") == [anonymous]
+
+
+async def test_redis_announces_a_user_whose_last_entry_expired_with_its_node(
+    redis_broker: BrokerConfig,
+) -> None:
+    """A user with a connection on a node that died and one on a live node leaves when
+    the live one closes and the dead one's entry has expired, whichever comes last."""
+    config = msgspec.structs.replace(redis_broker, presence_ttl_seconds=0.3)
+    async with nodes(config) as [observer]:
+        await observer.broker.subscribe("room")
+        async with nodes(config) as [doomed]:
+            await doomed.broker.add_presence("room", ClientInfo("ghost", "ann"), by_user=True)
+            assert isinstance(doomed.broker, RedisBroker)
+            doomed.broker._present.clear()  # as if the node died: nothing refreshes "ghost"
+        assert not await observer.broker.add_presence(
+            "room", ClientInfo("live", "ann"), by_user=True
+        )
+        observer.broker.remove_presence("room", ClientInfo("live", "ann"), by_user=True)
+        # Ann still had "ghost": no leave yet. Once it expires, a read prunes it and
+        # announces her leave.
+        while not observer.events:
+            await observer.broker.presence("room")
+            observer.arrived = anyio.Event()
+            with anyio.move_on_after(0.1):
+                await observer.arrived.wait()
+        assert observer.events == [("room", "leave", "ghost")]
 
 
 async def test_redis_presence_of_a_node_that_stopped_refreshing_expires(
