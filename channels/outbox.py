@@ -237,16 +237,11 @@ class Outbox:
         One object goes alone, several as one JSON array (see `take_batch`).
         """
         queue = self._queue
-        # The usual cases: one message waits (light load), or a wire that sends a
-        # message per frame (Pusher's) has no gap to report.
-        if queue and not self._gaps and (len(queue) == 1 or not self._encoding.batches):
-            delivery = queue.pop(0)
-            encoding = self._encoding
-            data = (
-                delivery.data
-                if delivery.encoding is encoding or delivery.render is None
-                else delivery.data_for(encoding)
-            )
+        if len(queue) == 1 and not self._gaps:  # the usual case under light load
+            delivery = queue.pop()
+            data = delivery.data
+            if delivery.encoding is not self._encoding:  # a reply, or another wire's
+                data = delivery.data_for(self._encoding)
             traffic = self._traffic
             traffic.frames += 1
             traffic.messages += 1
@@ -257,7 +252,7 @@ class Outbox:
             if self._writable is not None:
                 self._wake_writable()
             return data
-        if not self._encoding.batches:
+        if not self._encoding.batches:  # a message per frame (Pusher's wire)
             items = self.take_batch(1)
             return items[0] if items else None
         items = self.take_batch()
@@ -280,12 +275,12 @@ class Outbox:
         queue = self._queue
         gaps = self._gaps
         encoding = self._encoding
-        most = most or len(queue) + len(gaps)
+        most = most or -1  # -1: as many as fit
 
         def add_gap(channel: str) -> bool:
             nonlocal used
             gap = encoding.gap(channel, *gaps[channel])
-            if items and (used + len(gap) + 1 > limit or len(items) >= most):
+            if items and (used + len(gap) + 1 > limit or len(items) == most):
                 return False
             del gaps[channel]
             used += len(gap) + 1
@@ -301,13 +296,11 @@ class Outbox:
             if gaps and channel is not None and channel in gaps and item.offset > gaps[channel][1]:
                 if not add_gap(channel):
                     break
-            data = (
-                item.data
-                if item.encoding is encoding or item.render is None
-                else item.data_for(encoding)
-            )
+            data = item.data
+            if item.encoding is not encoding:  # a reply, or another wire's message
+                data = item.data_for(encoding)
             size = len(data)
-            if items and (used + size + 1 > limit or len(items) >= most):
+            if items and (used + size + 1 > limit or taken == most):
                 break
             used += size + 1
             items.append(data)

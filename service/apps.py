@@ -49,7 +49,7 @@ class Aborting(Protocol):
 class App:
     """One app on this node: its settings (as a reload leaves them) and its hub."""
 
-    __slots__ = ("_refilled", "_stop", "_tokens", "connections", "hub", "settings", "writers")
+    __slots__ = ("_refilled", "_tokens", "connections", "hub", "settings", "stopping", "writers")
 
     def __init__(self, settings: AppSettings, hub: Hub) -> None:
         self.settings = settings
@@ -59,7 +59,8 @@ class App:
         self.writers: set[Aborting] = set()
         """The sockets of its connections, cut off if its hub closes and they outlast
         the grace (clients that stopped reading)."""
-        self._stop = anyio.Event()
+        self.stopping = anyio.Event()
+        """Set when the app is removed: its hub closes."""
         self._tokens = settings.backend_events_per_second or 0.0
         self._refilled = anyio.current_time()
 
@@ -141,7 +142,7 @@ class Apps:
                     wanted[app_id] = running.settings
         for app_id, app in list(self._by_id.items()):
             if app_id not in wanted:
-                self._stop_app(app)
+                self.stop(app)
         added = []
         for settings in wanted.values():
             running = self._by_id.get(settings.id)
@@ -167,12 +168,12 @@ class Apps:
         self._by_id[app.settings.id] = app
         self._by_key[app.settings.key] = app
 
-    def _stop_app(self, app: App) -> None:
+    def stop(self, app: App) -> None:
         """Close *app*'s hub: its clients are closed (4200) once their messages are sent."""
         del self._by_id[app.settings.id]
         if self._by_key.get(app.settings.key) is app:
             del self._by_key[app.settings.key]
-        app._stop.set()
+        app.stopping.set()
 
     async def _run(self, settings: AppSettings, *, task_status: TaskStatus[App]) -> None:
         config = self._settings.app_config(settings)
@@ -181,7 +182,7 @@ class Apps:
             app = App(settings, hub)
             self._register(app)
             task_status.started(app)
-            await app._stop.wait()
+            await app.stopping.wait()
             hub.close()
             with anyio.move_on_after(self._settings.server.shutdown_grace_seconds):
                 await hub.wait_no_connections()
@@ -218,4 +219,4 @@ async def open_apps(
         finally:
             for app in apps:
                 if not app.settings.default:
-                    apps._stop_app(app)
+                    apps.stop(app)

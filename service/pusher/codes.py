@@ -33,8 +33,8 @@ class PusherCode(IntEnum):
     UNAUTHORIZED = 4009
     """The app's backend ended the user's connections (``terminate_connections``)."""
     OVER_CAPACITY = 4100
-    """The node is full, or the connection could not keep up (a slow consumer):
-    reconnect after a backoff."""
+    """The node is full or not started, or the connection could not keep up (a slow
+    consumer): reconnect after a backoff."""
     RECONNECT = 4200
     """The node is shutting down: reconnect at once (to another node)."""
     PONG_NOT_RECEIVED = 4201

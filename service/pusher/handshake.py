@@ -116,7 +116,8 @@ def _admit(ws: WebSocket, key: str, apps: Apps | None) -> App:
     """The app of *key*, once the handshake asks for a protocol version served.
 
     Raises:
-        Refused: with 4008, 4006 or 4007 for the version, 4001 for the key.
+        Refused: with 4008, 4006 or 4007 for the version, 4100 before the server
+            started, 4001 for the key.
     """
     version = QueryParams(ws.scope.get("query_string", b"")).get("protocol")
     if version is None:
@@ -125,7 +126,9 @@ def _admit(ws: WebSocket, key: str, apps: Apps | None) -> App:
         raise Refused(PusherCode.INVALID_VERSION, f"invalid version string {version[:20]!r}")
     if version not in SUPPORTED_PROTOCOLS:
         raise Refused(PusherCode.UNSUPPORTED_PROTOCOL, f"unsupported protocol version {version}")
-    app = None if apps is None else apps.by_key(key)
+    if apps is None:  # before the lifespan started it, or after it stopped
+        raise Refused(PusherCode.OVER_CAPACITY, "the server is not started: try again")
+    app = apps.by_key(key)
     if app is None:
         raise Refused(PusherCode.APP_NOT_FOUND, f"no app has the key {key[:64]!r}")
     return app

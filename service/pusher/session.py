@@ -95,15 +95,18 @@ class PusherDoor:
         self.quiet_seconds = float(app.settings.activity_timeout_seconds)
 
     def client(self, user: str | None) -> ClientInfo:
+        """A new connection's identity: its socket id."""
         return ClientInfo(new_socket_id(), user)
 
     def open(self, connection: Connection, stop: anyio.CancelScope) -> PusherSession:
+        """Start the protocol: ``pusher:connection_established`` goes first."""
         session = PusherSession(connection, self.app, self._server, errors=self._errors)
         session.greet()
         return session
 
     @staticmethod
     def close(code: int, reason: str) -> tuple[int, str]:
+        """The Pusher code of a close (`_CLOSES`; the door's own codes as they are)."""
         return _CLOSES.get(code, (code, reason))
 
 
@@ -144,6 +147,7 @@ class PusherSession:
 
     @property
     def socket_id(self) -> str:
+        """Its socket id (``\\d+.\\d+``), which authorizations sign."""
         return self.connection.client.client
 
     def greet(self) -> None:
@@ -153,6 +157,7 @@ class PusherSession:
         self.connection.flush()
 
     def ping(self) -> None:
+        """Queue ``pusher:ping``: the client was quiet for the activity timeout."""
         self.connection.send_now(_PING)
         self.connection.flush()
 
