@@ -919,10 +919,11 @@ class Hub:
         state.joining.pop(outbox, None)
         state.skip_until.pop(outbox, None)
         client = state.members.pop(outbox, None) or self._clients[outbox]
-        # By user, the broker decides whether the user left, and then tells `departed`.
-        by_user = live and state.by_user
+        # By user, the broker decides whether the user left, and then tells `departed`
+        # (a subscribe that failed after its entry was written is counted out, quietly).
+        by_user = state.by_user
         if state.presence:
-            self._carrier.remove_presence(channel, client, by_user=by_user)
+            self._carrier.remove_presence(channel, client, by_user=by_user, quiet=not live)
         if live:
             if state.presence and not by_user and self.observer is not None:
                 self.observer(Activity(name="member_left", channel=channel, client=client))

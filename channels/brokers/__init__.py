@@ -145,12 +145,15 @@ class Broker(Protocol):
         """
         ...
 
-    def remove_presence(self, channel: str, client: ClientInfo, *, by_user: bool = False) -> None:
+    def remove_presence(
+        self, channel: str, client: ClientInfo, *, by_user: bool = False, quiet: bool = False
+    ) -> None:
         """Forget that *client* is subscribed to *channel*. Never blocks.
 
         With *by_user*, once it is forgotten, if no other client of its user is left,
         the broker announces *client*'s ``leave`` to every node and tells this node's
-        receiver it `departed`; deciding and announcing are one atomic step.
+        receiver it `departed`; deciding and announcing are one atomic step. *quiet*:
+        count it out, announce nothing (its join was never announced).
         """
         ...
 

@@ -153,7 +153,9 @@ class MemoryBroker:
         counts[client.user] += 1
         return counts[client.user] == 1
 
-    def remove_presence(self, channel: str, client: ClientInfo, *, by_user: bool = False) -> None:
+    def remove_presence(
+        self, channel: str, client: ClientInfo, *, by_user: bool = False, quiet: bool = False
+    ) -> None:
         clients = self._presence.get(channel)
         if clients is None or clients.pop(client.client, None) is None:
             return
@@ -167,8 +169,9 @@ class MemoryBroker:
             del counts[client.user]
             if not counts:
                 del self._users[channel]
-            self._receiver.event(channel, "leave", client)
-            self._receiver.departed(channel, client)
+            if not quiet:
+                self._receiver.event(channel, "leave", client)
+                self._receiver.departed(channel, client)
 
     async def presence(self, channel: str) -> list[ClientInfo]:
         await anyio.lowlevel.checkpoint()

@@ -99,9 +99,9 @@ class RedisBroker:
         """This node's clients in presence, per channel: refreshed, so they stay."""
         self._by_user: set[str] = set()
         """The channels whose members are users (see `add_presence`), with entries here."""
-        self._to_forget: list[tuple[str, ClientInfo, bool]] = []
-        """Presence entries to remove: channel, client, and whether by user (see
-        `remove_presence`)."""
+        self._to_forget: list[tuple[str, ClientInfo, bool, bool]] = []
+        """Presence entries to remove: channel, client, whether by user and whether
+        quietly (see `remove_presence`)."""
         self._to_announce: list[tuple[str, bytes]] = []
         self._receiver = receiver
         self._control = ControlChannel(client, self._keys, receiver, config.timeout_seconds)
@@ -215,7 +215,7 @@ class RedisBroker:
                     keys=self._keys.presence(channel), args=self._entry(channel, client, "add")
                 )
         except BrokerUnavailable:
-            self.remove_presence(channel, client, by_user=by_user)
+            self.remove_presence(channel, client, by_user=by_user, quiet=True)
             raise
         return bool(first)
 
@@ -225,13 +225,15 @@ class RedisBroker:
         info = _encoder.encode(client)
         return [client.client, info, self._presence_ttl_ms, user, self._keys.pubsub(channel), mode]
 
-    def remove_presence(self, channel: str, client: ClientInfo, *, by_user: bool = False) -> None:
+    def remove_presence(
+        self, channel: str, client: ClientInfo, *, by_user: bool = False, quiet: bool = False
+    ) -> None:
         clients = self._present.get(channel)
         if clients is not None and clients.pop(client.client, None) is not None:
             if not clients:
                 del self._present[channel]
                 self._by_user.discard(channel)
-            self._to_forget.append((channel, client, by_user))
+            self._to_forget.append((channel, client, by_user, quiet))
             self._work.set()
 
     async def presence(self, channel: str) -> list[ClientInfo]:
@@ -486,20 +488,20 @@ class RedisBroker:
             gone = [item for item in batch if item[1].client not in self._present.get(item[0], {})]
             with anyio.fail_after(self._timeout_seconds):
                 async with self._client.pipeline(transaction=False) as pipeline:
-                    for channel, client, by_user in gone:
+                    for channel, client, by_user, _ in gone:
                         if not by_user:
                             hash_key, expiry_key, _ = self._keys.presence(channel)
                             pipeline.hdel(hash_key, [client.client])
                             pipeline.zrem(expiry_key, [client.client])
-                for channel, client, by_user in gone:
-                    if by_user and await self._forget_member(channel, client):
+                for channel, client, by_user, quiet in gone:
+                    if by_user and await self._forget_member(channel, client, quiet=quiet):
                         self._receiver.departed(channel, client)
             del self._to_forget[: len(batch)]
 
-    async def _forget_member(self, channel: str, client: ClientInfo) -> bool:
+    async def _forget_member(self, channel: str, client: ClientInfo, *, quiet: bool) -> bool:
         """Forget *client*'s entry; announce its leave if its user has no other entry
-        left. Returns whether it did."""
-        leave = _EVENT_MARKS["leave"] + _encoder.encode(client)
+        left (unless *quiet*). Returns whether it did."""
+        leave = b"" if quiet else _EVENT_MARKS["leave"] + _encoder.encode(client)
         announced: Any = await self._presence_remove(
             keys=self._keys.presence(channel),
             args=[client.client, client.user or "", "", "", self._keys.pubsub(channel), leave],

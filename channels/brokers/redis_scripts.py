@@ -147,8 +147,9 @@ return first
 )
 
 # KEYS: presence. ARGV: client, its user, -, -, the pub/sub channel, the leave
-# announcement. Forgets the client; announces its leave when its user has no entry left
-# (also when Redis lost the entry, and its count with it). Returns 1 if it announced.
+# announcement ('' for none). Forgets the client; announces its leave when its user has
+# no entry left (also when Redis lost the entry, and its count with it). Returns 1 if it
+# announced.
 PRESENCE_REMOVE: Final = (
     _NOW
     + _PRUNE
@@ -159,6 +160,7 @@ local left = tonumber(redis.call('HGET', KEYS[3], ARGV[2]) or '0')
 if existed == 1 and left > 0 then left = redis.call('HINCRBY', KEYS[3], ARGV[2], -1) end
 if left > 0 then return 0 end
 redis.call('HDEL', KEYS[3], ARGV[2])
+if ARGV[6] == '' then return 0 end
 redis.call('PUBLISH', ARGV[5], ARGV[6])
 return 1
 """

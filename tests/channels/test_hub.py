@@ -13,6 +13,7 @@ from channels.config import ChannelRule, Config, History, ServerConfig, SlowCons
 from channels.control import Disconnect, Ending, Unsubscribe
 from channels.errors import (
     AlreadySubscribed,
+    BrokerUnavailable,
     ChannelNotFound,
     ChannelsError,
     InvalidChannelName,
@@ -25,7 +26,7 @@ from channels.errors import (
 from channels.hub import Hub, Subscribed, open_hub
 from channels.outbox import Outbox
 from channels.publication import ClientInfo, HistoryPage, Position, Publication
-from channels.rules import Grant
+from channels.rules import Grant, NameKind
 from tests.support.data import raw
 from tests.support.encoding import TextEncoding
 from tests.support.receiver import Recorder
@@ -760,3 +761,39 @@ async def test_a_server_unsubscribe_leaves_a_subscription_still_joining_to_finis
         assert await drain(joining) == []  # subscribed, nothing ended
         hub.command(Unsubscribe(user="alice", channel="open"))  # live now: ended
         assert await drain(joining) == ["ended:open:210"]
+
+
+async def test_a_failed_subscribe_to_a_channel_of_users_leaves_its_user_uncounted() -> None:
+    kinds = [NameKind("presence-", presence=True)]
+    config = Config(channels=[ChannelRule(match="*")])
+    async with open_hub(config, TextEncoding(), kinds=kinds) as hub:
+        watcher, failing, retry = outbox(), outbox(), outbox()
+        hub.attach(watcher, ClientInfo("w", "watcher"))
+        hub.attach(failing, ClientInfo("f1", "ann"))
+        hub.attach(retry, ClientInfo("f2", "ann"))
+
+        async def join(box: Outbox, *, read_presence: bool = False) -> None:
+            await hub.subscribe(
+                box,
+                "presence-room",
+                since=None,
+                on_subscribed=lambda _: None,
+                private_ok=True,
+                read_presence=read_presence,
+            )
+
+        await join(watcher)
+        await drain(watcher)
+        broker = hub._carrier
+
+        async def unavailable(channel: str) -> list[ClientInfo]:
+            raise BrokerUnavailable("presence", "Redis is down")
+
+        read = broker.presence
+        broker.presence = unavailable  # type: ignore[method-assign] # fails after the entry is written
+        with pytest.raises(BrokerUnavailable):
+            await join(failing, read_presence=True)
+        broker.presence = read  # type: ignore[method-assign]
+        # Her failed entry was counted out: her next connection is her first, and joins.
+        await join(retry)
+        assert await drain(watcher) == ["join:presence-room:f2"]
