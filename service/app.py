@@ -331,6 +331,7 @@ class Clarion:
                 slots=self._slots,
                 counters=self.counters,
                 writers=self._frame_writers,
+                auth_required=self.config.auth is not None and self.config.auth.required,
             )
             return
         if path != self.config.server.websocket_path:

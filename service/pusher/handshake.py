@@ -66,8 +66,14 @@ async def serve_pusher(
     slots: Slots,
     counters: NodeCounters,
     writers: set[TransportFrameWriter | SocketFrameWriter],
+    auth_required: bool = False,
 ) -> None:
-    """Serve a Pusher client that connected to ``/app/{key}`` until it leaves."""
+    """Serve a Pusher client that connected to ``/app/{key}`` until it leaves.
+
+    With *auth_required* (``auth.required``), a client of the default app must sign in
+    before it subscribes to a channel that needs no authorization of its own: the
+    server's channels have no anonymous way in.
+    """
     try:
         app = _admit(ws, key, apps)
         if app.hub.closing:
@@ -83,7 +89,12 @@ async def serve_pusher(
                     writers.add(frames)
                     app.writers.add(frames)
                 try:
-                    door = PusherDoor(app, server, errors=counters.errors)
+                    door = PusherDoor(
+                        app,
+                        server,
+                        errors=counters.errors,
+                        sign_in_first=auth_required and app.settings.default,
+                    )
                     await run_session(
                         ws,
                         app.hub,

@@ -20,7 +20,14 @@ import msgspec
 from channels.errors import ChannelsError, NotSubscribed, PermissionDenied
 from channels.publication import ClientInfo
 from service.closecodes import CloseCode
-from service.errors import BadJSON, BadMessage, InvalidToken, ProtocolError, UnknownOp
+from service.errors import (
+    BadJSON,
+    BadMessage,
+    InvalidToken,
+    ProtocolError,
+    Unauthenticated,
+    UnknownOp,
+)
 from service.pusher.codes import PusherCode
 from service.pusher.names import is_cache, is_encrypted, is_presence, is_private
 from service.pusher.protocol import (
@@ -86,12 +93,18 @@ class PusherDoor:
     """The Pusher protocol for one app's connections (see `service.session.Door`)."""
 
     def __init__(
-        self, app: App, server: ServerSettings, *, errors: Counter[int] | None = None
+        self,
+        app: App,
+        server: ServerSettings,
+        *,
+        errors: Counter[int] | None = None,
+        sign_in_first: bool = False,
     ) -> None:
         self.encoding = ENCODING
         self.app = app
         self._server = server
         self._errors = errors
+        self._sign_in_first = sign_in_first
         self.quiet_seconds = float(app.settings.activity_timeout_seconds)
 
     def client(self, user: str | None) -> ClientInfo:
@@ -100,7 +113,13 @@ class PusherDoor:
 
     def open(self, connection: Connection, stop: anyio.CancelScope) -> PusherSession:
         """Start the protocol: ``pusher:connection_established`` goes first."""
-        session = PusherSession(connection, self.app, self._server, errors=self._errors)
+        session = PusherSession(
+            connection,
+            self.app,
+            self._server,
+            errors=self._errors,
+            sign_in_first=self._sign_in_first,
+        )
         session.greet()
         return session
 
@@ -120,6 +139,7 @@ class PusherSession:
         "_events_refilled",
         "_events_tokens",
         "_members",
+        "_sign_in_first",
         "connection",
     )
 
@@ -130,9 +150,13 @@ class PusherSession:
         server: ServerSettings,
         *,
         errors: Counter[int] | None = None,
+        sign_in_first: bool = False,
     ) -> None:
         self.connection = connection
         self._app = app
+        self._sign_in_first = sign_in_first
+        """Whether a channel that needs no authorization needs a sign-in (the server's
+        channels under ``auth.required``)."""
         self._errors = errors
         self._members: dict[str, ClientInfo | None] = {}
         """The channels subscribed to, with who the client is there (presence)."""
@@ -190,6 +214,11 @@ class PusherSession:
     async def _subscribe(self, data: SubscribeData) -> None:
         connection, channel = self.connection, data.channel
         presence, private = is_presence(channel), is_private(channel)
+        if self._sign_in_first and not private and connection.client.user is None:
+            self._subscription_error(
+                channel, "AuthError", 401, Unauthenticated.code, "sign in first (auth.required)"
+            )
+            return
         member = None
         if private:
             text = f"{self.socket_id}:{channel}"

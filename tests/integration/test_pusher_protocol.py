@@ -15,8 +15,9 @@ import pytest
 
 from channels.config import ChannelRule
 from service.pusher.signatures import request_string, sign
-from service.settings import AppSettings, ConfigSource, ServerSettings, Settings
+from service.settings import AppSettings, AuthSettings, ConfigSource, ServerSettings, Settings
 from tests.integration.test_metrics import scrape
+from tests.support.auth import SECRET as JWT_SECRET
 from tests.support.server import http_call, running_server
 from tests.support.wsclient import Closed, connect
 
@@ -773,3 +774,31 @@ async def test_client_events_nested_near_the_limit_never_end_the_connection(
                 while (event := await client.receive_object())["event"] != "pusher:pong":
                     assert event["event"] == "pusher:error", (depth, event)
                     assert event["data"]["code"] in (100, 101), depth
+
+
+async def test_with_auth_required_the_server_channels_need_a_sign_in_through_the_door(
+    anyio_backend: Backend, free_tcp_port: int
+) -> None:
+    """A configuration that asks for authentication has no anonymous way in: a Pusher
+    client of the default app signs in before it reads a public channel."""
+    config = Settings(
+        auth=AuthSettings(required=True, secret=JWT_SECRET),
+        server=ServerSettings(api_open=True),
+        apps=[AppSettings(id="1", key="app-key", secret=SECRET, default=True)],
+    )
+    with anyio.fail_after(10):
+        async with (
+            running_server(config, anyio_backend, free_tcp_port) as server,
+            connect(url(server)) as client,
+        ):
+            socket_id = await established(client)
+            subscribe = {"event": "pusher:subscribe", "data": {"channel": "news"}}
+            assert (await error_of(client, subscribe))["code"] == 108
+            user_data = json.dumps({"id": "ann"})
+            auth = "app-key:" + sign(SECRET, f"{socket_id}::user::{user_data}")
+            await client.send_json(
+                {"event": "pusher:signin", "data": {"auth": auth, "user_data": user_data}}
+            )
+            assert (await client.receive_object())["event"] == "pusher:signin_success"
+            await client.send_json(subscribe)
+            assert (await client.receive_object())["event"].endswith("succeeded")
