@@ -257,7 +257,11 @@ def _check_signature(
 
 def _take_events(app: App, count: int) -> None:
     if not app.take_backend_events(count):
-        rate = app.settings.backend_events_per_second
+        rate = app.settings.backend_events_per_second or 0.0
+        if count > max(rate, 1.0):
+            raise RateLimited(
+                f"{count} events in one request: over the app's {rate:g} per second at once"
+            )
         raise RateLimited(f"the app's backend sends over {rate:g} events per second")
 
 

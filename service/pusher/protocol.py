@@ -255,6 +255,8 @@ class PusherEncoding:
     @staticmethod
     def event(channel: str, event: Announced, client: ClientInfo) -> bytes:
         user_id = client.user if client.user is not None else client.client
+        if not is_presence(channel):  # a Clarion rule's join_leave: no member of Pusher's
+            return encode_event(f"clarion:{event}", {"user_id": user_id}, channel=channel)
         if event == "join":
             info = None if client.info is None else msgspec.Raw(client.info.encode())
             member = {"user_id": user_id, "user_info": info}

@@ -718,6 +718,13 @@ async def test_an_apps_backend_over_its_events_per_second_gets_429(
                 statuses.append((status, reply.get("code")))
             # Two channels count two events: the second request is over the three.
             assert statuses == [(200, None), (429, 114)]
+            # A request of more events than the bucket holds never passes, and says so.
+            many = msgspec.json.encode({"name": "e", "data": "x", "channels": list("abcd")})
+            status, reply = await http_call(
+                server, "POST", signed("POST", "/apps/1/events", many), many
+            )
+            assert (status, reply["code"]) == (429, 114)
+            assert "4 events in one request" in reply["message"]
 
 
 async def test_a_reload_may_move_keys_between_apps(
