@@ -186,8 +186,9 @@ class Apps:
             hub.close()
             with anyio.move_on_after(self._settings.server.shutdown_grace_seconds):
                 await hub.wait_no_connections()
-            for frames in list(app.writers):
-                frames.abort()
+            if hub.connection_count:  # clients that stopped reading: cut off
+                for frames in list(app.writers):
+                    frames.abort()
 
 
 def open_server_hub(settings: Settings, encoding: Encoding) -> AbstractAsyncContextManager[Hub]:

@@ -206,7 +206,6 @@ class RedisBroker:
     async def add_presence(
         self, channel: str, client: ClientInfo, *, by_user: bool = False
     ) -> bool:
-        self._present.setdefault(channel, {})[client.client] = client
         if by_user:
             self._by_user.add(channel)
         try:
@@ -214,9 +213,14 @@ class RedisBroker:
                 first: Any = await self._presence_add(
                     keys=self._keys.presence(channel), args=self._entry(channel, client, "add")
                 )
-        except BrokerUnavailable:
-            self.remove_presence(channel, client, by_user=by_user, quiet=True)
+        except BaseException:
+            # The script may have run: its entry is counted out, quietly (re-raised).
+            self._to_forget.append((channel, client, by_user, True))
+            self._work.set()
             raise
+        # Renewed from now on; not before the entry is written, or a renewal would find
+        # it missing and write it as one Redis had lost.
+        self._present.setdefault(channel, {})[client.client] = client
         return bool(first)
 
     def _entry(self, channel: str, client: ClientInfo, mode: str) -> list[str | int | bytes]:
