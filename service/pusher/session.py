@@ -194,28 +194,28 @@ class PusherSession:
             incoming = decode_incoming(frame)
             event = incoming.event
             if event == "pusher:ping":
-                connection.send_now(_PONG)
+                await connection.send(_PONG)
             elif event == "pusher:pong":
                 pass
             elif event == "pusher:subscribe":
                 await self._subscribe(decode_data(incoming.data, SubscribeData, event))
             elif event == "pusher:signin":
-                self._sign_in(decode_data(incoming.data, SigninData, event))
+                await self._sign_in(decode_data(incoming.data, SigninData, event))
             elif event == "pusher:unsubscribe":
                 self._unsubscribe(decode_data(incoming.data, UnsubscribeData, event).channel)
             elif event.startswith("client-"):
                 await self._client_event(incoming.channel, event, incoming.data)
             else:
-                self._error(UnknownOp.code, f"unknown event {event[:100]!r}")
+                await self._error(UnknownOp.code, f"unknown event {event[:100]!r}")
         except (ProtocolError, ChannelsError) as exc:
-            self._error(exc.code, str(exc))
+            await self._error(exc.code, str(exc))
         connection.flush()
 
     async def _subscribe(self, data: SubscribeData) -> None:
         connection, channel = self.connection, data.channel
         presence, private = is_presence(channel), is_private(channel)
         if self._sign_in_first and not private and connection.client.user is None:
-            self._subscription_error(
+            await self._subscription_error(
                 channel, "AuthError", 401, Unauthenticated.code, "sign in first (auth.required)"
             )
             return
@@ -226,7 +226,7 @@ class PusherSession:
                 text += f":{data.channel_data or ''}"
             app = self.app
             if data.auth is None or not authorization_ok(app.key, app.secret, data.auth, text):
-                self._subscription_error(
+                await self._subscription_error(
                     channel, "AuthError", 401, InvalidToken.code, "invalid signature"
                 )
                 return
@@ -234,7 +234,7 @@ class PusherSession:
                 try:
                     found = decode_data(data.channel_data or "", ChannelData, "channel_data")
                 except BadMessage as exc:
-                    self._subscription_error(channel, "AuthError", 400, exc.code, str(exc))
+                    await self._subscription_error(channel, "AuthError", 400, exc.code, str(exc))
                     return
                 info = None if found.user_info == NULL else bytes(found.user_info).decode()
                 member = ClientInfo(self.socket_id, str(found.user_id), info)
@@ -263,25 +263,27 @@ class PusherSession:
             )
         except ChannelsError as exc:
             kind = "AuthError" if exc.http_status in (401, 403) else "ChannelError"
-            self._subscription_error(channel, kind, exc.http_status or 400, exc.code, str(exc))
+            await self._subscription_error(
+                channel, kind, exc.http_status or 400, exc.code, str(exc)
+            )
             return
         self._members[channel] = member
 
-    def _sign_in(self, data: SigninData) -> None:
+    async def _sign_in(self, data: SigninData) -> None:
         """Take the user the app's backend signed *data* for; a bad signature ends the
         connection with 4009, as Pusher's does."""
         app = self.app
         text = f"{self.socket_id}::user::{data.user_data}"
         if not authorization_ok(app.key, app.secret, data.auth, text):
-            self._end(PusherCode.UNAUTHORIZED, "invalid signature")
+            await self._end(PusherCode.UNAUTHORIZED, "invalid signature")
             return
         try:
             user = msgspec.json.decode(data.user_data, type=UserData)
         except msgspec.DecodeError as exc:
-            self._error(BadMessage.code, f"user_data: {exc}")
+            await self._error(BadMessage.code, f"user_data: {exc}")
             return
         self.connection.sign_in(user.id)
-        self.connection.send_now(
+        await self.connection.send(
             encode_event("pusher:signin_success", {"user_data": data.user_data})
         )
 
@@ -294,28 +296,28 @@ class PusherSession:
     async def _client_event(self, channel: str | None, event: str, data: msgspec.Raw) -> None:
         """Relay a ``client-*`` event to the channel's other subscribers."""
         if not self.app.client_events:
-            self._error(_REFUSED, "client events are not enabled")
+            await self._error(_REFUSED, "client events are not enabled")
         elif (
             channel is None
             or channel not in self._members
             or not self.connection.subscribed(channel)  # the server may have ended it
         ):
-            self._error(_REFUSED, "subscribe to the channel first")
+            await self._error(_REFUSED, "subscribe to the channel first")
         elif not is_private(channel):
-            self._error(
+            await self._error(
                 _REFUSED,
                 "client events go on private and presence channels only",
             )
         elif is_encrypted(channel):
-            self._error(_REFUSED, "client events are refused on encrypted channels")
+            await self._error(_REFUSED, "client events are refused on encrypted channels")
         elif len(event) > EVENT_NAME_MAX_LENGTH:
-            self._error(
+            await self._error(
                 _REFUSED,
                 f"event names are {EVENT_NAME_MAX_LENGTH} characters at most",
             )
         elif not self._take_event_token():
             rate = self.app.client_event_rate_per_second
-            self._end(PusherCode.CLIENT_EVENT_RATE, f"client events over {rate:g} per second")
+            await self._end(PusherCode.CLIENT_EVENT_RATE, f"client events over {rate:g} per second")
         else:
             member = self._members[channel]
             envelope = Envelope(
@@ -325,14 +327,14 @@ class PusherSession:
                 self.socket_id,
             )
             if nesting(bytes(data)) > DATA_MAX_DEPTH:
-                self._error(BadJSON.code, f"data nests deeper than {DATA_MAX_DEPTH} levels")
+                await self._error(BadJSON.code, f"data nests deeper than {DATA_MAX_DEPTH} levels")
                 return
             encoded = encode_envelope(envelope)
             try:
                 # Subscribed with a valid authorization: it may send on the channel.
                 await self.connection.publish(channel, encoded, private_ok=True)
             except ChannelsError as exc:
-                self._error(exc.code, str(exc))
+                await self._error(exc.code, str(exc))
 
     def _take_event_token(self) -> bool:
         rate = self.app.client_event_rate_per_second
@@ -344,24 +346,24 @@ class PusherSession:
         self._events_tokens -= 1
         return True
 
-    def _end(self, code: int, reason: str) -> None:
+    async def _end(self, code: int, reason: str) -> None:
         """Send ``pusher:error`` with *code*, then close the connection with it."""
-        self._error(code, reason)
+        await self._error(code, reason)
         self._ended = True
         self.connection.end(code, reason)
 
-    def _error(self, code: int, message: str) -> None:
+    async def _error(self, code: int, message: str) -> None:
         if self._errors is not None:
             self._errors[code] += 1
-        self.connection.send_now(encode_error(code, message))
+        await self.connection.send(encode_error(code, message))
 
-    def _subscription_error(
+    async def _subscription_error(
         self, channel: str, kind: str, status: int, code: int, message: str
     ) -> None:
         if self._errors is not None:
             self._errors[code] += 1
         data = {"type": kind, "error": message, "status": status, "code": code}
-        self.connection.send_now(encode_event("pusher:subscription_error", data, channel=channel))
+        await self.connection.send(encode_event("pusher:subscription_error", data, channel=channel))
 
 
 def _presence_of(subscribed: Subscribed) -> dict[str, object]:
