@@ -9,6 +9,7 @@ import pytest
 
 from channels.errors import UnsubscribedByServer
 from channels.publication import ClientInfo, Publication
+from service.apps import App
 from service.errors import BadMessage
 from service.pusher.protocol import (
     ENCODING,
@@ -18,6 +19,8 @@ from service.pusher.protocol import (
     encode_envelope,
     nesting,
 )
+from service.pusher.session import PusherSession
+from service.settings import AppSettings, ServerSettings
 
 
 def frame(data: bytes) -> dict[str, object]:
@@ -88,3 +91,38 @@ def test_data_sent_as_an_object_or_as_a_string_decodes_alike() -> None:
 )
 def test_nesting_counts_arrays_and_objects_outside_strings(data: bytes, depth: int) -> None:
     assert nesting(data) == depth
+
+
+class Recorded:
+    """A connection that records how each frame was queued: waiting for room (``send``)
+    or at once beyond the outbox's bound (``send_now``)."""
+
+    def __init__(self) -> None:
+        self.waited: list[bytes] = []
+        self.at_once: list[bytes] = []
+        self.client = ClientInfo("1.2", None)
+
+    async def send(self, data: bytes) -> None:
+        self.waited.append(data)
+
+    def send_now(self, data: bytes) -> None:
+        self.at_once.append(data)
+
+    def flush(self) -> None:
+        pass
+
+
+async def test_replies_to_a_clients_requests_wait_for_room_in_its_outbox() -> None:
+    """Only what must precede a channel's messages may go beyond the outbox's bound: a
+    client that sends pings or bad events and never reads cannot grow its outbox."""
+    connection = Recorded()
+    app = App(AppSettings(id="1", key="k", secret="s" * 16), hub=None)  # type: ignore[arg-type] # no hub needed
+    session = PusherSession(connection, app, ServerSettings())  # type: ignore[arg-type] # the parts a session uses
+    for frame in ('{"event":"pusher:ping","data":{}}', "not json", '{"event":"pusher:nope"}'):
+        await session.handle(frame)
+    assert connection.at_once == []
+    assert [json.loads(item)["event"] for item in connection.waited] == [
+        "pusher:pong",
+        "pusher:error",
+        "pusher:error",
+    ]
