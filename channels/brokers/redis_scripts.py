@@ -141,7 +141,11 @@ if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('ZADD', KEYS[2], ms + tonumber(ARGV[3]), ARGV[1])
-for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[3]) end
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+-- The counts outlive the entries they count, so that the last ones expiring still
+-- find them and announce their users' leave.
+redis.call('PEXPIRE', KEYS[3], 2 * tonumber(ARGV[3]))
 return first
 """
 )

@@ -450,6 +450,9 @@ async def test_redis_announces_a_user_whose_last_entry_expired_with_its_node(
     config = msgspec.structs.replace(redis_broker, presence_ttl_seconds=0.3)
     async with nodes(config) as [observer]:
         await observer.broker.subscribe("room")
+        # A member of its own, as a watching client's node has: it keeps the channel's
+        # members renewed.
+        await observer.broker.add_presence("room", ClientInfo("w", "watcher"), by_user=True)
         async with nodes(config) as [doomed]:
             await doomed.broker.add_presence("room", ClientInfo("ghost", "ann"), by_user=True)
             assert isinstance(doomed.broker, RedisBroker)
