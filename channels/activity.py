@@ -24,6 +24,7 @@ ActivityName: TypeAlias = Literal[
     "member_left",
     "client_published",
     "connection_refused",
+    "cache_miss",
 ]
 
 

@@ -377,6 +377,8 @@ class Hub:
             recovered = page.complete and missed <= self._limits.recovery_limit
         replay = page.publications if recovered or since is None else []
         on_subscribed(Subscribed(channel, page.position, recovered, members, len(replay)))
+        if last and not replay and self.observer is not None:
+            self.observer(Activity(name="cache_miss", channel=channel))
         for publication in replay:
             outbox.offer(self._delivery(publication, state.policy))
         # Held deliveries up to the start position were in the page, or came before it.

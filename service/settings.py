@@ -225,7 +225,12 @@ class WebhookSettings(WebhookDelivery, frozen=True, kw_only=True):
 
 
 PusherWebhookName = Literal[
-    "channel_occupied", "channel_vacated", "member_added", "member_removed", "client_event"
+    "channel_occupied",
+    "channel_vacated",
+    "member_added",
+    "member_removed",
+    "client_event",
+    "cache_miss",
 ]
 """The events of Pusher's webhooks that Clarion sends."""
 

@@ -7,7 +7,8 @@ The engine's events (`channels.activity`) become Pusher's: ``channel_occupied``,
 ``channel_vacated``, ``member_added`` and ``member_removed`` (presence channels, with
 the ``user_id``), and ``client_event`` (a client's ``client-*`` event, with its ``data``,
 the sender's ``socket_id``, and its ``user_id`` on a presence channel; a message a Clarion
-client published is none). Batching, retries and bounds
+client published is none), and ``cache_miss`` (a subscriber of a cache channel found no
+last event). Batching, retries and bounds
 are those of every webhook (`service.webhooks`).
 """
 
@@ -45,6 +46,7 @@ _FROM: Final[dict[PusherWebhookName, ActivityName]] = {
     "member_added": "member_joined",
     "member_removed": "member_left",
     "client_event": "client_published",
+    "cache_miss": "cache_miss",
 }
 _NAMES: Final = {activity: pusher for pusher, activity in _FROM.items()}
 _encoder = msgspec.json.Encoder()

@@ -462,23 +462,34 @@ async def test_webhooks_in_pushers_format_pass_the_pusher_librarys_validation(
 async def test_cache_channels_give_a_new_subscriber_the_last_event_or_a_miss(
     anyio_backend: Backend, free_tcp_port: int, broker_config: BrokerConfig
 ) -> None:
+    port = free_port()
+    hook = AppWebhookSettings(
+        url=f"http://127.0.0.1:{port}/hooks", events=["cache_miss"], batch_seconds=0.01
+    )
+    config = settings(broker_config, app(webhooks=[hook]))
     with anyio.fail_after(30):
-        async with door(settings(broker_config), anyio_backend, free_tcp_port) as (server, driver):
+        async with door(config, anyio_backend, free_tcp_port) as (server, driver):
             client = backend(server)
-            await call(client.trigger, "cache-scores", "score", {"home": 1})
-            await call(client.trigger, "cache-scores", "score", {"home": 2})
-            await connect_js(driver, "a", server)
-            await subscribed(driver, "a", "cache-scores")
-            last = await driver.event("a", "cache-scores", "score")
-            assert last["data"] == {"home": 2}
-            await subscribed(driver, "a", "cache-empty")
-            await driver.event("a", "cache-empty", "pusher:cache_miss")
-            # Live events follow, each once.
-            await call(client.trigger, "cache-scores", "score", {"home": 3})
-            await driver.event("a", "cache-scores", "score")
-            scores = [r["data"]["home"] for r in driver.seen("a", "cache-scores", "score")]
-            assert scores == [2, 3]
-            assert driver.seen("a", "cache-scores", "pusher:cache_miss") == []
+            receiver = WebhookReceiver(client)
+            async with serving(receiver, anyio_backend, port):
+                await call(client.trigger, "cache-scores", "score", {"home": 1})
+                await call(client.trigger, "cache-scores", "score", {"home": 2})
+                await connect_js(driver, "a", server)
+                await subscribed(driver, "a", "cache-scores")
+                last = await driver.event("a", "cache-scores", "score")
+                assert last["data"] == {"home": 2}
+                await subscribed(driver, "a", "cache-empty")
+                await driver.event("a", "cache-empty", "pusher:cache_miss")
+                # Live events follow, each once.
+                await call(client.trigger, "cache-scores", "score", {"home": 3})
+                await driver.event("a", "cache-scores", "score")
+                scores = [r["data"]["home"] for r in driver.seen("a", "cache-scores", "score")]
+                assert scores == [2, 3]
+                assert driver.seen("a", "cache-scores", "pusher:cache_miss") == []
+                # The app's backend hears of the miss.
+                miss = await receiver.wait_for(lambda e: e["name"] == "cache_miss")
+                assert miss == {"name": "cache_miss", "channel": "cache-empty"}
+                assert len(receiver.events) == 1
 
 
 async def test_a_user_with_two_connections_is_one_member(
