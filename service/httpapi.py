@@ -34,7 +34,7 @@ from service.apibodies import (
 from service.errors import BadMessage, NotStarted, Unauthorized
 from service.metrics import CONTENT_TYPE
 from service.operations import check_keys, run, run_batch
-from service.protocol import StatsReply, decode_body, decode_query, encode
+from service.protocol import AppStats, StatsReply, decode_body, decode_query, encode
 from service.serverapi import ServerAPI
 
 if TYPE_CHECKING:
@@ -218,8 +218,27 @@ async def _stats(app: Clarion, request: Request) -> Answer:
         published=stats.accepted,
         delivered=hub.traffic.deliveries,
         channels=hub.channel_statistics(limit, trusted=caller_trusted),
+        apps=_app_stats(app) if caller_trusted or not app.config.server.api_keys else [],
     )
     return 200, encode(reply), [*JSON_HEADERS]
+
+
+def _app_stats(app: Clarion) -> list[AppStats]:
+    """Each Pusher app's figures on this node (the default app's are the server's)."""
+    found = []
+    for each in app.apps or ():
+        stats = each.hub.statistics()
+        found.append(
+            AppStats(
+                id=each.settings.id,
+                connections=stats.connections,
+                subscriptions=stats.subscriptions,
+                channels=stats.channels,
+                published=stats.accepted,
+                delivered=each.hub.traffic.deliveries,
+            )
+        )
+    return sorted(found, key=lambda stats: stats.id)
 
 
 def _api(app: Clarion, request: Request) -> ServerAPI:

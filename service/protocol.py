@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from channels.publication import Publication
 
 __all__ = (
+    "AppStats",
     "ClientMessage",
     "Error",
     "Frame",
@@ -308,6 +309,17 @@ class PresenceReply(Frame, tag="reply", frozen=True, kw_only=True):
     clients: list[ClientInfo]
 
 
+class AppStats(msgspec.Struct, frozen=True, kw_only=True):
+    """One Pusher app's figures on this node, in ``GET /api/stats``."""
+
+    id: str
+    connections: int
+    subscriptions: int
+    channels: int
+    published: int
+    delivered: int
+
+
 class StatsReply(Frame, tag="reply", frozen=True, kw_only=True):
     """The body of ``GET /api/stats``: the node and its busiest channels (the dashboard's)."""
 
@@ -324,6 +336,8 @@ class StatsReply(Frame, tag="reply", frozen=True, kw_only=True):
     delivered: int
     """Channel messages handed to connections (one per subscriber)."""
     channels: list[ChannelStatistics]
+    apps: list[AppStats] = []
+    """Each Pusher app's (with the API key, or an open API), when there are any."""
 
 
 class ReloadReply(Frame, tag="reply", frozen=True, kw_only=True):

@@ -694,6 +694,7 @@ async def test_the_metrics_count_each_app_apart(anyio_backend: Backend, free_tcp
             ] == 200
             await one.receive_object()
             samples = await scrape(server)
+            status, stats = await http_call(server, "GET", "/api/stats")
     assert samples['clarion_app_connections{app="1"}'] == 1
     assert samples['clarion_app_connections{app="2"}'] == 0
     assert samples['clarion_app_subscriptions{app="1"}'] == 1
@@ -702,6 +703,25 @@ async def test_the_metrics_count_each_app_apart(anyio_backend: Backend, free_tcp
     assert samples['clarion_app_messages_published_total{app="2"}'] == 0
     # The server's own channels (no default app here) saw nothing.
     assert samples["clarion_connections"] == 0
+    assert status == 200
+    assert stats["apps"] == [
+        {
+            "id": "1",
+            "connections": 1,
+            "subscriptions": 1,
+            "channels": 1,
+            "published": 1,
+            "delivered": 1,
+        },
+        {
+            "id": "2",
+            "connections": 0,
+            "subscriptions": 0,
+            "channels": 0,
+            "published": 0,
+            "delivered": 0,
+        },
+    ]
 
 
 async def test_an_apps_backend_over_its_events_per_second_gets_429(
