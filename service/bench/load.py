@@ -123,34 +123,44 @@ def connect_subscribers(
     host: str, port: int, path: str, channel: str, count: int
 ) -> list[Subscriber]:
     """Open *count* connections subscribed to *channel*, in pipelined batches."""
-    subscribers: list[Subscriber] = []
-    frame = _subscribe_frame(channel)
-    while len(subscribers) < count:
-        batch: list[tuple[socket.socket, FrameParser]] = []
-        for _ in range(min(_SETUP_BATCH, count - len(subscribers))):
-            sock = open_socket(host, port)
-            parser = FrameParser(handshake(sock, host, port, path))
-            sock.sendall(frame)
-            batch.append((sock, parser))
-        for sock, parser in batch:
-            reply = _read_reply(sock, parser)
-            offset = reply["offset"]
-            if not isinstance(offset, int):
-                raise RuntimeError(f"unexpected subscribe reply {reply}")
-            sock.setblocking(False)
-            subscribers.append(Subscriber(sock, parser, offset + 1))
-    return subscribers
+
+    def subscribed(sock: socket.socket, parser: FrameParser) -> Subscriber:
+        reply = _read_reply(sock, parser)
+        offset = reply["offset"]
+        if not isinstance(offset, int):
+            raise RuntimeError(f"unexpected subscribe reply {reply}")
+        return Subscriber(sock, parser, offset + 1)
+
+    return _connect(host, port, path, _subscribe_frame(channel), count, subscribed)
 
 
 def connect_pusher_subscribers(
     host: str, port: int, key: str, channel: str, count: int
 ) -> list[Subscriber]:
     """Open *count* Pusher-protocol connections (``/app/KEY``) subscribed to *channel*."""
-    subscribers: list[Subscriber] = []
+
+    def subscribed(sock: socket.socket, parser: FrameParser) -> Subscriber:
+        _read_until_subscribed(sock, parser)
+        return Subscriber(sock, parser, 0, door="pusher")
+
     frame = client_frame(
         msgspec.json.encode({"event": "pusher:subscribe", "data": {"channel": channel}})
     )
     path = f"/app/{key}?protocol=7&client=clarion-bench"
+    return _connect(host, port, path, frame, count, subscribed)
+
+
+def _connect(
+    host: str,
+    port: int,
+    path: str,
+    frame: bytes,
+    count: int,
+    subscribed: Callable[[socket.socket, FrameParser], Subscriber],
+) -> list[Subscriber]:
+    """Open *count* connections at *path* that each send *frame*, in pipelined batches;
+    *subscribed* reads each one's answer."""
+    subscribers: list[Subscriber] = []
     while len(subscribers) < count:
         batch: list[tuple[socket.socket, FrameParser]] = []
         for _ in range(min(_SETUP_BATCH, count - len(subscribers))):
@@ -159,9 +169,9 @@ def connect_pusher_subscribers(
             sock.sendall(frame)
             batch.append((sock, parser))
         for sock, parser in batch:
-            _read_until_subscribed(sock, parser)
+            subscriber = subscribed(sock, parser)
             sock.setblocking(False)
-            subscribers.append(Subscriber(sock, parser, 0, door="pusher"))
+            subscribers.append(subscriber)
     return subscribers
 
 
