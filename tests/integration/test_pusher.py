@@ -68,6 +68,18 @@ async def door(
         yield server, driver
 
 
+@asynccontextmanager
+async def app_backend(
+    server: Server, anyio_backend: Backend
+) -> AsyncIterator[tuple[pusher.Pusher, dict[str, dict[str, Any]], str]]:
+    """The app's backend: its ``pusher`` client, the users its authorization endpoint
+    signs (by socket id, filled in by the test), and that endpoint's base URL."""
+    client = backend(server)
+    users: dict[str, dict[str, Any]] = {}
+    async with serving(auth_app(client, users), anyio_backend, free_port()) as url:
+        yield client, users, url
+
+
 async def connect_js(driver: PusherJS, name: str, server: Server, **extra: Any) -> str:
     await driver.send(
         op="connect", **{"as": name}, key=extra.pop("key", "app-key"), port=server.port, **extra
@@ -123,9 +135,7 @@ async def test_private_and_presence_channels_are_authorized_by_the_apps_backend(
 ) -> None:
     with anyio.fail_after(30):
         async with door(settings(broker_config), anyio_backend, free_tcp_port) as (server, driver):
-            client = backend(server)
-            users: dict[str, dict[str, Any]] = {}
-            async with serving(auth_app(client, users), anyio_backend, free_port()) as auth_url:
+            async with app_backend(server, anyio_backend) as (client, users, auth_url):
                 auth = f"{auth_url}/auth"
                 ann = await connect_js(driver, "ann", server, auth=auth)
                 bob = await connect_js(driver, "bob", server, auth=auth)
@@ -162,9 +172,7 @@ async def test_client_events_reach_the_others_never_the_sender(
 ) -> None:
     with anyio.fail_after(30):
         async with door(settings(broker_config), anyio_backend, free_tcp_port) as (server, driver):
-            client = backend(server)
-            users: dict[str, dict[str, Any]] = {}
-            async with serving(auth_app(client, users), anyio_backend, free_port()) as auth_url:
+            async with app_backend(server, anyio_backend) as (client, users, auth_url):
                 ann = await connect_js(driver, "ann", server, auth=f"{auth_url}/auth")
                 await connect_js(driver, "bob", server, auth=f"{auth_url}/auth")
                 users[ann] = {"id": "ann"}
@@ -279,9 +287,7 @@ async def test_a_signed_in_user_is_terminated_by_the_backend(
 ) -> None:
     with anyio.fail_after(30):
         async with door(settings(broker_config), anyio_backend, free_tcp_port) as (server, driver):
-            client = backend(server)
-            users: dict[str, dict[str, Any]] = {}
-            async with serving(auth_app(client, users), anyio_backend, free_port()) as auth_url:
+            async with app_backend(server, anyio_backend) as (client, users, auth_url):
                 socket_id = await connect_js(
                     driver, "ann", server, userAuth=f"{auth_url}/user-auth"
                 )
@@ -552,9 +558,7 @@ async def test_the_backend_sends_to_a_signed_in_user_and_to_no_one_else(
 ) -> None:
     with anyio.fail_after(30):
         async with door(settings(broker_config), anyio_backend, free_tcp_port) as (server, driver):
-            client = backend(server)
-            users: dict[str, dict[str, Any]] = {}
-            async with serving(auth_app(client, users), anyio_backend, free_port()) as auth:
+            async with app_backend(server, anyio_backend) as (client, users, auth):
                 for name in ("ann", "bob"):
                     socket_id = await connect_js(driver, name, server, userAuth=f"{auth}/user-auth")
                     users[socket_id] = {"id": name}

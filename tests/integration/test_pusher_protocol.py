@@ -72,6 +72,18 @@ async def error_of(client: Client, event: dict[str, Any]) -> dict[str, Any]:
     return dict(json.loads(data) if isinstance(data, str) else data)
 
 
+async def subscribe_signed(
+    client: Client, socket_id: str, channel: str, key: str = "app-key"
+) -> None:
+    """Subscribe to a private *channel* with an authorization signed by the app's secret,
+    and read its ``subscription_succeeded``."""
+    auth = f"{key}:" + sign(SECRET, f"{socket_id}:{channel}")
+    await client.send_json(
+        {"event": "pusher:subscribe", "data": {"channel": channel, "auth": auth}}
+    )
+    assert (await client.receive_object())["event"] == "pusher_internal:subscription_succeeded"
+
+
 @pytest.fixture
 async def server(anyio_backend: Backend, free_tcp_port: int) -> AsyncIterator[Server]:
     async with running_server(settings(), anyio_backend, free_tcp_port) as running:
@@ -174,13 +186,7 @@ async def test_client_events_are_refused_where_pusher_refuses_them(
             connect(url(server)) as client,
         ):
             socket_id = await established(client)
-            auth = "app-key:" + sign(SECRET, f"{socket_id}:private-x")
-            await client.send_json(
-                {"event": "pusher:subscribe", "data": {"channel": "private-x", "auth": auth}}
-            )
-            assert (await client.receive_object())[
-                "event"
-            ] == "pusher_internal:subscription_succeeded"
+            await subscribe_signed(client, socket_id, "private-x")
             error = await error_of(
                 client, {"event": "client-x", "channel": "private-x", "data": {}}
             )
@@ -192,13 +198,7 @@ async def test_encrypted_channels_take_no_client_events(server: Server) -> None:
         async with connect(url(server)) as client:
             socket_id = await established(client)
             channel = "private-encrypted-x"
-            auth = "app-key:" + sign(SECRET, f"{socket_id}:{channel}")
-            await client.send_json(
-                {"event": "pusher:subscribe", "data": {"channel": channel, "auth": auth}}
-            )
-            assert (await client.receive_object())[
-                "event"
-            ] == "pusher_internal:subscription_succeeded"
+            await subscribe_signed(client, socket_id, channel)
             error = await error_of(client, {"event": "client-x", "channel": channel, "data": {}})
             assert error["code"] == 202
 
@@ -213,11 +213,7 @@ async def test_client_events_over_the_rate_close_with_4301(
             connect(url(server)) as client,
         ):
             socket_id = await established(client)
-            auth = "app-key:" + sign(SECRET, f"{socket_id}:private-x")
-            await client.send_json(
-                {"event": "pusher:subscribe", "data": {"channel": "private-x", "auth": auth}}
-            )
-            await client.receive_object()
+            await subscribe_signed(client, socket_id, "private-x")
             for _ in range(4):
                 await client.send_json({"event": "client-x", "channel": "private-x", "data": {}})
             assert (await client.receive_object())["data"]["code"] == 4301
@@ -567,11 +563,7 @@ async def test_a_subscription_the_server_ended_takes_no_client_event(
                 {"event": "pusher:signin", "data": {"auth": auth, "user_data": user_data}}
             )
             assert (await client.receive_object())["event"] == "pusher:signin_success"
-            auth = "app-key:" + sign(SECRET, f"{socket_id}:private-x")
-            await client.send_json(
-                {"event": "pusher:subscribe", "data": {"channel": "private-x", "auth": auth}}
-            )
-            assert (await client.receive_object())["event"].endswith("succeeded")
+            await subscribe_signed(client, socket_id, "private-x")
             body = msgspec.json.encode({"user": "bob", "channel": "private-x"})
             headers = "authorization: Bearer backend-key-0123456789\r\n"
             assert (await http_call(server, "POST", "/api/unsubscribe", body, headers))[0] == 200
@@ -637,11 +629,7 @@ async def test_a_reload_adds_changes_and_removes_apps_and_keeps_the_others_conne
         ):
             socket_id = await established(one)
             await established(two)
-            auth = "one:" + sign(SECRET, f"{socket_id}:private-x")
-            await one.send_json(
-                {"event": "pusher:subscribe", "data": {"channel": "private-x", "auth": auth}}
-            )
-            assert (await one.receive_object())["event"].endswith("succeeded")
+            await subscribe_signed(one, socket_id, "private-x", key="one")
             event = {"event": "client-x", "channel": "private-x", "data": {}}
             assert (await error_of(one, event))["code"] == 202  # not enabled yet
             path.write_text(APPS_AFTER % free_tcp_port)
@@ -788,10 +776,7 @@ async def test_client_events_nested_near_the_limit_never_end_the_connection(
             connect(url(server)) as client,
         ):
             socket_id = await established(client)
-            auth = "app-key:" + sign(SECRET, f"{socket_id}:private-x")
-            subscribe = {"channel": "private-x", "auth": auth}
-            await client.send_json({"event": "pusher:subscribe", "data": subscribe})
-            assert (await client.receive_object())["event"].endswith("succeeded")
+            await subscribe_signed(client, socket_id, "private-x")
             for depth in range(880, 1000, 6):
                 data = "[" * depth + "]" * depth
                 await client.send_text(
