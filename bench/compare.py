@@ -13,8 +13,11 @@ core 0 with the generator on core 1:
 for Clarion, FastAPI's documented ``ConnectionManager`` (``bench/fastapi_app.py``) and,
 as a reference that is not an ASGI server, the ``websockets`` library's own server with
 ``broadcast()`` (``bench/websockets_server.py``). Each number is the median of
-``--runs`` runs. It prints a Markdown table with the ratios, and writes every run as
-JSON lines to ``--out``/runs.jsonl and the table to ``--out``/results.md.
+``--runs`` runs. A backend publishes over HTTP and every subscriber is timed when the
+generator reads it, unless ``--publisher websocket`` or ``--receipt kernel`` say
+otherwise. It prints a Markdown table with the ratios, and writes every run as JSON lines
+to ``--out``/runs.jsonl and the table to ``--out``/results.md (for another way of
+measuring, ``runs-PUBLISHER-RECEIPT.jsonl`` and ``results-PUBLISHER-RECEIPT.md``).
 
 It is not part of the test suite: it takes about half an hour.
 """
@@ -45,7 +48,7 @@ if TYPE_CHECKING:
 SERVERS = ("clarion", "fastapi", "websockets", "floor")
 
 
-def _argv(server: str, backend: str, port: int) -> list[str]:
+def _argv(server: str, backend: str, port: int, api_port: int) -> list[str]:
     python = sys.executable
     if server == "clarion":
         return [
@@ -59,7 +62,8 @@ def _argv(server: str, backend: str, port: int) -> list[str]:
             f"127.0.0.1:{port}",
         ]
     if server == "websockets":
-        return [python, "-m", "bench.websockets_server", "--port", str(port)]
+        argv = [python, "-m", "bench.websockets_server", "--port", str(port)]
+        return [*argv, "--http-port", str(api_port)]
     app = {"fastapi": "bench.fastapi_app:app", "floor": "bench.floor_app:app"}[server]
     return [python, "-m", "bench.serve", app, "--backend", backend, "--port", str(port)]
 
@@ -71,12 +75,15 @@ def _runs(
     for _ in range(runs):
         with tempfile.TemporaryDirectory() as folder:
             port = free_port()
+            # The websockets reference serves a backend's POST /api/publish on a port of
+            # its own; the ASGI servers on theirs.
+            api_port = free_port() if server == "websockets" else port
             process = ServerProcess(
-                _argv(server, backend, port), port, 0, Path(folder) / "server.log"
+                _argv(server, backend, port, api_port), port, 0, Path(folder) / "server.log"
             )
             try:
                 path = "/" if server == "websockets" else "/ws"
-                yield measure(Target("127.0.0.1", port, path, process.stats))
+                yield measure(Target("127.0.0.1", port, path, process.stats, api_port))
             finally:
                 process.stop()
 
@@ -136,6 +143,8 @@ def _measure_all(args: argparse.Namespace, path: Path) -> None:
                 seconds=args.seconds,
                 warmup=2.0,
                 drain=5.0,
+                publisher=args.publisher,
+                receipt=args.receipt,
             )
             for name, scenario in SCENARIOS.items():
                 if name not in args.cases or (server == "floor" and name != "idle"):
@@ -173,8 +182,8 @@ def _cell(name: str, summary: Summary) -> str:
     )
 
 
-def _table(results: list[tuple[str, Summary]], runs: int) -> str:
-    """The Markdown table (and ratios) of the medians."""
+def _table(results: list[tuple[str, Summary]], runs: int, how: str) -> str:
+    """The Markdown table (and ratios) of the medians, measured *how*."""
     versions = ", ".join(
         f"{name} {importlib.metadata.version(name)}"
         for name in ("hypercorn", "anyio", "trio", "msgspec", "fastapi", "starlette", "websockets")
@@ -182,7 +191,7 @@ def _table(results: list[tuple[str, Summary]], runs: int) -> str:
     lines = [
         f"Measured {datetime.date.today()} on {platform.machine()} Linux, {os.cpu_count()} cores "
         f"(server pinned to core 0, generator to core 1), Python {platform.python_version()}, "
-        f"{versions}. Medians of {runs} runs.",
+        f"{versions}. Medians of {runs} runs. {how}",
         "",
         "| backend | server | 1,000 x 200 msg/s | 1,000 x 20 msg/s | max rate, p99 < 100 ms "
         "| KiB per idle connection |",
@@ -235,16 +244,35 @@ def main() -> None:
     parser.add_argument("--backends", nargs="+", default=["asyncio", "trio"])
     parser.add_argument("--servers", nargs="+", default=list(SERVERS), choices=SERVERS)
     parser.add_argument("--cases", nargs="+", default=list(SCENARIOS), choices=list(SCENARIOS))
+    parser.add_argument("--publisher", choices=("http", "websocket"), default="http")
+    parser.add_argument("--receipt", choices=("read", "kernel"), default="read")
     parser.add_argument("--table-only", action="store_true", help="rebuild the table only")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "runs.jsonl"
+    # One file of runs, and one table, per way of measuring.
+    default = (args.publisher, args.receipt) == ("http", "read")
+    suffix = "" if default else f"-{args.publisher}-{args.receipt}"
+    path = args.out / f"runs{suffix}.jsonl"
     if not args.table_only:
         pin(0, 1)
         with exit_on_sigterm():
             _measure_all(args, path)
-    table = _table(_medians(_load(path)), args.runs)
-    (args.out / "results.md").write_text(table)
+    how = (
+        "**How:** "
+        + (
+            "a backend publishing with POST /api/publish, 4 requests in flight"
+            if args.publisher == "http"
+            else "a publisher over WebSocket, pipelined"
+        )
+        + "; latency from each message's scheduled time to "
+        + (
+            "its read by the generator, on every subscriber."
+            if args.receipt == "read"
+            else "the kernel's receipt, on 100 subscribers."
+        )
+    )
+    table = _table(_medians(_load(path)), args.runs, how)
+    (args.out / f"results{suffix}.md").write_text(table)
     print(table)
 
 

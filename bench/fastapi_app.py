@@ -2,13 +2,15 @@
 
 From https://fastapi.tiangolo.com/advanced/websockets/ ("Handling disconnections and
 multiple clients"), speaking just enough of Clarion's protocol for ``clarion bench``:
-a subscribe gets a reply, a publish is broadcast to every connection as a ``message``
-with a counting offset, encoded once.
+a subscribe gets a reply, a publish (over the WebSocket, or ``POST /api/publish`` as a
+backend sends it) is broadcast to every connection as a ``message`` with a counting
+offset, encoded once.
 """
 
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 
@@ -35,6 +37,23 @@ class ConnectionManager:
 manager = ConnectionManager()
 
 
+async def publish(request: dict[str, Any]) -> dict[str, Any]:
+    manager.offset += 1
+    message = {
+        "type": "message",
+        "channel": request["channel"],
+        "offset": manager.offset,
+        "data": request["data"],
+    }
+    await manager.broadcast(json.dumps(message, separators=(",", ":")))
+    return {"type": "reply", "channel": request["channel"], "offset": manager.offset}
+
+
+@app.post("/api/publish")
+async def publish_endpoint(request: dict[str, Any]) -> dict[str, Any]:
+    return await publish(request)
+
+
 @app.websocket("/ws")
 async def websocket_endpoint(websocket: WebSocket) -> None:
     await manager.connect(websocket)
@@ -46,13 +65,6 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
                 reply = {"type": "reply", "id": request.get("id"), "channel": request["channel"]}
                 await websocket.send_text(json.dumps({**reply, "offset": manager.offset}))
             elif request["type"] == "publish":
-                manager.offset += 1
-                message = {
-                    "type": "message",
-                    "channel": request["channel"],
-                    "offset": manager.offset,
-                    "data": request["data"],
-                }
-                await manager.broadcast(json.dumps(message, separators=(",", ":")))
+                await publish(request)
     except WebSocketDisconnect:
         manager.disconnect(websocket)

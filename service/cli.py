@@ -204,10 +204,24 @@ def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add("--generator-core", type=int, default=1, help="CPU core for the generator")
     add(
         "--receipt",
-        choices=("kernel", "read"),
-        default="kernel",
-        help="latency ends when the kernel received the message (default, Linux) or "
-        "when the generator read it",
+        choices=("read", "kernel"),
+        default="read",
+        help="latency ends when the generator read the message, on every subscriber "
+        "(default), or when the kernel received it, on 100 of them (Linux)",
+    )
+    add(
+        "--publisher",
+        choices=("http", "websocket"),
+        default="http",
+        help="publish as a backend does, POST /api/publish on keep-alive connections "
+        "(default), or with Clarion's publish request on one WebSocket, pipelined",
+    )
+    add("--in-flight", type=int, default=4, metavar="N", help="http: requests at once")
+    add("--api-key", metavar="KEY", help="http: a key of the server's server.api_keys")
+    add(
+        "--publish-url",
+        metavar="URL",
+        help="http, with --target: http://HOST:PORT/api/publish when not on the target's port",
     )
     add("--json", action="store_true", help="JSON lines instead of a table")
     add("--histogram", type=Path, metavar="FILE.svg", help="write a latency histogram")

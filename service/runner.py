@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 import anyio
 import hypercorn.asyncio.run
+import hypercorn.asyncio.tcp_server
 import hypercorn.config
 import hypercorn.trio.run
 import hypercorn.trio.tcp_server
@@ -24,6 +25,7 @@ import hypercorn.utils
 import trio
 
 from channels.errors import ConfigError
+from service.fastlane import FastLane, Lane
 from service.logs import configure_logging
 
 if TYPE_CHECKING:
@@ -117,6 +119,9 @@ async def serve(
         await shutdown_trigger()
         await app.drain()
 
+    # hypercorn's TCP servers look their protocol up here at each connection.
+    hypercorn.trio.tcp_server.ProtocolWrapper = _ClarionLane  # type: ignore[attr-defined]  # imported there, not exported
+    hypercorn.asyncio.tcp_server.ProtocolWrapper = _ClarionLane  # type: ignore[attr-defined]
     if backend == "trio":
         # hypercorn's trio worker looks its connection handler up here at each serve.
         hypercorn.trio.run.TCPServer = _ContainedTCPServer  # type: ignore[attr-defined]  # imported there, not exported
@@ -136,6 +141,24 @@ async def serve(
         )
     finally:
         loop.set_exception_handler(previous)
+
+
+def _lane_of(wrapper: Any) -> tuple[Lane, int] | None:
+    """The fast lane of the Clarion app inside hypercorn's app *wrapper*, if it is one."""
+    from service.app import Clarion
+
+    app = getattr(wrapper, "app", None)
+    if isinstance(app, partial) and app.func is _answer_or_drop:
+        app = app.args[0]
+    if isinstance(app, Clarion):
+        return app.answer, app.config.server.max_request_bytes
+    return None
+
+
+class _ClarionLane(FastLane):
+    """hypercorn's protocol wrapper with Clarion's fast lane (`service.fastlane`)."""
+
+    lane_of = staticmethod(_lane_of)
 
 
 class _ContainedTCPServer(hypercorn.trio.tcp_server.TCPServer):

@@ -11,13 +11,16 @@ from __future__ import annotations
 import secrets
 import tempfile
 from contextlib import ExitStack, contextmanager
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import msgspec
 
-from service.bench.load import Load, Publisher, connect_subscribers
+from service.bench.load import Load, connect_subscribers
+from service.bench.publishers import PublishingProcess
 from service.bench.report import Summary, summarize
+from service.bench.scenarios import open_publisher
 from service.bench.server import RedisServer, ServerProcess, find_redis_server, pin
 
 if TYPE_CHECKING:
@@ -58,10 +61,16 @@ def _run(
     options: Options, name: str, publish_to: ServerProcess, read_from: ServerProcess
 ) -> Summary:
     channel = f"bench:{secrets.token_hex(4)}"
-    subscribers = connect_subscribers(
-        "127.0.0.1", read_from.port, "/ws", channel, options.subscribers
+    publisher = PublishingProcess(
+        partial(open_publisher, options, "127.0.0.1", publish_to.port, "/ws", channel)
     )
-    publisher = Publisher("127.0.0.1", publish_to.port, "/ws", channel, options.payload)
+    try:
+        subscribers = connect_subscribers(
+            "127.0.0.1", read_from.port, "/ws", channel, options.subscribers
+        )
+    except BaseException:
+        publisher.close()
+        raise
     load = Load(subscribers, publisher, receipt=options.receipt)
     try:
 
@@ -81,6 +90,7 @@ def _run(
         seconds=options.seconds,
         server_rss_kib=read_from.stats.rss_kib(),
         receipt="kernel" if load.kernel_receipt else "read",
+        publisher=options.publisher,
     )
 
 

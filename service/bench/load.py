@@ -1,23 +1,28 @@
-"""The load loop: subscriber connections, a publisher, and what they measure.
+"""The load loop: subscriber connections, and what they receive.
 
-One thread, one epoll selector, blocking setup then non-blocking sockets: a Python
-generator that stays far below one core at the loads it measures (it reports its own
-CPU so that a run where it was the bottleneck can be told apart).
+One thread, one epoll loop, blocking setup then non-blocking sockets; the publisher
+runs in a process of its own (`service.bench.publishers`), as a backend would. The
+generator reports its CPU, both processes together: a run where it was near its core's
+limit measured the generator as much as the server.
 
-Latency runs from the publish to the message's receipt. On Linux the receipt is the
-time the kernel received the packet (``SO_TIMESTAMPNS``), so that the time this one
-thread takes to get round to each of a thousand sockets is not counted: a thousand real
-clients each read their own. Reading those timestamps costs the generator about a third
-more per read, so they are read on about 100 subscribers spread evenly over the
-subscription order (every subscriber still counts what it receives and loses).
-Elsewhere, or with ``receipt="read"``, latency ends when the generator read the message,
-on every subscriber. Both are on the realtime clock, the kernel's timestamps' clock.
+Latency runs from the time each message was due (not when it went out: a publisher that
+the server holds back is counted) to its receipt. By default the receipt is when the
+generator read the message, on every subscriber: what a client sees. With
+``receipt="kernel"`` (Linux) it is the time the kernel received the packet
+(``SO_TIMESTAMPNS``), which leaves out the time this one thread takes to get round to
+each of a thousand sockets; reading those timestamps costs about a third more per read,
+so they are read on about 100 subscribers spread evenly over the subscription order
+(every subscriber still counts what it receives and loses). Both are on the realtime
+clock, the kernel's timestamps' clock.
 """
 
 from __future__ import annotations
 
+import gc
+import itertools
+import math
+import operator
 import re
-import selectors
 import socket
 import struct
 import sys
@@ -28,14 +33,24 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from service.bench.wire import OP_PONG, FrameParser, client_frame, handshake, open_socket
+from service.bench.poller import Poller
+from service.bench.publishers import Schedule
+from service.bench.wire import (
+    OP_PONG,
+    SETUP_SECONDS,
+    FrameParser,
+    client_frame,
+    handshake,
+    open_socket,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from service.bench.publishers import PublishingProcess
+
 __all__ = (
     "Load",
-    "Publisher",
     "StepResult",
     "Subscriber",
     "connect_pusher_subscribers",
@@ -43,8 +58,9 @@ __all__ = (
     "kernel_receive_times",
 )
 
-# A Pusher client gets the data as a JSON string: its quotes are escaped.
-_TIME = re.compile(rb'\\?"t\\?":(\d+)')
+# A Pusher client gets the data as a JSON string: its quotes are escaped. (The pattern
+# starts with a literal, which the regex engine searches for quickly.)
+_TIME = re.compile(rb'"t\\?":(\d+)')
 _OFFSET = re.compile(rb'"offset":(\d+)')
 _GAP = re.compile(rb'"type":"gap","channel":"[^"]*","first":(\d+),"last":(\d+)')
 _RECEIVE_BYTES = 1 << 20
@@ -189,70 +205,48 @@ def _read_until_subscribed(sock: socket.socket, parser: FrameParser) -> None:
         pending = list(parser.feed(data))
 
 
-class Publisher:
-    """A connection that publishes timestamped ~payload-byte messages, pipelined."""
-
-    def __init__(self, host: str, port: int, path: str, channel: str, payload: int) -> None:
-        self.sock = open_socket(host, port)
-        self.parser = FrameParser(handshake(self.sock, host, port, path))
-        self.sock.setblocking(False)
-        self.published = 0
-        self.errors = 0
-        self._outgoing = bytearray()
-        head = b'{"type":"publish","channel":%s,"data":{"t":' % msgspec.json.encode(channel)
-        # {"t":<19 digits>,"p":"…"} is *payload* bytes of data in all.
-        padding = max(0, payload - len(b'{"t":0000000000000000000,"p":""}'))
-        self._head = head
-        self._tail = b',"p":"' + b"x" * padding + b'"}}'
-
-    def publish(self) -> int:
-        """Send one message stamped with the realtime clock; return the stamp (ns)."""
-        stamp = time.time_ns()
-        self._outgoing += client_frame(self._head + str(stamp).encode() + self._tail)
-        self.published += 1
-        self.flush()
-        return stamp
-
-    def flush(self) -> None:
-        if self._outgoing:
-            try:
-                sent = self.sock.send(self._outgoing)
-            except BlockingIOError:
-                return
-            del self._outgoing[:sent]
-
-    def drain_replies(self) -> None:
-        """Read the publish replies (so that the publisher is never a slow consumer)."""
-        try:
-            data = self.sock.recv(_RECEIVE_BYTES)
-        except BlockingIOError:
-            return
-        for payload in self.parser.feed(data):
-            if payload.startswith(b'{"type":"error"'):
-                self.errors += 1
-        while self.parser.pings:  # servers that ping (websockets does) want pongs
-            self._outgoing += client_frame(self.parser.pings.pop(), OP_PONG)
-        self.flush()
-
-
 @dataclass
 class StepResult:
     """What one publishing step measured."""
 
     rate: float
     subscribers: int
+    scheduled: int = 0
+    """Messages due in the measured part."""
     published: int = 0
+    """Those of them the publisher sent (before the drain ran out)."""
     delivered: int = 0
     frames: int = 0
     dropped: int = 0
     errors: int = 0
     closed: int = 0
     latencies_ns: array[int] = field(default_factory=lambda: array("q"))
+    publish_times_ns: array[int] = field(default_factory=lambda: array("q"))
+    """From each message's schedule to the server's answer to its publish (HTTP)."""
+    sent_ns: array[int] = field(default_factory=lambda: array("q"))
+    """The stamps of the timed deliveries, until `settle`."""
+    read_ns: array[int] = field(default_factory=lambda: array("q"))
+    """When each of those was read, until `settle`."""
     doors: dict[str, StepResult] = field(default_factory=dict)
     """The same counts for the subscribers of each door, when a run mixes them."""
     wall_seconds: float = 0.0
     generator_cpu_seconds: float = 0.0
     server_cpu_seconds: float = 0.0
+
+    def count(self, stamps: list[bytes], frames: int, read_ns: int, *, timed: bool) -> None:
+        """Count deliveries of the messages *stamps*, read in *frames* at *read_ns*."""
+        self.delivered += len(stamps)
+        self.frames += frames
+        if timed:
+            self.sent_ns.extend(map(int, stamps))
+            self.read_ns.extend(itertools.repeat(read_ns, len(stamps)))
+
+    def settle(self) -> None:
+        """Work out the latencies of what was counted."""
+        self.latencies_ns.extend(map(operator.sub, self.read_ns, self.sent_ns))
+        self.sent_ns, self.read_ns = array("q"), array("q")
+        for part in self.doors.values():
+            part.settle()
 
     @property
     def expected(self) -> int:
@@ -268,7 +262,11 @@ class Load:
     """Subscribers plus a publisher on one selector."""
 
     def __init__(
-        self, subscribers: list[Subscriber], publisher: Publisher, *, receipt: str = "kernel"
+        self,
+        subscribers: list[Subscriber],
+        publisher: PublishingProcess,
+        *,
+        receipt: str = "kernel",
     ) -> None:
         self.subscribers = subscribers
         self.publisher = publisher
@@ -288,18 +286,18 @@ class Load:
                 subscriber.timed = False
             for subscriber in timed:
                 subscriber.timed = subscriber.kernel_timed = True
-        self._selector = selectors.DefaultSelector()
+        self._poller = Poller()
         for subscriber in subscribers:
-            self._selector.register(subscriber.sock, selectors.EVENT_READ, subscriber)
-        self._selector.register(publisher.sock, selectors.EVENT_READ, publisher)
+            self._poller.register(subscriber.sock, subscriber)
+        self._poller.register(publisher.connection, publisher)
         self._buffer = bytearray(_RECEIVE_BYTES)
         self._view = memoryview(self._buffer)
 
     def close(self) -> None:
-        self._selector.close()
+        self._poller.close()
         for subscriber in self.subscribers:
             subscriber.sock.close()
-        self.publisher.sock.close()
+        self.publisher.close()
 
     def run(
         self,
@@ -315,6 +313,26 @@ class Load:
         last publish, waits up to *drain* seconds for every message to arrive.
         *server_cpu* reads the server's CPU seconds, sampled over the measured part.
         """
+        # The generator's own pauses would count as latency: no cyclic garbage collection
+        # while it measures (what it allocates holds no cycles), and none of what it
+        # holds already looked at again afterwards.
+        gc.collect()
+        gc.freeze()
+        gc.disable()
+        try:
+            return self._run(rate, seconds, warmup, drain, server_cpu)
+        finally:
+            gc.enable()
+            gc.unfreeze()
+
+    def _run(
+        self,
+        rate: float,
+        seconds: float,
+        warmup: float,
+        drain: float,
+        server_cpu: Callable[[], float],
+    ) -> StepResult:
         live = [subscriber for subscriber in self.subscribers if subscriber.close_code is None]
         result = StepResult(rate=rate, subscribers=len(live))
         doors = {subscriber.door for subscriber in live}
@@ -323,43 +341,52 @@ class Load:
                 count = sum(subscriber.door == door for subscriber in live)
                 result.doors[door] = StepResult(rate=rate, subscribers=count)
         publisher = self.publisher
-        errors_before = publisher.errors
         interval = 1.0 / rate
-        start = time.monotonic()
-        measure_from = start + warmup
-        measure_from_ns = time.time_ns() + int(warmup * 1e9)
+        # Message k is due at start + k * interval, stamped with that time, and measured
+        # from the first due after the warmup. The lead lets the publisher hear of it.
+        first_measured = math.ceil(warmup * rate)
+        lead = 0.05
+        start, start_ns = time.monotonic() + lead, time.time_ns() + int(lead * 1e9)
+        measure_from = start + first_measured * interval
         stop_publishing = measure_from + seconds
-        next_publish = start
-        deadline = None
+        schedule = Schedule(start, start_ns, interval, first_measured, stop_publishing)
+        measure_from_ns = schedule.stamp(first_measured)
+        publisher.start(schedule, drain)
+        published = None
+        deadline = stop_publishing + drain
         cpu_start = None
         server_cpu_start = 0.0
         while True:
             now = time.monotonic()
             if cpu_start is None and now >= measure_from:
                 cpu_start, server_cpu_start = time.process_time(), server_cpu()
-            while next_publish <= now and next_publish < stop_publishing:
-                if publisher.publish() >= measure_from_ns:
-                    result.published += 1
-                next_publish += interval
-            if deadline is None and next_publish >= stop_publishing:
-                deadline = now + drain
-            if deadline is not None and (result.delivered >= result.expected or now > deadline):
-                break
-            timeout = 0.01 if deadline is not None else max(0.0, next_publish - now)
-            for key, _ in self._selector.select(timeout):
-                if key.data is publisher:
-                    publisher.drain_replies()
+            if published is not None:
+                expected = published.published * result.subscribers
+                if result.delivered >= expected or now > deadline:
+                    break
+            elif now > deadline + SETUP_SECONDS:
+                raise RuntimeError("the publisher did not report its run")
+            timeout = 0.01 if now >= stop_publishing else max(0.001, stop_publishing - now)
+            for data, _ in self._poller.ready(timeout):
+                if data is publisher:
+                    published = publisher.result(0)
                 else:
-                    self._receive(key.data, result, measure_from_ns)
-            publisher.flush()
+                    self._receive(data, result, measure_from_ns)  # type: ignore[arg-type]
         result.wall_seconds = time.monotonic() - measure_from
         if cpu_start is not None:
             result.generator_cpu_seconds = time.process_time() - cpu_start
             result.server_cpu_seconds = server_cpu() - server_cpu_start
-        result.errors = publisher.errors - errors_before
+        assert published is not None
+        result.generator_cpu_seconds += published.cpu_seconds
+        result.scheduled, result.published = published.scheduled, published.published
+        result.errors = published.errors
+        result.settle()
+        result.publish_times_ns = array("q")
+        result.publish_times_ns.frombytes(published.response_times_ns)
         result.closed = sum(subscriber.close_code is not None for subscriber in live)
         for door, part in result.doors.items():
-            part.published, part.errors = result.published, result.errors
+            part.scheduled, part.published = result.scheduled, result.published
+            part.errors = result.errors
             part.wall_seconds = result.wall_seconds
             part.generator_cpu_seconds = result.generator_cpu_seconds
             part.server_cpu_seconds = result.server_cpu_seconds
@@ -387,33 +414,32 @@ class Load:
         if size == 0:
             if subscriber.close_code is None:
                 subscriber.close_code = subscriber.parser.close_code or 1006
-            self._selector.unregister(subscriber.sock)
+            self._poller.unregister(subscriber.sock)
             return
         received_ns = stamped or time.time_ns()
-        latencies = result.latencies_ns
         answer = b""
-        part = result.doors.get(subscriber.door)
-        for payload in subscriber.parser.feed(self._view[:size]):
-            if _SERVER_PING in payload:  # Clarion asks a quiet connection for a pong
+        payloads = subscriber.parser.messages(self._view[:size])
+        text = payloads[0] if len(payloads) == 1 else b"".join(payloads)
+        if b'ping"' in text:  # one scan for the two, which are rare
+            if _SERVER_PING in text:  # Clarion asks a quiet connection for a pong
                 answer = _PONG
-            elif _PUSHER_PING in payload:
+            elif _PUSHER_PING in text:
                 answer = _PUSHER_PONG
-            if b'"gap"' in payload:
-                for first, last in _GAP.findall(payload):
-                    result.dropped += int(last) - int(first) + 1
-            stamps = [int(stamp) for stamp in _TIME.findall(payload)]
-            counted = [received_ns - stamp for stamp in stamps if stamp >= measure_from_ns]
-            if counted:
-                if subscriber.timed:
-                    latencies.extend(counted)
-                result.delivered += len(counted)
-                result.frames += 1
-                if part is not None:
-                    if subscriber.timed:
-                        part.latencies_ns.extend(counted)
-                    part.delivered += len(counted)
-                    part.frames += 1
+        if b'"gap"' in text:
+            for first, last in _GAP.findall(text):
+                result.dropped += int(last) - int(first) + 1
+        # The least work per message here: the stamps are kept as they are, and the
+        # latencies worked out once the run is over (`StepResult.settle`).
+        stamps = _TIME.findall(text)
+        if stamps:
             subscriber.received += len(stamps)
+            if int(stamps[0]) < measure_from_ns:  # the warmup's, some or all of them
+                stamps = [stamp for stamp in stamps if int(stamp) >= measure_from_ns]
+            if stamps:
+                result.count(stamps, len(payloads), received_ns, timed=subscriber.timed)
+                part = result.doors.get(subscriber.door)
+                if part is not None:
+                    part.count(stamps, len(payloads), received_ns, timed=subscriber.timed)
         if subscriber.parser.close_code is not None and subscriber.close_code is None:
             subscriber.close_code = subscriber.parser.close_code
         # Servers that ping with control frames (websockets does) want pong frames.

@@ -42,6 +42,14 @@ class Summary(msgspec.Struct, kw_only=True):
     receipt: str = ""
     """What latency ends at: ``kernel`` (the packet reached the client's socket) or
     ``read`` (the generator read it)."""
+    publisher: str = ""
+    """What published: ``http`` (a backend's ``POST /api/publish``) or ``websocket``."""
+    unsent: int = 0
+    """Messages due in the measured part that the publisher never got out."""
+    publish_p50_ms: float = 0.0
+    publish_p99_ms: float = 0.0
+    """From a message's schedule to the answer to its publish (HTTP), as a backend
+    waits for it."""
 
 
 def _percentile(values: Sequence[int], fraction: float) -> float:
@@ -61,9 +69,11 @@ def summarize(
     seconds: float,
     server_rss_kib: int,
     receipt: str,
+    publisher: str = "",
 ) -> Summary:
     """Turn a step's raw counts into rates and latency percentiles."""
     latencies = sorted(result.latencies_ns)
+    answers = sorted(result.publish_times_ns)
     wall = max(result.wall_seconds, 1e-9)
     return Summary(
         scenario=scenario,
@@ -71,7 +81,7 @@ def summarize(
         backend=backend,
         subscribers=result.subscribers,
         rate=result.rate,
-        offered_per_s=result.expected / seconds,
+        offered_per_s=result.scheduled * result.subscribers / seconds,
         # Messages that arrive after the publishing window, within the drain, still
         # count: lateness shows in the latency, and what never came in `lost`.
         delivered_per_s=result.delivered / seconds,
@@ -88,6 +98,10 @@ def summarize(
         server_rss_mib=server_rss_kib / 1024,
         generator_cpu=result.generator_cpu_seconds / wall,
         receipt=receipt,
+        publisher=publisher,
+        unsent=result.scheduled - result.published,
+        publish_p50_ms=_percentile(answers, 0.50),
+        publish_p99_ms=_percentile(answers, 0.99),
     )
 
 
@@ -99,7 +113,7 @@ def median_summary(runs: Sequence[Summary]) -> Summary:
         values = [getattr(run, name) for run in runs]
         if isinstance(values[0], str):
             fields[name] = values[0]
-        elif name in {"lost", "dropped", "errors", "closed"}:
+        elif name in {"lost", "dropped", "errors", "closed", "unsent"}:
             fields[name] = max(values)
         elif isinstance(values[0], int):
             fields[name] = statistics.median_low(values)  # an even count stays a count
@@ -126,6 +140,10 @@ _COLUMNS = [
     ("server_cpu", "srv CPU", "{:.0%}"),
     ("server_rss_mib", "srv RSS MiB", "{:.0f}"),
     ("generator_cpu", "gen CPU", "{:.0%}"),
+    ("publisher", "publisher", "{}"),
+    ("unsent", "unsent", "{:,}"),
+    ("errors", "refused", "{:,}"),
+    ("publish_p99_ms", "pub p99 ms", "{:.1f}"),
     ("receipt", "receipt", "{}"),
 ]
 _IDLE_COLUMNS = [

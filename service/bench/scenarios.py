@@ -8,6 +8,7 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
@@ -16,10 +17,15 @@ import anyio
 
 from service.bench.load import (
     Load,
-    Publisher,
     StepResult,
     connect_pusher_subscribers,
     connect_subscribers,
+)
+from service.bench.publishers import (
+    HTTPPublisher,
+    Publisher,
+    PublishingProcess,
+    WebSocketPublisher,
 )
 from service.bench.report import Summary, summarize
 from service.bench.server import ProcessStats, ServerProcess, pin
@@ -34,6 +40,7 @@ __all__ = (
     "Target",
     "check_round_trip",
     "kept_up",
+    "open_publisher",
     "open_target",
     "run_doors",
     "run_idle",
@@ -75,7 +82,11 @@ class Options:
     runs: int = 1
     server_core: int | None = 0
     generator_core: int | None = 1
-    receipt: Literal["kernel", "read"] = "kernel"
+    receipt: Literal["kernel", "read"] = "read"
+    publisher: Literal["http", "websocket"] = "http"
+    in_flight: int = 4
+    api_key: str | None = None
+    publish_url: str | None = None
     pusher_key: str = "bench"
 
 
@@ -87,6 +98,8 @@ class Target:
     port: int
     path: str
     stats: ProcessStats | None
+    api_port: int | None = None
+    """Where ``POST /api/publish`` is served, when not on *port*."""
 
     def cpu_seconds(self) -> float:
         return self.stats.cpu_seconds() if self.stats else 0.0
@@ -102,7 +115,9 @@ def open_target(options: Options) -> Iterator[Target]:
     if options.target is not None:
         url = urlsplit(options.target)
         stats = ProcessStats(options.server_pid) if options.server_pid else None
-        yield Target(url.hostname or "127.0.0.1", url.port or 80, url.path or "/", stats)
+        api = urlsplit(options.publish_url) if options.publish_url else None
+        api_port = api.port if api is not None else None
+        yield Target(url.hostname or "127.0.0.1", url.port or 80, url.path or "/", stats, api_port)
         return
     with tempfile.TemporaryDirectory(prefix="clarion-bench-") as folder:
         log = Path(folder) / "server.log"
@@ -143,6 +158,23 @@ async def check_round_trip(url: str) -> None:
         raise RuntimeError(f"{url} did not deliver a message: {exc!r}") from None
 
 
+def open_publisher(
+    options: Options, host: str, port: int, path: str, channel: str, api_port: int | None = None
+) -> Publisher:
+    """The publisher *options* ask for: a backend's ``POST /api/publish`` (on *api_port*,
+    or *port*), or Clarion's ``publish`` over a WebSocket at *path*."""
+    if options.publisher == "websocket":
+        return WebSocketPublisher(host, port, path, channel, options.payload)
+    return HTTPPublisher(
+        host,
+        api_port or port,
+        channel,
+        options.payload,
+        in_flight=options.in_flight,
+        api_key=options.api_key,
+    )
+
+
 def _in_a_thread(check: Callable[[str], Awaitable[None]], url: str) -> None:
     """Run *check* to the end on an event loop of its own, in a thread of its own.
 
@@ -176,17 +208,37 @@ def _measure(
         seconds=options.seconds,
         server_rss_kib=target.rss_kib(),
         receipt="kernel" if load.kernel_receipt else "read",
+        publisher=options.publisher,
     )
     return summary, result
+
+
+def _publishing(options: Options, target: Target, channel: str) -> PublishingProcess:
+    """The publisher *options* ask for, in a process of its own (see `open_publisher`)."""
+    return PublishingProcess(
+        partial(
+            open_publisher,
+            options,
+            target.host,
+            target.port,
+            target.path,
+            channel,
+            target.api_port,
+        )
+    )
 
 
 @contextmanager
 def _load(target: Target, options: Options) -> Iterator[Load]:
     channel = f"bench:{secrets.token_hex(4)}"
-    subscribers = connect_subscribers(
-        target.host, target.port, target.path, channel, options.subscribers
-    )
-    publisher = Publisher(target.host, target.port, target.path, channel, options.payload)
+    publisher = _publishing(options, target, channel)
+    try:
+        subscribers = connect_subscribers(
+            target.host, target.port, target.path, channel, options.subscribers
+        )
+    except BaseException:
+        publisher.close()
+        raise
     load = Load(subscribers, publisher, receipt=options.receipt)
     try:
         yield load
@@ -199,14 +251,20 @@ def run_doors(target: Target, options: Options) -> tuple[list[Summary], StepResu
     channel, every other one through the Pusher door; summarize each door's."""
     channel = f"bench:{secrets.token_hex(4)}"
     half = options.subscribers // 2
-    native = connect_subscribers(
-        target.host, target.port, target.path, channel, options.subscribers - half
-    )
-    pusher = connect_pusher_subscribers(target.host, target.port, options.pusher_key, channel, half)
+    publisher = _publishing(options, target, channel)
+    try:
+        native = connect_subscribers(
+            target.host, target.port, target.path, channel, options.subscribers - half
+        )
+        pusher = connect_pusher_subscribers(
+            target.host, target.port, options.pusher_key, channel, half
+        )
+    except BaseException:
+        publisher.close()
+        raise
     # Interleaved, so that the subscribers timed by the kernel are of both doors.
     mixed = [s for pair in zip(native, pusher, strict=False) for s in pair]
     mixed += native[len(pusher) :]
-    publisher = Publisher(target.host, target.port, target.path, channel, options.payload)
     load = Load(mixed, publisher, receipt=options.receipt)
     try:
         result = load.run(
@@ -223,6 +281,7 @@ def run_doors(target: Target, options: Options) -> tuple[list[Summary], StepResu
             seconds=options.seconds,
             server_rss_kib=target.rss_kib(),
             receipt="kernel" if load.kernel_receipt else "read",
+            publisher=options.publisher,
         )
         for door, part in result.doors.items()
     ]
@@ -236,14 +295,17 @@ def run_rate(target: Target, options: Options) -> tuple[Summary, StepResult]:
 
 
 def kept_up(summary: Summary, p99_ms: float) -> bool:
-    """Whether a step delivered at least 99% of what was offered, lost nothing, closed
-    no subscriber, and kept its p99 latency within *p99_ms*.
+    """Whether a step sent every message when due (its publishes refused none), delivered
+    at least 99% of what was offered, lost nothing, closed no subscriber, and kept its
+    p99 latency within *p99_ms*.
 
     A server that falls behind delivers late: its latency grows until the p99 bound
     fails, or messages miss the drain and count as lost.
     """
     return (
         summary.lost == 0
+        and summary.unsent == 0
+        and summary.errors == 0
         and summary.closed == 0
         and summary.delivered_per_s >= 0.99 * summary.offered_per_s
         and summary.p99_ms <= p99_ms

@@ -98,6 +98,21 @@ class FrameParser:
         self.pings: list[bytes] = []
         """Payloads of pings received, for the owner to answer with pongs."""
 
+    def messages(self, data: bytes | memoryview) -> list[bytes]:
+        """Add received bytes; return the complete message payloads.
+
+        What the load loop calls on every read: *data* that is one whole text frame,
+        nothing left over before it, is the common case, and costs the least.
+        """
+        if not self._buffer and self._partial is None and len(data) >= 2:
+            first, size = data[0], data[1]
+            if first == 0x81 and size < 126 and len(data) == 2 + size:
+                return [bytes(data[2:])]
+            if first == 0x81 and size == 126 and len(data) >= 4:
+                if len(data) == 4 + int.from_bytes(data[2:4], "big"):
+                    return [bytes(data[4:])]
+        return list(self.feed(data))
+
     def feed(self, data: bytes | memoryview) -> Iterator[bytes]:
         """Add received bytes; yield each complete message payload."""
         buffer = self._buffer

@@ -17,7 +17,7 @@ import pytest
 from channels.config import ChannelRule
 from service.bench.load import StepResult, _read_reply
 from service.bench.report import Summary, histogram_svg, median_summary, summarize, table
-from service.bench.scenarios import check_round_trip
+from service.bench.scenarios import check_round_trip, kept_up
 from service.bench.server import ServerProcess, exit_on_sigterm
 from service.bench.wire import FrameParser, client_frame
 from service.cli import main
@@ -73,8 +73,10 @@ def test_the_parser_keeps_pings_for_the_owner_to_answer() -> None:
     assert parser.pings == [b"p1"]
 
 
-def result(latencies_ms: list[int], published: int = 10, subscribers: int = 2) -> StepResult:
-    step = StepResult(rate=5.0, subscribers=subscribers, published=published)
+def result(
+    latencies_ms: list[int], published: int = 10, subscribers: int = 2, scheduled: int = 10
+) -> StepResult:
+    step = StepResult(rate=5.0, subscribers=subscribers, scheduled=scheduled, published=published)
     step.latencies_ns = array("q", [value * 1_000_000 for value in latencies_ms])
     step.delivered = len(latencies_ms)
     step.frames = len(latencies_ms) // 2
@@ -99,6 +101,27 @@ def test_summary_rates_percentiles_and_losses() -> None:
     assert (summary.p50_ms, summary.p90_ms, summary.p99_ms, summary.max_ms) == (9, 17, 18, 18)
     assert summary.msgs_per_frame == 2.0
     assert summary.server_rss_mib == 2.0
+
+
+def test_messages_the_publisher_never_sent_count_as_offered_and_unsent() -> None:
+    # 10 due, 8 sent, each delivered to both subscribers: nothing lost of what went out,
+    # but the schedule was not kept.
+    step = result(list(range(1, 17)), published=8)
+    step.publish_times_ns = array("q", [ms * 1_000_000 for ms in range(1, 101)])
+    summary = summarize(
+        step,
+        scenario="rate",
+        server="s",
+        backend="b",
+        seconds=2.0,
+        server_rss_kib=0,
+        receipt="read",
+        publisher="http",
+    )
+    assert (summary.offered_per_s, summary.delivered_per_s) == (10.0, 8.0)
+    assert (summary.lost, summary.unsent) == (0, 2)
+    assert (summary.publish_p50_ms, summary.publish_p99_ms) == (50, 99)
+    assert not kept_up(summary, p99_ms=1000)
 
 
 def test_the_median_of_an_even_number_of_runs_keeps_counts_whole() -> None:
@@ -138,23 +161,48 @@ def test_table_and_histogram_render() -> None:
     assert svg.count("<rect") == 51  # the background and fifty buckets
 
 
-@pytest.mark.parametrize("receipt", ["kernel", "read"])
+@pytest.mark.parametrize(("receipt", "publisher"), [("read", "http"), ("kernel", "websocket")])
 def test_a_small_rate_run_delivers_everything(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], receipt: str
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], receipt: str, publisher: str
 ) -> None:
     histogram = tmp_path / "latency.svg"
     argv = ["bench", "rate", "--subscribers", "5", "--rate", "40", "--seconds", "0.5"]
     argv += ["--warmup", "0.2", "--drain", "5", "--json", "--histogram", str(histogram)]
-    assert main([*argv, "--receipt", receipt]) == 0
+    assert main([*argv, "--receipt", receipt, "--publisher", publisher]) == 0
     (line,) = capsys.readouterr().out.splitlines()
     summary = json.loads(line)
     assert summary["subscribers"] == 5
-    assert summary["lost"] == 0
-    assert summary["delivered_per_s"] > 0
+    assert (summary["lost"], summary["unsent"], summary["errors"]) == (0, 0, 0)
+    assert summary["delivered_per_s"] == summary["offered_per_s"] == 5 * 40
     # A latency on the clock of the kernel's timestamps: positive, and not absurd.
     assert 0 < summary["p99_ms"] < 5000
     assert summary["receipt"] == (receipt if sys.platform == "linux" else "read")
+    assert summary["publisher"] == publisher
+    # Only an HTTP publish is answered, and timed as the backend waits for it.
+    assert (summary["publish_p99_ms"] > 0) == (publisher == "http")
     assert histogram.read_text().startswith("<svg")
+
+
+def test_the_http_publisher_reconnects_when_the_server_closes_a_keep_alive_connection(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # hypercorn closes a connection after 1,000 requests: one connection sends 1,500.
+    argv = ["bench", "rate", "--subscribers", "2", "--rate", "1500", "--seconds", "0.8"]
+    argv += ["--warmup", "0.2", "--drain", "5", "--json", "--in-flight", "1"]
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["lost"], summary["unsent"], summary["errors"]) == (0, 0, 0)
+    assert summary["delivered_per_s"] == summary["offered_per_s"] == 2 * 1500
+
+
+def test_the_generator_reads_a_frame_alone_as_the_general_parser_does() -> None:
+    frames = [server_frame(b"x" * size) for size in (0, 5, 125, 126, 300, 70_000)]
+    for frame in frames:
+        assert FrameParser().messages(frame) == list(FrameParser().feed(frame))
+    # Left over from before, or more than one frame: the general parser's way.
+    parser = FrameParser()
+    assert parser.messages(frames[1][:3]) == []
+    assert parser.messages(frames[1][3:] + frames[2]) == [b"x" * 5, b"x" * 125]
 
 
 def test_a_doors_run_times_both_doors_on_one_channel(
