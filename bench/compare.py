@@ -78,9 +78,10 @@ def _runs(
             # The websockets reference serves a backend's POST /api/publish on a port of
             # its own; the ASGI servers on theirs.
             api_port = free_port() if server == "websockets" else port
-            process = ServerProcess(
-                _argv(server, backend, port, api_port), port, 0, Path(folder) / "server.log"
-            )
+            argv = _argv(server, backend, port, api_port)
+            # Only Clarion answers GET /health with 200; the others answer something.
+            ready = b"HTTP/1.1 200 " if server == "clarion" else b"HTTP/1.1 "
+            process = ServerProcess(argv, port, 0, Path(folder) / "server.log", ready=ready)
             try:
                 path = "/" if server == "websockets" else "/ws"
                 yield measure(Target("127.0.0.1", port, path, process.stats, api_port))

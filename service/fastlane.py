@@ -125,7 +125,7 @@ def parse_head(head: bytes, max_body_bytes: int) -> Head | None:
         elif name == b"host":
             hosts += 1
         elif name == b"connection":
-            close = b"close" in (token.strip().lower() for token in value.split(b","))
+            close = close or b"close" in (t.strip().lower() for t in value.split(b","))
         headers.append((name, value))
     if length < 0 or length > max_body_bytes or hosts != 0:
         return None
@@ -152,10 +152,12 @@ class FastLane(ProtocolWrapper):
         self._max_body = 0
         if found is not None:
             self._lane, self._max_body = found
-        self._answered = 0
+        self._closed = False
         self._timer_restarted = time.monotonic()
 
     async def handle(self, event: Event) -> None:
+        if self._closed and isinstance(event, RawData):
+            return  # what follows an answer that closed the connection is not read
         if self._lane is not None and isinstance(event, RawData):
             protocol = self.protocol
             connection = getattr(protocol, "connection", None)
@@ -221,15 +223,23 @@ class FastLane(ProtocolWrapper):
             "extensions": {},
         }
         assert self._lane is not None
+        assert isinstance(self.protocol, H11Protocol)
+        # hypercorn's idle timer runs on while the lane answers: restarted first when a
+        # quarter of it has passed, it leaves the answer at least three quarters of it.
+        now = time.monotonic()
+        if now - self._timer_restarted > self.config.keep_alive_timeout / 4:
+            self._timer_restarted = now
+            await self.send(Updated(idle=True))
         try:
             status, content, headers = await self._lane(scope, body)
         except Exception:  # a bug: answered as hypercorn answers an app that failed
             logger.exception("the fast lane's answer failed")
             status, content, headers = 500, b"", [(b"connection", b"close")]
-        self._answered += 1
+        # One count of requests with hypercorn's, for its keep_alive_max_requests.
+        self.protocol.keep_alive_requests += 1
         close = (
             head.close
-            or self._answered >= self.config.keep_alive_max_requests
+            or self.protocol.keep_alive_requests >= self.config.keep_alive_max_requests
             or self.context.terminated.is_set()
             or any(name == b"connection" and value == b"close" for name, value in headers)
         )
@@ -241,11 +251,7 @@ class FastLane(ProtocolWrapper):
             lines.append(b"connection: close")
         await self.send(RawData(b"\r\n".join(lines) + b"\r\n\r\n" + content))
         if close:
-            self._lane = None
+            self._lane, self._closed = None, True
             await self.send(Closed())
             return False
-        now = time.monotonic()
-        if now - self._timer_restarted > self.config.keep_alive_timeout / 4:
-            self._timer_restarted = now
-            await self.send(Updated(idle=True))  # hypercorn's idle timer starts again
         return True

@@ -45,8 +45,9 @@ def pin(pid: int, core: int | None) -> None:
         os.sched_setaffinity(pid, {core})
 
 
-def wait_serving(port: int, seconds: float = 20.0) -> None:
-    """Block until the Clarion server on 127.0.0.1:*port* answers ``GET /health``.
+def wait_serving(port: int, seconds: float = 20.0, answer: bytes = b"HTTP/1.1 200 ") -> None:
+    """Block until the Clarion server on 127.0.0.1:*port* answers ``GET /health``
+    (with a response that starts with *answer*: any, for another server).
 
     A listening port is not enough: ``clarion serve`` binds it before its app starts.
 
@@ -60,7 +61,7 @@ def wait_serving(port: int, seconds: float = 20.0) -> None:
                 probe.sendall(
                     b"GET /health HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n"
                 )
-                if probe.recv(64).startswith(b"HTTP/1.1 200 "):
+                if probe.recv(64).startswith(answer):
                     return
         except OSError:
             pass
@@ -114,6 +115,7 @@ class ServerProcess:
         core: int | None,
         log: Path,
         env: dict[str, str] | None = None,
+        ready: bytes = b"HTTP/1.1 200 ",
     ) -> None:
         self.port = port
         environment = None if env is None else {**os.environ, **env}
@@ -124,7 +126,7 @@ class ServerProcess:
         pin(self._process.pid, core)
         self.stats = ProcessStats(self._process.pid)
         try:
-            wait_serving(port)
+            wait_serving(port, answer=ready)
         except TimeoutError:
             self.stop()
             raise

@@ -158,6 +158,53 @@ async def test_a_request_that_asks_to_close_is_answered_then_closed(
     assert lane_answers == ["/api/publish"]
 
 
+async def test_nothing_after_an_answer_that_closes_the_connection_is_run(
+    anyio_backend: Backend, free_tcp_port: int
+) -> None:
+    # hypercorn reads 64 KiB at a time: the request that closes ends exactly there, and
+    # the one after it comes in the next read (on asyncio, from the reader's buffer).
+    fillers = [publish("news", f"{n:05}") for n in range(400)]
+    closing = publish("news", "close", b"connection: close\r\n")
+    room = 65_536 - len(b"".join(fillers[:-1])) - len(closing)
+    fillers[-1] = next(
+        request for size in range(room) if len(request := publish("news", "x" * size)) == room
+    )
+    assert len(b"".join(fillers) + closing) == 65_536
+    after = publish("news", "after the close")
+    with anyio.fail_after(20):
+        async with running_server(KEEPING, anyio_backend, free_tcp_port) as server:
+            async with await anyio.connect_tcp("127.0.0.1", free_tcp_port) as stream:
+                await stream.send(b"".join(fillers) + closing + after)
+                buffer = bytearray()
+                for _ in range(401):
+                    response = await read_response(stream, buffer)
+                    assert response.status == 200
+                assert response.headers["connection"] == "close"
+                await wait_closed(stream)
+            hub = server.app.hub if server.app is not None else None
+            assert hub is not None
+            assert hub.statistics().accepted == 401
+
+
+async def test_the_lane_and_hypercorn_count_requests_together(
+    anyio_backend: Backend, free_tcp_port: int
+) -> None:
+    # hypercorn closes a keep-alive connection after 1,000 requests, whoever answered them.
+    probe = b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n"
+    with anyio.fail_after(60):
+        async with running_server(Settings(), anyio_backend, free_tcp_port):
+            async with await anyio.connect_tcp("127.0.0.1", free_tcp_port) as stream:
+                buffer = bytearray()
+                for count in range(1, 1001):
+                    await stream.send(publish("news", "x") if count % 2 else probe)
+                    response = await read_response(stream, buffer)
+                    assert response.status == 200
+                    if count < 1000:
+                        assert "connection" not in response.headers, count
+                assert response.headers["connection"] == "close"
+                await wait_closed(stream)
+
+
 async def test_an_idle_lane_connection_is_closed_by_the_keep_alive_timer(
     anyio_backend: Backend, free_tcp_port: int
 ) -> None:
