@@ -144,21 +144,21 @@ class FastLane(ProtocolWrapper):
     """
 
     lane_of: Callable[[Any], tuple[Lane, int] | None] = staticmethod(lambda app: None)
+    # Every connection has a wrapper, idle WebSockets included: what the lane keeps on
+    # each is one attribute until it answers a request.
+    _closed = False
+    _timer_restarted = 0.0
+    """When the lane last restarted hypercorn's idle timer (0: not yet)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        found = self.lane_of(self.app) if isinstance(self.protocol, H11Protocol) else None
-        self._lane: Lane | None = None
-        self._max_body = 0
-        if found is not None:
-            self._lane, self._max_body = found
-        self._closed = False
-        self._timer_restarted = time.monotonic()
+        self._found = self.lane_of(self.app) if isinstance(self.protocol, H11Protocol) else None
+        """The lane, and the largest body it takes; None: hypercorn's alone."""
 
     async def handle(self, event: Event) -> None:
         if self._closed and isinstance(event, RawData):
             return  # what follows an answer that closed the connection is not read
-        if self._lane is not None and isinstance(event, RawData):
+        if self._found is not None and isinstance(event, RawData):
             protocol = self.protocol
             connection = getattr(protocol, "connection", None)
             if isinstance(connection, h11.Connection) and _answered(connection):
@@ -194,7 +194,8 @@ class FastLane(ProtocolWrapper):
             end = rest.find(b"\r\n\r\n", 0, MAX_HEAD_BYTES + 4)
             if end < 0:
                 break
-            head = parse_head(rest[:end], self._max_body)
+            assert self._found is not None
+            head = parse_head(rest[:end], self._found[1])
             start = end + 4
             if head is None or len(rest) < start + head.length:
                 break
@@ -222,7 +223,7 @@ class FastLane(ProtocolWrapper):
             "server": self.server,
             "extensions": {},
         }
-        assert self._lane is not None
+        assert self._found is not None
         assert isinstance(self.protocol, H11Protocol)
         # hypercorn's idle timer runs on while the lane answers: restarted first when a
         # quarter of it has passed, it leaves the answer at least three quarters of it.
@@ -231,7 +232,7 @@ class FastLane(ProtocolWrapper):
             self._timer_restarted = now
             await self.send(Updated(idle=True))
         try:
-            status, content, headers = await self._lane(scope, body)
+            status, content, headers = await self._found[0](scope, body)
         except Exception:  # a bug: answered as hypercorn answers an app that failed
             logger.exception("the fast lane's answer failed")
             status, content, headers = 500, b"", [(b"connection", b"close")]
@@ -251,7 +252,7 @@ class FastLane(ProtocolWrapper):
             lines.append(b"connection: close")
         await self.send(RawData(b"\r\n".join(lines) + b"\r\n\r\n" + content))
         if close:
-            self._lane, self._closed = None, True
+            self._found, self._closed = None, True
             await self.send(Closed())
             return False
         return True

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import pytest
 from hypercorn.config import Config
-from hypercorn.events import Closed, Event, RawData
+from hypercorn.events import Closed, Event, RawData, Updated
 from hypercorn.typing import ConnectionState
 
 from service.fastlane import FastLane, parse_head
@@ -108,7 +108,8 @@ async def test_bytes_after_an_answer_that_closes_the_connection_are_not_read() -
         return 200, b"{}", []
 
     async def send(event: Event) -> None:
-        sent.append(event)
+        if not isinstance(event, Updated):  # the idle timer restarted
+            sent.append(event)
 
     class Lane(FastLane):
         lane_of = staticmethod(lambda app: (lane, 1000))
