@@ -318,7 +318,7 @@ class Clarion:
     async def _websocket(self, ws: WebSocket, send: Send) -> None:
         # First: close frames for protocol errors and 1009, and no second answer to a
         # handshake whose client sent bytes before the first (see service.wsstream).
-        install_closing_stream(send)
+        await install_closing_stream(send)
         hub = self.hub
         path = route_path(ws.scope)
         if path.startswith(PATH_PREFIX) and self.config.apps:

@@ -35,7 +35,11 @@ escapes its connection handler; asyncio only logs it):
   for the handshake's answer) get a 400, and the app's accept under way then raises
   (h11's ``LocalProtocolError``), as does a second 400 for the next bytes.
   `ClosingWSStream` answers them once, tells the app ``websocket.disconnect`` with 1002,
-  and ignores what follows.
+  closes the connection, and ignores what follows. When such bytes come in the same
+  packet as the handshake, hypercorn's own class may meet them before the app has run
+  (always on asyncio): its 400 then neither tells the app nor closes the connection,
+  which would hold a ``max_connections`` slot for as long as the client likes.
+  `install_closing_stream` finds such a stream and ends it the same way.
 - A ``Sec-WebSocket-Protocol``, ``-Extensions`` or ``Connection`` header with a byte
   beyond ASCII makes hypercorn's handshake parser raise ``UnicodeDecodeError`` before
   any app runs. This module makes that parser keep such a value as Latin-1 (as HTTP/1.1
@@ -56,8 +60,9 @@ a live stream can change because `ClosingWSStream` adds no state but a class def
 from __future__ import annotations
 
 from contextlib import suppress
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, cast
 
+import anyio
 import h11
 from hypercorn.protocol import ws_stream
 from hypercorn.protocol.events import Body, Data, EndData, StreamClosed
@@ -76,6 +81,11 @@ __all__ = ("ClosingWSStream", "install_closing_stream")
 
 #: The reason sent with close 1009, as Clarion's own check sends it (`service.session`).
 _TOO_LARGE_REASON: Final = "frame too large"
+
+#: How long a refusal hypercorn is writing may take before the connection is closed
+#: regardless, and how often it is looked at (a 400 with no body: one write).
+_REFUSAL_WRITE_SECONDS: Final = 1.0
+_REFUSAL_POLL_SECONDS: Final = 0.005
 
 
 class ClosingWSStream(WSStream):
@@ -151,6 +161,21 @@ class ClosingWSStream(WSStream):
             await self._send_error_response(400)
         await self.send(StreamClosed(stream_id=self.stream_id))
 
+    async def _end_refused_early(self) -> None:
+        """End a stream that hypercorn's own class refused for bytes before the
+        handshake's answer, as `_refuse_early_data` would have: tell the app, close.
+
+        hypercorn's 400 may still be on its way out (its task marks the stream closed
+        once it is): the connection is closed after it, not across it.
+        """
+        self.state = ASGIWebsocketState.HTTPCLOSED
+        await self._tell_app(CloseReason.PROTOCOL_ERROR)
+        with anyio.move_on_after(_REFUSAL_WRITE_SECONDS):
+            while not self.closed:  # noqa: ASYNC110 - hypercorn's task sets a plain attribute
+                await anyio.sleep(_REFUSAL_POLL_SECONDS)
+        self.closed = True
+        await self.send(StreamClosed(stream_id=self.stream_id))
+
     async def _tell_app(self, code: int) -> None:
         self._failed_with = int(code)
         if self.app_put is not None:
@@ -205,10 +230,17 @@ def _split_comma_header(value: bytes) -> list[str]:
 ws_stream.split_comma_header = _split_comma_header  # type: ignore[attr-defined]  # imported there from wsproto, not exported
 
 
-def install_closing_stream(send: Send) -> bool:
+async def install_closing_stream(send: Send) -> bool:
     """Make the hypercorn WebSocket stream behind *send* a `ClosingWSStream`.
 
     Call it before the WebSocket is accepted. Idempotent.
+
+    On asyncio, and at times on trio, the app task starts only after hypercorn has read
+    what came with the handshake: bytes after it were then refused by hypercorn's own
+    stream (a 400), which neither tells the app nor closes the connection, so the app
+    would wait for a disconnect, holding its connection slot, and the client would keep
+    an open connection. Such a stream is ended here as `ClosingWSStream` ends it: the
+    app is told 1002, and the connection is closed.
 
     Returns:
         Whether the connection now has a `ClosingWSStream`: False for another server,
@@ -223,4 +255,7 @@ def install_closing_stream(send: Send) -> bool:
     # The subclass adds no state of its own to set up (its one attribute has a class
     # default), so an existing stream can take it on.
     stream.__class__ = ClosingWSStream
+    closing = cast("ClosingWSStream", stream)
+    if closing._answer_begun():  # the app has not answered: hypercorn refused early bytes
+        await closing._end_refused_early()
     return True

@@ -177,3 +177,38 @@ async def test_a_hostile_handshake_is_answered_and_the_server_serves_on(
                 assert await client.request({"type": "ping", "id": 1}) == {"type": "reply", "id": 1}
     assert not [record for record in caplog.records if record.exc_info]
     assert "error in hypercorn" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    "early",
+    [b"\x81", b"xxxxxxxxxxxxxxxx\r\n\r\n", b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n"],
+    ids=["a-frame-byte", "bytes", "pipelined-request"],
+)
+async def test_a_handshake_refused_for_early_bytes_ends_and_frees_its_slot(
+    anyio_backend: Backend, free_tcp_port: int, early: bytes
+) -> None:
+    # On asyncio hypercorn refused these before Clarion's app ran, told the app nothing
+    # and kept the connection: max_connections such packets shut every client out.
+    config = Settings(server=ServerSettings(max_connections=2))
+    with anyio.fail_after(20):
+        async with running_server(config, anyio_backend, free_tcp_port) as server:
+            assert server.app is not None
+            streams = [await anyio.connect_tcp("127.0.0.1", free_tcp_port) for _ in range(2)]
+            for stream in streams:
+                await stream.send(UPGRADE + b"\r\n" + early)
+            for stream in streams:
+                async with stream:  # each is answered, then closed by the server
+                    answer = b""
+                    with suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+                        while True:
+                            answer += await stream.receive()
+                    assert answer.startswith(b"HTTP/1.1 400 "), answer[:100]
+            slots = server.app._slots  # the test's view into the app
+            while slots.held:  # noqa: ASYNC110 - the app ends on its own task
+                await anyio.sleep(0.01)
+            async with connect(server.ws_url) as first, connect(server.ws_url) as second:
+                for client in (first, second):
+                    assert await client.request({"type": "ping", "id": 1}) == {
+                        "type": "reply",
+                        "id": 1,
+                    }

@@ -39,14 +39,20 @@ class Stream:
             cast("Any", None), config, cast("Any", None), cast("Any", None), False,
             None, None, self._send, 1,
         )  # fmt: skip
-        assert install_closing_stream(app_send(ws))
-        self.ws = cast("ClosingWSStream", ws)
+        self.ws = cast("ClosingWSStream", ws)  # once `open` installed it
         self.ws.handshake = Handshake([], "1.1")
         self.ws.handshake.accepted = True
         self.ws.connection = Connection(ConnectionType.SERVER)
         self.ws.state = ASGIWebsocketState.CONNECTED
         self.ws.app_put = self._app_put
         self.client = Connection(ConnectionType.CLIENT)
+
+    @classmethod
+    async def open(cls, max_message_bytes: int = 1024) -> Stream:
+        """A stream that `install_closing_stream` took over."""
+        stream = cls(max_message_bytes)
+        assert await install_closing_stream(app_send(stream.ws))
+        return stream
 
     async def _send(self, event: Event) -> None:
         self.sent.append(event)
@@ -71,16 +77,18 @@ class Stream:
         return list(self.client.events())
 
 
-def test_install_takes_over_a_hypercorn_stream_once_and_nothing_else() -> None:
-    stream = Stream()
+async def test_install_takes_over_a_hypercorn_stream_once_and_nothing_else(
+    anyio_backend: str,
+) -> None:
+    stream = await Stream.open()
     assert type(stream.ws) is ClosingWSStream
-    assert install_closing_stream(app_send(stream.ws))  # again: nothing changes
+    assert await install_closing_stream(app_send(stream.ws))  # again: nothing changes
     assert type(stream.ws) is ClosingWSStream
 
     async def other_server(message: Message) -> None:
         pass
 
-    assert not install_closing_stream(other_server)
+    assert not await install_closing_stream(other_server)
 
     class TheirStream(WSStream):
         pass
@@ -89,7 +97,7 @@ def test_install_takes_over_a_hypercorn_stream_once_and_nothing_else() -> None:
         cast("Any", None), hypercorn.config.Config(), cast("Any", None), cast("Any", None),
         False, None, None, stream._send, 1,
     )  # fmt: skip
-    assert not install_closing_stream(app_send(theirs))
+    assert not await install_closing_stream(app_send(theirs))
     assert type(theirs) is TheirStream
 
 
@@ -104,7 +112,7 @@ def test_install_takes_over_a_hypercorn_stream_once_and_nothing_else() -> None:
 async def test_a_frame_wsproto_cannot_parse_is_closed_with_its_code(
     anyio_backend: str, data: bytes, code: int | None
 ) -> None:
-    stream = Stream()
+    stream = await Stream.open()
     await stream.receive(data)
     if code is None:  # nothing wrong yet: more is to come
         assert (stream.sent, stream.to_app) == ([], [])
@@ -124,7 +132,7 @@ async def test_a_frame_wsproto_cannot_parse_is_closed_with_its_code(
 
 
 async def test_text_that_is_not_utf8_is_closed_with_1007(anyio_backend: str) -> None:
-    stream = Stream()
+    stream = await Stream.open()
     await stream.receive(client_frame(FIN | TEXT, b"\xff\xfe"))
     (close,) = stream.client_events()
     assert isinstance(close, CloseConnection)
@@ -134,7 +142,7 @@ async def test_text_that_is_not_utf8_is_closed_with_1007(anyio_backend: str) -> 
 async def test_a_message_over_the_limit_is_closed_with_1009_and_the_app_told(
     anyio_backend: str,
 ) -> None:
-    stream = Stream(max_message_bytes=10)
+    stream = await Stream.open(max_message_bytes=10)
     await stream.receive(stream.client.send(TextMessage("x" * 11)))
     (close,) = stream.client_events()
     assert isinstance(close, CloseConnection)
@@ -145,7 +153,7 @@ async def test_a_message_over_the_limit_is_closed_with_1009_and_the_app_told(
 
 
 async def test_messages_pings_and_a_client_close_go_as_in_hypercorn(anyio_backend: str) -> None:
-    stream = Stream()
+    stream = await Stream.open()
     await stream.receive(stream.client.send(TextMessage("hello")))
     assert stream.to_app == [{"type": "websocket.receive", "text": "hello", "bytes": None}]
     await stream.receive(stream.client.send(Ping(b"p")))
