@@ -120,7 +120,8 @@ class Outbox:
         # A list, not a deque: an idle connection's empty list costs 56 bytes, an empty
         # deque 600; batches are cut from the front with one slice.
         self._queue: list[Delivery] = []
-        self._gaps: dict[str, tuple[int, int]] = {}
+        # Shared and empty until a gap comes (`record_gap`): most outboxes never see one.
+        self._gaps: dict[str, tuple[int, int]] = _NO_GAPS
         self._writable: anyio.Event | None = None
         self._failed = False
         self._closed = False
@@ -177,7 +178,7 @@ class Outbox:
         if not self._failed and not self._closed:
             self._failed = self._refusing = True
             self._queue.clear()
-            self._gaps.clear()
+            self._gaps = _NO_GAPS
             self._wake_writable()
             if self.on_fail is not None:
                 self.on_fail()
@@ -225,6 +226,8 @@ class Outbox:
     def record_gap(self, channel: str, first: int, last: int) -> None:
         """Report that offsets *first* to *last* of *channel* will not be delivered."""
         self.dropped += last - first + 1
+        if self._gaps is _NO_GAPS:
+            self._gaps = {}
         known = self._gaps.get(channel)
         if known is not None:
             first, last = min(first, known[0]), max(last, known[1])
@@ -354,6 +357,9 @@ def _nothing() -> None:
 
 
 _UNCOUNTED = Traffic()
+#: The gaps of every outbox that has none: never written (`Outbox.record_gap` gives an
+#: outbox a dict of its own first).
+_NO_GAPS: dict[str, tuple[int, int]] = {}
 
 
 # The last batch joined, and its frame's payload: subscribers of a busy channel, served

@@ -39,8 +39,6 @@ from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.protocol.ws_stream import WSStream
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
-
     from hypercorn.events import Event
 
     from service.types import Send
@@ -105,14 +103,15 @@ class _Frames:
     frame of ours may follow, and (trio) hypercorn's bytes wait for our unfinished frame.
     """
 
-    __slots__ = ("_closing", "_rest", "_theirs", "_theirs_done")
+    __slots__ = ("_closing", "_rest", "_send", "_theirs", "_theirs_done")
 
     def __init__(self, protocol: H11Protocol) -> None:
         self._closing = False
         self._rest: memoryview | None = None
         self._theirs = 0  # hypercorn sends under way
         self._theirs_done: anyio.Event | None = None
-        protocol.send = self._wrap(protocol.send)
+        self._send = protocol.send
+        protocol.send = self._send_after_ours
 
     def _check_open(self) -> None:
         if self._closing:
@@ -129,29 +128,30 @@ class _Frames:
         closes the connection, until a client that stopped reading took the rest.
         """
 
-    def _wrap(self, send: Callable[[Event], Awaitable[None]]) -> Callable[[Event], Awaitable[None]]:
-        async def send_after_ours(event: Event) -> None:
-            if not isinstance(event, RawData):
-                return await send(event)  # no bytes: nothing to order
-            if event.data[:1] == _CLOSE:
-                self._closing = True  # hypercorn's frames are whole: this is a close
-            if self._theirs == 0:
-                self._theirs_done = anyio.Event()
-            self._theirs += 1
-            try:
-                if self._rest is not None:
-                    try:
-                        await self._finish()
-                    except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                        pass  # hypercorn's own send finds the connection broken
-                await send(event)
-            finally:
-                self._theirs -= 1
-                if self._theirs == 0 and self._theirs_done is not None:
-                    self._theirs_done.set()
-                    self._theirs_done = None
-
-        return send_after_ours
+    async def _send_after_ours(self, event: Event) -> None:
+        """hypercorn's protocol's ``send``, after our unfinished frame (bound to the
+        protocol in its place: a method rather than a closure costs an idle connection
+        less)."""
+        send = self._send
+        if not isinstance(event, RawData):
+            return await send(event)  # no bytes: nothing to order
+        if event.data[:1] == _CLOSE:
+            self._closing = True  # hypercorn's frames are whole: this is a close
+        if self._theirs == 0:
+            self._theirs_done = anyio.Event()
+        self._theirs += 1
+        try:
+            if self._rest is not None:
+                try:
+                    await self._finish()
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    pass  # hypercorn's own send finds the connection broken
+            await send(event)
+        finally:
+            self._theirs -= 1
+            if self._theirs == 0 and self._theirs_done is not None:
+                self._theirs_done.set()
+                self._theirs_done = None
 
 
 class TransportFrameWriter(_Frames):
@@ -223,7 +223,7 @@ class SocketFrameWriter(_Frames):
         self._socket = sock
         self._fd: int = sock.fileno()
         self._lock = lock
-        self._finishing = anyio.Lock()
+        self._finishing: anyio.Lock | None = None  # made once a frame is left unfinished
         self.partial_writes = 0
 
     def writable(self) -> bool:
@@ -279,6 +279,8 @@ class SocketFrameWriter(_Frames):
 
     async def _finish(self) -> None:
         """Write the rest of our unfinished frame, waiting for the socket as needed."""
+        if self._finishing is None:
+            self._finishing = anyio.Lock()
         async with self._finishing:  # hypercorn's send and our task may both come here
             while self._rest is not None:
                 try:

@@ -17,9 +17,11 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 import anyio
 import hypercorn.asyncio.run
+import hypercorn.asyncio.task_group
 import hypercorn.asyncio.tcp_server
 import hypercorn.config
 import hypercorn.trio.run
+import hypercorn.trio.task_group
 import hypercorn.trio.tcp_server
 import hypercorn.utils
 import trio
@@ -122,9 +124,10 @@ async def serve(
     # hypercorn's TCP servers look their protocol up here at each connection.
     hypercorn.trio.tcp_server.ProtocolWrapper = _ClarionLane  # type: ignore[attr-defined]  # imported there, not exported
     hypercorn.asyncio.tcp_server.ProtocolWrapper = _ClarionLane  # type: ignore[attr-defined]
+    # ... and the task group of each connection.
+    hypercorn.trio.tcp_server.TaskGroup = _ContainedTrioTasks  # type: ignore[attr-defined]
+    hypercorn.asyncio.tcp_server.TaskGroup = _ContainedAsyncioTasks  # type: ignore[attr-defined]
     if backend == "trio":
-        # hypercorn's trio worker looks its connection handler up here at each serve.
-        hypercorn.trio.run.TCPServer = _ContainedTCPServer  # type: ignore[attr-defined]  # imported there, not exported
         guarded = partial(_answer_or_drop, app)
         wrapped = hypercorn.utils.wrap_app(guarded, config.wsgi_max_body_size, "asgi")
         await hypercorn.trio.run.worker_serve(
@@ -151,7 +154,7 @@ def _lane_of(wrapper: Any) -> tuple[Lane, int] | None:
     if isinstance(app, partial) and app.func is _answer_or_drop:
         app = app.args[0]
     if isinstance(app, Clarion):
-        return app.answer, app.config.server.max_request_bytes
+        return app.lane
     return None
 
 
@@ -161,24 +164,42 @@ class _ClarionLane(FastLane):
     lane_of = staticmethod(_lane_of)
 
 
-class _ContainedTCPServer(hypercorn.trio.tcp_server.TCPServer):
-    """hypercorn's trio connection handler, whose errors end only its connection.
+class _Contained:
+    """hypercorn's task group of one connection, whose errors end only that connection.
 
     In hypercorn (0.18) an error that escapes one connection's handler ends the whole
-    trio server (asyncio only logs it), and some hostile packets cause one (see
-    `service.wsstream` for those known, and fixed there). Whatever hypercorn fails on
-    next, one client must not take the node down.
+    trio server (asyncio logs it with a traceback), and some hostile packets cause one
+    (see `service.wsstream` for those known, and fixed there). Whatever hypercorn fails
+    on next, one client must not take the node down: the error is logged in a line and
+    the connection closed (by the handler's own ``finally``). Cancellation goes on.
+
+    Each worker's ``TCPServer.run`` holds its connection's work (the protocol, the app,
+    the idle timer) in this task group: catching here rather than around ``run`` costs an
+    idle connection no coroutine of its own.
     """
 
-    async def run(self) -> None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc_value: BaseException | None, tb: Any
+    ) -> bool:
         try:
-            await super().run()  # which closes the connection in any case
+            await super().__aexit__(exc_type, exc_value, tb)  # type: ignore[misc]  # a mixin
         except Exception as exc:
             logger.warning("closed a connection after an error in hypercorn: %r", exc)
             logger.debug("the error in hypercorn", exc_info=exc)
+            return True
+        return False
 
 
-async def _answer_or_drop(app: Clarion, scope: Scope, receive: Receive, send: Send) -> None:
+# Their __aexit__ returns whether it kept the error from going on; hypercorn's, None.
+class _ContainedTrioTasks(_Contained, hypercorn.trio.task_group.TaskGroup):  # type: ignore[misc]
+    pass
+
+
+class _ContainedAsyncioTasks(_Contained, hypercorn.asyncio.task_group.TaskGroup):  # type: ignore[misc]
+    pass
+
+
+def _answer_or_drop(app: Clarion, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
     """Run *app*; an answer whose connection hypercorn is closing is dropped quietly.
 
     When a client sends more bytes after a ``connection: close`` answer (the rest of a
@@ -187,12 +208,14 @@ async def _answer_or_drop(app: Clarion, scope: Scope, receive: Receive, send: Se
     and the write raises
     ``trio.BusyResourceError``, logged as a traceback for each such request. The client
     is going away and cannot get the answer; there is nothing to report.
+
+    A plain function: a WebSocket's call is the app's own, with no frame of this one
+    held for as long as the connection lasts.
     """
     if scope["type"] != "http":
         # A WebSocket's send stays hypercorn's own: `service.framewriter` and
         # `service.wsstream` find the connection through it.
-        await app(scope, receive, send)
-        return
+        return app(scope, receive, send)
 
     async def send_or_drop(message: Message) -> None:
         try:
@@ -200,7 +223,7 @@ async def _answer_or_drop(app: Clarion, scope: Scope, receive: Receive, send: Se
         except trio.BusyResourceError:
             logger.debug("dropped an answer to a client whose connection is closing")
 
-    await app(scope, receive, send_or_drop)
+    return app(scope, receive, send_or_drop)
 
 
 def _quiet_dropped_clients(

@@ -25,6 +25,7 @@ from channels.rules import Grant
 from service.auth import Identity, seconds_left
 from service.closecodes import CloseCode
 from service.errors import InvalidToken, ProtocolError, RateLimited, RequestId
+from service.keepalive import Quiet
 from service.logs import fields, peer
 from service.protocol import (
     Frame,
@@ -57,6 +58,7 @@ if TYPE_CHECKING:
     from channels.hub import Hub, Subscribed
     from service.auth import Authenticator
     from service.framewriter import SocketFrameWriter, TransportFrameWriter
+    from service.keepalive import KeepAlive
     from service.metrics import NodeCounters
     from service.protocol import ClientMessage
     from service.settings import ServerSettings
@@ -131,6 +133,7 @@ class Door(Protocol):
 class ClarionDoor:
     """Clarion's own protocol (docs/protocol.md) as a `Door`: each connection a `Session`."""
 
+    __slots__ = ("_auth", "_errors", "_server", "quiet_seconds")
     encoding = None
 
     def __init__(
@@ -359,6 +362,7 @@ async def run_session(
     frames: TransportFrameWriter | SocketFrameWriter | None = None,
     counters: NodeCounters | None = None,
     writers: set[TransportFrameWriter | SocketFrameWriter] | None = None,
+    keepalive: KeepAlive | None = None,
 ) -> None:
     """Serve one WebSocket until the client leaves or the node ends the connection.
 
@@ -370,8 +374,9 @@ async def run_session(
     Close codes: 1001 when the hub closes (after the queued messages were sent), 1009
     for a frame over ``server.max_request_bytes``, 4000 for a slow consumer, 4001 when
     the token of an authenticated connection expires (unless a ``refresh`` came first),
-    4002 when a client quiet for ``server.ping_interval_seconds`` was sent a ``ping``
-    and still sent nothing within ``server.pong_timeout_seconds``. A close is given
+    4002 when a client quiet for the door's ``quiet_seconds`` was sent a ``ping`` and
+    still sent nothing within ``server.pong_timeout_seconds`` (*keepalive* watches it;
+    without one it is never pinged). A close is given
     ``server.write_timeout_seconds`` to be sent. Under hypercorn, the server itself
     closes a frame over that limit (1009) and a frame that breaks RFC 6455 (1002, or
     1007 for text that is not UTF-8; see `service.wsstream`), before the session hears
@@ -414,13 +419,33 @@ async def run_session(
             encoding=door.encoding,
         ) as connection:
             handler = door.open(connection, stop)
-            with stop:
-                failed, close = await _read(ws, handler, server, door.quiet_seconds)
+            quiet = Quiet(keepalive, handler, stop, door.quiet_seconds, server.pong_timeout_seconds)
+            # The reading loop is here rather than in a function of its own: a coroutine
+            # frame less for each connection to hold while it waits.
+            with stop, quiet:
+                while True:
+                    try:
+                        # receive_frame in two halves: no coroutine of its own waits.
+                        frame = ws.frame_of(await ws.next_message())
+                    except WebSocketDisconnect as exc:
+                        # The close code the server already failed the connection with
+                        # (hypercorn, `service.wsstream`); None when the client left.
+                        failed = CloseCode(exc.code) if exc.code in _FAILURES else None
+                        break
+                    quiet.heard = True  # the keep-alive looks (see service.keepalive)
+                    # hypercorn enforces its own limit; this one holds under any server.
+                    if _size(frame) > server.max_request_bytes:
+                        close = (CloseCode.FRAME_TOO_LARGE, "frame too large")
+                        break
+                    await handler.handle(frame)
+                    del frame  # not held while the connection waits for the next
         # The connection has left the hub: a drain no longer waits for it.
         if writers is not None and frames is not None:
             writers.discard(frames)
         if close is None and connection.failed:
             close = (CloseCode.SLOW_CONSUMER, "slow consumer")
+        elif close is None and quiet.timed_out:
+            close = (CloseCode.NO_PONG, "no pong")
         elif close is None and stop.cancelled_caught and anyio.current_time() >= stop.deadline:
             close = (CloseCode.TOKEN_EXPIRED, "token expired")
         elif close is None and connection.closed:
@@ -466,38 +491,6 @@ async def run_session(
                     await ws.close(*door.close(*close))
         if cut_off and frames is not None:
             frames.abort()
-
-
-async def _read(
-    ws: WebSocket, handler: Handler, server: ServerSettings, quiet: float
-) -> tuple[CloseCode | None, tuple[CloseCode, str] | None]:
-    """Read and handle the client's frames until the connection ends.
-
-    Returns the close code the server already failed the connection with (hypercorn,
-    `service.wsstream`), or the close the session ends it with; both None when the
-    client left (or the reader was stopped).
-    """
-    # A plain loop rather than ws.iter_frames(): an async generator per connection
-    # costs memory that an idle connection should not hold. The reader is also the
-    # connection's ping timer, so that an idle connection holds no task of its own for it.
-    pinged = False
-    while True:
-        with anyio.move_on_after(server.pong_timeout_seconds if pinged else quiet) as waiting:
-            try:
-                frame = await ws.receive_frame()
-            except WebSocketDisconnect as exc:
-                return (CloseCode(exc.code) if exc.code in _FAILURES else None), None
-        if waiting.cancelled_caught:
-            if pinged:
-                return None, (CloseCode.NO_PONG, "no pong")
-            pinged = True
-            handler.ping()
-            continue
-        pinged = False
-        # hypercorn enforces its own limit; this one holds under any server.
-        if _size(frame) > server.max_request_bytes:
-            return None, (CloseCode.FRAME_TOO_LARGE, "frame too large")
-        await handler.handle(frame)
 
 
 async def _failure_of(ws: WebSocket) -> CloseCode | None:

@@ -9,17 +9,14 @@ requests cannot pile up beyond the limits.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from service.errors import AddressFull, NodeFull
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
     from service.settings import ServerSettings
 
-__all__ = ("Slots",)
+__all__ = ("Slot", "Slots")
 
 
 class Slots:
@@ -30,9 +27,8 @@ class Slots:
         """Slots held now: WebSocket connections and HTTP requests in progress."""
         self._per_address: dict[str, int] = {}
 
-    @contextmanager
-    def hold(self, address: str, server: ServerSettings, *, checked: bool = True) -> Iterator[None]:
-        """Hold a slot for a connection from *address* for the duration of the block.
+    def hold(self, address: str, server: ServerSettings, *, checked: bool = True) -> Slot:
+        """Hold a slot for a connection from *address*, for a ``with`` block.
 
         Args:
             address: the client's IP address.
@@ -53,10 +49,28 @@ class Slots:
                 raise AddressFull(f"{per_address} connections from your address")
         self.held += 1
         self._per_address[address] = held + 1
-        try:
-            yield
-        finally:
-            self.held -= 1
-            left = self._per_address.pop(address) - 1
-            if left:
-                self._per_address[address] = left
+        return Slot(self, address)
+
+    def release(self, address: str) -> None:
+        """Give back a slot that *address* held."""
+        self.held -= 1
+        left = self._per_address.pop(address) - 1
+        if left:
+            self._per_address[address] = left
+
+
+class Slot:
+    """One held slot: given back when its ``with`` block ends. (A class rather than a
+    generator-based context manager: an idle connection holds one.)"""
+
+    __slots__ = ("_address", "_slots")
+
+    def __init__(self, slots: Slots, address: str) -> None:
+        self._slots = slots
+        self._address = address
+
+    def __enter__(self) -> None:
+        pass
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._slots.release(self._address)

@@ -24,6 +24,8 @@ import msgspec
 from service.datastructures import URL, Address, Headers, QueryParams, State, parse_cookies
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
     from service.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ("HTTPConnection", "WebSocket", "WebSocketDisconnect", "WebSocketState")
@@ -51,6 +53,10 @@ class WebSocketDisconnect(Exception):
 
 class HTTPConnection(Mapping[str, Any]):
     """What HTTP requests and WebSocket connections share: a read-only view of the scope."""
+
+    # Slots: a connection lives as long as its client stays. The underscored ones are
+    # made the first time they are asked for.
+    __slots__ = ("_base_url", "_cookies", "_headers", "_query_params", "_state", "_url", "scope")
 
     def __init__(self, scope: Scope, receive: Receive | None = None) -> None:
         if scope["type"] not in {"http", "websocket"}:
@@ -171,6 +177,8 @@ class HTTPConnection(Mapping[str, Any]):
 class WebSocket(HTTPConnection):
     """One WebSocket connection, with Starlette's state machine and methods."""
 
+    __slots__ = ("_receive", "_send", "application_state", "client_state")
+
     def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
         super().__init__(scope)
         if scope["type"] != "websocket":
@@ -192,18 +200,21 @@ class WebSocket(HTTPConnection):
             self.client_state = WebSocketState.CONNECTED
             return message
         elif self.client_state == WebSocketState.CONNECTED:
-            message = await self._receive()
-            message_type = message["type"]
-            if message_type not in {"websocket.receive", "websocket.disconnect"}:
-                raise RuntimeError(
-                    'Expected ASGI message "websocket.receive" or "websocket.disconnect", '
-                    f"but got {message_type!r}"
-                )
-            if message_type == "websocket.disconnect":
-                self.client_state = WebSocketState.DISCONNECTED
-            return message
+            return self._received(await self._receive())
         else:
             raise RuntimeError('Cannot call "receive" once a disconnect message has been received.')
+
+    def _received(self, message: Message) -> Message:
+        """Check *message*, received while connected, and note a disconnect."""
+        message_type = message["type"]
+        if message_type not in {"websocket.receive", "websocket.disconnect"}:
+            raise RuntimeError(
+                'Expected ASGI message "websocket.receive" or "websocket.disconnect", '
+                f"but got {message_type!r}"
+            )
+        if message_type == "websocket.disconnect":
+            self.client_state = WebSocketState.DISCONNECTED
+        return message
 
     async def send(self, message: Message) -> None:
         """Send ASGI websocket messages, ensuring valid state transitions."""
@@ -300,9 +311,25 @@ class WebSocket(HTTPConnection):
 
     async def receive_frame(self) -> str | bytes:
         """Receive the next data frame, text (as str) or binary (as bytes)."""
+        return self.frame_of(await self.next_message())
+
+    def next_message(self) -> Awaitable[Message]:
+        """The next message from the server, for `frame_of`: `receive_frame` in two halves,
+        so that a loop awaiting this holds no coroutine of this class while the client is
+        quiet (the server's own receive is returned as it is)."""
         self._require_connected()
-        message = await self.receive()
-        self._raise_on_disconnect(message)
+        if self.client_state == WebSocketState.CONNECTED:
+            return self._receive()
+        return self.receive()  # which says why it cannot
+
+    def frame_of(self, message: Message) -> str | bytes:
+        """The data frame in *message*, from `next_message`: text (as str) or binary (as
+        bytes).
+
+        Raises:
+            WebSocketDisconnect: the message is the client's disconnect.
+        """
+        self._raise_on_disconnect(self._received(message))
         text: str | None = message.get("text")
         if text is not None:
             return text

@@ -27,6 +27,7 @@ from service.websocket import WebSocketDisconnect
 if TYPE_CHECKING:
     from service.apps import App, Apps
     from service.framewriter import SocketFrameWriter, TransportFrameWriter
+    from service.keepalive import KeepAlive
     from service.metrics import NodeCounters
     from service.settings import ServerSettings
     from service.slots import Slots
@@ -66,9 +67,12 @@ async def serve_pusher(
     slots: Slots,
     counters: NodeCounters,
     writers: set[TransportFrameWriter | SocketFrameWriter],
+    keepalive: KeepAlive | None = None,
     auth_required: bool = False,
 ) -> None:
     """Serve a Pusher client that connected to ``/app/{key}`` until it leaves.
+
+    *keepalive* pings it after the app's activity timeout (see `service.keepalive`).
 
     With *auth_required* (``auth.required``), a client of the default app must sign in
     before it subscribes to a channel that needs no authorization of its own: the
@@ -103,6 +107,7 @@ async def serve_pusher(
                         frames=frames,
                         counters=counters,
                         writers=writers,
+                        keepalive=keepalive,
                     )
                 finally:
                     app.connections -= 1

@@ -92,6 +92,8 @@ def new_socket_id() -> str:
 class PusherDoor:
     """The Pusher protocol for one app's connections (see `service.session.Door`)."""
 
+    __slots__ = ("_errors", "_server", "_sign_in_first", "app", "encoding", "quiet_seconds")
+
     def __init__(
         self,
         app: App,

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 import anyio
 import msgspec
 import pytest
+from hypercorn.events import RawData
+from hypercorn.protocol.h11 import H11Protocol
 
 from channels.config import BrokerConfig, ChannelRule, History
 from service.settings import ServerSettings, Settings
@@ -238,3 +240,29 @@ async def test_a_client_that_sends_on_after_a_413_leaves_no_traceback(
             await anyio.to_thread.run_sync(send_on)
             assert (await http_call(server, "GET", "/health"))[0] == 200
     assert not [record for record in caplog.records if record.exc_info]
+
+
+async def test_an_error_in_hypercorn_ends_only_its_connection(
+    anyio_backend: Backend,
+    free_tcp_port: int,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # hypercorn's trio worker (0.18) let such an error end the whole server.
+    handle = H11Protocol.handle
+
+    async def failing(self: H11Protocol, event: object) -> None:
+        if isinstance(event, RawData) and b"boom" in event.data:
+            raise RuntimeError("a hypercorn bug")
+        await handle(self, event)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(H11Protocol, "handle", failing)
+    with anyio.fail_after(20), caplog.at_level(logging.WARNING, "service.runner"):
+        async with running_server(Settings(), anyio_backend, free_tcp_port) as server:
+            async with await anyio.connect_tcp("127.0.0.1", free_tcp_port) as stream:
+                await stream.send(b"boom\r\n")
+                await wait_closed(stream)
+            async with connect(server.ws_url) as client:
+                assert await client.request({"type": "ping", "id": 1}) == {"type": "reply", "id": 1}
+    if anyio_backend == "trio":
+        assert "closed a connection after an error in hypercorn" in caplog.text
