@@ -254,6 +254,10 @@ def _serve_config(args: argparse.Namespace) -> Settings:
     return config
 
 
+#: What a median row of `clarion bench` holds as the worst run's, not the median.
+_MOST_OF_ANY_RUN = "lost, dropped, unsent, refused, closed"
+
+
 def _bench(args: argparse.Namespace) -> int:
     from array import array
 
@@ -276,6 +280,7 @@ def _bench(args: argparse.Namespace) -> int:
     if options.scenario == "doors":
         return _bench_doors(options, json=args.json)
     for _ in range(options.runs):
+        note = ""
         with open_target(options) as target:
             if options.scenario == "rate":
                 summary, result = run_rate(target, options)
@@ -284,6 +289,8 @@ def _bench(args: argparse.Namespace) -> int:
             elif options.scenario == "max":
                 best, steps = run_max(target, options)
                 summary = best or steps[0]
+                kept = "none" if best is None else f"{best.rate:,.0f} msg/s"
+                note = f"highest step kept up: {kept}\n"
             else:
                 summary = run_idle(target, options)
                 steps = [summary]
@@ -292,9 +299,12 @@ def _bench(args: argparse.Namespace) -> int:
             for step in steps:
                 print(msgspec.json.encode(step).decode())
         else:
-            print(table(steps), end="\n\n")
+            print(table(steps))
+            print(note)
     if options.runs > 1:
         median = median_summary(summaries)
+        if not args.json:
+            print(f"median of {options.runs} runs ({_MOST_OF_ANY_RUN}: the most of any run)")
         print(msgspec.json.encode(median).decode() if args.json else table([median]))
     if args.histogram is not None:
         title = f"{options.server_name} on {options.backend}: {options.scenario}"
@@ -469,7 +479,11 @@ def main(argv: list[str] | None = None) -> int:
         from service.bench.server import exit_on_sigterm
 
         with exit_on_sigterm():
-            return _bench(args)
+            try:
+                return _bench(args)
+            except (RuntimeError, TimeoutError) as exc:  # the server's, or the run's
+                print(f"clarion bench: error: {exc}", file=sys.stderr)
+                return 1
     if args.command == "reload":
         return _reload(args.target)
     if args.command == "publish" and args.channels is not None:

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
     from service.session import Handler
 
-__all__ = ("MAX_TICK_SECONDS", "KeepAlive", "Quiet", "open_keepalive")
+__all__ = ("KeepAlive", "MAX_TICK_SECONDS", "Quiet", "open_keepalive")
 
 logger = logging.getLogger(__name__)
 

@@ -156,13 +156,19 @@ _IDLE_COLUMNS = [
 ]
 
 
+def _cell(summary: Summary, name: str, form: str) -> str:
+    if name == "publish_p99_ms" and summary.publisher != "http":
+        return "n/a"  # a WebSocket publisher does not wait for answers
+    return form.format(getattr(summary, name))
+
+
 def table(summaries: Sequence[Summary]) -> str:
     """Render *summaries* as an aligned text table."""
     idle = all(summary.scenario.startswith("idle") for summary in summaries)
     columns = _IDLE_COLUMNS if idle else _COLUMNS
     rows = [[title for _, title, _ in columns]]
     for summary in summaries:
-        rows.append([form.format(getattr(summary, name)) for name, _, form in columns])
+        rows.append([_cell(summary, name, form) for name, _, form in columns])
     widths = [max(len(row[index]) for row in rows) for index in range(len(columns))]
     lines = [
         "  ".join(cell.rjust(width) for cell, width in zip(row, widths, strict=True))

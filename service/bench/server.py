@@ -29,6 +29,8 @@ __all__ = (
 )
 
 _TICKS = os.sysconf("SC_CLK_TCK")
+#: The lines of a server's log shown when it does not start.
+_LOG_LINES = 10
 
 
 def free_port() -> int:
@@ -127,9 +129,15 @@ class ServerProcess:
         self.stats = ProcessStats(self._process.pid)
         try:
             wait_serving(port, answer=ready)
-        except TimeoutError:
+        except TimeoutError as exc:
+            exited = self._process.poll()
             self.stop()
-            raise
+            # What the server said is why, most often (a configuration it refused).
+            said = log.read_text(errors="replace").strip().splitlines()[-_LOG_LINES:]
+            ended = "it ran on" if exited is None else f"it exited with {exited}"
+            raise RuntimeError(
+                f"{exc}; {ended}, and its last words were:\n" + "\n".join(said)
+            ) from None
 
     @classmethod
     def clarion(
