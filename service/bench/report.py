@@ -157,7 +157,7 @@ _IDLE_COLUMNS = [
 
 
 def _cell(summary: Summary, name: str, form: str) -> str:
-    if name == "publish_p99_ms" and summary.publisher != "http":
+    if name == "publish_p99_ms" and summary.publisher == "websocket":
         return "n/a"  # a WebSocket publisher does not wait for answers
     return form.format(getattr(summary, name))
 

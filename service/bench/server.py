@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Callable, Iterator, Sequence
     from pathlib import Path
     from types import FrameType
 
@@ -47,14 +47,20 @@ def pin(pid: int, core: int | None) -> None:
         os.sched_setaffinity(pid, {core})
 
 
-def wait_serving(port: int, seconds: float = 20.0, answer: bytes = b"HTTP/1.1 200 ") -> None:
+def wait_serving(
+    port: int,
+    seconds: float = 20.0,
+    answer: bytes = b"HTTP/1.1 200 ",
+    exited: Callable[[], int | None] = lambda: None,
+) -> None:
     """Block until the Clarion server on 127.0.0.1:*port* answers ``GET /health``
     (with a response that starts with *answer*: any, for another server).
 
     A listening port is not enough: ``clarion serve`` binds it before its app starts.
 
     Raises:
-        TimeoutError: if it does not within *seconds*.
+        TimeoutError: if it does not within *seconds*, or *exited* says (with a status)
+            that its process is gone.
     """
     deadline = time.monotonic() + seconds
     while True:
@@ -67,7 +73,7 @@ def wait_serving(port: int, seconds: float = 20.0, answer: bytes = b"HTTP/1.1 20
                     return
         except OSError:
             pass
-        if time.monotonic() > deadline:
+        if time.monotonic() > deadline or exited() is not None:
             raise TimeoutError(f"no Clarion server answers on 127.0.0.1:{port}") from None
         time.sleep(0.05)
 
@@ -128,7 +134,7 @@ class ServerProcess:
         pin(self._process.pid, core)
         self.stats = ProcessStats(self._process.pid)
         try:
-            wait_serving(port, answer=ready)
+            wait_serving(port, answer=ready, exited=self._process.poll)
         except TimeoutError as exc:
             exited = self._process.poll()
             self.stop()

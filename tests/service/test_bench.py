@@ -12,6 +12,7 @@ from array import array
 from typing import TYPE_CHECKING
 
 import anyio
+import msgspec
 import pytest
 
 from channels.config import ChannelRule
@@ -155,6 +156,9 @@ def test_table_and_histogram_render() -> None:
     rendered = table([summary])
     assert "clarion" in rendered
     assert "p99 ms" in rendered
+    assert "n/a" not in rendered  # an HTTP publisher's wait is measured
+    websocket = msgspec.structs.replace(summary, publisher="websocket")
+    assert table([websocket]).splitlines()[-1].split()[-2] == "n/a"  # pub p99: none to wait
     svg = histogram_svg([1_000_000, 2_000_000, 50_000_000], "title & <more>")
     assert svg.startswith("<svg")
     assert "title &amp; &lt;more&gt;" in svg
@@ -254,6 +258,30 @@ def test_a_max_run_against_a_target_measures_that_server_and_reports_the_first_s
     assert (step["subscribers"], step["lost"]) == (3, 0)
     assert step["p99_ms"] > 0
     assert step["server_rss_mib"] > 0  # read from /proc/PID of the server it was given
+
+
+def test_a_max_run_in_a_table_says_which_step_it_kept_up(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = ["bench", "max", "--backend", "trio", "--subscribers", "3", "--start-rate", "20"]
+    argv += ["--factor", "2", "--p99-ms", "0", "--seconds", "0.3", "--warmup", "0.1"]
+    assert main([*argv, "--drain", "5", "--runs", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("highest step kept up: none") == 2  # no step keeps a p99 of 0 ms
+    assert "median of 2 runs (lost, dropped, unsent, refused, closed: the most of any run)" in out
+
+
+def test_a_server_that_does_not_start_is_reported_with_its_own_words(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "clarion.yaml"
+    config.write_text("server:\n  api_keys: [written-in-the-file]\n")
+    argv = ["bench", "rate", "--config", str(config), "--subscribers", "1", "--seconds", "0.2"]
+    assert main(argv) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("clarion bench: error: no Clarion server answers")
+    assert "it exited with 2" in error
+    assert "write the key as a ${VAR} reference" in error
 
 
 def test_a_small_idle_run_measures_memory(capsys: pytest.CaptureFixture[str]) -> None:
