@@ -41,7 +41,9 @@ from urllib.parse import unquote
 import h11
 from hypercorn.events import Closed, RawData, Updated
 from hypercorn.protocol import ProtocolWrapper
+from hypercorn.protocol.events import StreamClosed
 from hypercorn.protocol.h11 import H11Protocol
+from hypercorn.protocol.ws_stream import WSStream
 
 if TYPE_CHECKING:
     from hypercorn.events import Event
@@ -170,7 +172,22 @@ class FastLane(ProtocolWrapper):
             if self._between_requests():
                 await self._read(event.data)
                 return
+        await self._hypercorn(event)
+
+    async def _hypercorn(self, event: Event) -> None:
+        """Hand *event* to hypercorn's protocol; end a handshake it refused itself.
+
+        hypercorn answers a WebSocket handshake it cannot take (HTTP/1.0, a version other
+        than 13) with a 400 that says ``connection: close``, and then holds the
+        connection until the client closes it: no app runs, no timer ends it. Its own
+        stream end (as after any answer) closes it.
+        """
         await super().handle(event)
+        protocol = self.protocol
+        if isinstance(protocol, H11Protocol):
+            stream = protocol.stream
+            if isinstance(stream, WSStream) and stream.closed and stream.app_put is None:
+                await protocol.stream_send(StreamClosed(stream_id=stream.stream_id))
 
     def _between_requests(self) -> bool:
         """Whether hypercorn's HTTP/1.1 protocol holds no request, whole or in part: the
@@ -203,7 +220,7 @@ class FastLane(ProtocolWrapper):
             if not await self._answer(head, body):
                 return
         if rest or not data:
-            await super().handle(RawData(rest))
+            await self._hypercorn(RawData(rest))
 
     async def _answer(self, head: Head, body: bytes) -> bool:
         """Answer one request; return whether the connection takes another."""

@@ -63,6 +63,7 @@ from contextlib import suppress
 from typing import TYPE_CHECKING, Final, cast
 
 import anyio
+import h2.connection
 import h11
 from hypercorn.protocol import ws_stream
 from hypercorn.protocol.events import Body, Data, EndData, StreamClosed
@@ -111,6 +112,13 @@ class ClosingWSStream(WSStream):
                 if self.app_put is not None:
                     await self.app_put({"type": "websocket.disconnect", "code": self._failed_with})
             return
+        if isinstance(event, StreamClosed) and self.closed and not self.handshake.accepted:
+            # hypercorn refused early bytes while this class was being put in place (an
+            # HTTP/2 stream on trio): the app waits for the handshake's end, hear it now.
+            if self.state is ASGIWebsocketState.HANDSHAKE:
+                self.state = ASGIWebsocketState.HTTPCLOSED
+                await self._tell_app(CloseReason.PROTOCOL_ERROR)
+            return
         await super().handle(event)
 
     # The app's answer to the handshake (hypercorn's app_send calls these): hypercorn
@@ -136,12 +144,17 @@ class ClosingWSStream(WSStream):
             await self._end_answered()
 
     def _answer_begun(self) -> bool:
-        """Whether an answer to this HTTP/1.1 handshake began (hypercorn's or the app's)."""
-        protocol = getattr(self.send, "__self__", None)
-        connection = getattr(getattr(protocol, "connection", None), "h11_connection", None)
-        return isinstance(connection, h11.Connection) and connection.our_state is not (
-            h11.SEND_RESPONSE
-        )
+        """Whether an answer to this handshake began (hypercorn's or the app's): over
+        HTTP/1.1 h11 left SEND_RESPONSE; over HTTP/2 (RFC 8441) the stream's headers
+        went out, or the stream is over."""
+        connection = getattr(getattr(self.send, "__self__", None), "connection", None)
+        over_h11 = getattr(connection, "h11_connection", None)
+        if isinstance(over_h11, h11.Connection):
+            return over_h11.our_state is not h11.SEND_RESPONSE
+        if isinstance(connection, h2.connection.H2Connection):
+            stream = connection.streams.get(self.stream_id)
+            return stream is None or bool(stream.state_machine.headers_sent)
+        return False
 
     async def _end_answered(self) -> None:
         if not self.closed:
@@ -256,6 +269,9 @@ async def install_closing_stream(send: Send) -> bool:
     # default), so an existing stream can take it on.
     stream.__class__ = ClosingWSStream
     closing = cast("ClosingWSStream", stream)
-    if closing._answer_begun():  # the app has not answered: hypercorn refused early bytes
+    # The app has not answered: an answer begun (HTTP/1.1), or a stream closed without
+    # one (HTTP/2, or a client gone, whose disconnect the app then hears first), is
+    # hypercorn's refusal of early bytes.
+    if closing._answer_begun() or (closing.closed and not closing.handshake.accepted):
         await closing._end_refused_early()
     return True

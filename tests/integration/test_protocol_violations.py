@@ -9,6 +9,9 @@ from contextlib import suppress
 from typing import TYPE_CHECKING
 
 import anyio
+import h2.config
+import h2.connection
+import h2.events
 import pytest
 
 from service.settings import AuthSettings, ServerSettings, Settings
@@ -136,6 +139,14 @@ UPGRADE = (
     b"GET /ws HTTP/1.1\r\nhost: 127.0.0.1\r\nupgrade: websocket\r\nconnection: Upgrade\r\n"
     b"sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n"
 )
+H2_WEBSOCKET = [
+    (":method", "CONNECT"),
+    (":protocol", "websocket"),
+    (":scheme", "http"),
+    (":path", "/ws"),
+    (":authority", "127.0.0.1"),
+    ("sec-websocket-version", "13"),
+]
 HOSTILE_HANDSHAKES = [
     # RFC 6455 4.1: a client waits for the handshake's answer before it sends more.
     pytest.param(UPGRADE + b"\r\nxxxxxxxxxxxxxxxx\r\n\r\n", (400,), id="bytes-before-the-answer"),
@@ -209,6 +220,70 @@ async def test_a_handshake_refused_for_early_bytes_ends_and_frees_its_slot(
             async with connect(server.ws_url) as first, connect(server.ws_url) as second:
                 for client in (first, second):
                     assert await client.request({"type": "ping", "id": 1}) == {
+                        "type": "reply",
+                        "id": 1,
+                    }
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        UPGRADE.replace(b"HTTP/1.1", b"HTTP/1.0") + b"\r\n",
+        UPGRADE.replace(b"version: 13", b"version: 8") + b"\r\n",
+        UPGRADE.replace(b"version: 13", b"version: 8") + b"\r\n\x81",
+    ],
+    ids=["http-1.0", "version-8", "version-8-and-a-byte"],
+)
+async def test_a_handshake_hypercorn_refuses_itself_is_closed(
+    anyio_backend: Backend, free_tcp_port: int, request_bytes: bytes
+) -> None:
+    # hypercorn answered these with 400 and "connection: close", then held the
+    # connection for as long as the client liked.
+    with anyio.fail_after(20):
+        async with running_server(CONFIG, anyio_backend, free_tcp_port) as server:
+            async with await anyio.connect_tcp("127.0.0.1", free_tcp_port) as stream:
+                await stream.send(request_bytes)
+                answer = b""
+                with suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+                    while True:
+                        answer += await stream.receive()
+            assert answer.startswith(b"HTTP/1.1 400 "), answer[:100]
+            async with connect(server.ws_url) as client:
+                assert await client.request({"type": "ping", "id": 1}) == {"type": "reply", "id": 1}
+
+
+async def test_an_http2_websocket_refused_for_early_data_frees_its_slot(
+    anyio_backend: Backend, free_tcp_port: int
+) -> None:
+    # RFC 8441: a WebSocket over an HTTP/2 stream. Data before the answer gets 400; on
+    # asyncio the app once held each such stream's slot for good.
+    config = Settings(server=ServerSettings(max_connections=2, ping_interval_seconds=None))
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    with anyio.fail_after(20):
+        async with running_server(config, anyio_backend, free_tcp_port) as server:
+            assert server.app is not None
+            async with await anyio.connect_tcp("127.0.0.1", free_tcp_port) as stream:
+                client.initiate_connection()
+                for _ in range(2):
+                    stream_id = client.get_next_available_stream_id()
+                    client.send_headers(stream_id, H2_WEBSOCKET)
+                    client.send_data(stream_id, b"\x81\x00")  # and unmasked: never a frame
+                await stream.send(client.data_to_send())
+                statuses: list[bytes] = []
+                while len(statuses) < 2:
+                    for event in client.receive_data(await stream.receive()):
+                        if isinstance(event, h2.events.ResponseReceived):
+                            statuses.append(dict(event.headers)[b":status"])
+                    await stream.send(client.data_to_send())
+                # 400, or (trio, at times) accepted first: the unmasked frame then fails it.
+                assert len(statuses) == 2
+                assert set(statuses) <= {b"200", b"400"}
+                slots = server.app._slots  # the test's view into the app
+                while slots.held:  # noqa: ASYNC110 - the app ends on its own task
+                    await anyio.sleep(0.01)
+            async with connect(server.ws_url) as first, connect(server.ws_url) as second:
+                for each in (first, second):
+                    assert await each.request({"type": "ping", "id": 1}) == {
                         "type": "reply",
                         "id": 1,
                     }
