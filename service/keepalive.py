@@ -10,8 +10,8 @@ Each connection's reader only notes that it heard from the client (`Quiet.heard`
 holds no timer, no cancel scope and no task for this (each of those costs it hundreds of
 bytes, and a timer per received frame costs time). The price is precision: a ping goes
 out up to one tick after the quiet time is over, and a dead connection is ended up to one
-tick after its pong time. A tick is a quarter of the shortest quiet or pong time watched,
-and at most `MAX_TICK_SECONDS`.
+tick after its pong time. A tick is a quarter of the shortest quiet or pong time watched
+since the node started, and at most `MAX_TICK_SECONDS`.
 """
 
 from __future__ import annotations

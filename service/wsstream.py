@@ -38,7 +38,8 @@ escapes its connection handler; asyncio only logs it):
   closes the connection, and ignores what follows. When such bytes come in the same
   packet as the handshake, hypercorn's own class may meet them before the app has run
   (always on asyncio): its 400 then neither tells the app nor closes the connection,
-  which would hold a ``max_connections`` slot for as long as the client likes.
+  which would hold a ``max_connections`` slot for as long as the client likes (over
+  HTTP/2, RFC 8441, a hundred of them on one TCP connection).
   `install_closing_stream` finds such a stream and ends it the same way.
 - A ``Sec-WebSocket-Protocol``, ``-Extensions`` or ``Connection`` header with a byte
   beyond ASCII makes hypercorn's handshake parser raise ``UnicodeDecodeError`` before
@@ -46,7 +47,9 @@ escapes its connection handler; asyncio only logs it):
   header values are), for every hypercorn WebSocket in the process: the app then judges
   the handshake (a token that does not verify gets 401).
 
-`service.runner` also keeps any error of one connection from ending a trio server.
+`service.runner` also keeps any error of one connection from ending a trio server, and
+(through `service.fastlane`)
+closes a connection whose handshake hypercorn refused itself.
 
 `install_closing_stream` puts it in place for one connection, from the app, when the
 connection is hypercorn's, rather than replacing the ``WSStream`` name that hypercorn's
