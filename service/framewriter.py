@@ -135,8 +135,12 @@ class _Frames:
         send = self._send
         if not isinstance(event, RawData):
             return await send(event)  # no bytes: nothing to order
-        if event.data[:1] == _CLOSE:
-            self._closing = True  # hypercorn's frames are whole: this is a close
+        data = event.data
+        if data[:1] == _CLOSE or (data[:5] == b"HTTP/" and data[9:10] != b"1"):
+            # hypercorn's frames are whole: this is a close. Or an HTTP answer that is no
+            # 101: the handshake was refused (hypercorn refuses bytes that come before its
+            # answer, and then drops the app's accept), so no frame of ours may go out.
+            self._closing = True
         if self._theirs == 0:
             self._theirs_done = anyio.Event()
         self._theirs += 1

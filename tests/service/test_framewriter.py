@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, cast
 
 import anyio
 import pytest
+from hypercorn.events import RawData
 from wsproto.connection import Connection, ConnectionType
 from wsproto.events import TextMessage
 
@@ -69,3 +70,32 @@ async def test_a_client_that_goes_mid_frame_fails_the_wait_and_drops_the_rest(
         with anyio.fail_after(5), pytest.raises(anyio.BrokenResourceError, match="broke"):
             await writer.wait_writable()
         assert writer.writable()  # nothing is left to finish on the broken socket
+
+
+@pytest.mark.parametrize(
+    ("answer", "open_after"),
+    [
+        (b"HTTP/1.1 101 \r\nupgrade: websocket\r\n\r\n", True),
+        (b"HTTP/1.1 400 \r\ncontent-length: 0\r\nconnection: close\r\n\r\n", False),
+        (b"\x88\x02\x03\xe8", False),  # a close frame
+    ],
+    ids=["accepted", "refused", "closing"],
+)
+async def test_no_frame_goes_out_after_a_refusal_or_a_close(
+    anyio_backend: str, answer: bytes, open_after: bool
+) -> None:
+    # On trio a handshake whose early bytes hypercorn refused once had the Pusher door's
+    # first frame written straight to the socket, after the 400 and without a 101.
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        protocol = Protocol()
+        ours.setblocking(False)
+        writer = SocketFrameWriter(cast("H11Protocol", protocol), ours, anyio.Lock())
+        await cast("H11Protocol", protocol).send(RawData(answer))  # hypercorn's own send
+        assert protocol.sent == [RawData(answer)]
+        # The sender asks before each frame (channels.sender).
+        if open_after:
+            assert writer.writable()
+        else:
+            with pytest.raises(anyio.BrokenResourceError, match="closing"):
+                writer.writable()
