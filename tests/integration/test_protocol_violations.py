@@ -36,7 +36,10 @@ from tests.support.server import running_server
 from tests.support.wsclient import connect
 
 if TYPE_CHECKING:
+    from anyio.abc import ByteStream
+
     from service.runner import Backend
+    from tests.support.server import Server
 
 MAX_REQUEST_BYTES = 1024
 CONFIG = Settings(server=ServerSettings(max_request_bytes=MAX_REQUEST_BYTES))
@@ -190,6 +193,27 @@ async def test_a_hostile_handshake_is_answered_and_the_server_serves_on(
     assert "error in hypercorn" not in caplog.text
 
 
+async def until_closed(stream: ByteStream) -> bytes:
+    """All the server sends on *stream* until it closes the connection."""
+    received = b""
+    with suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+        while True:
+            received += await stream.receive()
+    return received
+
+
+async def holds_no_slot_and_serves_two(server: Server) -> None:
+    """Wait until *server*'s app holds no connection slot; then two clients are served
+    (the tests' nodes take two)."""
+    assert server.app is not None
+    slots = server.app._slots  # the test's view into the app
+    while slots.held:  # noqa: ASYNC110 - the app ends on its own task
+        await anyio.sleep(0.01)
+    async with connect(server.ws_url) as first, connect(server.ws_url) as second:
+        for client in (first, second):
+            assert await client.request({"type": "ping", "id": 1}) == {"type": "reply", "id": 1}
+
+
 @pytest.mark.parametrize(
     "early",
     [b"\x81", b"xxxxxxxxxxxxxxxx\r\n\r\n", b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n"],
@@ -209,20 +233,9 @@ async def test_a_handshake_refused_for_early_bytes_ends_and_frees_its_slot(
                 await stream.send(UPGRADE + b"\r\n" + early)
             for stream in streams:
                 async with stream:  # each is answered, then closed by the server
-                    answer = b""
-                    with suppress(anyio.EndOfStream, anyio.BrokenResourceError):
-                        while True:
-                            answer += await stream.receive()
+                    answer = await until_closed(stream)
                     assert answer.startswith(b"HTTP/1.1 400 "), answer[:100]
-            slots = server.app._slots  # the test's view into the app
-            while slots.held:  # noqa: ASYNC110 - the app ends on its own task
-                await anyio.sleep(0.01)
-            async with connect(server.ws_url) as first, connect(server.ws_url) as second:
-                for client in (first, second):
-                    assert await client.request({"type": "ping", "id": 1}) == {
-                        "type": "reply",
-                        "id": 1,
-                    }
+            await holds_no_slot_and_serves_two(server)
 
 
 @pytest.mark.parametrize(
@@ -243,10 +256,7 @@ async def test_a_handshake_hypercorn_refuses_itself_is_closed(
         async with running_server(CONFIG, anyio_backend, free_tcp_port) as server:
             async with await anyio.connect_tcp("127.0.0.1", free_tcp_port) as stream:
                 await stream.send(request_bytes)
-                answer = b""
-                with suppress(anyio.EndOfStream, anyio.BrokenResourceError):
-                    while True:
-                        answer += await stream.receive()
+                answer = await until_closed(stream)
             assert answer.startswith(b"HTTP/1.1 400 "), answer[:100]
             async with connect(server.ws_url) as client:
                 assert await client.request({"type": "ping", "id": 1}) == {"type": "reply", "id": 1}
@@ -278,12 +288,4 @@ async def test_an_http2_websocket_refused_for_early_data_frees_its_slot(
                 # 400, or (trio, at times) accepted first: the unmasked frame then fails it.
                 assert len(statuses) == 2
                 assert set(statuses) <= {b"200", b"400"}
-                slots = server.app._slots  # the test's view into the app
-                while slots.held:  # noqa: ASYNC110 - the app ends on its own task
-                    await anyio.sleep(0.01)
-            async with connect(server.ws_url) as first, connect(server.ws_url) as second:
-                for each in (first, second):
-                    assert await each.request({"type": "ping", "id": 1}) == {
-                        "type": "reply",
-                        "id": 1,
-                    }
+            await holds_no_slot_and_serves_two(server)
