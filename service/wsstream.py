@@ -47,9 +47,9 @@ escapes its connection handler; asyncio only logs it):
   header values are), for every hypercorn WebSocket in the process: the app then judges
   the handshake (a token that does not verify gets 401).
 
-`service.runner` also keeps any error of one connection from ending a trio server, and
-(through `service.fastlane`)
-closes a connection whose handshake hypercorn refused itself.
+`service.runner` also keeps an error of one connection from ending a trio server (or
+from being logged as a traceback on asyncio), and `service.fastlane` closes a connection
+whose handshake hypercorn refused itself.
 
 `install_closing_stream` puts it in place for one connection, from the app, when the
 connection is hypercorn's, rather than replacing the ``WSStream`` name that hypercorn's

@@ -79,8 +79,9 @@ async def test_without_a_quiet_time_a_client_is_never_watched(anyio_backend: str
     keepalive = KeepAlive()
     with Quiet(keepalive, handler, stop, math.inf, PONG_SECONDS):
         assert keepalive._watched == set()  # the test's view inside
-    with Quiet(None, handler, stop, QUIET_SECONDS, PONG_SECONDS):
-        pass  # no keep-alive: nothing to watch it
+    with Quiet(keepalive, handler, stop, QUIET_SECONDS, PONG_SECONDS) as quiet:
+        assert keepalive._watched == {quiet}
+    assert keepalive._watched == set()  # and forgotten after its block
 
 
 async def test_a_shorter_quiet_time_wakes_a_keepalive_on_a_long_tick(anyio_backend: str) -> None:
